@@ -1,0 +1,315 @@
+//! Reading and writing the envelope dialect without re-serialising payloads.
+//!
+//! Wrapping puts static prefix and suffix bytes around the upstream's own payload bytes;
+//! unwrapping slices the `data` value out of the upstream body (`&RawValue` →
+//! `Bytes::slice_ref`). The payload is validated by the parser but never rebuilt, so numbers,
+//! key order and unicode escapes reach the client exactly as the upstream wrote them.
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::api_error::{error_type_for, from_fields, ApiError};
+
+/// `{"success":true,"code":"200","message":"successful","data":` — the payload follows.
+pub const SUCCESS_PREFIX: Bytes =
+    Bytes::from_static(br#"{"success":true,"code":"200","message":"successful","data":"#);
+/// Closes the object opened by [`SUCCESS_PREFIX`].
+pub const SUCCESS_SUFFIX: Bytes = Bytes::from_static(b"}");
+
+/// The three pieces of a success envelope around `payload`, in order.
+pub fn wrap_success(payload: Bytes) -> [Bytes; 3] {
+    [SUCCESS_PREFIX, payload, SUCCESS_SUFFIX]
+}
+
+/// What a JSON body turned out to be.
+#[derive(Debug)]
+pub enum Classified<'a> {
+    /// Not JSON at all (HTML, text, empty, truncated JSON).
+    NotJson,
+    /// Valid JSON that is not an envelope (a bare payload or a bare error).
+    Json,
+    Envelope(Envelope<'a>),
+}
+
+/// The top-level members of an envelope, borrowed from the body.
+#[derive(Debug, Default, Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(borrow, default)]
+    success: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    code: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+}
+
+/// What an envelope says.
+#[derive(Debug)]
+pub enum Verdict<'a> {
+    /// Success: the `data` value, exactly as the upstream wrote it.
+    Success(&'a RawValue),
+    Error(ApiError),
+}
+
+/// Recognises an envelope: an object with `success`, or with `code` and `data` but no `object`
+/// (a bare list such as `/models` has `object` and `data`).
+pub fn classify(body: &[u8]) -> Classified<'_> {
+    // serde also reads a struct from a JSON array; only an object can be an envelope.
+    let is_object = body.trim_ascii_start().first() == Some(&b'{');
+    match serde_json::from_slice::<Envelope<'_>>(body)
+        .ok()
+        .filter(|_| is_object)
+    {
+        Some(env)
+            if env.success.is_some()
+                || (env.code.is_some() && env.data.is_some() && env.object.is_none()) =>
+        {
+            Classified::Envelope(env)
+        }
+        Some(_) => Classified::Json,
+        // Not an object, or an object with duplicate keys: still JSON, just not an envelope.
+        None if serde_json::from_slice::<IgnoredAny>(body).is_ok() => Classified::Json,
+        None => Classified::NotJson,
+    }
+}
+
+impl<'a> Envelope<'a> {
+    /// Success or error, judged by `success` and `code` (an error even under HTTP 200).
+    pub fn verdict(self, http_status: StatusCode) -> Verdict<'a> {
+        let success = match self
+            .success
+            .map(|raw| serde_json::from_str::<Value>(raw.get()))
+        {
+            None => None,
+            Some(Ok(Value::Bool(flag))) => Some(flag),
+            Some(_) => return Verdict::Error(malformed("`success` is not a boolean")),
+        };
+        let code_ok = match self.code_text() {
+            Ok(None) => true,
+            Ok(Some(code)) => matches!(code.as_str(), "200" | "0"),
+            Err(()) => {
+                return Verdict::Error(malformed("`code` is neither a string nor an integer"))
+            }
+        };
+        if success == Some(false) || !code_ok {
+            return Verdict::Error(self.into_error(http_status));
+        }
+        match self.data {
+            Some(data) if data.get() != "null" => Verdict::Success(data),
+            _ => Verdict::Error(malformed("it reported success but carried no `data`")),
+        }
+    }
+
+    /// The error this envelope reports, for a client of the bare dialect.
+    ///
+    /// Status: the envelope code when it is 400–599, else the HTTP status when ≥ 400, else 502.
+    /// An inner `error` object (as envelope-proxy itself writes) supplies type, param and code.
+    pub fn into_error(self, http_status: StatusCode) -> ApiError {
+        let code = self.code_text().ok().flatten();
+        let status = code
+            .as_deref()
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|c| (400..=599).contains(c))
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .or_else(|| (http_status.as_u16() >= 400).then_some(http_status))
+            .unwrap_or(StatusCode::BAD_GATEWAY);
+        let message = self
+            .message
+            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+        let inner = self
+            .error
+            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+            .filter(Value::is_object);
+        if let Some(inner) = inner {
+            let mut error = from_fields(
+                status,
+                inner.get("message").or(message.as_ref()),
+                inner.get("type"),
+                inner.get("param"),
+                inner.get("code"),
+            );
+            if inner.get("type").is_none() {
+                error.error_type = error_type_for(status).to_string();
+            }
+            return error;
+        }
+        let code = code.map(Value::String);
+        from_fields(status, message.as_ref(), None, None, code.as_ref())
+    }
+
+    /// `code` as text: `"200"` and `200` both read "200". `Err` for any other JSON type.
+    fn code_text(&self) -> Result<Option<String>, ()> {
+        let Some(raw) = self.code else {
+            return Ok(None);
+        };
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(Value::String(text)) => Ok(Some(text)),
+            Ok(Value::Number(number)) if number.is_i64() || number.is_u64() => {
+                Ok(Some(number.to_string()))
+            }
+            Ok(Value::Null) => Ok(None),
+            _ => Err(()),
+        }
+    }
+}
+
+fn malformed(why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!("upstream sent a malformed envelope: {why}"),
+    )
+    .with_type("upstream_error")
+    .with_code("invalid_envelope")
+}
+
+/// The `data` payload of `body` as a zero-copy slice, given the `RawValue` parsed from it.
+pub fn slice_payload(body: &Bytes, data: &RawValue) -> Bytes {
+    body.slice_ref(data.get().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::Dialect;
+
+    fn concat(parts: [Bytes; 3]) -> Vec<u8> {
+        parts.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    fn verdict(body: &[u8], status: u16) -> Result<String, ApiError> {
+        match classify(body) {
+            Classified::Envelope(env) => match env.verdict(StatusCode::from_u16(status).unwrap()) {
+                Verdict::Success(data) => Ok(data.get().to_string()),
+                Verdict::Error(e) => Err(e),
+            },
+            other => panic!("not an envelope: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrap_puts_the_payload_inside_unchanged() {
+        let payload = Bytes::from_static(br#"{"id":"x","n":1.50}"#);
+        assert_eq!(
+            concat(wrap_success(payload)),
+            br#"{"success":true,"code":"200","message":"successful","data":{"id":"x","n":1.50}}"#
+        );
+    }
+
+    #[test]
+    fn unwrap_slices_without_copying() {
+        let body = Bytes::from_static(
+            br#"{"success":true,"code":"200","message":"successful","data":{"a": [1, 2.0]}}"#,
+        );
+        let Classified::Envelope(env) = classify(&body) else {
+            panic!()
+        };
+        let Verdict::Success(data) = env.verdict(StatusCode::OK) else {
+            panic!()
+        };
+        let payload = slice_payload(&body, data);
+        assert_eq!(&payload[..], br#"{"a": [1, 2.0]}"#);
+        // Same memory: a slice of the body, not a copy.
+        assert!(
+            body.as_ptr() <= payload.as_ptr()
+                && payload.as_ptr() < body.as_ptr().wrapping_add(body.len())
+        );
+    }
+
+    #[test]
+    fn bare_bodies_are_not_envelopes() {
+        assert!(matches!(
+            classify(br#"{"object":"list","data":[]}"#),
+            Classified::Json
+        ));
+        assert!(matches!(
+            classify(br#"{"id":"c","object":"chat.completion","choices":[]}"#),
+            Classified::Json
+        ));
+        assert!(matches!(classify(br#"[1,2]"#), Classified::Json));
+        assert!(matches!(classify(b"<html>"), Classified::NotJson));
+        assert!(matches!(classify(b""), Classified::NotJson));
+        assert!(matches!(
+            classify(br#"{"success":true,"data":{"#),
+            Classified::NotJson
+        ));
+    }
+
+    #[test]
+    fn error_codes_win_over_http_200() {
+        let e = verdict(
+            br#"{"success":false,"code":429,"message":"Too many requests","data":null}"#,
+            200,
+        )
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.message, "Too many requests");
+        assert_eq!(e.error_type, "rate_limit_error");
+        assert_eq!(e.code, Value::String("429".into()));
+
+        let e = verdict(
+            br#"{"success":true,"code":"500","message":"internal","data":null}"#,
+            200,
+        )
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+
+        // A code outside 400–599 falls back to the HTTP status, then to 502.
+        let e = verdict(
+            br#"{"success":false,"code":"E1001","message":"quota","data":null}"#,
+            403,
+        )
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert_eq!(e.code, Value::String("E1001".into()));
+        let e = verdict(
+            br#"{"success":false,"code":"E1001","message":"quota","data":null}"#,
+            200,
+        )
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn zero_and_200_codes_are_success() {
+        for body in [
+            &br#"{"success":true,"code":"200","message":"ok","data":{"x":1}}"#[..],
+            br#"{"success":true,"code":200,"data":{"x":1}}"#,
+            br#"{"code":0,"data":{"x":1}}"#,
+            br#"{"code":"0","msg":"ok","data":{"x":1}}"#,
+        ] {
+            assert_eq!(verdict(body, 200).unwrap(), r#"{"x":1}"#);
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_malformed_not_panics() {
+        for body in [
+            &br#"{"success":"yes","code":"200","data":{}}"#[..],
+            br#"{"success":true,"code":{},"data":{}}"#,
+            br#"{"success":true,"code":"200","message":"ok"}"#,
+        ] {
+            let e = verdict(body, 200).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+            assert_eq!(e.code, Value::String("invalid_envelope".into()));
+        }
+    }
+
+    #[test]
+    fn our_own_envelope_errors_round_trip() {
+        let original = ApiError::new(StatusCode::UNAUTHORIZED, "bad key")
+            .with_type("invalid_request_error")
+            .with_code("invalid_api_key");
+        let body = original.to_body(Dialect::Envelope);
+        let back = verdict(&body, 401).unwrap_err();
+        assert_eq!(back, original);
+    }
+}

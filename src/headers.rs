@@ -1,0 +1,178 @@
+//! Header operations on the way up and on the way back.
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and never cross the proxy;
+//! everything else is end-to-end and passes through, so the headers SDK retries depend on
+//! (`retry-after`, `retry-after-ms`, `x-should-retry`, `x-ratelimit-*`, `x-request-id`) always
+//! reach the client.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Connection-scoped headers that are always removed.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes hop-by-hop headers, including any header the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop for this message too.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Turns a client's request headers into the upstream's.
+///
+/// `Host` is dropped so the client sets it from the upstream URL (and HTTP/2 uses
+/// `:authority`); `X-Forwarded-For` gains the client's address, `X-Forwarded-Proto` says how the
+/// client reached us. When the response will be rewritten, the upstream is asked for an
+/// uncompressed body, so `Content-Encoding` can never disagree with the bytes we send.
+pub fn prepare_upstream_request(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    client_proto: &'static str,
+    need_identity_encoding: bool,
+) {
+    remove_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client_ip}"),
+        _ => client_ip.to_string(),
+    };
+    headers.remove(&X_FORWARDED_FOR);
+    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client_proto));
+    if need_identity_encoding {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+}
+
+/// The media type of a `Content-Type` header, lower-cased, without parameters.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let media = value.split(';').next()?.trim();
+    (!media.is_empty()).then(|| media.to_ascii_lowercase())
+}
+
+/// True for `application/json`, `application/*+json` and a missing content type
+/// (many model servers omit it on JSON bodies).
+pub fn is_json_or_unspecified(headers: &HeaderMap) -> bool {
+    match media_type(headers) {
+        None => true,
+        Some(media) => {
+            media == "application/json"
+                || (media.starts_with("application/") && media.ends_with("+json"))
+        }
+    }
+}
+
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    media_type(headers).as_deref() == Some("text/event-stream")
+}
+
+/// True when the body carries a content coding other than identity.
+pub fn is_content_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("identity"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_removed() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("retry-after", "2"),
+            ("x-request-id", "req_1"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["retry-after", "x-request-id"]);
+    }
+
+    #[test]
+    fn forwarding_headers_are_added() {
+        let mut headers = map(&[
+            ("host", "proxy.local"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("accept-encoding", "gzip"),
+        ]);
+        prepare_upstream_request(&mut headers, "127.0.0.1".parse().unwrap(), "http", true);
+        assert_eq!(headers.get("host"), None);
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["accept-encoding"], "identity");
+    }
+
+    #[test]
+    fn content_type_checks() {
+        assert!(is_json_or_unspecified(&map(&[(
+            "content-type",
+            "application/json; charset=utf-8"
+        )])));
+        assert!(is_json_or_unspecified(&map(&[(
+            "content-type",
+            "application/problem+json"
+        )])));
+        assert!(is_json_or_unspecified(&HeaderMap::new()));
+        assert!(!is_json_or_unspecified(&map(&[(
+            "content-type",
+            "audio/mpeg"
+        )])));
+        assert!(is_event_stream(&map(&[(
+            "content-type",
+            "Text/Event-Stream; charset=utf-8"
+        )])));
+        assert!(is_content_encoded(&map(&[("content-encoding", "gzip")])));
+        assert!(!is_content_encoded(&map(&[(
+            "content-encoding",
+            "identity"
+        )])));
+    }
+}
