@@ -12,16 +12,20 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::sse::SseBody;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
-    /// A response body: pass-through or a few in-memory pieces.
+    /// A response body: pass-through, a few in-memory pieces, or a translated event stream.
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
         /// The upstream's body, frame for frame.
         Passthru { #[pin] inner: Incoming },
         /// Up to three pieces sent in order (prefix, payload, suffix), with an exact length.
         Parts { parts: [Bytes; 3], next: usize },
+        /// An SSE stream re-framed and translated event by event.
+        Sse { #[pin] inner: SseBody<Incoming> },
     }
 }
 
@@ -44,6 +48,10 @@ impl ProxyBody {
     pub fn empty() -> Self {
         Self::full(Bytes::new())
     }
+
+    pub fn sse(inner: SseBody<Incoming>) -> Self {
+        ProxyBody::Sse { inner }
+    }
 }
 
 impl Body for ProxyBody {
@@ -65,6 +73,7 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(None)
             }
+            ProxyBodyProj::Sse { inner } => inner.poll_frame(cx),
         }
     }
 
@@ -72,6 +81,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Passthru { inner } => inner.is_end_stream(),
             ProxyBody::Parts { parts, next } => parts.iter().skip(*next).all(Bytes::is_empty),
+            ProxyBody::Sse { inner } => inner.is_end_stream(),
         }
     }
 
@@ -81,6 +91,7 @@ impl Body for ProxyBody {
             ProxyBody::Parts { parts, next } => {
                 SizeHint::with_exact(parts.iter().skip(*next).map(|p| p.len() as u64).sum())
             }
+            ProxyBody::Sse { inner } => inner.size_hint(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod headers;
 pub mod proxy;
 pub mod server;
+pub mod sse;
 pub mod translate;
 pub mod upstream;
 

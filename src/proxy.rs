@@ -16,6 +16,7 @@ use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::dialect::{route, Dialect, Route};
 use crate::headers;
+use crate::sse::{EventMode, StreamSettings};
 use crate::translate::{self, error_response, Exchange};
 use crate::upstream::Upstream;
 
@@ -70,6 +71,16 @@ impl Proxy {
             upstream: config.upstream_shape,
             head: request.method() == Method::HEAD,
             max_response_body: config.max_response_body,
+            stream: StreamSettings {
+                mode: EventMode::select(dialect, config.upstream_shape, config.stream_envelope),
+                client: dialect,
+                upstream: config.upstream_shape,
+                // Only (chat) completions promise `[DONE]`.
+                require_done: config.require_done && rest.ends_with("completions"),
+                idle_timeout: config.stream_idle_timeout,
+                keepalive: (!config.sse_keepalive.is_zero()).then_some(config.sse_keepalive),
+                max_event_bytes: config.max_sse_event,
+            },
         };
         if let Some(length) = declared_length(&request) {
             if length > config.max_request_body {

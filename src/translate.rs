@@ -24,6 +24,7 @@ use crate::body::ProxyBody;
 use crate::dialect::Dialect;
 use crate::envelope::{self, Classified, Verdict};
 use crate::headers;
+use crate::sse::{SseBody, StreamSettings};
 
 /// What the response path needs to know about one exchange.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +34,8 @@ pub struct Exchange {
     /// A HEAD request: the response has no body to translate.
     pub head: bool,
     pub max_response_body: u64,
+    /// How event streams are handled (its mode already follows from the two dialects).
+    pub stream: StreamSettings,
 }
 
 impl Exchange {
@@ -51,12 +54,12 @@ pub async fn respond(exchange: &Exchange, response: Response<Incoming>) -> Respo
     if exchange.head || has_no_body(status) {
         return Response::from_parts(parts, ProxyBody::passthru(body));
     }
+    if status.is_success() && headers::is_event_stream(&parts.headers) {
+        return stream_response(exchange, parts, body);
+    }
     if status.as_u16() < 400 {
         let same_dialect = exchange.client == exchange.upstream;
-        if same_dialect
-            || !headers::is_json_or_unspecified(&parts.headers)
-            || headers::is_event_stream(&parts.headers)
-        {
+        if same_dialect || !headers::is_json_or_unspecified(&parts.headers) {
             return Response::from_parts(parts, ProxyBody::passthru(body));
         }
         let bytes = match read_body(exchange, body).await {
@@ -66,6 +69,17 @@ pub async fn respond(exchange: &Exchange, response: Response<Incoming>) -> Respo
         return translate_success(exchange, parts, bytes);
     }
     translate_error(exchange, parts, body).await
+}
+
+/// 2xx `text/event-stream`: streamed event by event, never buffered.
+fn stream_response(exchange: &Exchange, mut parts: Parts, body: Incoming) -> Response<ProxyBody> {
+    let headers = &mut parts.headers;
+    // The length changes when events are rewritten or an error event is added.
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx (and compatible buffering proxies in front of us) not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Response::from_parts(parts, ProxyBody::sse(SseBody::new(body, exchange.stream)))
 }
 
 /// 2xx JSON between different dialects.

@@ -1,0 +1,372 @@
+//! [`SseBody`]: the streaming response body.
+//!
+//! It re-frames the upstream body into whole events, hands each to the [`EventMode`], and
+//! yields the result as soon as it is complete — nothing is buffered beyond one partial event.
+//! Invariants:
+//! - only whole events reach the client; a partial event is never sent;
+//! - a stream that breaks (transport error, idle timeout, over-size event) or that ends
+//!   without `data: [DONE]` when one is required ends with exactly one error event in the
+//!   form of the surrounding events, and never with `[DONE]`;
+//! - a stream that already carried an upstream error event, or finished with `[DONE]`,
+//!   gets no extra event;
+//! - dropping the body (the client went away) drops the upstream body with it, which closes
+//!   that upstream connection instead of returning it to the pool.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use super::framer::{SseEvent, SseFramer};
+use super::transform::{error_event, EventKind, EventMode};
+use crate::api_error::ApiError;
+use crate::body::BoxError;
+use crate::dialect::Dialect;
+
+/// Everything a stream needs to know, fixed when the response headers arrive.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    pub mode: EventMode,
+    pub client: Dialect,
+    pub upstream: Dialect,
+    /// End a stream that closes without `[DONE]` with a truncation error event.
+    pub require_done: bool,
+    /// Longest wait for the next upstream bytes.
+    pub idle_timeout: Duration,
+    /// Send `: keep-alive` after this long without output (never when `None`).
+    pub keepalive: Option<Duration>,
+    pub max_event_bytes: usize,
+}
+
+/// How a stream ended, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The upstream finished (with `[DONE]`, or without it when not required).
+    Complete,
+    /// The upstream reported an error event itself.
+    UpstreamErrorEvent,
+    Truncated,
+    Broken,
+    IdleTimeout,
+    EventTooLarge,
+    ClientCancelled,
+}
+
+impl StreamEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamEnd::Complete => "ok",
+            StreamEnd::UpstreamErrorEvent => "upstream_error_event",
+            StreamEnd::Truncated => "stream_truncated",
+            StreamEnd::Broken => "upstream_broken",
+            StreamEnd::IdleTimeout => "idle_timeout",
+            StreamEnd::EventTooLarge => "event_too_large",
+            StreamEnd::ClientCancelled => "client_cancelled",
+        }
+    }
+}
+
+const KEEPALIVE_COMMENT: Bytes = Bytes::from_static(b": keep-alive\n\n");
+
+pin_project! {
+    /// A response body that streams SSE events from `B`, translated per [`EventMode`].
+    pub struct SseBody<B> {
+        #[pin]
+        inner: B,
+        framer: SseFramer,
+        out: VecDeque<Bytes>,
+        settings: StreamSettings,
+        error_form: Dialect,
+        saw_done: bool,
+        saw_error: bool,
+        upstream_ended: bool,
+        last_upstream: Instant,
+        last_output: Instant,
+        #[pin]
+        timer: Sleep,
+        outcome: Outcome,
+    }
+}
+
+impl<B> SseBody<B> {
+    pub fn new(inner: B, settings: StreamSettings) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            framer: SseFramer::new(settings.max_event_bytes),
+            // Room for a few rewritten events: allocated once per stream, not per event.
+            out: VecDeque::with_capacity(8),
+            error_form: settings.mode.error_form(settings.client, settings.upstream),
+            settings,
+            saw_done: false,
+            saw_error: false,
+            upstream_ended: false,
+            last_upstream: now,
+            last_output: now,
+            timer: tokio::time::sleep_until(next_deadline(&settings, now, now)),
+            outcome: Outcome(None),
+        }
+    }
+}
+
+/// The earlier of the idle deadline and the next keep-alive.
+fn next_deadline(
+    settings: &StreamSettings,
+    last_upstream: Instant,
+    last_output: Instant,
+) -> Instant {
+    let idle = last_upstream + settings.idle_timeout;
+    match settings.keepalive {
+        Some(every) => idle.min(last_output + every),
+        None => idle,
+    }
+}
+
+impl<B> Body for SseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if let Some(piece) = this.out.pop_front() {
+                *this.last_output = Instant::now();
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            }
+            if this.outcome.0.is_some() {
+                return Poll::Ready(None);
+            }
+            // Whole events already buffered go out before we wait on the upstream again.
+            match this.framer.next_event() {
+                Ok(Some(event)) => {
+                    apply(
+                        this.settings,
+                        this.out,
+                        this.saw_done,
+                        this.saw_error,
+                        event,
+                    );
+                    continue;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    let message = format!(
+                        "the upstream sent an event larger than {} bytes",
+                        error_limit(&error)
+                    );
+                    end_with_error(
+                        this.out,
+                        this.outcome,
+                        *this.error_form,
+                        StreamEnd::EventTooLarge,
+                        message,
+                    );
+                    continue;
+                }
+            }
+            if *this.upstream_ended {
+                finish(
+                    this.settings,
+                    this.framer,
+                    this.out,
+                    this.saw_done,
+                    this.saw_error,
+                    *this.error_form,
+                    this.outcome,
+                );
+                continue;
+            }
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *this.last_upstream = Instant::now();
+                    // Trailers carry nothing a client of an event stream can use.
+                    if let Ok(data) = frame.into_data() {
+                        this.framer.push(data);
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    if *this.saw_done || *this.saw_error {
+                        // The answer was already complete (or already failed visibly).
+                        *this.outcome = Outcome(Some(if *this.saw_done {
+                            StreamEnd::Complete
+                        } else {
+                            StreamEnd::UpstreamErrorEvent
+                        }));
+                        continue;
+                    }
+                    let cause = crate::upstream::describe_chain(error.into().as_ref());
+                    let message = format!("the upstream stream broke before it finished ({cause}); the answer is incomplete");
+                    end_with_error(
+                        this.out,
+                        this.outcome,
+                        *this.error_form,
+                        StreamEnd::Broken,
+                        message,
+                    );
+                }
+                Poll::Ready(None) => *this.upstream_ended = true,
+                Poll::Pending => {
+                    let now = Instant::now();
+                    if now >= *this.last_upstream + this.settings.idle_timeout {
+                        let message = format!(
+                            "the upstream sent nothing for {}s; the stream was closed and the answer is incomplete",
+                            this.settings.idle_timeout.as_secs_f64()
+                        );
+                        end_with_error(
+                            this.out,
+                            this.outcome,
+                            *this.error_form,
+                            StreamEnd::IdleTimeout,
+                            message,
+                        );
+                        continue;
+                    }
+                    if let Some(every) = this.settings.keepalive {
+                        // Between our own frames is always an event boundary: we emit whole events.
+                        if now >= *this.last_output + every {
+                            this.out.push_back(KEEPALIVE_COMMENT);
+                            continue;
+                        }
+                    }
+                    let deadline =
+                        next_deadline(this.settings, *this.last_upstream, *this.last_output);
+                    if this.timer.deadline() != deadline {
+                        this.timer.as_mut().reset(deadline);
+                    }
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.outcome.0.is_some() && self.out.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+fn apply(
+    settings: &StreamSettings,
+    out: &mut VecDeque<Bytes>,
+    saw_done: &mut bool,
+    saw_error: &mut bool,
+    event: SseEvent,
+) {
+    match settings.mode.apply(event, settings.upstream, out) {
+        EventKind::Done => *saw_done = true,
+        EventKind::Error => *saw_error = true,
+        EventKind::Normal => {}
+    }
+}
+
+/// The upstream body ended cleanly: flush the last event, then decide whether it was complete.
+fn finish(
+    settings: &StreamSettings,
+    framer: &mut SseFramer,
+    out: &mut VecDeque<Bytes>,
+    saw_done: &mut bool,
+    saw_error: &mut bool,
+    error_form: Dialect,
+    outcome: &mut Outcome,
+) {
+    // finish() hands out what is left one event at a time.
+    loop {
+        match framer.finish() {
+            Ok(Some(event)) => {
+                let before = out.len();
+                apply(settings, out, saw_done, saw_error, event);
+                terminate_last_event(out, before);
+            }
+            Ok(None) => break,
+            Err(error) => {
+                let message = format!(
+                    "the upstream sent an event larger than {} bytes",
+                    error_limit(&error)
+                );
+                return end_with_error(out, outcome, error_form, StreamEnd::EventTooLarge, message);
+            }
+        }
+    }
+    if *saw_error {
+        *outcome = Outcome(Some(StreamEnd::UpstreamErrorEvent));
+    } else if *saw_done || !settings.require_done {
+        *outcome = Outcome(Some(StreamEnd::Complete));
+    } else {
+        let message = "the upstream closed the stream early, before `data: [DONE]`; the answer may be incomplete".to_string();
+        end_with_error(out, outcome, error_form, StreamEnd::Truncated, message);
+    }
+}
+
+/// An event completed only by the end of the stream lacks its blank line; the client gets
+/// it as a whole event all the same.
+fn terminate_last_event(out: &mut VecDeque<Bytes>, first_new: usize) {
+    if out.len() == first_new {
+        return;
+    }
+    let Some(last) = out.back_mut() else { return };
+    if last.ends_with(b"\n\n") || last.ends_with(b"\r\n\r\n") || last.ends_with(b"\r\r") {
+        return;
+    }
+    let trimmed = last.trim_ascii_end().len();
+    let mut event = Vec::with_capacity(trimmed + 2);
+    event.extend_from_slice(&last[..trimmed]);
+    event.extend_from_slice(b"\n\n");
+    *last = Bytes::from(event);
+}
+
+fn end_with_error(
+    out: &mut VecDeque<Bytes>,
+    outcome: &mut Outcome,
+    form: Dialect,
+    end: StreamEnd,
+    message: String,
+) {
+    let error = ApiError::new(StatusCode::BAD_GATEWAY, message)
+        .with_type("upstream_error")
+        .with_code(end.as_str());
+    out.push_back(error_event(&error, form));
+    *outcome = Outcome(Some(end));
+}
+
+fn error_limit(error: &super::framer::FramerError) -> usize {
+    match error {
+        super::framer::FramerError::EventTooLarge { limit } => *limit,
+    }
+}
+
+/// How the stream ended; logged when the body is dropped, which is also how a client
+/// disconnect shows itself (dropped before any end was reached).
+struct Outcome(Option<StreamEnd>);
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        match self.0 {
+            None => tracing::info!(
+                outcome = StreamEnd::ClientCancelled.as_str(),
+                "client left mid-stream; upstream request cancelled"
+            ),
+            Some(StreamEnd::Complete) => tracing::debug!(outcome = "ok", "stream complete"),
+            Some(end) => tracing::warn!(outcome = end.as_str(), "stream ended with an error event"),
+        }
+    }
+}

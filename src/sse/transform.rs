@@ -1,0 +1,278 @@
+//! What one SSE event becomes for the client.
+//!
+//! Rewritten events are assembled from static pieces around slices of the upstream's bytes
+//! (`data: ` + payload + `\n\n`), so no payload is copied or re-serialised; only error events,
+//! which are rare, are rendered afresh.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::framer::SseEvent;
+use crate::api_error::{self, ApiError};
+use crate::config::StreamEnvelope;
+use crate::dialect::Dialect;
+use crate::envelope::{self, Classified, Verdict};
+
+/// What happens to each event's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventMode {
+    /// Forwarded byte for byte (still framed, to watch for `[DONE]` and errors).
+    Passthru,
+    /// Envelope upstream → bare client: wrapped events are unwrapped, bare ones left alone.
+    Unwrap,
+    /// Bare upstream → envelope client with `--stream-envelope wrap`.
+    Wrap,
+}
+
+/// What an event meant for the stream as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Normal,
+    /// `data: [DONE]`: the upstream finished the answer.
+    Done,
+    /// An error the upstream reported in the stream: the answer already failed visibly.
+    Error,
+}
+
+const DATA_PREFIX: Bytes = Bytes::from_static(b"data: ");
+const EVENT_END: Bytes = Bytes::from_static(b"\n\n");
+const WRAP_PREFIX: Bytes =
+    Bytes::from_static(br#"data: {"success":true,"code":"200","message":"successful","data":"#);
+const WRAP_SUFFIX: Bytes = Bytes::from_static(b"}\n\n");
+
+impl EventMode {
+    pub fn select(client: Dialect, upstream: Dialect, stream_envelope: StreamEnvelope) -> Self {
+        match (upstream, client) {
+            (Dialect::Envelope, Dialect::Bare) => EventMode::Unwrap,
+            (Dialect::Bare, Dialect::Envelope) if stream_envelope == StreamEnvelope::Wrap => {
+                EventMode::Wrap
+            }
+            _ => EventMode::Passthru,
+        }
+    }
+
+    /// Error events take the form of the events around them: envelope when the client
+    /// receives wrapped events, bare otherwise.
+    pub fn error_form(self, client: Dialect, upstream: Dialect) -> Dialect {
+        match self {
+            EventMode::Wrap => Dialect::Envelope,
+            EventMode::Unwrap => Dialect::Bare,
+            EventMode::Passthru if client == Dialect::Envelope && upstream == Dialect::Envelope => {
+                Dialect::Envelope
+            }
+            EventMode::Passthru => Dialect::Bare,
+        }
+    }
+
+    /// Queues what `event` becomes and says what it meant.
+    pub fn apply(self, event: SseEvent, upstream: Dialect, out: &mut VecDeque<Bytes>) -> EventKind {
+        if event.is_done() {
+            out.push_back(event.into_raw());
+            return EventKind::Done;
+        }
+        let Some(data) = event.data().cloned() else {
+            out.push_back(event.into_raw());
+            return EventKind::Normal;
+        };
+        match self {
+            EventMode::Passthru => {
+                let kind = if upstream == Dialect::Envelope {
+                    envelope_kind(&data)
+                } else if is_bare_error(&data) {
+                    EventKind::Error
+                } else {
+                    EventKind::Normal
+                };
+                out.push_back(event.into_raw());
+                kind
+            }
+            EventMode::Unwrap => match envelope::classify(&data) {
+                Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
+                    Verdict::Success(payload) => {
+                        out.extend([
+                            DATA_PREFIX,
+                            envelope::slice_payload(&data, payload),
+                            EVENT_END,
+                        ]);
+                        EventKind::Normal
+                    }
+                    Verdict::Error(error) => {
+                        out.push_back(error_event(&error, Dialect::Bare));
+                        EventKind::Error
+                    }
+                },
+                _ => {
+                    let kind = if is_bare_error(&data) {
+                        EventKind::Error
+                    } else {
+                        EventKind::Normal
+                    };
+                    out.push_back(event.into_raw());
+                    kind
+                }
+            },
+            EventMode::Wrap => {
+                if is_bare_error(&data) {
+                    out.push_back(error_event(&stream_error(&data), Dialect::Envelope));
+                    EventKind::Error
+                } else if serde_json::from_slice::<IgnoredAny>(&data).is_ok() {
+                    out.extend([WRAP_PREFIX, data, WRAP_SUFFIX]);
+                    EventKind::Normal
+                } else {
+                    // Not JSON: nothing to wrap, so it goes through as the upstream sent it.
+                    out.push_back(event.into_raw());
+                    EventKind::Normal
+                }
+            }
+        }
+    }
+}
+
+/// `data: <error JSON>\n\n` in `form`.
+pub fn error_event(error: &ApiError, form: Dialect) -> Bytes {
+    let json = error.to_body(form);
+    let mut event = Vec::with_capacity(json.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(&json);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+/// True for `{"error": …}` (OpenAI's mid-stream error). A substring check first keeps the
+/// common case to one fast scan; only candidates are parsed.
+fn is_bare_error(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        error: Option<IgnoredAny>,
+    }
+    data.trim_ascii_start().first() == Some(&b'{')
+        && memchr::memmem::find(data, b"\"error\"").is_some()
+        && serde_json::from_slice::<Probe>(data).is_ok_and(|probe| probe.error.is_some())
+}
+
+fn envelope_kind(data: &[u8]) -> EventKind {
+    match envelope::classify(data) {
+        Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
+            Verdict::Success(_) => EventKind::Normal,
+            Verdict::Error(_) => EventKind::Error,
+        },
+        _ if is_bare_error(data) => EventKind::Error,
+        _ => EventKind::Normal,
+    }
+}
+
+/// A bare error event read as an [`ApiError`]; its envelope code is the error's own HTTP-like
+/// code when it has one (llama.cpp sends integers), else 500.
+fn stream_error(data: &[u8]) -> ApiError {
+    let status = serde_json::from_slice::<Value>(data)
+        .ok()
+        .and_then(|v| v.pointer("/error/code").and_then(Value::as_u64))
+        .and_then(|code| u16::try_from(code).ok())
+        .filter(|code| (400..=599).contains(code))
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    api_error::normalise(status, Some("application/json"), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::framer::SseFramer;
+
+    fn run(mode: EventMode, upstream: Dialect, input: &'static [u8]) -> (String, Vec<EventKind>) {
+        let mut framer = SseFramer::new(1 << 20);
+        framer.push(Bytes::from_static(input));
+        let mut out = VecDeque::new();
+        let mut kinds = Vec::new();
+        while let Ok(Some(event)) = framer.next_event() {
+            kinds.push(mode.apply(event, upstream, &mut out));
+        }
+        let bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        (String::from_utf8(bytes).unwrap(), kinds)
+    }
+
+    #[test]
+    fn modes_follow_the_dialects() {
+        use Dialect::*;
+        assert_eq!(
+            EventMode::select(Bare, Envelope, StreamEnvelope::Bare),
+            EventMode::Unwrap
+        );
+        assert_eq!(
+            EventMode::select(Envelope, Bare, StreamEnvelope::Bare),
+            EventMode::Passthru
+        );
+        assert_eq!(
+            EventMode::select(Envelope, Bare, StreamEnvelope::Wrap),
+            EventMode::Wrap
+        );
+        assert_eq!(
+            EventMode::select(Bare, Bare, StreamEnvelope::Wrap),
+            EventMode::Passthru
+        );
+        assert_eq!(EventMode::Passthru.error_form(Envelope, Envelope), Envelope);
+        assert_eq!(EventMode::Passthru.error_form(Envelope, Bare), Bare);
+        assert_eq!(EventMode::Wrap.error_form(Envelope, Bare), Envelope);
+    }
+
+    #[test]
+    fn wrap_surrounds_each_chunk_and_leaves_done_alone() {
+        let (out, kinds) = run(
+            EventMode::Wrap,
+            Dialect::Bare,
+            b"data: {\"id\":\"c1\",\"choices\":[]}\n\n: ping\n\ndata: [DONE]\n\n",
+        );
+        assert_eq!(
+            out,
+            "data: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":{\"id\":\"c1\",\"choices\":[]}}\n\n: ping\n\ndata: [DONE]\n\n"
+        );
+        assert_eq!(
+            kinds,
+            [EventKind::Normal, EventKind::Normal, EventKind::Done]
+        );
+    }
+
+    #[test]
+    fn wrap_turns_a_bare_error_into_an_envelope_error() {
+        let (out, kinds) = run(
+            EventMode::Wrap,
+            Dialect::Bare,
+            b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n",
+        );
+        assert_eq!(
+            out,
+            "data: {\"success\":false,\"code\":\"500\",\"message\":\"overloaded\",\"data\":null,\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n"
+        );
+        assert_eq!(kinds, [EventKind::Error]);
+    }
+
+    #[test]
+    fn unwrap_is_decided_per_event() {
+        let (out, kinds) = run(
+            EventMode::Unwrap,
+            Dialect::Envelope,
+            b"data: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":{\"id\":\"a\"}}\n\ndata:{\"id\":\"b\"}\n\ndata: {\"success\":false,\"code\":\"500\",\"message\":\"model backend error\",\"data\":null}\n\n",
+        );
+        assert_eq!(
+            out,
+            "data: {\"id\":\"a\"}\n\ndata:{\"id\":\"b\"}\n\ndata: {\"error\":{\"message\":\"model backend error\",\"type\":\"server_error\",\"param\":null,\"code\":\"500\"}}\n\n"
+        );
+        assert_eq!(
+            kinds,
+            [EventKind::Normal, EventKind::Normal, EventKind::Error]
+        );
+    }
+
+    #[test]
+    fn passthru_notices_errors_without_touching_bytes() {
+        let input: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"error\\\"\"}}]}\r\n\r\ndata: {\"error\":{\"message\":\"x\"}}\n\n";
+        let (out, kinds) = run(EventMode::Passthru, Dialect::Bare, input);
+        assert_eq!(out.as_bytes(), input);
+        assert_eq!(kinds, [EventKind::Normal, EventKind::Error]);
+    }
+}
