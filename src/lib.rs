@@ -7,12 +7,14 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api_error;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod dialect;
 pub mod envelope;
 pub mod headers;
 pub mod proxy;
+pub mod request_target;
 pub mod server;
 pub mod sse;
 pub mod translate;

@@ -29,24 +29,42 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    let listen = config.listen;
     let upstream = config.upstream.to_string();
     let shape = config.upstream_shape.as_str();
     let server = match Server::bind(config).await {
         Ok(server) => server,
         Err(error) => {
-            tracing::error!(%listen, %error, "cannot start");
-            eprintln!("envelope-proxy: cannot listen on {listen}: {error}");
+            tracing::error!(%error, "cannot start");
+            eprintln!("envelope-proxy: {error}");
             return ExitCode::FAILURE;
         }
     };
     let addr = server
         .local_addr()
-        .map_or_else(|_| listen.to_string(), |a| a.to_string());
+        .map_or_else(|error| error.to_string(), |a| a.to_string());
+    tokio::spawn(reload_on_sighup(server.proxy()));
     tracing::info!(listen = %addr, %upstream, upstream_shape = shape, "envelope-proxy ready");
     server.serve(shutdown_signal()).await;
     tracing::info!("envelope-proxy stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP re-reads the key files; a file that fails keeps its old keys.
+async fn reload_on_sighup(proxy: std::sync::Arc<envelope_proxy::proxy::Proxy>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            for error in proxy.reload_keys() {
+                tracing::error!(%error, "reload failed; keeping the keys in force");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = proxy;
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -34,6 +34,9 @@ pub struct Exchange {
     /// A HEAD request: the response has no body to translate.
     pub head: bool,
     pub max_response_body: u64,
+    /// When a body the proxy reads must be complete, and the `--request-timeout` behind it.
+    pub deadline: tokio::time::Instant,
+    pub request_timeout: std::time::Duration,
     /// How event streams are handled (its mode already follows from the two dialects).
     pub stream: StreamSettings,
 }
@@ -159,10 +162,11 @@ async fn translate_error(
 
 /// Reads a body the proxy must inspect, bounded by `--max-response-body`.
 async fn read_body(exchange: &Exchange, body: Incoming) -> Result<Bytes, ApiError> {
-    match Limited::new(body, exchange.max_response_body as usize)
-        .collect()
-        .await
-    {
+    let read = Limited::new(body, exchange.max_response_body as usize).collect();
+    let Ok(read) = tokio::time::timeout_at(exchange.deadline, read).await else {
+        return Err(crate::proxy::deadline_exceeded(exchange.request_timeout));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
