@@ -25,6 +25,12 @@ pub fn wrap_success(payload: Bytes) -> [Bytes; 3] {
     [SUCCESS_PREFIX, payload, SUCCESS_SUFFIX]
 }
 
+/// True for a complete JSON text in UTF-8 (RFC 8259). serde skips the strings it ignores
+/// without checking their bytes, so UTF-8 is checked first, explicitly.
+pub fn is_json(body: &[u8]) -> bool {
+    std::str::from_utf8(body).is_ok() && serde_json::from_slice::<IgnoredAny>(body).is_ok()
+}
+
 /// What a JSON body turned out to be.
 #[derive(Debug)]
 pub enum Classified<'a> {
@@ -64,6 +70,9 @@ pub enum Verdict<'a> {
 /// (a bare list such as `/models` has `object` and `data`).
 pub fn classify(body: &[u8]) -> Classified<'_> {
     // serde also reads a struct from a JSON array; only an object can be an envelope.
+    if std::str::from_utf8(body).is_err() {
+        return Classified::NotJson;
+    }
     let is_object = body.trim_ascii_start().first() == Some(&b'{');
     match serde_json::from_slice::<Envelope<'_>>(body)
         .ok()

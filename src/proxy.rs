@@ -100,12 +100,9 @@ impl Proxy {
 
     pub async fn handle(&self, request: Request<Incoming>, client: ClientInfo) -> ProxyResponse {
         let path = request.uri().path();
-        if let Err(error) = request_target::check_target(
-            request.method(),
-            request.uri(),
-            request.version(),
-            request.headers(),
-        ) {
+        let checked =
+            request_target::check_target(request.method(), request.uri(), request.version());
+        if let Err(error) = checked {
             return unheld(error_response(dialect_of(path), &error, None));
         }
         match route(path) {

@@ -1,38 +1,26 @@
 //! No open proxy: request targets refused before any upstream contact.
 //!
 //! Only `/v1/…` and `/api/v1/…` are proxied, and always to the configured upstream. Refused
-//! with 400: `CONNECT`; absolute-form targets naming another host (`GET http://evil/ …`);
+//! with 400: `CONNECT`; absolute-form targets (`GET http://evil/ … HTTP/1.1`);
 //! paths with `.` or `..` segments (also percent-encoded, `%2e%2e`), empty segments,
 //! backslashes, or encoded `/` and `\` — anything an upstream or a path-normalising hop in front
 //! of it might resolve to somewhere other than what we routed.
 
-use http::header::HOST;
-use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use http::{Method, StatusCode, Uri, Version};
 
 use crate::api_error::ApiError;
 
 /// Checks the method and the target's form, for every request. `Err` carries the reason.
-pub fn check_target(
-    method: &Method,
-    uri: &Uri,
-    version: Version,
-    headers: &HeaderMap,
-) -> Result<(), ApiError> {
+pub fn check_target(method: &Method, uri: &Uri, version: Version) -> Result<(), ApiError> {
     if method == Method::CONNECT {
         return Err(refuse(
             "CONNECT is not supported: envelope-proxy is not a forward proxy",
         ));
     }
-    // HTTP/2 always carries :authority in the URI; in HTTP/1 an authority means absolute-form.
-    if version < Version::HTTP_2 {
-        if let Some(authority) = uri.authority() {
-            let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-            if host.is_none_or(|host| !host.eq_ignore_ascii_case(authority.as_str())) {
-                return Err(refuse(
-                    "absolute-form request targets for other hosts are not proxied",
-                ));
-            }
-        }
+    // HTTP/2 always carries :authority in the URI; in HTTP/1 an authority means absolute-form,
+    // which clients only send to a forward proxy — exactly what we refuse to be.
+    if version < Version::HTTP_2 && uri.authority().is_some() {
+        return Err(refuse("absolute-form request targets are not proxied"));
     }
     Ok(())
 }
@@ -90,13 +78,9 @@ fn refuse(reason: &str) -> ApiError {
 mod tests {
     use super::*;
 
-    fn check_uri(method: Method, target: &str, host: Option<&str>) -> Result<(), String> {
-        let mut headers = HeaderMap::new();
-        if let Some(host) = host {
-            headers.insert(HOST, host.parse().unwrap());
-        }
+    fn check_uri(method: Method, target: &str) -> Result<(), String> {
         let uri: Uri = target.parse().unwrap();
-        check_target(&method, &uri, Version::HTTP_11, &headers)
+        check_target(&method, &uri, Version::HTTP_11)
             .and_then(|()| check_path(uri.path()))
             .map_err(|e| e.message)
     }
@@ -109,11 +93,7 @@ mod tests {
             "/v1/files/file-abc%20x",
             "/healthz",
         ] {
-            assert_eq!(
-                check_uri(Method::POST, path, Some("proxy")),
-                Ok(()),
-                "{path}"
-            );
+            assert_eq!(check_uri(Method::POST, path), Ok(()), "{path}");
         }
     }
 
@@ -132,34 +112,24 @@ mod tests {
             "/v1/..%2fadmin",
             "/v1/%5c..",
         ] {
-            assert!(
-                check_uri(Method::GET, path, Some("proxy")).is_err(),
-                "{path}"
-            );
+            assert!(check_uri(Method::GET, path).is_err(), "{path}");
         }
     }
 
     #[test]
     fn connect_and_foreign_absolute_form_are_refused() {
         assert_eq!(
-            check_uri(Method::CONNECT, "evil.example:443", None).unwrap_err(),
+            check_uri(Method::CONNECT, "evil.example:443").unwrap_err(),
             "request refused: CONNECT is not supported: envelope-proxy is not a forward proxy"
         );
-        assert!(check_uri(
-            Method::GET,
+        for target in [
             "http://evil.example/v1/models",
-            Some("proxy:8080")
-        )
-        .is_err());
-        assert!(check_uri(Method::GET, "http://evil.example/v1/models", None).is_err());
-        // Absolute-form naming ourselves is legal HTTP/1.1.
-        assert_eq!(
-            check_uri(
-                Method::GET,
-                "http://proxy:8080/v1/models",
-                Some("proxy:8080")
-            ),
-            Ok(())
-        );
+            "http://127.0.0.1:8080/v1/models",
+        ] {
+            assert_eq!(
+                check_uri(Method::GET, target).unwrap_err(),
+                "request refused: absolute-form request targets are not proxied"
+            );
+        }
     }
 }

@@ -176,6 +176,7 @@ async fn over_connection_limit(
 /// A server running on its own task, for tests and embedding.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -187,12 +188,14 @@ impl RunningServer {
             addr: server.config.listen,
             source,
         })?;
+        let proxy = server.proxy();
         let (shutdown, signal) = oneshot::channel();
         let task = tokio::spawn(server.serve(async {
             let _ = signal.await;
         }));
         Ok(Self {
             addr,
+            proxy,
             shutdown: Some(shutdown),
             task,
         })

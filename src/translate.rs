@@ -90,7 +90,7 @@ fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response
     match exchange.client {
         Dialect::Envelope => {
             // Validate, never rebuild: the payload goes out as the upstream wrote it.
-            if serde_json::from_slice::<IgnoredAny>(&body).is_err() {
+            if !envelope::is_json(&body) {
                 return error_response(exchange.client, &invalid_json(&parts), Some(parts.headers));
             }
             json_response(StatusCode::OK, parts.headers, envelope::wrap_success(body))
@@ -137,7 +137,7 @@ async fn translate_error(
         Ok(bytes) => bytes,
         Err(error) => return error_response(exchange.client, &error, Some(parts.headers)),
     };
-    if same_dialect && serde_json::from_slice::<IgnoredAny>(&bytes).is_ok() {
+    if same_dialect && envelope::is_json(&bytes) {
         return Response::from_parts(parts, ProxyBody::full(bytes));
     }
     let content_type = headers::media_type(&parts.headers);
