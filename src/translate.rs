@@ -17,7 +17,6 @@ use http::response::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use serde::de::IgnoredAny;
 
 use crate::api_error::{self, ApiError};
 use crate::body::ProxyBody;
