@@ -5,34 +5,18 @@
 //! One test per binary: dhat's profiler is process-wide.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use envelope_proxy::config::StreamEnvelope;
-use envelope_proxy::sse::{EventMode, SseBody, StreamSettings};
+use envelope_proxy::sse::SseBody;
 use envelope_proxy::Dialect;
-use http_body::{Body, Frame};
+use http_body::Body;
+
+#[path = "support/streams.rs"]
+mod streams;
 
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;
-
-/// An upstream body that yields prepared chunks, one frame each.
-struct Chunks(VecDeque<Bytes>);
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
-    }
-}
 
 /// `events` events of about `size` bytes each (one per chunk, as hyper hands them over: slices
 /// of a shared read buffer), then `[DONE]`.
@@ -68,18 +52,10 @@ fn allocations(
     stream_envelope: StreamEnvelope,
     chunks: VecDeque<Bytes>,
 ) -> u64 {
-    let settings = StreamSettings {
-        mode: EventMode::select(client, upstream, stream_envelope),
-        client,
-        upstream,
-        require_done: true,
-        idle_timeout: Duration::from_secs(60),
-        keepalive: None,
-        max_event_bytes: 1 << 20,
-    };
+    let settings = streams::chat_stream(client, upstream, stream_envelope);
     runtime.block_on(async move {
         let before = dhat::HeapStats::get().total_blocks;
-        let mut body = std::pin::pin!(SseBody::new(Chunks(chunks), settings));
+        let mut body = std::pin::pin!(SseBody::new(streams::Chunks(chunks), settings));
         let mut sent = 0usize;
         while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
             sent += frame

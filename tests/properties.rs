@@ -2,22 +2,21 @@
 //! normaliser and the streaming body.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use envelope_proxy::api_error::{normalise, ApiError};
+use envelope_proxy::config::StreamEnvelope;
 use envelope_proxy::envelope::{
     classify, is_json, slice_payload, wrap_success, Classified, Verdict,
 };
-use envelope_proxy::sse::{EventMode, SseBody, StreamSettings};
+use envelope_proxy::sse::SseBody;
 use envelope_proxy::Dialect;
 use http::StatusCode;
-use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use proptest::prelude::*;
+
+#[path = "support/streams.rs"]
+mod streams;
 use serde_json::Value;
 
 /// Arbitrary JSON values, nested a few levels deep.
@@ -146,41 +145,14 @@ proptest! {
 
 /// Drives an [`SseBody`] over the given upstream chunks and collects what the client receives.
 fn run_stream(chunks: VecDeque<Bytes>, client: Dialect, upstream: Dialect) -> Bytes {
-    let settings = StreamSettings {
-        mode: EventMode::select(
-            client,
-            upstream,
-            envelope_proxy::config::StreamEnvelope::Bare,
-        ),
-        client,
-        upstream,
-        require_done: true,
-        idle_timeout: Duration::from_secs(60),
-        keepalive: None,
-        max_event_bytes: 1 << 20,
-    };
+    let settings = streams::chat_stream(client, upstream, StreamEnvelope::Bare);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
     // The body arms its idle timer on creation, so it is built inside the runtime.
     runtime.block_on(async {
-        let body = SseBody::new(Chunks(chunks), settings);
+        let body = SseBody::new(streams::Chunks(chunks), settings);
         body.collect().await.unwrap().to_bytes()
     })
-}
-
-/// An upstream body that yields the given chunks, one frame each.
-struct Chunks(VecDeque<Bytes>);
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
-    }
 }
