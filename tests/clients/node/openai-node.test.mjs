@@ -67,6 +67,14 @@ describe("completions", () => {
       assert.deepEqual(completion, ct.fixtureJSON("bare/chat_completion.json"));
     });
 
+    test(`${shape}: models and embeddings are the upstream ones`, async () => {
+      const c = client(shape);
+      const models = await c.models.list();
+      assert.deepEqual(models.data, ct.fixtureJSON("bare/models.json").data);
+      const embeddings = await c.embeddings.create({ model: "text-embedding-3-small", input: ["hi", "there"] });
+      assert.deepEqual(embeddings, ct.fixtureJSON("bare/embeddings.json"));
+    });
+
     test(`${shape}: a stream has the upstream chunks`, async () => {
       const chunks = await collect(await create(client(shape), {}, { stream: true }));
       assert.deepEqual(chunks, ct.fixtureChunks(ct.BARE_STREAM));
@@ -315,6 +323,25 @@ describe("streams that go wrong", () => {
       assert.equal(err.message, ct.TRUNCATED_MESSAGE);
       assert.equal(err.code, "stream_truncated");
       assert.equal(err.type, "upstream_error");
+    });
+  }
+
+  for (const [shape, fixture] of [
+    ["bare", ct.BARE_STREAM],
+    ["envelope", ct.ENVELOPE_STREAM],
+  ]) {
+    // The error events end the HTTP response cleanly: the same client goes on serving requests.
+    test(`${shape}: the client keeps working after failed streams`, async () => {
+      const c = client(shape);
+      for (const d of [
+        { fixture: `${shape}/chat_completion_stream_no_done.sse` },
+        { behaviour: `reset-mid-body:${ct.cutInThirdEvent(fixture)}` },
+      ]) {
+        const err = await rejection(collect(await create(c, ct.directives(d), { stream: true })));
+        assert.equal(err.constructor, OpenAI.APIError);
+      }
+      assert.deepEqual(await collect(await create(c, {}, { stream: true })), ct.fixtureChunks(ct.BARE_STREAM));
+      assert.equal((await create(c)).choices[0].message.content, ct.completionContent());
     });
   }
 

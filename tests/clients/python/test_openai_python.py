@@ -64,6 +64,15 @@ def test_completion_is_the_upstream_completion(shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+def test_models_and_embeddings_are_the_upstream_ones(shape):
+    c = client(shape)
+    models = c.models.list()
+    assert [m.to_dict() for m in models.data] == ct.fixture_json("bare/models.json")["data"]
+    embeddings = c.embeddings.create(model="text-embedding-3-small", input=["hi", "there"])
+    assert embeddings.to_dict() == ct.fixture_json("bare/embeddings.json")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 def test_stream_has_the_upstream_chunks(shape):
     chunks = collect(create(client(shape), stream=True))
     assert chunks == ct.fixture_chunks(ct.BARE_STREAM)
@@ -331,6 +340,20 @@ def test_stream_ending_without_done_raises_api_error(shape, fixture):
     assert e.message == ct.TRUNCATED_MESSAGE
     assert e.code == "stream_truncated"
     assert e.type == "upstream_error"
+
+
+@pytest.mark.parametrize("shape,fixture", [("bare", ct.BARE_STREAM), ("envelope", ct.ENVELOPE_STREAM)])
+def test_the_client_keeps_working_after_failed_streams(shape, fixture):
+    """The error events end the HTTP response cleanly: the same client (and its pooled connection)
+    goes on serving requests."""
+    c = client(shape)
+    no_done = f"{shape}/chat_completion_stream_no_done.sse"
+    for headers in (ct.directives(fixture=no_done),
+                    ct.directives(behaviour=f"reset-mid-body:{ct.cut_in_third_event(fixture)}")):
+        with pytest.raises(openai.APIError):
+            collect(create(c, headers, stream=True))
+    assert collect(create(c, stream=True)) == ct.fixture_chunks(ct.BARE_STREAM)
+    assert create(c).choices[0].message.content == ct.completion_content()
 
 
 def test_control_without_the_proxy_the_sdk_returns_the_short_answer():
