@@ -7,7 +7,6 @@
 
 use std::error::Error as StdError;
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -34,14 +33,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: &Config) -> Result<Self, io::Error> {
+    /// `tls` comes from [`crate::tls::client_config`] (system roots or `--upstream-ca`).
+    pub fn new(config: &Config, tls: rustls::ClientConfig) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
 
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_client_config()?)
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -52,10 +52,10 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Ok(Self {
+        Self {
             client,
             response_timeout: config.response_timeout,
-        })
+        }
     }
 
     /// Sends `request` and waits for the response headers, at most `--response-timeout`.
@@ -69,26 +69,6 @@ impl Upstream {
             Err(_elapsed) => Err(UpstreamError::ResponseTimeout(self.response_timeout)),
         }
     }
-}
-
-/// rustls with the ring provider and the operating system's root store.
-///
-/// ring builds with only a C compiler; the system roots follow the machine's own CA
-/// management (update-ca-certificates), which is what operators expect from a daemon.
-fn tls_client_config() -> Result<rustls::ClientConfig, io::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A single unparsable system certificate must not take the proxy down.
-        let _ = roots.add(cert);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
 }
 
 /// Why the upstream did not produce response headers.
