@@ -35,6 +35,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config, inherited: Vec<listener::Inherited>) -> ExitCode {
+    // Handlers first: a signal that arrives right after READY=1 must not kill the process.
+    let (mut term, mut int, mut hangup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(int), Ok(hangup)) => (term, int, hangup),
+        _ => return fail("cannot install the signal handlers"),
+    };
     let activated = !inherited.is_empty();
     let reload = Reload::default();
     let server = match Server::build(config, inherited, &reload).await {
@@ -52,10 +61,6 @@ async fn run(config: Config, inherited: Vec<listener::Inherited>) -> ExitCode {
         systemd::spawn_watchdog(interval);
     }
 
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => hangup,
-        Err(error) => return fail(&format!("cannot handle SIGHUP: {error}")),
-    };
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             systemd::reloading();
@@ -74,24 +79,16 @@ async fn run(config: Config, inherited: Vec<listener::Inherited>) -> ExitCode {
         }
     });
 
-    server.serve(shutdown_signal()).await;
+    // SIGTERM or SIGINT starts the drain.
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    server.serve(shutdown).await;
     tracing::info!("envelope-proxy stopped");
     ExitCode::SUCCESS
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// A startup failure: logged, on stderr as one line, and exit code 1.
@@ -129,8 +126,11 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),

@@ -96,13 +96,21 @@ impl UpstreamError {
             if current.is::<LengthLimitError>() {
                 return UpstreamError::RequestBodyTooLarge;
             }
+            // hyper-rustls may hand the rustls error on as it is.
+            if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+                return UpstreamError::Tls(tls.to_string());
+            }
             if let Some(io_error) = current.downcast_ref::<io::Error>() {
-                // tokio-rustls hides the rustls error inside the io::Error, where source() skips it.
-                if let Some(tls) = io_error
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                {
-                    return UpstreamError::Tls(tls.to_string());
+                // tokio-rustls hides the rustls error inside an io::Error, and hyper-rustls wraps
+                // that in another one; source() skips both, so look inside each layer.
+                let mut inner = io_error.get_ref();
+                while let Some(layer) = inner {
+                    if let Some(tls) = layer.downcast_ref::<rustls::Error>() {
+                        return UpstreamError::Tls(tls.to_string());
+                    }
+                    inner = layer
+                        .downcast_ref::<io::Error>()
+                        .and_then(io::Error::get_ref);
                 }
                 if io_error.kind() == io::ErrorKind::TimedOut && error.is_connect() {
                     return UpstreamError::ConnectTimeout(chain);
