@@ -141,6 +141,49 @@ pub struct Config {
     #[arg(long, env = "ENVELOPE_PROXY_MAX_SSE_EVENT", default_value_t = 4 * 1024 * 1024)]
     pub max_sse_event: usize,
 
+    /// File of client keys, one per line (`#` comments allowed); when set, every proxied request
+    /// needs `Authorization: Bearer <key>`. Defaults to the systemd credential `api-keys`.
+    #[arg(long, env = "ENVELOPE_PROXY_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// File holding the upstream's API key; it replaces the client's `Authorization`.
+    /// Defaults to the systemd credential `upstream-api-key`.
+    #[arg(long, env = "ENVELOPE_PROXY_UPSTREAM_API_KEY_FILE")]
+    pub upstream_api_key_file: Option<PathBuf>,
+
+    /// Most client connections served at once; more get 503 and are closed.
+    #[arg(long, env = "ENVELOPE_PROXY_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+
+    /// Most requests (including open streams) in flight at once; more get 503.
+    #[arg(
+        long,
+        env = "ENVELOPE_PROXY_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 16_384
+    )]
+    pub max_concurrent_requests: usize,
+
+    /// Seconds a client may take to send its request headers (slowloris guard).
+    #[arg(long, env = "ENVELOPE_PROXY_HEADER_READ_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub header_read_timeout: Duration,
+
+    /// Overall deadline, in seconds, for a non-streaming request whose body the proxy reads.
+    #[arg(long, env = "ENVELOPE_PROXY_REQUEST_TIMEOUT", default_value = "900", value_parser = parse_seconds)]
+    pub request_timeout: Duration,
+
+    /// Largest request head (request line + headers) in bytes; larger gets 431. At least 8192.
+    #[arg(
+        long,
+        env = "ENVELOPE_PROXY_MAX_HEADER_BYTES",
+        default_value_t = 64 * 1024,
+        value_parser = clap::value_parser!(u32).range(8192..)
+    )]
+    pub max_header_bytes: u32,
+
+    /// Most request headers; more gets 431.
+    #[arg(long, env = "ENVELOPE_PROXY_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+
     /// Log level filter (error, warn, info, debug, trace or a tracing directive); RUST_LOG wins when set.
     #[arg(long, env = "ENVELOPE_PROXY_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

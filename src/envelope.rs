@@ -25,6 +25,12 @@ pub fn wrap_success(payload: Bytes) -> [Bytes; 3] {
     [SUCCESS_PREFIX, payload, SUCCESS_SUFFIX]
 }
 
+/// True for a complete JSON text in UTF-8 (RFC 8259). serde skips the strings it ignores
+/// without checking their bytes, so UTF-8 is checked first, explicitly.
+pub fn is_json(body: &[u8]) -> bool {
+    std::str::from_utf8(body).is_ok() && serde_json::from_slice::<IgnoredAny>(body).is_ok()
+}
+
 /// What a JSON body turned out to be.
 #[derive(Debug)]
 pub enum Classified<'a> {
@@ -38,18 +44,25 @@ pub enum Classified<'a> {
 /// The top-level members of an envelope, borrowed from the body.
 #[derive(Debug, Default, Deserialize)]
 pub struct Envelope<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     success: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     code: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     message: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     error: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     object: Option<&'a RawValue>,
+}
+
+/// Keeps a member that is present as `null` (`Option<&RawValue>` alone would read it as absent).
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// What an envelope says.
@@ -64,6 +77,9 @@ pub enum Verdict<'a> {
 /// (a bare list such as `/models` has `object` and `data`).
 pub fn classify(body: &[u8]) -> Classified<'_> {
     // serde also reads a struct from a JSON array; only an object can be an envelope.
+    if std::str::from_utf8(body).is_err() {
+        return Classified::NotJson;
+    }
     let is_object = body.trim_ascii_start().first() == Some(&b'{');
     match serde_json::from_slice::<Envelope<'_>>(body)
         .ok()
@@ -93,12 +109,16 @@ impl<'a> Envelope<'a> {
             Some(Ok(Value::Bool(flag))) => Some(flag),
             Some(_) => return Verdict::Error(malformed("`success` is not a boolean")),
         };
-        let code_ok = match self.code_text() {
-            Ok(None) => true,
-            Ok(Some(code)) => matches!(code.as_str(), "200" | "0"),
-            Err(()) => {
-                return Verdict::Error(malformed("`code` is neither a string nor an integer"))
-            }
+        // The common success codes are recognised from their raw bytes, without allocating.
+        let code_ok = match self.code.map(RawValue::get) {
+            Some(r#""200""# | "200" | r#""0""# | "0") => true,
+            _ => match self.code_text() {
+                Ok(None) => true,
+                Ok(Some(code)) => matches!(code.as_str(), "200" | "0"),
+                Err(()) => {
+                    return Verdict::Error(malformed("`code` is neither a string nor an integer"))
+                }
+            },
         };
         if success == Some(false) || !code_ok {
             return Verdict::Error(self.into_error(http_status));

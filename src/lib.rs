@@ -12,6 +12,7 @@
 
 pub mod access_log;
 pub mod api_error;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod credentials;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod request_id;
+pub mod request_target;
 pub mod server;
 pub mod sse;
 pub mod systemd;

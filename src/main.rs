@@ -48,7 +48,7 @@ async fn run(config: Config, inherited: Vec<listener::Inherited>) -> ExitCode {
     let reload = Reload::default();
     let server = match Server::build(config, inherited, &reload).await {
         Ok(server) => server,
-        Err(error) => return fail(&error),
+        Err(error) => return fail(&error.to_string()),
     };
     let summary = server.summary().to_owned();
     let metrics = server.metrics();

@@ -51,9 +51,10 @@ impl UpstreamErrorKind {
     pub fn from_code(code: &str) -> Option<Self> {
         Some(match code {
             "upstream_unreachable" => UpstreamErrorKind::Connect,
-            "upstream_connect_timeout" | "upstream_timeout" | "idle_timeout" => {
-                UpstreamErrorKind::Timeout
-            }
+            "upstream_connect_timeout"
+            | "upstream_timeout"
+            | "idle_timeout"
+            | "request_timeout" => UpstreamErrorKind::Timeout,
             "upstream_tls_error" => UpstreamErrorKind::Tls,
             "upstream_error" | "upstream_truncated" | "upstream_broken" => UpstreamErrorKind::Reset,
             "upstream_invalid_body"

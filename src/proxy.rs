@@ -11,16 +11,21 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Limited;
 use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{ObservedBody, RequestRecord};
 use crate::api_error::ApiError;
-use crate::body::ProxyBody;
+use crate::auth::{self, ClientKeys, KeyError, UpstreamKey};
+use crate::body::{Held, ProxyBody};
 use crate::config::Config;
 use crate::dialect::{route, Dialect, Route};
 use crate::headers;
 use crate::metrics::{self, Metrics};
+use crate::reload::Reloadable;
 use crate::request_id::{self, X_REQUEST_ID};
+use crate::request_target;
 use crate::sse::{EventMode, StreamSettings};
 use crate::translate::{self, error_response, ErrorCode, Exchange, Translated};
 use crate::upstream::Upstream;
@@ -51,21 +56,79 @@ struct UpstreamStatus(StatusCode);
 pub struct Proxy {
     config: Arc<Config>,
     upstream: Upstream,
+    client_keys: Option<ClientKeys>,
+    upstream_key: Option<UpstreamKey>,
+    /// One permit per request in flight (streams hold theirs until they end).
+    in_flight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
     /// Cancelled when the shutdown grace period runs out.
     cut: CancellationToken,
 }
 
+/// Why the proxy could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+}
+
+/// A request's response: observed for the access log and metrics, holding its concurrency
+/// permit until the body is done.
+pub type ProxyResponse = Response<Held<ObservedBody, Option<OwnedSemaphorePermit>>>;
+
 impl Proxy {
-    pub fn new(config: Arc<Config>, upstream: Upstream, metrics: Arc<Metrics>) -> Self {
-        Self {
+    pub fn new(
+        config: Arc<Config>,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SetupError> {
+        let client_keys = auth::resolve_key_file(
+            config.api_keys_file.as_deref(),
+            auth::CLIENT_KEYS_CREDENTIAL,
+        )
+        .map(|path| ClientKeys::load(&path))
+        .transpose()?;
+        let upstream_key = auth::resolve_key_file(
+            config.upstream_api_key_file.as_deref(),
+            auth::UPSTREAM_KEY_CREDENTIAL,
+        )
+        .map(|path| UpstreamKey::load(&path))
+        .transpose()?;
+        let in_flight = Arc::new(Semaphore::new(config.max_concurrent_requests));
+        Ok(Self {
             config,
             upstream,
+            client_keys,
+            upstream_key,
+            in_flight,
             metrics,
             draining: AtomicBool::new(false),
             cut: CancellationToken::new(),
+        })
+    }
+
+    /// True when key files are in use (and so worth reloading on SIGHUP).
+    pub fn has_key_files(&self) -> bool {
+        self.client_keys.is_some() || self.upstream_key.is_some()
+    }
+
+    /// Re-reads the key files (SIGHUP). A file that fails keeps its old keys; the error says why.
+    pub fn reload_keys(&self) -> Vec<KeyError> {
+        let mut errors = Vec::new();
+        if let Some(keys) = &self.client_keys {
+            match keys.reload() {
+                Ok(count) => tracing::info!(keys = count, "client keys reloaded"),
+                Err(error) => errors.push(error),
+            }
         }
+        if let Some(key) = &self.upstream_key {
+            match key.reload() {
+                Ok(()) => tracing::info!("upstream key reloaded"),
+                Err(error) => errors.push(error),
+            }
+        }
+        errors
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -89,35 +152,61 @@ impl Proxy {
         mut request: Request<Incoming>,
         client: ClientInfo,
         role: Role,
-    ) -> Response<ObservedBody> {
+    ) -> ProxyResponse {
         let request_id = request_id::ensure(request.headers_mut());
         // The operational endpoints live on the admin listener when there is one.
         let operational = match role {
             Role::Admin => true,
             Role::Public => self.config.admin_listen.is_none(),
         };
-        let route = route(request.uri().path());
-        let mut response = match route {
-            Route::Healthz if operational => unobserved(text_response(StatusCode::OK, "ok\n")),
-            Route::Readyz if operational => unobserved(self.readyz()),
-            Route::Metrics if operational && may_read_metrics(&request, role) => {
-                unobserved(self.metrics_response())
-            }
-            Route::Proxy {
-                client: dialect,
-                rest,
-            } if role == Role::Public => {
-                let rest = rest.to_owned();
-                let mut record = self.record(&request, &request_id);
-                record.set_client(dialect);
-                let response = self
-                    .forward(request, dialect, &rest, client, &request_id)
-                    .await;
-                observed(response, record)
-            }
-            _ => {
-                let record = self.record(&request, &request_id);
-                observed(unknown_route(&request), record)
+        let path = request.uri().path();
+        let checked =
+            request_target::check_target(request.method(), request.uri(), request.version());
+        let mut response = if let Err(error) = checked {
+            let record = self.record(&request, &request_id);
+            unheld(observed(
+                error_response(dialect_of(path), &error, None),
+                record,
+            ))
+        } else {
+            match route(path) {
+                Route::Healthz if operational => {
+                    unheld(unobserved(text_response(StatusCode::OK, "ok\n")))
+                }
+                Route::Readyz if operational => unheld(unobserved(self.readyz())),
+                Route::Metrics if operational && may_read_metrics(&request, role) => {
+                    unheld(unobserved(self.metrics_response()))
+                }
+                Route::Proxy {
+                    client: dialect,
+                    rest,
+                } if role == Role::Public => {
+                    let mut record = self.record(&request, &request_id);
+                    record.set_client(dialect);
+                    if let Err(error) = request_target::check_path(path) {
+                        let response = error_response(dialect, &error, None);
+                        return with_request_id(unheld(observed(response, record)), request_id);
+                    }
+                    if let Some(keys) = &self.client_keys {
+                        if !keys.allows(request.headers()) {
+                            let response = observed(unauthorized(dialect), record);
+                            return with_request_id(unheld(response), request_id);
+                        }
+                    }
+                    let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+                        let response = observed(overloaded(dialect), record);
+                        return with_request_id(unheld(response), request_id);
+                    };
+                    let rest = rest.to_owned();
+                    let response = self
+                        .forward(request, dialect, &rest, client, &request_id)
+                        .await;
+                    observed(response, record).map(|body| Held::new(body, Some(permit)))
+                }
+                _ => {
+                    let record = self.record(&request, &request_id);
+                    unheld(observed(unknown_route(&request), record))
+                }
             }
         };
         // The upstream's own id, when it sent one, is what the SDKs report; else ours.
@@ -168,6 +257,8 @@ impl Proxy {
             upstream: config.upstream_shape,
             head: request.method() == Method::HEAD,
             max_response_body: config.max_response_body,
+            deadline: Instant::now() + config.request_timeout,
+            request_timeout: config.request_timeout,
             stream: StreamSettings {
                 mode: EventMode::select(dialect, config.upstream_shape, config.stream_envelope),
                 client: dialect,
@@ -208,12 +299,19 @@ impl Proxy {
         parts.uri = uri;
         // The upstream connection picks its own HTTP version (ALPN or HTTP/1.1).
         parts.version = http::Version::HTTP_11;
+        if let Some(key) = &self.upstream_key {
+            key.apply(&mut parts.headers);
+        }
         let upstream_request =
             Request::from_parts(parts, Limited::new(body, config.max_request_body as usize));
 
+        let sent = tokio::time::timeout_at(exchange.deadline, self.upstream.send(upstream_request));
         let sent = tokio::select! {
-            sent = self.upstream.send(upstream_request) => sent,
+            sent = sent => sent,
             () = self.cut.cancelled() => return error_response(dialect, &shutting_down(), None),
+        };
+        let Ok(sent) = sent else {
+            return error_response(dialect, &deadline_exceeded(config.request_timeout), None);
         };
         match sent {
             Ok(response) => {
@@ -267,6 +365,81 @@ fn observed(
         response.body().is_stream(),
     );
     response.map(|body| ObservedBody::new(body, Some(record)))
+}
+
+/// A response that holds no permit (answered by the proxy itself).
+fn unheld(response: Response<ObservedBody>) -> ProxyResponse {
+    response.map(|body| Held::new(body, None))
+}
+
+fn with_request_id(mut response: ProxyResponse, request_id: HeaderValue) -> ProxyResponse {
+    if !response.headers().contains_key(&X_REQUEST_ID) {
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
+    }
+    response
+}
+
+/// SIGHUP re-reads the key files through the reload registry.
+impl Reloadable for Proxy {
+    fn name(&self) -> &'static str {
+        "API key files"
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        let errors: Vec<String> = self.reload_keys().iter().map(ToString::to_string).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// The dialect a path asks for, for refusals issued before routing.
+fn dialect_of(path: &str) -> Dialect {
+    if path.starts_with("/api/") {
+        Dialect::Envelope
+    } else {
+        Dialect::Bare
+    }
+}
+
+fn unauthorized(dialect: Dialect) -> Response<ProxyBody> {
+    let error = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "Missing or invalid API key: send `Authorization: Bearer <key>` with a key this proxy accepts.",
+    )
+    .with_code("invalid_api_key");
+    let mut response = error_response(dialect, &error, None);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn overloaded(dialect: Dialect) -> Response<ProxyBody> {
+    let error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "envelope-proxy is at its concurrent request limit (--max-concurrent-requests); retry shortly",
+    )
+    .with_code("proxy_overloaded");
+    let mut response = error_response(dialect, &error, None);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+pub(crate) fn deadline_exceeded(limit: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "the request did not complete within {}s (--request-timeout)",
+            limit.as_secs_f64()
+        ),
+    )
+    .with_type("upstream_error")
+    .with_code("request_timeout")
 }
 
 fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {

@@ -12,6 +12,9 @@
 //!    streams end with a `shutting_down` error event and requests still waiting for the
 //!    upstream get a 503; after a short flush whatever remains is dropped.
 //!    The admin listener serves until the very end, so probes can watch the drain.
+//!
+//! Connections over `--max-connections` are still read, so that each request on them gets a
+//! 503 in its own dialect instead of a hang, and are then closed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,27 +22,32 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::api_error::ApiError;
+use crate::body::ProxyBody;
 use crate::config::Config;
+use crate::dialect::{route, Dialect, Route};
 use crate::listener::{Inherited, ListenAddr, Listener, Stream};
 use crate::metrics::Metrics;
-use crate::proxy::{ClientInfo, Proxy, Role};
+use crate::proxy::{ClientInfo, Proxy, Role, SetupError};
 use crate::reload::Reload;
 use crate::systemd;
 use crate::tls::{self, CertFiles};
+use crate::translate::error_response;
 use crate::upstream::Upstream;
 
-/// How long a client may take to send its request headers (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the grace period: time for the final error events to be written.
@@ -50,14 +58,31 @@ pub struct Server {
     public: Vec<Listener>,
     admin: Option<Listener>,
     proxy: Arc<Proxy>,
+    config: Arc<Config>,
     tls: Option<TlsAcceptor>,
     grace: Duration,
     summary: String,
 }
 
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: ListenAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot serve the inherited sockets: {0}")]
+    Inherited(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+}
+
 impl Server {
     /// Binds the configured addresses (no socket activation, no SIGHUP): for tests and embedding.
-    pub async fn bind(config: Config) -> Result<Self, String> {
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
         Self::build(config, Vec::new(), &Reload::default()).await
     }
 
@@ -67,26 +92,40 @@ impl Server {
         config: Config,
         inherited: Vec<Inherited>,
         reload: &Reload,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         let provider = tls::provider();
         // TLS first: a bad certificate fails before any socket is bound.
         let tls = match config.tls_files() {
             Some((cert, key)) => {
-                let files = CertFiles::load("TLS certificate", &cert, &key, Arc::clone(&provider))?;
+                let files = CertFiles::load("TLS certificate", &cert, &key, Arc::clone(&provider))
+                    .map_err(StartError::Tls)?;
                 reload.register(files.clone());
-                let server_config = tls::server_config(files, Arc::clone(&provider))?;
+                let server_config =
+                    tls::server_config(files, Arc::clone(&provider)).map_err(StartError::Tls)?;
                 Some(TlsAcceptor::from(server_config))
             }
             None => None,
         };
-        let upstream_tls = upstream_tls_config(&config, provider, reload)?;
+        let upstream_tls =
+            upstream_tls_config(&config, provider, reload).map_err(StartError::Tls)?;
+        let metrics = Arc::new(Metrics::default());
+        let config = Arc::new(config);
+        let upstream = Upstream::new(&config, upstream_tls);
+        // Keys before sockets, like TLS: a bad key file fails before anything listens.
+        let proxy = Arc::new(Proxy::new(Arc::clone(&config), upstream, metrics)?);
+        if proxy.has_key_files() {
+            reload.register(proxy.clone());
+        }
 
         let public = if inherited.is_empty() {
             let mut public = Vec::with_capacity(config.listen.len());
             for addr in &config.listen {
                 let listener = Listener::bind(addr, config.unix_socket_mode)
                     .await
-                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                    .map_err(|source| StartError::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?;
                 public.push(listener);
             }
             public
@@ -95,32 +134,30 @@ impl Server {
                 .into_iter()
                 .map(Listener::from_inherited)
                 .collect::<Result<_, _>>()
-                .map_err(|e| format!("cannot serve the inherited sockets: {e}"))?
+                .map_err(StartError::Inherited)?
         };
         let admin = match &config.admin_listen {
             Some(addr) => Some(
                 Listener::bind(addr, config.unix_socket_mode)
                     .await
-                    .map_err(|e| format!("cannot listen on {addr} (--admin-listen): {e}"))?,
+                    .map_err(|source| StartError::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?,
             ),
             None => None,
         };
 
-        let grace = config.shutdown_grace;
-        let upstream = Upstream::new(&config, upstream_tls);
         let mut server = Self {
             public,
             admin,
-            proxy: Arc::new(Proxy::new(
-                Arc::new(config.clone()),
-                upstream,
-                Arc::new(Metrics::default()),
-            )),
+            proxy,
+            grace: config.shutdown_grace,
+            config,
             tls,
-            grace,
             summary: String::new(),
         };
-        server.summary = server.describe(&config);
+        server.summary = server.describe();
         Ok(server)
     }
 
@@ -140,12 +177,18 @@ impl Server {
         Arc::clone(self.proxy.metrics())
     }
 
+    /// The proxy, for reloading its keys while it serves.
+    pub fn proxy(&self) -> Arc<Proxy> {
+        Arc::clone(&self.proxy)
+    }
+
     /// One line for logs and systemd's STATUS=.
     pub fn summary(&self) -> &str {
         &self.summary
     }
 
-    fn describe(&self, config: &Config) -> String {
+    fn describe(&self) -> String {
+        let config = &self.config;
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let listeners: Vec<String> = self
             .public
@@ -177,11 +220,13 @@ impl Server {
             public,
             admin,
             proxy,
+            config,
             tls,
             grace,
             ..
         } = self;
-        let builder = http_builder();
+        let builder = connection_builder(&config);
+        let limit = Arc::new(Semaphore::new(config.max_connections));
         let stop_public = CancellationToken::new();
         let stop_admin = CancellationToken::new();
 
@@ -208,6 +253,8 @@ impl Server {
         let mut connections = JoinSet::new();
         let serve_one = |connections: &mut JoinSet<()>, stream: Stream| {
             let watcher = graceful.watcher();
+            // `None`: over --max-connections; every request on it gets a 503.
+            let permit = Arc::clone(&limit).try_acquire_owned().ok();
             let proxy = Arc::clone(&proxy);
             let builder = builder.clone();
             let tls = tls.clone();
@@ -228,24 +275,21 @@ impl Server {
                             ip: Some(remote.ip()),
                             proto: "https",
                         };
-                        let conn = connection(&builder, tls_stream, proxy, client, Role::Public);
-                        log_end(watcher.watch(conn).await);
+                        serve_public(&builder, tls_stream, proxy, client, permit, watcher).await;
                     }
                     (Stream::Tcp(tcp, remote), None) => {
                         let client = ClientInfo {
                             ip: Some(remote.ip()),
                             proto: "http",
                         };
-                        let conn = connection(&builder, tcp, proxy, client, Role::Public);
-                        log_end(watcher.watch(conn).await);
+                        serve_public(&builder, tcp, proxy, client, permit, watcher).await;
                     }
                     (Stream::Unix(unix), _) => {
                         let client = ClientInfo {
                             ip: None,
                             proto: "http",
                         };
-                        let conn = connection(&builder, unix, proxy, client, Role::Public);
-                        log_end(watcher.watch(conn).await);
+                        serve_public(&builder, unix, proxy, client, permit, watcher).await;
                     }
                 }
             });
@@ -321,14 +365,67 @@ fn upstream_tls_config(
     Ok(client_config)
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
+/// HTTP/1.1 and HTTP/2 with the configured header limits and the slowloris guard.
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(config.header_read_timeout)
+        .max_headers(config.max_headers)
+        .max_buf_size(config.max_header_bytes as usize);
     builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.max_header_bytes);
+    builder
+}
+
+/// A public connection: served by the proxy while it holds a connection permit, else
+/// answered with 503s and closed.
+async fn serve_public<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    proxy: Arc<Proxy>,
+    client: ClientInfo,
+    permit: Option<OwnedSemaphorePermit>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    match permit {
+        Some(permit) => {
+            let conn = connection(builder, io, proxy, client, Role::Public);
+            log_end(watcher.watch(conn).await);
+            drop(permit);
+        }
+        None => {
+            let conn = builder
+                .serve_connection(TokioIo::new(io), service_fn(over_connection_limit))
+                .into_owned();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// The answer on a connection over `--max-connections`, in the dialect its path asks for.
+async fn over_connection_limit(
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let dialect = match route(request.uri().path()) {
+        Route::Proxy { client, .. } => client,
+        _ => Dialect::Bare,
+    };
+    let error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "envelope-proxy is at its connection limit (--max-connections); retry shortly",
+    )
+    .with_code("proxy_overloaded");
+    let mut response = error_response(dialect, &error, None);
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Ok(response)
 }
 
 /// One HTTP/1.1-or-HTTP/2 connection serving the proxy.
@@ -422,13 +519,14 @@ pub struct RunningServer {
     /// Every public listener.
     pub addrs: Vec<ListenAddr>,
     pub admin: Option<ListenAddr>,
+    pub proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl RunningServer {
-    pub async fn start(config: Config) -> Result<Self, String> {
+    pub async fn start(config: Config) -> Result<Self, StartError> {
         let server = Server::bind(config).await?;
         let addrs = server.public_addrs();
         let addr = addrs
@@ -437,9 +535,15 @@ impl RunningServer {
                 ListenAddr::Tcp(addr) => Some(*addr),
                 ListenAddr::Unix(_) => None,
             })
-            .ok_or("RunningServer needs a TCP listener")?;
+            .ok_or_else(|| {
+                StartError::Inherited(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "RunningServer needs a TCP listener",
+                ))
+            })?;
         let admin = server.admin_addr();
         let metrics = server.metrics();
+        let proxy = server.proxy();
         let (shutdown, signal) = oneshot::channel();
         let task = tokio::spawn(server.serve(async {
             let _ = signal.await;
@@ -448,6 +552,7 @@ impl RunningServer {
             addr,
             addrs,
             admin,
+            proxy,
             metrics,
             shutdown: Some(shutdown),
             task,

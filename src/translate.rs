@@ -17,7 +17,6 @@ use http::response::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use serde::de::IgnoredAny;
 
 use crate::api_error::{self, ApiError};
 use crate::body::ProxyBody;
@@ -35,6 +34,9 @@ pub struct Exchange {
     /// A HEAD request: the response has no body to translate.
     pub head: bool,
     pub max_response_body: u64,
+    /// When a body the proxy reads must be complete, and the `--request-timeout` behind it.
+    pub deadline: tokio::time::Instant,
+    pub request_timeout: std::time::Duration,
     /// How event streams are handled (its mode already follows from the two dialects).
     pub stream: StreamSettings,
     /// Cancelled when the shutdown grace period runs out: open streams end with an error event.
@@ -96,7 +98,7 @@ fn stream_response(exchange: &Exchange, mut parts: Parts, body: Incoming) -> Res
     // Tells nginx (and compatible buffering proxies in front of us) not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     let rewrites = exchange.stream.mode != EventMode::Passthru;
-    let body = SseBody::new(body, exchange.stream, exchange.cut.clone());
+    let body = SseBody::with_cut(body, exchange.stream, exchange.cut.clone());
     let response = Response::from_parts(parts, ProxyBody::sse(body));
     if rewrites {
         translated(response)
@@ -110,7 +112,7 @@ fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response
     match exchange.client {
         Dialect::Envelope => {
             // Validate, never rebuild: the payload goes out as the upstream wrote it.
-            if serde_json::from_slice::<IgnoredAny>(&body).is_err() {
+            if !envelope::is_json(&body) {
                 return error_response(exchange.client, &invalid_json(&parts), Some(parts.headers));
             }
             translated(json_response(
@@ -161,7 +163,7 @@ async fn translate_error(
         Ok(bytes) => bytes,
         Err(error) => return error_response(exchange.client, &error, Some(parts.headers)),
     };
-    if same_dialect && serde_json::from_slice::<IgnoredAny>(&bytes).is_ok() {
+    if same_dialect && envelope::is_json(&bytes) {
         return Response::from_parts(parts, ProxyBody::full(bytes));
     }
     let content_type = headers::media_type(&parts.headers);
@@ -191,10 +193,11 @@ async fn translate_error(
 
 /// Reads a body the proxy must inspect, bounded by `--max-response-body`.
 async fn read_body(exchange: &Exchange, body: Incoming) -> Result<Bytes, ApiError> {
-    match Limited::new(body, exchange.max_response_body as usize)
-        .collect()
-        .await
-    {
+    let read = Limited::new(body, exchange.max_response_body as usize).collect();
+    let Ok(read) = tokio::time::timeout_at(exchange.deadline, read).await else {
+        return Err(crate::proxy::deadline_exceeded(exchange.request_timeout));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,

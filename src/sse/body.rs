@@ -107,8 +107,13 @@ pin_project! {
 }
 
 impl<B> SseBody<B> {
+    /// A stream that is never cut short by the proxy itself.
+    pub fn new(inner: B, settings: StreamSettings) -> Self {
+        Self::with_cut(inner, settings, CancellationToken::new())
+    }
+
     /// `cut` ends the stream with a `shutting_down` error event when cancelled.
-    pub fn new(inner: B, settings: StreamSettings, cut: CancellationToken) -> Self {
+    pub fn with_cut(inner: B, settings: StreamSettings, cut: CancellationToken) -> Self {
         let now = Instant::now();
         Self {
             inner,

@@ -401,7 +401,7 @@ mod tests {
         framer.push(chunk.clone());
         let events: Vec<SseEvent> = std::iter::from_fn(|| framer.next_event().unwrap()).collect();
         for e in &events {
-            assert!(within(e.raw(), &chunk) && e.data().map_or(true, |d| within(d, &chunk)));
+            assert!(within(e.raw(), &chunk) && e.data().is_none_or(|d| within(d, &chunk)));
         }
         let raws: Vec<&[u8]> = events.iter().map(|e| e.raw().as_ref()).collect();
         assert_eq!(

@@ -120,7 +120,7 @@ impl EventMode {
                 if is_bare_error(&data) {
                     out.push_back(error_event(&stream_error(&data), Dialect::Envelope));
                     EventKind::Error
-                } else if serde_json::from_slice::<IgnoredAny>(&data).is_ok() {
+                } else if envelope::is_json(&data) {
                     out.extend([WRAP_PREFIX, data, WRAP_SUFFIX]);
                     EventKind::Normal
                 } else {
