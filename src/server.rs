@@ -471,8 +471,10 @@ async fn accept_loop(listener: Listener, accepted: mpsc::Sender<Stream>, stop: C
                 }
             },
         };
-        if accepted.send(stream).await.is_err() {
-            return;
+        // Never block a shutdown behind a full queue: a connection accepted too late is closed.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            sent = accepted.send(stream) => if sent.is_err() { return },
         }
     }
 }

@@ -17,6 +17,11 @@ use crate::harness::WAIT;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_envelope-proxy");
 
+/// The binary to measure: `$ENVELOPE_PROXY_BIN` (e.g. target/release/envelope-proxy), else [`BIN`].
+pub fn measured_bin() -> String {
+    std::env::var("ENVELOPE_PROXY_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 /// A fresh, empty directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
