@@ -200,3 +200,53 @@ pub fn client_config(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate and its key, as PEM.
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn serial(files: &CertFiles) -> Vec<u8> {
+        files.current().cert[0].to_vec()
+    }
+
+    #[test]
+    fn a_reload_swaps_a_good_pair_and_keeps_the_old_one_on_any_error() {
+        let dir =
+            std::env::temp_dir().join(format!("envelope-proxy-tls-ut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let (first_cert, first_key) = pair();
+        std::fs::write(&cert, &first_cert).unwrap();
+        std::fs::write(&key, &first_key).unwrap();
+        let files = CertFiles::load("TLS certificate", &cert, &key, provider()).unwrap();
+        let first = serial(&files);
+
+        let (second_cert, second_key) = pair();
+        std::fs::write(&cert, &second_cert).unwrap();
+        std::fs::write(&key, &second_key).unwrap();
+        files.reload().unwrap();
+        let second = serial(&files);
+        assert_ne!(first, second);
+
+        // A key that does not belong to the certificate.
+        std::fs::write(&key, &first_key).unwrap();
+        let error = files.reload().unwrap_err();
+        assert!(error.contains("do not make a usable pair"), "{error}");
+        // Not PEM at all.
+        std::fs::write(&cert, "garbage").unwrap();
+        let error = files.reload().unwrap_err();
+        assert!(error.ends_with("no PEM certificate in the file"), "{error}");
+        assert_eq!(serial(&files), second, "the last good pair stays in use");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

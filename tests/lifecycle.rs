@@ -377,3 +377,60 @@ async fn start_to_ready_is_measured() {
         );
     }
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_key_files_through_the_same_registry() {
+    let mock = mock_upstream::start(Shape::Bare).await;
+    let upstream = mock.base_url();
+    let dir = TempDir::new("keys");
+    let keys = dir.path("api-keys");
+    std::fs::write(&keys, "sk-first\n").unwrap();
+    let keys_arg = keys.to_str().expect("UTF-8 path").to_owned();
+    let (mut proxy, notify, addr, status) = start_notified(
+        &dir,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--api-keys-file",
+            &keys_arg,
+        ],
+    )
+    .await;
+    let status_with = |key: &'static str| async move {
+        let request = Request::get(format!("http://{addr}/v1/models"))
+            .header("authorization", key)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::time::timeout(WAIT, client().request(request))
+            .await
+            .unwrap()
+            .unwrap();
+        response.status()
+    };
+    assert_eq!(status_with("Bearer sk-first").await, StatusCode::OK);
+
+    std::fs::write(&keys, "sk-second\n").unwrap();
+    proxy.signal(Signal::SIGHUP);
+    notify.until("RELOADING=1").await;
+    let reloaded = notify.until("READY=1").await;
+    assert_eq!(field(&reloaded, "STATUS"), Some(status.as_str()));
+    assert_eq!(status_with("Bearer sk-second").await, StatusCode::OK);
+    assert_eq!(
+        status_with("Bearer sk-first").await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    std::fs::write(&keys, "# no keys left\n").unwrap();
+    proxy.signal(Signal::SIGHUP);
+    let failed = notify.until("READY=1").await;
+    assert_eq!(
+        field(&failed, "STATUS"),
+        Some(format!("{status}; last reload failed (API key files), previous kept").as_str())
+    );
+    assert_eq!(status_with("Bearer sk-second").await, StatusCode::OK);
+
+    proxy.signal(Signal::SIGTERM);
+    assert_eq!(proxy.wait().await.code(), Some(0));
+}
