@@ -1,7 +1,10 @@
-//! The request path: route → upstream request → send → response path.
+//! The request path: request id → route → checks → upstream request → send → response path.
 //!
 //! [`Proxy::handle`] never fails: every problem becomes a response in the client's dialect
 //! (404 unknown path, 413 body too large, 502 unreachable or broken upstream, 504 timeouts).
+//! It also answers the operational endpoints (`/healthz`, `/readyz`, `/metrics`) on the
+//! listener that serves them, and attaches a [`RequestRecord`] to every other response, so
+//! the access log and the metrics see how each request ends.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,66 +157,85 @@ impl Proxy {
         role: Role,
     ) -> ProxyResponse {
         let request_id = request_id::ensure(request.headers_mut());
-        // The operational endpoints live on the admin listener when there is one.
-        let operational = match role {
-            Role::Admin => true,
-            Role::Public => self.config.admin_listen.is_none(),
-        };
-        let path = request.uri().path();
-        let checked =
-            request_target::check_target(request.method(), request.uri(), request.version());
-        let mut response = if let Err(error) = checked {
-            let record = self.record(&request, &request_id);
-            unheld(observed(
-                error_response(dialect_of(path), &error, None),
-                record,
-            ))
-        } else {
-            match route(path) {
-                Route::Healthz if operational => {
-                    unheld(unobserved(text_response(StatusCode::OK, "ok\n")))
-                }
-                Route::Readyz if operational => unheld(unobserved(self.readyz())),
-                Route::Metrics if operational && may_read_metrics(&request, role) => {
-                    unheld(unobserved(self.metrics_response()))
-                }
-                Route::Proxy {
-                    client: dialect,
-                    rest,
-                } if role == Role::Public => {
-                    let mut record = self.record(&request, &request_id);
-                    record.set_client(dialect);
-                    if let Err(error) = request_target::check_path(path) {
-                        let response = error_response(dialect, &error, None);
-                        return with_request_id(unheld(observed(response, record)), request_id);
-                    }
-                    if let Some(keys) = &self.client_keys {
-                        if !keys.allows(request.headers()) {
-                            let response = observed(unauthorized(dialect), record);
-                            return with_request_id(unheld(response), request_id);
-                        }
-                    }
-                    let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-                        let response = observed(overloaded(dialect), record);
-                        return with_request_id(unheld(response), request_id);
-                    };
-                    let rest = rest.to_owned();
-                    let response = self
-                        .forward(request, dialect, &rest, client, &request_id)
-                        .await;
-                    observed(response, record).map(|body| Held::new(body, Some(permit)))
-                }
-                _ => {
-                    let record = self.record(&request, &request_id);
-                    unheld(observed(unknown_route(&request), record))
-                }
-            }
-        };
+        let mut response = self.dispatch(request, client, role, &request_id).await;
         // The upstream's own id, when it sent one, is what the SDKs report; else ours.
         if !response.headers().contains_key(&X_REQUEST_ID) {
             response.headers_mut().insert(X_REQUEST_ID, request_id);
         }
         response
+    }
+
+    async fn dispatch(
+        &self,
+        request: Request<Incoming>,
+        client: ClientInfo,
+        role: Role,
+        request_id: &HeaderValue,
+    ) -> ProxyResponse {
+        let path = request.uri().path();
+        let checked =
+            request_target::check_target(request.method(), request.uri(), request.version());
+        if let Err(error) = checked {
+            let record = self.record(&request, request_id);
+            return unheld(observed(
+                error_response(dialect_of(path), &error, None),
+                record,
+            ));
+        }
+        // The operational endpoints live on the admin listener when there is one.
+        let operational = match role {
+            Role::Admin => true,
+            Role::Public => self.config.admin_listen.is_none(),
+        };
+        match route(path) {
+            Route::Healthz if operational => {
+                unheld(unobserved(text_response(StatusCode::OK, "ok\n")))
+            }
+            Route::Readyz if operational => unheld(unobserved(self.readyz())),
+            Route::Metrics if operational && may_read_metrics(&request, role) => {
+                unheld(unobserved(self.metrics_response()))
+            }
+            Route::Proxy {
+                client: dialect,
+                rest,
+            } if role == Role::Public => {
+                let rest = rest.to_owned();
+                self.proxied(request, dialect, &rest, client, request_id)
+                    .await
+            }
+            _ => {
+                let record = self.record(&request, request_id);
+                unheld(observed(unknown_route(&request), record))
+            }
+        }
+    }
+
+    /// A proxied route: path check, client key, concurrency permit, then the upstream.
+    async fn proxied(
+        &self,
+        request: Request<Incoming>,
+        dialect: Dialect,
+        rest: &str,
+        client: ClientInfo,
+        request_id: &HeaderValue,
+    ) -> ProxyResponse {
+        let mut record = self.record(&request, request_id);
+        record.set_client(dialect);
+        if let Err(error) = request_target::check_path(request.uri().path()) {
+            return unheld(observed(error_response(dialect, &error, None), record));
+        }
+        if let Some(keys) = &self.client_keys {
+            if !keys.allows(request.headers()) {
+                return unheld(observed(unauthorized(dialect), record));
+            }
+        }
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            return unheld(observed(overloaded(dialect), record));
+        };
+        let response = self
+            .forward(request, dialect, rest, client, request_id)
+            .await;
+        observed(response, record).map(|body| Held::new(body, Some(permit)))
     }
 
     fn record<B>(&self, request: &Request<B>, request_id: &HeaderValue) -> RequestRecord {
@@ -370,13 +392,6 @@ fn observed(
 /// A response that holds no permit (answered by the proxy itself).
 fn unheld(response: Response<ObservedBody>) -> ProxyResponse {
     response.map(|body| Held::new(body, None))
-}
-
-fn with_request_id(mut response: ProxyResponse, request_id: HeaderValue) -> ProxyResponse {
-    if !response.headers().contains_key(&X_REQUEST_ID) {
-        response.headers_mut().insert(X_REQUEST_ID, request_id);
-    }
-    response
 }
 
 /// SIGHUP re-reads the key files through the reload registry.
