@@ -176,7 +176,7 @@ impl RequestRecord {
                 )
             };
         }
-        if outcome.upstream_error.is_some() {
+        if outcome.warn {
             line!(tracing::Level::WARN);
         } else {
             line!(tracing::Level::INFO);
@@ -185,40 +185,35 @@ impl RequestRecord {
 
     fn outcome(&self, end: BodyEnd, stream_end: Option<StreamEnd>) -> Outcome {
         match end {
-            BodyEnd::Cancelled => {
-                return Outcome {
-                    label: StreamEnd::ClientCancelled.as_str(),
-                    upstream_error: None,
-                }
-            }
+            BodyEnd::Cancelled => return Outcome::quiet(StreamEnd::ClientCancelled.as_str()),
             BodyEnd::Broken => {
-                return Outcome {
-                    label: "upstream_error",
-                    upstream_error: Some(UpstreamErrorKind::Reset),
-                }
+                return Outcome::upstream("upstream_error", UpstreamErrorKind::Reset);
             }
             BodyEnd::Complete => {}
         }
         if let Some(end) = stream_end {
-            return Outcome {
-                label: end.as_str(),
-                upstream_error: UpstreamErrorKind::from_code(end.as_str()),
+            let label = end.as_str();
+            return match end {
+                StreamEnd::Complete | StreamEnd::UpstreamErrorEvent | StreamEnd::ShuttingDown => {
+                    Outcome::quiet(label)
+                }
+                // A stream that ended without [DONE] is the upstream's failure too.
+                StreamEnd::Truncated => Outcome {
+                    label,
+                    upstream_error: None,
+                    warn: true,
+                },
+                _ => match UpstreamErrorKind::from_code(label) {
+                    Some(kind) => Outcome::upstream(label, kind),
+                    None => Outcome::quiet(label),
+                },
             };
         }
         match self.error_code.as_deref() {
             Some(code) => match UpstreamErrorKind::from_code(code) {
-                Some(kind) => Outcome {
-                    label: "upstream_error",
-                    upstream_error: Some(kind),
-                },
-                None if code == "shutting_down" => Outcome {
-                    label: "shutting_down",
-                    upstream_error: None,
-                },
-                None if self.upstream_status.is_none() => Outcome {
-                    label: "rejected",
-                    upstream_error: None,
-                },
+                Some(kind) => Outcome::upstream("upstream_error", kind),
+                None if code == "shutting_down" => Outcome::quiet("shutting_down"),
+                None if self.upstream_status.is_none() => Outcome::quiet("rejected"),
                 None => Outcome::OK,
             },
             None => Outcome::OK,
@@ -236,13 +231,28 @@ impl Drop for RequestRecord {
 struct Outcome {
     label: &'static str,
     upstream_error: Option<UpstreamErrorKind>,
+    /// Logged at WARN: the upstream failed, or a stream ended early.
+    warn: bool,
 }
 
 impl Outcome {
-    const OK: Outcome = Outcome {
-        label: "ok",
-        upstream_error: None,
-    };
+    const OK: Outcome = Outcome::quiet("ok");
+
+    const fn quiet(label: &'static str) -> Self {
+        Outcome {
+            label,
+            upstream_error: None,
+            warn: false,
+        }
+    }
+
+    const fn upstream(label: &'static str, kind: UpstreamErrorKind) -> Self {
+        Outcome {
+            label,
+            upstream_error: Some(kind),
+            warn: true,
+        }
+    }
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -309,5 +319,82 @@ impl Body for ObservedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(error_code: Option<&str>, upstream_status: Option<u16>) -> RequestRecord {
+        let mut record = RequestRecord::start(
+            Arc::new(Metrics::default()),
+            HeaderValue::from_static("test"),
+            &Method::POST,
+            "/v1/chat/completions",
+            Dialect::Bare,
+        );
+        record.set_client(Dialect::Bare);
+        record.set_response(
+            502,
+            upstream_status,
+            error_code.map(str::to_owned),
+            false,
+            false,
+        );
+        record
+    }
+
+    fn outcome(
+        error_code: Option<&str>,
+        upstream_status: Option<u16>,
+        end: BodyEnd,
+        stream_end: Option<StreamEnd>,
+    ) -> (&'static str, Option<UpstreamErrorKind>, bool) {
+        let o = record(error_code, upstream_status).outcome(end, stream_end);
+        (o.label, o.upstream_error, o.warn)
+    }
+
+    #[test]
+    fn outcomes_and_levels_follow_how_the_request_ended() {
+        use BodyEnd::*;
+        use UpstreamErrorKind as K;
+        assert_eq!(
+            outcome(None, Some(200), Complete, None),
+            ("ok", None, false)
+        );
+        // The upstream's own error, passed or normalised, is its answer: ok.
+        assert_eq!(
+            outcome(Some("rate_limit_exceeded"), Some(429), Complete, None),
+            ("ok", None, false)
+        );
+        assert_eq!(
+            outcome(Some("upstream_tls_error"), None, Complete, None),
+            ("upstream_error", Some(K::Tls), true)
+        );
+        assert_eq!(
+            outcome(Some("invalid_api_key"), None, Complete, None),
+            ("rejected", None, false)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Broken, None),
+            ("upstream_error", Some(K::Reset), true)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Cancelled, None),
+            ("client_cancelled", None, false)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Complete, Some(StreamEnd::Truncated)),
+            ("stream_truncated", None, true)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Complete, Some(StreamEnd::IdleTimeout)),
+            ("idle_timeout", Some(K::Timeout), true)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Complete, Some(StreamEnd::ShuttingDown)),
+            ("shutting_down", None, false)
+        );
     }
 }
