@@ -40,9 +40,7 @@ pub fn resolve_key_file(flag: Option<&Path>, credential: &str) -> Option<PathBuf
     if let Some(path) = flag {
         return Some(path.to_path_buf());
     }
-    let directory = std::env::var_os("CREDENTIALS_DIRECTORY")?;
-    let path = Path::new(&directory).join(credential);
-    path.is_file().then_some(path)
+    crate::credentials::find(credential)
 }
 
 fn read(path: &Path) -> Result<String, KeyError> {

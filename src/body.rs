@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::sse::body::StreamEnd;
 use crate::sse::SseBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,6 +52,18 @@ impl ProxyBody {
 
     pub fn sse(inner: SseBody<Incoming>) -> Self {
         ProxyBody::Sse { inner }
+    }
+
+    pub fn is_stream(&self) -> bool {
+        matches!(self, ProxyBody::Sse { .. })
+    }
+
+    /// How an event stream ended (`None` for other bodies, and while a stream runs).
+    pub fn stream_end(&self) -> Option<StreamEnd> {
+        match self {
+            ProxyBody::Sse { inner } => inner.stream_end(),
+            _ => None,
+        }
     }
 }
 

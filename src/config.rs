@@ -5,7 +5,6 @@
 //! Parsing happens in two stages (as ripgrep does): clap validates the raw values here, and
 //! [`UpstreamUrl`] turns the upstream flag into the pieces the request path needs, once.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,15 +13,67 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 use crate::dialect::Dialect;
+use crate::listener::ListenAddr;
+use crate::tls::UpstreamTls;
 
 /// envelope-proxy: a reverse proxy that translates between the bare OpenAI response dialect
 /// (served under /v1/…) and the envelope dialect (served under /api/v1/…).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "envelope-proxy", version, about, long_about = None)]
 pub struct Config {
-    /// Address to listen on (IP:PORT).
-    #[arg(long, env = "ENVELOPE_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    /// Address to serve on: IP:PORT, [IPv6]:PORT or unix:/path. Repeat the flag for several;
+    /// in the environment variable, separate them with commas. Ignored under socket activation.
+    #[arg(
+        long,
+        env = "ENVELOPE_PROXY_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_delimiter = ',',
+        value_parser = ListenAddr::parse
+    )]
+    pub listen: Vec<ListenAddr>,
+
+    /// Serve /healthz, /readyz and /metrics on this address only (IP:PORT or unix:/path),
+    /// instead of on the --listen addresses.
+    #[arg(long, env = "ENVELOPE_PROXY_ADMIN_LISTEN", value_parser = ListenAddr::parse)]
+    pub admin_listen: Option<ListenAddr>,
+
+    /// Permissions of the Unix sockets the proxy creates, in octal.
+    #[arg(long, env = "ENVELOPE_PROXY_UNIX_SOCKET_MODE", default_value = "660", value_parser = parse_mode)]
+    pub unix_socket_mode: u32,
+
+    /// Seconds to let in-flight requests and streams finish after SIGTERM/SIGINT.
+    #[arg(long, env = "ENVELOPE_PROXY_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_seconds)]
+    pub shutdown_grace: Duration,
+
+    /// Serve HTTPS (TLS 1.2+, ALPN h2 and http/1.1) on TCP listeners with this PEM certificate
+    /// chain; SIGHUP re-reads it. Default: $CREDENTIALS_DIRECTORY/tls-cert when present.
+    #[arg(long, env = "ENVELOPE_PROXY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key for --tls-cert. Default: $CREDENTIALS_DIRECTORY/tls-key when present.
+    #[arg(long, env = "ENVELOPE_PROXY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Trust only the CA certificates in this PEM file for an https:// upstream (a private
+    /// CA), instead of the system's roots.
+    #[arg(long, env = "ENVELOPE_PROXY_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Present this PEM client certificate chain to the upstream (mTLS); SIGHUP re-reads it.
+    #[arg(
+        long,
+        env = "ENVELOPE_PROXY_UPSTREAM_CLIENT_CERT",
+        requires = "upstream_client_key"
+    )]
+    pub upstream_client_cert: Option<PathBuf>,
+
+    /// The PEM private key for --upstream-client-cert.
+    #[arg(
+        long,
+        env = "ENVELOPE_PROXY_UPSTREAM_CLIENT_KEY",
+        requires = "upstream_client_cert"
+    )]
+    pub upstream_client_key: Option<PathBuf>,
 
     /// Base URL of the upstream API; `<upstream>/<rest>` receives `/v1/<rest>` and `/api/v1/<rest>`.
     #[arg(
@@ -142,6 +193,30 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+impl Config {
+    /// The inbound certificate and key: the flags, else systemd credentials `tls-cert` and
+    /// `tls-key` when both were passed with `LoadCredential=`.
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ => Some((
+                crate::credentials::find("tls-cert")?,
+                crate::credentials::find("tls-key")?,
+            )),
+        }
+    }
+
+    pub fn upstream_tls(&self) -> UpstreamTls {
+        UpstreamTls {
+            ca: self.upstream_ca.clone(),
+            client_cert: self
+                .upstream_client_cert
+                .clone()
+                .zip(self.upstream_client_key.clone()),
+        }
+    }
+}
+
 /// What envelope clients receive for streamed chunks from a bare upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StreamEnvelope {
@@ -222,6 +297,16 @@ impl std::fmt::Display for UpstreamUrl {
     }
 }
 
+fn parse_mode(value: &str) -> Result<u32, String> {
+    let digits = value.trim_start_matches("0o");
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "`{value}` is not an octal mode between 000 and 777 (e.g. 660)"
+        )),
+    }
+}
+
 fn parse_seconds(value: &str) -> Result<Duration, String> {
     let seconds: f64 = value
         .parse()
@@ -264,13 +349,48 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_contract() {
         let config = Config::try_parse_from(["envelope-proxy"]).unwrap();
-        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            config.listen,
+            [ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())]
+        );
+        assert_eq!(config.admin_listen, None);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.unix_socket_mode, 0o660);
         assert_eq!(config.upstream.to_string(), "https://api.openai.com/v1");
         assert_eq!(config.upstream_shape, Dialect::Bare);
         assert_eq!(config.stream_envelope, StreamEnvelope::Bare);
         assert!(config.require_done);
         assert_eq!(config.connect_timeout, Duration::from_secs(10));
         assert_eq!(config.response_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn listen_repeats_on_the_command_line() {
+        let config = Config::try_parse_from([
+            "envelope-proxy",
+            "--listen",
+            "127.0.0.1:1",
+            "--listen=unix:/run/envelope-proxy/proxy.sock",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.listen,
+            [
+                ListenAddr::Tcp("127.0.0.1:1".parse().unwrap()),
+                ListenAddr::Unix("/run/envelope-proxy/proxy.sock".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn paired_files_are_required_together_and_modes_are_octal() {
+        assert!(Config::try_parse_from(["envelope-proxy", "--tls-cert", "/c.pem"]).is_err());
+        assert!(
+            Config::try_parse_from(["envelope-proxy", "--upstream-client-key", "/k.pem"]).is_err()
+        );
+        assert_eq!(parse_mode("0660").unwrap(), 0o660);
+        assert!(parse_mode("999").is_err());
+        assert!(parse_mode("1777").is_err());
     }
 
     #[test]

@@ -28,11 +28,13 @@ impl Dialect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     /// Proxied to `<upstream>/<rest>`.
-    Proxy {
-        client: Dialect,
-        rest: &'a str,
-    },
+    Proxy { client: Dialect, rest: &'a str },
+    /// `/healthz`: the process is alive.
     Healthz,
+    /// `/readyz`: ready to serve (503 while draining).
+    Readyz,
+    /// `/metrics`: Prometheus text.
+    Metrics,
     /// Not ours: answered with 404 in the bare dialect.
     Unknown,
 }
@@ -42,8 +44,11 @@ const ENVELOPE_PREFIX: &str = "/api/v1/";
 
 /// Classifies a request path. `rest` never starts with `/` and is never empty.
 pub fn route(path: &str) -> Route<'_> {
-    if path == "/healthz" {
-        return Route::Healthz;
+    match path {
+        "/healthz" => return Route::Healthz,
+        "/readyz" => return Route::Readyz,
+        "/metrics" => return Route::Metrics,
+        _ => {}
     }
     let (client, rest) = if let Some(rest) = path.strip_prefix(BARE_PREFIX) {
         (Dialect::Bare, rest)
@@ -94,5 +99,7 @@ mod tests {
             assert_eq!(route(path), Route::Unknown, "{path}");
         }
         assert_eq!(route("/healthz"), Route::Healthz);
+        assert_eq!(route("/readyz"), Route::Readyz);
+        assert_eq!(route("/metrics"), Route::Metrics);
     }
 }

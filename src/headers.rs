@@ -48,19 +48,22 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// uncompressed body, so `Content-Encoding` can never disagree with the bytes we send.
 pub fn prepare_upstream_request(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    client_ip: Option<IpAddr>,
     client_proto: &'static str,
     need_identity_encoding: bool,
 ) {
     remove_hop_by_hop(headers);
     headers.remove(header::HOST);
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client_ip}"),
-        _ => client_ip.to_string(),
-    };
-    headers.remove(&X_FORWARDED_FOR);
-    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, value);
+    // A Unix-socket client has no address: X-Forwarded-For is left as the client sent it.
+    if let Some(client_ip) = client_ip {
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client_ip}"),
+            _ => client_ip.to_string(),
+        };
+        headers.remove(&X_FORWARDED_FOR);
+        if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client_proto));
     if need_identity_encoding {
@@ -143,7 +146,12 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
             ("accept-encoding", "gzip"),
         ]);
-        prepare_upstream_request(&mut headers, "127.0.0.1".parse().unwrap(), "http", true);
+        prepare_upstream_request(
+            &mut headers,
+            Some("127.0.0.1".parse().unwrap()),
+            "http",
+            true,
+        );
         assert_eq!(headers.get("host"), None);
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");

@@ -1,22 +1,34 @@
 //! envelope-proxy: a reverse proxy that translates between the bare OpenAI response dialect and
 //! the envelope dialect.
 //!
-//! Data flows one way: `server` (listener) → `dialect::route` → `proxy` (upstream request) →
-//! `upstream` (client) → `translate` / `sse` (body transform) → client.
+//! Data flows one way: `listener` / `server` (accept, TLS) → `dialect::route` → `proxy`
+//! (upstream request) → `upstream` (client) → `translate` / `sse` (body transform) →
+//! `access_log` (the body that records the request's end) → client.
+//!
+//! Operations: `systemd` (notify, watchdog), `reload` (SIGHUP), `tls`, `credentials`,
+//! `metrics`, `request_id`.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod access_log;
 pub mod api_error;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod credentials;
 pub mod dialect;
 pub mod envelope;
 pub mod headers;
+pub mod listener;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
+pub mod request_id;
 pub mod request_target;
 pub mod server;
 pub mod sse;
+pub mod systemd;
+pub mod tls;
 pub mod translate;
 pub mod upstream;
 

@@ -1,11 +1,14 @@
-//! Wiring only: parse flags, start logging, bind, serve until SIGTERM or SIGINT.
+//! Wiring only: parse flags, start logging, take inherited sockets, bind, say READY, serve
+//! until SIGTERM or SIGINT; SIGHUP reloads.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use envelope_proxy::config::{Config, LogFormat};
-use envelope_proxy::Server;
+use envelope_proxy::reload::Reload;
+use envelope_proxy::{listener, systemd, Server};
+use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -15,79 +18,84 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
 
+    // Before any thread exists: this unsets LISTEN_FDS/LISTEN_PID.
+    let inherited = match listener::take_inherited() {
+        Ok(sockets) => sockets,
+        Err(error) => return fail(&error.to_string()),
+    };
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("envelope-proxy: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return fail(&format!("cannot start the runtime: {error}")),
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, inherited))
 }
 
-async fn run(config: Config) -> ExitCode {
-    let upstream = config.upstream.to_string();
-    let shape = config.upstream_shape.as_str();
-    let server = match Server::bind(config).await {
+async fn run(config: Config, inherited: Vec<listener::Inherited>) -> ExitCode {
+    // Handlers first: a signal that arrives right after READY=1 must not kill the process.
+    let (mut term, mut int, mut hangup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(int), Ok(hangup)) => (term, int, hangup),
+        _ => return fail("cannot install the signal handlers"),
+    };
+    let activated = !inherited.is_empty();
+    let reload = Reload::default();
+    let server = match Server::build(config, inherited, &reload).await {
         Ok(server) => server,
-        Err(error) => {
-            tracing::error!(%error, "cannot start");
-            eprintln!("envelope-proxy: {error}");
-            return ExitCode::FAILURE;
+        Err(error) => return fail(&error.to_string()),
+    };
+    let summary = server.summary().to_owned();
+    let metrics = server.metrics();
+    tracing::info!(
+        socket_activated = activated,
+        "envelope-proxy ready: {summary}"
+    );
+    systemd::ready(&summary);
+    if let Some(interval) = systemd::watchdog_interval() {
+        systemd::spawn_watchdog(interval);
+    }
+
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            systemd::reloading();
+            let failures = reload.reload_all();
+            metrics.reloaded(failures.is_empty());
+            let status = if failures.is_empty() {
+                summary.clone()
+            } else {
+                let what: Vec<&str> = failures.iter().map(|f| f.name).collect();
+                format!(
+                    "{summary}; last reload failed ({}), previous kept",
+                    what.join(", ")
+                )
+            };
+            systemd::ready(&status);
+        }
+    });
+
+    // SIGTERM or SIGINT starts the drain.
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
     };
-    let addr = server
-        .local_addr()
-        .map_or_else(|error| error.to_string(), |a| a.to_string());
-    tokio::spawn(reload_on_sighup(server.proxy()));
-    tracing::info!(listen = %addr, %upstream, upstream_shape = shape, "envelope-proxy ready");
-    server.serve(shutdown_signal()).await;
+    server.serve(shutdown).await;
     tracing::info!("envelope-proxy stopped");
     ExitCode::SUCCESS
 }
 
-/// SIGHUP re-reads the key files; a file that fails keeps its old keys.
-async fn reload_on_sighup(proxy: std::sync::Arc<envelope_proxy::proxy::Proxy>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hangup.recv().await.is_some() {
-            for error in proxy.reload_keys() {
-                tracing::error!(%error, "reload failed; keeping the keys in force");
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = proxy;
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+/// A startup failure: logged, on stderr as one line, and exit code 1.
+fn fail(message: &str) -> ExitCode {
+    tracing::error!("cannot start: {message}");
+    eprintln!("envelope-proxy: {message}");
+    ExitCode::FAILURE
 }
 
 /// clap's errors span several lines; operators get one line naming the flag, and exit code 2.
@@ -118,11 +126,15 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // One flat JSON object per line, fields at the top level (journald / log shippers).
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

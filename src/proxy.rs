@@ -1,37 +1,59 @@
-//! The request path: route → upstream request → send → response path.
+//! The request path: request id → route → checks → upstream request → send → response path.
 //!
 //! [`Proxy::handle`] never fails: every problem becomes a response in the client's dialect
 //! (404 unknown path, 413 body too large, 502 unreachable or broken upstream, 504 timeouts).
+//! It also answers the operational endpoints (`/healthz`, `/readyz`, `/metrics`) on the
+//! listener that serves them, and attaches a [`RequestRecord`] to every other response, so
+//! the access log and the metrics see how each request ends.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Limited;
 use hyper::body::Incoming;
-
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use crate::access_log::{ObservedBody, RequestRecord};
 use crate::api_error::ApiError;
 use crate::auth::{self, ClientKeys, KeyError, UpstreamKey};
 use crate::body::{Held, ProxyBody};
 use crate::config::Config;
 use crate::dialect::{route, Dialect, Route};
 use crate::headers;
+use crate::metrics::{self, Metrics};
+use crate::reload::Reloadable;
+use crate::request_id::{self, X_REQUEST_ID};
 use crate::request_target;
 use crate::sse::{EventMode, StreamSettings};
-use crate::translate::{self, error_response, Exchange};
+use crate::translate::{self, error_response, ErrorCode, Exchange, Translated};
 use crate::upstream::Upstream;
 
 /// Where a request came from, as the listener saw it.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
-    pub ip: IpAddr,
+    /// `None` on a Unix socket.
+    pub ip: Option<IpAddr>,
     /// "http" or "https", for `X-Forwarded-Proto`.
     pub proto: &'static str,
 }
+
+/// Which listener a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `--listen`: proxied routes, plus health and metrics unless `--admin-listen` is set.
+    Public,
+    /// `--admin-listen`: `/healthz`, `/readyz`, `/metrics` only.
+    Admin,
+}
+
+/// Response extension: the status the upstream answered with.
+#[derive(Debug, Clone, Copy)]
+struct UpstreamStatus(StatusCode);
 
 /// Shared by every connection.
 pub struct Proxy {
@@ -41,23 +63,29 @@ pub struct Proxy {
     upstream_key: Option<UpstreamKey>,
     /// One permit per request in flight (streams hold theirs until they end).
     in_flight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    /// Cancelled when the shutdown grace period runs out.
+    cut: CancellationToken,
 }
 
 /// Why the proxy could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("upstream client: {0}")]
-    Upstream(#[from] std::io::Error),
     #[error("keys: {0}")]
     Keys(#[from] KeyError),
 }
 
-/// A request's response, holding its concurrency permit until the body is done.
-pub type ProxyResponse = Response<Held<ProxyBody, Option<OwnedSemaphorePermit>>>;
+/// A request's response: observed for the access log and metrics, holding its concurrency
+/// permit until the body is done.
+pub type ProxyResponse = Response<Held<ObservedBody, Option<OwnedSemaphorePermit>>>;
 
 impl Proxy {
-    pub fn new(config: Arc<Config>) -> Result<Self, SetupError> {
-        let upstream = Upstream::new(&config)?;
+    pub fn new(
+        config: Arc<Config>,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SetupError> {
         let client_keys = auth::resolve_key_file(
             config.api_keys_file.as_deref(),
             auth::CLIENT_KEYS_CREDENTIAL,
@@ -77,7 +105,15 @@ impl Proxy {
             client_keys,
             upstream_key,
             in_flight,
+            metrics,
+            draining: AtomicBool::new(false),
+            cut: CancellationToken::new(),
         })
+    }
+
+    /// True when key files are in use (and so worth reloading on SIGHUP).
+    pub fn has_key_files(&self) -> bool {
+        self.client_keys.is_some() || self.upstream_key.is_some()
     }
 
     /// Re-reads the key files (SIGHUP). A file that fails keeps its old keys; the error says why.
@@ -98,36 +134,135 @@ impl Proxy {
         errors
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, client: ClientInfo) -> ProxyResponse {
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// From now on `/readyz` answers 503.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The grace period is over: open streams end with a `shutting_down` error event and
+    /// requests still waiting for the upstream get a 503.
+    pub fn cut_remaining(&self) {
+        self.cut.cancel();
+    }
+
+    /// Serves one request; never fails (every problem is a response in the client's dialect).
+    pub async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        client: ClientInfo,
+        role: Role,
+    ) -> ProxyResponse {
+        let request_id = request_id::ensure(request.headers_mut());
+        let mut response = self.dispatch(request, client, role, &request_id).await;
+        // The upstream's own id, when it sent one, is what the SDKs report; else ours.
+        if !response.headers().contains_key(&X_REQUEST_ID) {
+            response.headers_mut().insert(X_REQUEST_ID, request_id);
+        }
+        response
+    }
+
+    async fn dispatch(
+        &self,
+        request: Request<Incoming>,
+        client: ClientInfo,
+        role: Role,
+        request_id: &HeaderValue,
+    ) -> ProxyResponse {
         let path = request.uri().path();
         let checked =
             request_target::check_target(request.method(), request.uri(), request.version());
         if let Err(error) = checked {
-            return unheld(error_response(dialect_of(path), &error, None));
+            let record = self.record(&request, request_id);
+            return unheld(observed(
+                error_response(dialect_of(path), &error, None),
+                record,
+            ));
         }
+        // The operational endpoints live on the admin listener when there is one.
+        let operational = match role {
+            Role::Admin => true,
+            Role::Public => self.config.admin_listen.is_none(),
+        };
         match route(path) {
-            Route::Healthz => unheld(healthz()),
-            Route::Unknown => unheld(unknown_route(&request)),
+            Route::Healthz if operational => {
+                unheld(unobserved(text_response(StatusCode::OK, "ok\n")))
+            }
+            Route::Readyz if operational => unheld(unobserved(self.readyz())),
+            Route::Metrics if operational && may_read_metrics(&request, role) => {
+                unheld(unobserved(self.metrics_response()))
+            }
             Route::Proxy {
                 client: dialect,
                 rest,
-            } => {
-                if let Err(error) = request_target::check_path(path) {
-                    return unheld(error_response(dialect, &error, None));
-                }
-                if let Some(keys) = &self.client_keys {
-                    if !keys.allows(request.headers()) {
-                        return unheld(unauthorized(dialect));
-                    }
-                }
-                let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-                    return unheld(overloaded(dialect));
-                };
+            } if role == Role::Public => {
                 let rest = rest.to_owned();
-                let response = self.forward(request, dialect, &rest, client).await;
-                response.map(|body| Held::new(body, Some(permit)))
+                self.proxied(request, dialect, &rest, client, request_id)
+                    .await
+            }
+            _ => {
+                let record = self.record(&request, request_id);
+                unheld(observed(unknown_route(&request), record))
             }
         }
+    }
+
+    /// A proxied route: path check, client key, concurrency permit, then the upstream.
+    async fn proxied(
+        &self,
+        request: Request<Incoming>,
+        dialect: Dialect,
+        rest: &str,
+        client: ClientInfo,
+        request_id: &HeaderValue,
+    ) -> ProxyResponse {
+        let mut record = self.record(&request, request_id);
+        record.set_client(dialect);
+        if let Err(error) = request_target::check_path(request.uri().path()) {
+            return unheld(observed(error_response(dialect, &error, None), record));
+        }
+        if let Some(keys) = &self.client_keys {
+            if !keys.allows(request.headers()) {
+                return unheld(observed(unauthorized(dialect), record));
+            }
+        }
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            return unheld(observed(overloaded(dialect), record));
+        };
+        let response = self
+            .forward(request, dialect, rest, client, request_id)
+            .await;
+        observed(response, record).map(|body| Held::new(body, Some(permit)))
+    }
+
+    fn record<B>(&self, request: &Request<B>, request_id: &HeaderValue) -> RequestRecord {
+        RequestRecord::start(
+            Arc::clone(&self.metrics),
+            request_id.clone(),
+            request.method(),
+            request.uri().path(),
+            self.config.upstream_shape,
+        )
+    }
+
+    fn readyz(&self) -> Response<ProxyBody> {
+        if self.draining.load(Ordering::SeqCst) {
+            text_response(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else {
+            text_response(StatusCode::OK, "ready\n")
+        }
+    }
+
+    fn metrics_response(&self) -> Response<ProxyBody> {
+        let mut response = Response::new(ProxyBody::full(self.metrics.render().into()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        response
     }
 
     async fn forward(
@@ -136,6 +271,7 @@ impl Proxy {
         dialect: Dialect,
         rest: &str,
         client: ClientInfo,
+        request_id: &HeaderValue,
     ) -> Response<ProxyBody> {
         let config = &self.config;
         let exchange = Exchange {
@@ -155,6 +291,7 @@ impl Proxy {
                 keepalive: (!config.sse_keepalive.is_zero()).then_some(config.sse_keepalive),
                 max_event_bytes: config.max_sse_event,
             },
+            cut: self.cut.clone(),
         };
         if let Some(length) = declared_length(&request) {
             if length > config.max_request_body {
@@ -191,22 +328,86 @@ impl Proxy {
             Request::from_parts(parts, Limited::new(body, config.max_request_body as usize));
 
         let sent = tokio::time::timeout_at(exchange.deadline, self.upstream.send(upstream_request));
-        match sent.await {
-            Ok(Ok(response)) => translate::respond(&exchange, response).await,
-            Ok(Err(error)) => {
-                tracing::warn!(kind = error.kind(), %error, "upstream request failed");
-                error_response(dialect, &error.to_api_error(config.max_request_body), None)
+        let sent = tokio::select! {
+            sent = sent => sent,
+            () = self.cut.cancelled() => return error_response(dialect, &shutting_down(), None),
+        };
+        let Ok(sent) = sent else {
+            return error_response(dialect, &deadline_exceeded(config.request_timeout), None);
+        };
+        match sent {
+            Ok(response) => {
+                let status = response.status();
+                let mut response = translate::respond(&exchange, response).await;
+                response.extensions_mut().insert(UpstreamStatus(status));
+                response
             }
-            Err(_elapsed) => {
-                error_response(dialect, &deadline_exceeded(config.request_timeout), None)
+            Err(error) => {
+                let request_id = request_id.to_str().unwrap_or("-");
+                tracing::warn!(request_id, kind = error.kind(), %error, "upstream request failed");
+                error_response(dialect, &error.to_api_error(config.max_request_body), None)
             }
         }
     }
 }
 
+/// The single place that decides who may read `/metrics` on a listener.
+/// (The public listener will ask for a client key here once inbound keys exist.)
+fn may_read_metrics<B>(_request: &Request<B>, _role: Role) -> bool {
+    true
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the proxy is shutting down; retry the request",
+    )
+    .with_type("server_error")
+    .with_code("shutting_down")
+}
+
+fn unobserved(response: Response<ProxyBody>) -> Response<ObservedBody> {
+    response.map(|body| ObservedBody::new(body, None))
+}
+
+/// Attaches the request's record to its response, with what the response says about itself.
+fn observed(
+    mut response: Response<ProxyBody>,
+    mut record: RequestRecord,
+) -> Response<ObservedBody> {
+    let extensions = response.extensions_mut();
+    let upstream_status = extensions.remove::<UpstreamStatus>().map(|s| s.0.as_u16());
+    let error_code = extensions.remove::<ErrorCode>().map(|c| c.0);
+    let translated = extensions.remove::<Translated>().is_some();
+    record.set_response(
+        response.status().as_u16(),
+        upstream_status,
+        error_code,
+        translated,
+        response.body().is_stream(),
+    );
+    response.map(|body| ObservedBody::new(body, Some(record)))
+}
+
 /// A response that holds no permit (answered by the proxy itself).
-fn unheld(response: Response<ProxyBody>) -> ProxyResponse {
+fn unheld(response: Response<ObservedBody>) -> ProxyResponse {
     response.map(|body| Held::new(body, None))
+}
+
+/// SIGHUP re-reads the key files through the reload registry.
+impl Reloadable for Proxy {
+    fn name(&self) -> &'static str {
+        "API key files"
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        let errors: Vec<String> = self.reload_keys().iter().map(ToString::to_string).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
 }
 
 /// The dialect a path asks for, for refusals issued before routing.
@@ -256,8 +457,9 @@ pub(crate) fn deadline_exceeded(limit: std::time::Duration) -> ApiError {
     .with_code("request_timeout")
 }
 
-fn healthz() -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(bytes::Bytes::from_static(b"ok\n")));
+fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(bytes::Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -1,7 +1,18 @@
-//! The listener: accepts connections, serves HTTP/1.1 and HTTP/2 on each, and drains on shutdown.
+//! The listeners: accept connections (TCP, TLS over TCP, Unix), serve HTTP/1.1 and HTTP/2 on
+//! each, and drain on shutdown.
 //!
-//! Shutdown stops accepting at once, lets in-flight requests and streams finish for up to
-//! `grace`, then drops what remains (SSE streams never end on their own, hence the deadline).
+//! Lifecycle:
+//! 1. [`Server::build`] loads the TLS material, binds every `--listen` address (or takes the
+//!    sockets systemd passed) and `--admin-listen`, and builds the upstream client. Nothing
+//!    is served yet; once it returns the caller may say READY.
+//! 2. [`Server::serve`] accepts until `shutdown` resolves. Then `/readyz` answers 503, the
+//!    public listeners are closed (new connections are refused), `STOPPING=1` is sent, and
+//!    in-flight requests and streams get up to `--shutdown-grace` to finish; idle keep-alive
+//!    connections close at once and HTTP/2 connections get GOAWAY. When the grace runs out,
+//!    streams end with a `shutting_down` error event and requests still waiting for the
+//!    upstream get a 503; after a short flush whatever remains is dropped.
+//!    The admin listener serves until the very end, so probes can watch the drain.
+//!
 //! Connections over `--max-connections` are still read, so that each request on them gets a
 //! 503 in its own dialect instead of a hang, and are then closed.
 
@@ -18,23 +29,39 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::api_error::ApiError;
 use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::dialect::{route, Dialect, Route};
-use crate::proxy::{ClientInfo, Proxy, SetupError};
+use crate::listener::{Inherited, ListenAddr, Listener, Stream};
+use crate::metrics::Metrics;
+use crate::proxy::{ClientInfo, Proxy, Role, SetupError};
+use crate::reload::Reload;
+use crate::systemd;
+use crate::tls::{self, CertFiles};
 use crate::translate::error_response;
+use crate::upstream::Upstream;
 
-/// A bound listener and the proxy it serves.
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the grace period: time for the final error events to be written.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
+/// Bound listeners and the proxy they serve.
 pub struct Server {
-    listener: TcpListener,
+    public: Vec<Listener>,
+    admin: Option<Listener>,
     proxy: Arc<Proxy>,
     config: Arc<Config>,
+    tls: Option<TlsAcceptor>,
     grace: Duration,
+    summary: String,
 }
 
 /// Why the server could not start.
@@ -42,35 +69,112 @@ pub struct Server {
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        addr: SocketAddr,
+        addr: ListenAddr,
         source: std::io::Error,
     },
+    #[error("cannot serve the inherited sockets: {0}")]
+    Inherited(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error(transparent)]
     Setup(#[from] SetupError),
 }
 
 impl Server {
-    /// Builds the proxy (upstream client, keys) and binds the listen address; nothing is served yet.
+    /// Binds the configured addresses (no socket activation, no SIGHUP): for tests and embedding.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let config = Arc::new(config);
-        let proxy = Arc::new(Proxy::new(Arc::clone(&config))?);
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        Ok(Self {
-            listener,
-            proxy,
-            config,
-            grace: Duration::from_secs(30),
-        })
+        Self::build(config, Vec::new(), &Reload::default()).await
     }
 
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// Loads TLS material (registering it with `reload`), binds the listeners — `inherited`
+    /// sockets instead of `--listen` when there are any — and builds the upstream client.
+    pub async fn build(
+        config: Config,
+        inherited: Vec<Inherited>,
+        reload: &Reload,
+    ) -> Result<Self, StartError> {
+        let provider = tls::provider();
+        // TLS first: a bad certificate fails before any socket is bound.
+        let tls = match config.tls_files() {
+            Some((cert, key)) => {
+                let files = CertFiles::load("TLS certificate", &cert, &key, Arc::clone(&provider))
+                    .map_err(StartError::Tls)?;
+                reload.register(files.clone());
+                let server_config =
+                    tls::server_config(files, Arc::clone(&provider)).map_err(StartError::Tls)?;
+                Some(TlsAcceptor::from(server_config))
+            }
+            None => None,
+        };
+        let upstream_tls =
+            upstream_tls_config(&config, provider, reload).map_err(StartError::Tls)?;
+        let metrics = Arc::new(Metrics::default());
+        let config = Arc::new(config);
+        let upstream = Upstream::new(&config, upstream_tls);
+        // Keys before sockets, like TLS: a bad key file fails before anything listens.
+        let proxy = Arc::new(Proxy::new(Arc::clone(&config), upstream, metrics)?);
+        if proxy.has_key_files() {
+            reload.register(proxy.clone());
+        }
+
+        let public = if inherited.is_empty() {
+            let mut public = Vec::with_capacity(config.listen.len());
+            for addr in &config.listen {
+                let listener = Listener::bind(addr, config.unix_socket_mode)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                public.push(listener);
+            }
+            public
+        } else {
+            inherited
+                .into_iter()
+                .map(Listener::from_inherited)
+                .collect::<Result<_, _>>()
+                .map_err(StartError::Inherited)?
+        };
+        let admin = match &config.admin_listen {
+            Some(addr) => Some(
+                Listener::bind(addr, config.unix_socket_mode)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+
+        let mut server = Self {
+            public,
+            admin,
+            proxy,
+            grace: config.shutdown_grace,
+            config,
+            tls,
+            summary: String::new(),
+        };
+        server.summary = server.describe();
+        Ok(server)
+    }
+
+    /// The public listeners' addresses, in order.
+    pub fn public_addrs(&self) -> Vec<ListenAddr> {
+        self.public
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<ListenAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(self.proxy.metrics())
     }
 
     /// The proxy, for reloading its keys while it serves.
@@ -78,63 +182,187 @@ impl Server {
         Arc::clone(&self.proxy)
     }
 
-    /// Serves until `shutdown` resolves, then drains for up to the grace period.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let builder = connection_builder(&self.config);
-        let connections = Arc::new(Semaphore::new(self.config.max_connections));
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
+    /// One line for logs and systemd's STATUS=.
+    pub fn summary(&self) -> &str {
+        &self.summary
+    }
 
-        loop {
-            let (stream, remote) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Usually EMFILE: back off briefly instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let io = TokioIo::new(stream);
-            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                let connection = builder.serve_connection(io, service_fn(over_connection_limit));
-                let connection = connection.into_owned();
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                continue;
-            };
-            let proxy = Arc::clone(&self.proxy);
-            let client = ClientInfo {
-                ip: remote.ip(),
-                proto: "http",
-            };
-            let service = service_fn(move |request| {
-                let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(proxy.handle(request, client).await) }
-            });
-            let connection = builder.serve_connection(io, service).into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, %remote, "connection ended with an error");
-                }
-                drop(permit);
-            });
+    fn describe(&self) -> String {
+        let config = &self.config;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let listeners: Vec<String> = self
+            .public
+            .iter()
+            .filter_map(|l| {
+                let addr = l.local_addr().ok()?;
+                Some(if l.is_tcp() {
+                    format!("{scheme}://{addr}")
+                } else {
+                    addr.to_string()
+                })
+            })
+            .collect();
+        let mut line = format!("serving {}", listeners.join(", "));
+        if let Some(admin) = self.admin_addr() {
+            line.push_str(&format!("; admin {admin}"));
         }
+        line.push_str(&format!(
+            "; upstream {} ({})",
+            config.upstream,
+            config.upstream_shape.as_str()
+        ));
+        line
+    }
 
-        drop(self.listener);
-        tokio::select! {
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(self.grace) => {
-                tracing::warn!("shutdown grace period elapsed; closing the remaining connections");
+    /// Serves until `shutdown` resolves, then drains (see the module docs).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            public,
+            admin,
+            proxy,
+            config,
+            tls,
+            grace,
+            ..
+        } = self;
+        let builder = connection_builder(&config);
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let stop_public = CancellationToken::new();
+        let stop_admin = CancellationToken::new();
+
+        let (accepted_tx, mut accepted) = mpsc::channel(64);
+        let mut accepting = JoinSet::new();
+        for listener in public {
+            accepting.spawn(accept_loop(
+                listener,
+                accepted_tx.clone(),
+                stop_public.clone(),
+            ));
+        }
+        drop(accepted_tx);
+        let admin_task = admin.map(|listener| {
+            tokio::spawn(admin_loop(
+                listener,
+                Arc::clone(&proxy),
+                builder.clone(),
+                stop_admin.clone(),
+            ))
+        });
+
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        let serve_one = |connections: &mut JoinSet<()>, stream: Stream| {
+            let watcher = graceful.watcher();
+            // `None`: over --max-connections; every request on it gets a 503.
+            let permit = Arc::clone(&limit).try_acquire_owned().ok();
+            let proxy = Arc::clone(&proxy);
+            let builder = builder.clone();
+            let tls = tls.clone();
+            connections.spawn(async move {
+                match (stream, tls) {
+                    (Stream::Tcp(tcp, remote), Some(tls)) => {
+                        let handshake =
+                            tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await;
+                        let tls_stream = match handshake {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, %remote, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let client = ClientInfo {
+                            ip: Some(remote.ip()),
+                            proto: "https",
+                        };
+                        serve_public(&builder, tls_stream, proxy, client, permit, watcher).await;
+                    }
+                    (Stream::Tcp(tcp, remote), None) => {
+                        let client = ClientInfo {
+                            ip: Some(remote.ip()),
+                            proto: "http",
+                        };
+                        serve_public(&builder, tcp, proxy, client, permit, watcher).await;
+                    }
+                    (Stream::Unix(unix), _) => {
+                        let client = ClientInfo {
+                            ip: None,
+                            proto: "http",
+                        };
+                        serve_public(&builder, unix, proxy, client, permit, watcher).await;
+                    }
+                }
+            });
+        };
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(stream) = accepted.recv() => serve_one(&mut connections, stream),
+                // Reap finished connections so the set does not grow.
+                Some(_) = connections.join_next() => {}
             }
         }
+
+        // Drain: not ready, stop accepting (closing the sockets), then let the rest finish.
+        proxy.start_draining();
+        stop_public.cancel();
+        while accepting.join_next().await.is_some() {}
+        while let Ok(stream) = accepted.try_recv() {
+            serve_one(&mut connections, stream);
+        }
+        let open = graceful.count();
+        let status = format!(
+            "draining {open} connection(s) for up to {}s",
+            grace.as_secs_f64()
+        );
+        systemd::stopping(&status);
+        tracing::info!(connections = open, "{status}");
+
+        let drained = graceful.shutdown();
+        tokio::pin!(drained);
+        let in_time = tokio::select! {
+            () = &mut drained => true,
+            () = tokio::time::sleep(grace) => false,
+        };
+        if !in_time {
+            tracing::warn!(
+                "shutdown grace period elapsed; ending the remaining streams with an error event"
+            );
+            proxy.cut_remaining();
+            let _ = tokio::time::timeout(FINAL_FLUSH, &mut drained).await;
+        }
+        stop_admin.cancel();
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        // Dropping the set aborts whatever is still open.
+        drop(connections);
     }
+}
+
+/// The upstream TLS configuration; a plain `http://` upstream never reads the system roots.
+fn upstream_tls_config(
+    config: &Config,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    reload: &Reload,
+) -> Result<rustls::ClientConfig, String> {
+    let settings = config.upstream_tls();
+    if !config.upstream.is_https() && settings.ca.is_none() && settings.client_cert.is_none() {
+        return rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            })
+            .map_err(|e| e.to_string());
+    }
+    let (client_config, client_cert) = tls::client_config(&settings, provider)?;
+    if let Some(files) = client_cert {
+        reload.register(files);
+    }
+    Ok(client_config)
 }
 
 /// HTTP/1.1 and HTTP/2 with the configured header limits and the slowloris guard.
@@ -151,6 +379,33 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(config.max_header_bytes);
     builder
+}
+
+/// A public connection: served by the proxy while it holds a connection permit, else
+/// answered with 503s and closed.
+async fn serve_public<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    proxy: Arc<Proxy>,
+    client: ClientInfo,
+    permit: Option<OwnedSemaphorePermit>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    match permit {
+        Some(permit) => {
+            let conn = connection(builder, io, proxy, client, Role::Public);
+            log_end(watcher.watch(conn).await);
+            drop(permit);
+        }
+        None => {
+            let conn = builder
+                .serve_connection(TokioIo::new(io), service_fn(over_connection_limit))
+                .into_owned();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// The answer on a connection over `--max-connections`, in the dialect its path asks for.
@@ -173,10 +428,101 @@ async fn over_connection_limit(
     Ok(response)
 }
 
+/// One HTTP/1.1-or-HTTP/2 connection serving the proxy.
+fn connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    proxy: Arc<Proxy>,
+    client: ClientInfo,
+    role: Role,
+) -> impl hyper_util::server::graceful::GracefulConnection<Error = BoxError>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let service = service_fn(move |request| {
+        let proxy = Arc::clone(&proxy);
+        async move { Ok::<_, Infallible>(proxy.handle(request, client, role).await) }
+    });
+    builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned()
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn log_end(result: Result<(), BoxError>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Accepts on one public listener until `stop`; dropping the listener on return closes it.
+async fn accept_loop(listener: Listener, accepted: mpsc::Sender<Stream>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            result = listener.accept() => match result {
+                Ok(stream) => stream,
+                Err(error) => {
+                    // Usually EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Never block a shutdown behind a full queue: a connection accepted too late is closed.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            sent = accepted.send(stream) => if sent.is_err() { return },
+        }
+    }
+}
+
+/// The admin listener: health, readiness and metrics, served until `stop` (after the drain).
+async fn admin_loop(
+    listener: Listener,
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    stop: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            result = listener.accept() => match result {
+                Ok(stream) => {
+                    let (ip, io): (_, Box<dyn Io>) = match stream {
+                        Stream::Tcp(tcp, remote) => (Some(remote.ip()), Box::new(tcp)),
+                        Stream::Unix(unix) => (None, Box::new(unix)),
+                    };
+                    let client = ClientInfo { ip, proto: "http" };
+                    let conn = connection(&builder, io, Arc::clone(&proxy), client, Role::Admin);
+                    connections.spawn(async move { log_end(conn.await) });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next() => {}
+        }
+    }
+}
+
+/// A byte stream of either kind (the admin listener is not worth monomorphising twice).
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
 /// A server running on its own task, for tests and embedding.
 pub struct RunningServer {
+    /// The first public TCP listener.
     pub addr: SocketAddr,
+    /// Every public listener.
+    pub addrs: Vec<ListenAddr>,
+    pub admin: Option<ListenAddr>,
     pub proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -184,10 +530,21 @@ pub struct RunningServer {
 impl RunningServer {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let server = Server::bind(config).await?;
-        let addr = server.local_addr().map_err(|source| StartError::Bind {
-            addr: server.config.listen,
-            source,
-        })?;
+        let addrs = server.public_addrs();
+        let addr = addrs
+            .iter()
+            .find_map(|a| match a {
+                ListenAddr::Tcp(addr) => Some(*addr),
+                ListenAddr::Unix(_) => None,
+            })
+            .ok_or_else(|| {
+                StartError::Inherited(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "RunningServer needs a TCP listener",
+                ))
+            })?;
+        let admin = server.admin_addr();
+        let metrics = server.metrics();
         let proxy = server.proxy();
         let (shutdown, signal) = oneshot::channel();
         let task = tokio::spawn(server.serve(async {
@@ -195,17 +552,34 @@ impl RunningServer {
         }));
         Ok(Self {
             addr,
+            addrs,
+            admin,
             proxy,
+            metrics,
             shutdown: Some(shutdown),
             task,
         })
     }
 
-    /// Stops accepting and waits for the drain to finish.
-    pub async fn stop(mut self) {
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Starts the shutdown (stop accepting, drain) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+    }
+
+    /// True once the drain has finished.
+    pub fn is_stopped(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops accepting and waits for the drain to finish.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
         let _ = (&mut self.task).await;
     }
 }

@@ -23,10 +23,11 @@ use crate::body::ProxyBody;
 use crate::dialect::Dialect;
 use crate::envelope::{self, Classified, Verdict};
 use crate::headers;
-use crate::sse::{SseBody, StreamSettings};
+use crate::sse::{EventMode, SseBody, StreamSettings};
+use tokio_util::sync::CancellationToken;
 
 /// What the response path needs to know about one exchange.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Exchange {
     pub client: Dialect,
     pub upstream: Dialect,
@@ -38,6 +39,21 @@ pub struct Exchange {
     pub request_timeout: std::time::Duration,
     /// How event streams are handled (its mode already follows from the two dialects).
     pub stream: StreamSettings,
+    /// Cancelled when the shutdown grace period runs out: open streams end with an error event.
+    pub cut: CancellationToken,
+}
+
+/// Response extension: the body was rewritten from the upstream's dialect into the client's.
+#[derive(Debug, Clone, Copy)]
+pub struct Translated;
+
+/// Response extension on every [`error_response`]: the error's `code`, for logs and metrics.
+#[derive(Debug, Clone)]
+pub struct ErrorCode(pub String);
+
+fn translated(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response.extensions_mut().insert(Translated);
+    response
 }
 
 impl Exchange {
@@ -81,7 +97,14 @@ fn stream_response(exchange: &Exchange, mut parts: Parts, body: Incoming) -> Res
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx (and compatible buffering proxies in front of us) not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Response::from_parts(parts, ProxyBody::sse(SseBody::new(body, exchange.stream)))
+    let rewrites = exchange.stream.mode != EventMode::Passthru;
+    let body = SseBody::with_cut(body, exchange.stream, exchange.cut.clone());
+    let response = Response::from_parts(parts, ProxyBody::sse(body));
+    if rewrites {
+        translated(response)
+    } else {
+        response
+    }
 }
 
 /// 2xx JSON between different dialects.
@@ -92,20 +115,24 @@ fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response
             if !envelope::is_json(&body) {
                 return error_response(exchange.client, &invalid_json(&parts), Some(parts.headers));
             }
-            json_response(StatusCode::OK, parts.headers, envelope::wrap_success(body))
+            translated(json_response(
+                StatusCode::OK,
+                parts.headers,
+                envelope::wrap_success(body),
+            ))
         }
         Dialect::Bare => match envelope::classify(&body) {
             Classified::Envelope(env) => match env.verdict(parts.status) {
                 Verdict::Success(data) => {
                     let payload = envelope::slice_payload(&body, data);
-                    json_response(
+                    translated(json_response(
                         parts.status,
                         parts.headers,
                         [payload, Bytes::new(), Bytes::new()],
-                    )
+                    ))
                 }
                 Verdict::Error(error) => {
-                    error_response(exchange.client, &error, Some(parts.headers))
+                    translated(error_response(exchange.client, &error, Some(parts.headers)))
                 }
             },
             // Already bare: an upstream that answers some endpoints without an envelope.
@@ -156,7 +183,12 @@ async fn translate_error(
     } else {
         api_error::normalise(parts.status, content_type.as_deref(), &bytes)
     };
-    error_response(exchange.client, &error, Some(parts.headers))
+    let response = error_response(exchange.client, &error, Some(parts.headers));
+    if same_dialect {
+        response
+    } else {
+        translated(response)
+    }
 }
 
 /// Reads a body the proxy must inspect, bounded by `--max-response-body`.
@@ -233,6 +265,9 @@ pub fn error_response(
     let mut response = Response::new(ProxyBody::full(body));
     *response.status_mut() = error.status;
     *response.headers_mut() = headers;
+    if let serde_json::Value::String(code) = &error.code {
+        response.extensions_mut().insert(ErrorCode(code.clone()));
+    }
     response
 }
 

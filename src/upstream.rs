@@ -7,7 +7,6 @@
 
 use std::error::Error as StdError;
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -34,14 +33,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: &Config) -> Result<Self, io::Error> {
+    /// `tls` comes from [`crate::tls::client_config`] (system roots or `--upstream-ca`).
+    pub fn new(config: &Config, tls: rustls::ClientConfig) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
 
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_client_config()?)
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -52,10 +52,10 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Ok(Self {
+        Self {
             client,
             response_timeout: config.response_timeout,
-        })
+        }
     }
 
     /// Sends `request` and waits for the response headers, at most `--response-timeout`.
@@ -69,26 +69,6 @@ impl Upstream {
             Err(_elapsed) => Err(UpstreamError::ResponseTimeout(self.response_timeout)),
         }
     }
-}
-
-/// rustls with the ring provider and the operating system's root store.
-///
-/// ring builds with only a C compiler; the system roots follow the machine's own CA
-/// management (update-ca-certificates), which is what operators expect from a daemon.
-fn tls_client_config() -> Result<rustls::ClientConfig, io::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A single unparsable system certificate must not take the proxy down.
-        let _ = roots.add(cert);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
 }
 
 /// Why the upstream did not produce response headers.
@@ -116,13 +96,21 @@ impl UpstreamError {
             if current.is::<LengthLimitError>() {
                 return UpstreamError::RequestBodyTooLarge;
             }
+            // hyper-rustls may hand the rustls error on as it is.
+            if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+                return UpstreamError::Tls(tls.to_string());
+            }
             if let Some(io_error) = current.downcast_ref::<io::Error>() {
-                // tokio-rustls hides the rustls error inside the io::Error, where source() skips it.
-                if let Some(tls) = io_error
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                {
-                    return UpstreamError::Tls(tls.to_string());
+                // tokio-rustls hides the rustls error inside an io::Error, and hyper-rustls wraps
+                // that in another one; source() skips both, so look inside each layer.
+                let mut inner = io_error.get_ref();
+                while let Some(layer) = inner {
+                    if let Some(tls) = layer.downcast_ref::<rustls::Error>() {
+                        return UpstreamError::Tls(tls.to_string());
+                    }
+                    inner = layer
+                        .downcast_ref::<io::Error>()
+                        .and_then(io::Error::get_ref);
                 }
                 if io_error.kind() == io::ErrorKind::TimedOut && error.is_connect() {
                     return UpstreamError::ConnectTimeout(chain);

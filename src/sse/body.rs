@@ -10,7 +10,11 @@
 //! - a stream that already carried an upstream error event, or finished with `[DONE]`,
 //!   gets no extra event;
 //! - dropping the body (the client went away) drops the upstream body with it, which closes
-//!   that upstream connection instead of returning it to the pool.
+//!   that upstream connection instead of returning it to the pool;
+//! - when the shutdown grace period runs out (`cut`), the stream ends with a `shutting_down`
+//!   error event instead of being dropped mid-event.
+//!
+//! How the stream ended ([`SseBody::stream_end`]) is read by the access log and the metrics.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,6 +27,7 @@ use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::framer::{SseEvent, SseFramer};
 use super::transform::{error_event, EventKind, EventMode};
@@ -57,6 +62,8 @@ pub enum StreamEnd {
     IdleTimeout,
     EventTooLarge,
     ClientCancelled,
+    /// Cut when the shutdown grace period ran out.
+    ShuttingDown,
 }
 
 impl StreamEnd {
@@ -69,6 +76,7 @@ impl StreamEnd {
             StreamEnd::IdleTimeout => "idle_timeout",
             StreamEnd::EventTooLarge => "event_too_large",
             StreamEnd::ClientCancelled => "client_cancelled",
+            StreamEnd::ShuttingDown => "shutting_down",
         }
     }
 }
@@ -91,12 +99,21 @@ pin_project! {
         last_output: Instant,
         #[pin]
         timer: Sleep,
-        outcome: Outcome,
+        cut: CancellationToken,
+        #[pin]
+        cut_wait: WaitForCancellationFutureOwned,
+        outcome: Option<StreamEnd>,
     }
 }
 
 impl<B> SseBody<B> {
+    /// A stream that is never cut short by the proxy itself.
     pub fn new(inner: B, settings: StreamSettings) -> Self {
+        Self::with_cut(inner, settings, CancellationToken::new())
+    }
+
+    /// `cut` ends the stream with a `shutting_down` error event when cancelled.
+    pub fn with_cut(inner: B, settings: StreamSettings, cut: CancellationToken) -> Self {
         let now = Instant::now();
         Self {
             inner,
@@ -111,8 +128,15 @@ impl<B> SseBody<B> {
             last_upstream: now,
             last_output: now,
             timer: tokio::time::sleep_until(next_deadline(&settings, now, now)),
-            outcome: Outcome(None),
+            cut_wait: cut.clone().cancelled_owned(),
+            cut,
+            outcome: None,
         }
+    }
+
+    /// How the stream ended; `None` while it runs (and when the client left before the end).
+    pub fn stream_end(&self) -> Option<StreamEnd> {
+        self.outcome
     }
 }
 
@@ -147,7 +171,7 @@ where
                 *this.last_output = Instant::now();
                 return Poll::Ready(Some(Ok(Frame::data(piece))));
             }
-            if this.outcome.0.is_some() {
+            if this.outcome.is_some() {
                 return Poll::Ready(None);
             }
             // Whole events already buffered go out before we wait on the upstream again.
@@ -190,6 +214,19 @@ where
                 );
                 continue;
             }
+            if this.cut.is_cancelled() {
+                let message =
+                    "the proxy is shutting down; the stream was closed before it finished"
+                        .to_string();
+                end_with_error(
+                    this.out,
+                    this.outcome,
+                    *this.error_form,
+                    StreamEnd::ShuttingDown,
+                    message,
+                );
+                continue;
+            }
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     *this.last_upstream = Instant::now();
@@ -201,11 +238,11 @@ where
                 Poll::Ready(Some(Err(error))) => {
                     if *this.saw_done || *this.saw_error {
                         // The answer was already complete (or already failed visibly).
-                        *this.outcome = Outcome(Some(if *this.saw_done {
+                        *this.outcome = Some(if *this.saw_done {
                             StreamEnd::Complete
                         } else {
                             StreamEnd::UpstreamErrorEvent
-                        }));
+                        });
                         continue;
                     }
                     let cause = crate::upstream::describe_chain(error.into().as_ref());
@@ -250,6 +287,9 @@ where
                     if this.timer.as_mut().poll(cx).is_ready() {
                         continue;
                     }
+                    if this.cut_wait.as_mut().poll(cx).is_ready() {
+                        continue;
+                    }
                     return Poll::Pending;
                 }
             }
@@ -257,7 +297,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.outcome.0.is_some() && self.out.is_empty()
+        self.outcome.is_some() && self.out.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -287,7 +327,7 @@ fn finish(
     saw_done: &mut bool,
     saw_error: &mut bool,
     error_form: Dialect,
-    outcome: &mut Outcome,
+    outcome: &mut Option<StreamEnd>,
 ) {
     // finish() hands out what is left one event at a time.
     loop {
@@ -308,9 +348,9 @@ fn finish(
         }
     }
     if *saw_error {
-        *outcome = Outcome(Some(StreamEnd::UpstreamErrorEvent));
+        *outcome = Some(StreamEnd::UpstreamErrorEvent);
     } else if *saw_done || !settings.require_done {
-        *outcome = Outcome(Some(StreamEnd::Complete));
+        *outcome = Some(StreamEnd::Complete);
     } else {
         let message = "the upstream closed the stream early, before `data: [DONE]`; the answer may be incomplete".to_string();
         end_with_error(out, outcome, error_form, StreamEnd::Truncated, message);
@@ -336,7 +376,7 @@ fn terminate_last_event(out: &mut VecDeque<Bytes>, first_new: usize) {
 
 fn end_with_error(
     out: &mut VecDeque<Bytes>,
-    outcome: &mut Outcome,
+    outcome: &mut Option<StreamEnd>,
     form: Dialect,
     end: StreamEnd,
     message: String,
@@ -345,28 +385,11 @@ fn end_with_error(
         .with_type("upstream_error")
         .with_code(end.as_str());
     out.push_back(error_event(&error, form));
-    *outcome = Outcome(Some(end));
+    *outcome = Some(end);
 }
 
 fn error_limit(error: &super::framer::FramerError) -> usize {
     match error {
         super::framer::FramerError::EventTooLarge { limit } => *limit,
-    }
-}
-
-/// How the stream ended; logged when the body is dropped, which is also how a client
-/// disconnect shows itself (dropped before any end was reached).
-struct Outcome(Option<StreamEnd>);
-
-impl Drop for Outcome {
-    fn drop(&mut self) {
-        match self.0 {
-            None => tracing::info!(
-                outcome = StreamEnd::ClientCancelled.as_str(),
-                "client left mid-stream; upstream request cancelled"
-            ),
-            Some(StreamEnd::Complete) => tracing::debug!(outcome = "ok", "stream complete"),
-            Some(end) => tracing::warn!(outcome = end.as_str(), "stream ended with an error event"),
-        }
     }
 }

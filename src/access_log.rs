@@ -1,0 +1,400 @@
+//! The access log and the per-request metrics, recorded when a request really ends.
+//!
+//! A [`RequestRecord`] is created when a request arrives. It rides inside the response body
+//! ([`ObservedBody`]), so it sees the first byte (time to first byte), every byte, and the
+//! end: the last frame, a broken body, or the body being dropped early (the client went
+//! away). If the request ends before there is a response at all (the client left while the
+//! upstream was thinking), dropping the record says so. Either way exactly one line is
+//! written, to stderr through `tracing` (target `access`):
+//!
+//! `request_id method path dialect upstream_shape status upstream_status duration_ms ttfb_ms
+//! bytes outcome` — never a body, a query string, a key or an `Authorization` header.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::dialect::Dialect;
+use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::sse::body::StreamEnd;
+
+/// The status logged for a request the client abandoned before any response (as nginx does).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// How the response body ended, as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    Complete,
+    /// The body failed while being sent (a pass-through upstream body broke).
+    Broken,
+    /// Dropped before the end: the client went away.
+    Cancelled,
+}
+
+/// Everything the log line and the metrics need about one request.
+pub struct RequestRecord {
+    metrics: Arc<Metrics>,
+    start: Instant,
+    request_id: HeaderValue,
+    method: Method,
+    path: String,
+    /// `None` for paths that are not proxied (404s): logged, not counted per dialect.
+    client: Option<Dialect>,
+    upstream: Dialect,
+    status: u16,
+    upstream_status: Option<u16>,
+    error_code: Option<String>,
+    translated: bool,
+    stream: bool,
+    first_byte: Option<Duration>,
+    bytes: u64,
+    done: bool,
+}
+
+impl RequestRecord {
+    pub fn start(
+        metrics: Arc<Metrics>,
+        request_id: HeaderValue,
+        method: &Method,
+        path: &str,
+        upstream: Dialect,
+    ) -> Self {
+        metrics.request_started();
+        Self {
+            metrics,
+            start: Instant::now(),
+            request_id,
+            method: method.clone(),
+            path: path.to_owned(),
+            client: None,
+            upstream,
+            status: CLIENT_CLOSED_REQUEST,
+            upstream_status: None,
+            error_code: None,
+            translated: false,
+            stream: false,
+            first_byte: None,
+            bytes: 0,
+            done: false,
+        }
+    }
+
+    pub fn set_client(&mut self, client: Dialect) {
+        self.client = Some(client);
+    }
+
+    /// What the response says about itself; called once the response head is known.
+    pub fn set_response(
+        &mut self,
+        status: u16,
+        upstream_status: Option<u16>,
+        error_code: Option<String>,
+        translated: bool,
+        stream: bool,
+    ) {
+        self.status = status;
+        self.upstream_status = upstream_status;
+        self.error_code = error_code;
+        self.translated = translated;
+        self.stream = stream;
+        if stream {
+            self.metrics.stream_started();
+        }
+    }
+
+    fn on_data(&mut self, len: usize) {
+        if self.first_byte.is_none() {
+            let elapsed = self.start.elapsed();
+            self.first_byte = Some(elapsed);
+            if let Some(client) = self.client {
+                self.metrics.first_byte(client, elapsed);
+            }
+        }
+        self.bytes += len as u64;
+        if self.stream {
+            self.metrics.streamed(len);
+        }
+    }
+
+    fn complete(&mut self, end: BodyEnd, stream_end: Option<StreamEnd>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let duration = self.start.elapsed();
+        let outcome = self.outcome(end, stream_end);
+        let metrics = &self.metrics;
+        match self.client {
+            Some(client) => metrics.request_finished(client, self.upstream, self.status, duration),
+            None => metrics.request_abandoned(),
+        }
+        if let Some(kind) = outcome.upstream_error {
+            metrics.upstream_error(kind);
+        }
+        if self.translated && end != BodyEnd::Cancelled {
+            metrics.translated(self.upstream);
+        }
+        if end == BodyEnd::Cancelled {
+            metrics.client_cancelled();
+        }
+        if self.stream {
+            metrics.stream_finished(if end == BodyEnd::Cancelled {
+                StreamEnd::ClientCancelled
+            } else {
+                stream_end.unwrap_or(StreamEnd::Complete)
+            });
+        }
+
+        let duration_ms = millis(duration);
+        let ttfb_ms = self.first_byte.map(millis);
+        let request_id = self.request_id.to_str().unwrap_or("-");
+        let dialect = self.client.map_or("-", Dialect::as_str);
+        macro_rules! line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "access",
+                    $level,
+                    request_id,
+                    method = %self.method,
+                    path = %self.path,
+                    dialect,
+                    upstream_shape = self.upstream.as_str(),
+                    status = self.status,
+                    upstream_status = self.upstream_status,
+                    duration_ms,
+                    ttfb_ms,
+                    bytes = self.bytes,
+                    outcome = outcome.label,
+                    "request"
+                )
+            };
+        }
+        if outcome.warn {
+            line!(tracing::Level::WARN);
+        } else {
+            line!(tracing::Level::INFO);
+        }
+    }
+
+    fn outcome(&self, end: BodyEnd, stream_end: Option<StreamEnd>) -> Outcome {
+        match end {
+            BodyEnd::Cancelled => return Outcome::quiet(StreamEnd::ClientCancelled.as_str()),
+            BodyEnd::Broken => {
+                return Outcome::upstream("upstream_error", UpstreamErrorKind::Reset);
+            }
+            BodyEnd::Complete => {}
+        }
+        if let Some(end) = stream_end {
+            let label = end.as_str();
+            return match end {
+                StreamEnd::Complete | StreamEnd::UpstreamErrorEvent | StreamEnd::ShuttingDown => {
+                    Outcome::quiet(label)
+                }
+                // A stream that ended without [DONE] is the upstream's failure too.
+                StreamEnd::Truncated => Outcome {
+                    label,
+                    upstream_error: None,
+                    warn: true,
+                },
+                _ => match UpstreamErrorKind::from_code(label) {
+                    Some(kind) => Outcome::upstream(label, kind),
+                    None => Outcome::quiet(label),
+                },
+            };
+        }
+        match self.error_code.as_deref() {
+            Some(code) => match UpstreamErrorKind::from_code(code) {
+                Some(kind) => Outcome::upstream("upstream_error", kind),
+                None if code == "shutting_down" => Outcome::quiet("shutting_down"),
+                None if self.upstream_status.is_none() => Outcome::quiet("rejected"),
+                None => Outcome::OK,
+            },
+            None => Outcome::OK,
+        }
+    }
+}
+
+impl Drop for RequestRecord {
+    /// Dropped without completing: the request future was dropped, i.e. the client left.
+    fn drop(&mut self) {
+        self.complete(BodyEnd::Cancelled, None);
+    }
+}
+
+struct Outcome {
+    label: &'static str,
+    upstream_error: Option<UpstreamErrorKind>,
+    /// Logged at WARN: the upstream failed, or a stream ended early.
+    warn: bool,
+}
+
+impl Outcome {
+    const OK: Outcome = Outcome::quiet("ok");
+
+    const fn quiet(label: &'static str) -> Self {
+        Outcome {
+            label,
+            upstream_error: None,
+            warn: false,
+        }
+    }
+
+    const fn upstream(label: &'static str, kind: UpstreamErrorKind) -> Self {
+        Outcome {
+            label,
+            upstream_error: Some(kind),
+            warn: true,
+        }
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e4).round() / 10.0
+}
+
+pin_project! {
+    /// The response body sent to clients: [`ProxyBody`] plus the request's record.
+    pub struct ObservedBody {
+        #[pin]
+        inner: ProxyBody,
+        record: Option<RequestRecord>,
+    }
+
+    impl PinnedDrop for ObservedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(mut record) = this.record.take() {
+                // hyper does not poll a body that says it is empty; that is a complete one.
+                let end = if this.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Cancelled };
+                record.complete(end, this.inner.stream_end());
+            }
+        }
+    }
+}
+
+impl ObservedBody {
+    pub fn new(inner: ProxyBody, record: Option<RequestRecord>) -> Self {
+        Self { inner, record }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        if let Some(record) = this.record.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        record.on_data(data.len());
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => record.complete(BodyEnd::Broken, None),
+                Poll::Ready(None) => {
+                    let stream_end = this.inner.stream_end();
+                    record.complete(BodyEnd::Complete, stream_end);
+                }
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(error_code: Option<&str>, upstream_status: Option<u16>) -> RequestRecord {
+        let mut record = RequestRecord::start(
+            Arc::new(Metrics::default()),
+            HeaderValue::from_static("test"),
+            &Method::POST,
+            "/v1/chat/completions",
+            Dialect::Bare,
+        );
+        record.set_client(Dialect::Bare);
+        record.set_response(
+            502,
+            upstream_status,
+            error_code.map(str::to_owned),
+            false,
+            false,
+        );
+        record
+    }
+
+    fn outcome(
+        error_code: Option<&str>,
+        upstream_status: Option<u16>,
+        end: BodyEnd,
+        stream_end: Option<StreamEnd>,
+    ) -> (&'static str, Option<UpstreamErrorKind>, bool) {
+        let o = record(error_code, upstream_status).outcome(end, stream_end);
+        (o.label, o.upstream_error, o.warn)
+    }
+
+    #[test]
+    fn outcomes_and_levels_follow_how_the_request_ended() {
+        use BodyEnd::*;
+        use UpstreamErrorKind as K;
+        assert_eq!(
+            outcome(None, Some(200), Complete, None),
+            ("ok", None, false)
+        );
+        // The upstream's own error, passed or normalised, is its answer: ok.
+        assert_eq!(
+            outcome(Some("rate_limit_exceeded"), Some(429), Complete, None),
+            ("ok", None, false)
+        );
+        assert_eq!(
+            outcome(Some("upstream_tls_error"), None, Complete, None),
+            ("upstream_error", Some(K::Tls), true)
+        );
+        assert_eq!(
+            outcome(Some("invalid_api_key"), None, Complete, None),
+            ("rejected", None, false)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Broken, None),
+            ("upstream_error", Some(K::Reset), true)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Cancelled, None),
+            ("client_cancelled", None, false)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Complete, Some(StreamEnd::Truncated)),
+            ("stream_truncated", None, true)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Complete, Some(StreamEnd::IdleTimeout)),
+            ("idle_timeout", Some(K::Timeout), true)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Complete, Some(StreamEnd::ShuttingDown)),
+            ("shutting_down", None, false)
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! TLS end to end, with certificates made at test time: HTTPS clients through a TLS listener
+//! (h2 and http/1.1), the proxy to an HTTPS upstream signed by a private CA, a wrong CA, mTLS
+//! to the upstream, and SIGHUP certificate reloads on the real binary.
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/mock_upstream.rs"]
+mod mock_upstream;
+#[path = "support/pki.rs"]
+mod pki;
+#[path = "support/process.rs"]
+mod process;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+use harness::{fixture, start, start_proxy, WAIT};
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use mock_upstream::Shape;
+use nix::sys::signal::Signal;
+use pki::{https_client, tls_front, HttpsClient, TestCa};
+use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir, BIN};
+use serde_json::json;
+
+async fn https_get(client: &HttpsClient, url: &str) -> (StatusCode, Version, Bytes) {
+    let request = Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, client.request(request))
+        .await
+        .expect("response within the wait bound")
+        .expect("response");
+    let (status, version) = (response.status(), response.version());
+    let body = tokio::time::timeout(WAIT, response.into_body().collect())
+        .await
+        .expect("body within the wait bound")
+        .expect("body")
+        .to_bytes();
+    (status, version, body)
+}
+
+#[tokio::test]
+async fn https_clients_reach_the_proxy_over_h2_and_http11() {
+    let dir = TempDir::new("tls-in");
+    let ca = TestCa::new("inbound test CA");
+    let (cert, key) = ca.server().write(&dir.0, "server");
+    let h = start(
+        Shape::Bare,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let url = format!("https://localhost:{}/v1/models", h.proxy.addr.port());
+    for (alpn, version) in [("h2", Version::HTTP_2), ("http/1.1", Version::HTTP_11)] {
+        let (status, got_version, body) = https_get(&https_client(&ca, alpn), &url).await;
+        assert_eq!(status, StatusCode::OK, "{alpn}");
+        assert_eq!(got_version, version, "{alpn}");
+        assert_eq!(body, fixture("bare/models.json"), "{alpn}");
+    }
+    let seen = h
+        .mock
+        .state
+        .last_request()
+        .expect("the upstream got the request");
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+
+    // A client that does not trust the proxy's CA cannot complete the handshake.
+    let stranger = https_client(&TestCa::new("someone else"), "http/1.1");
+    let request = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+    assert!(tokio::time::timeout(WAIT, stranger.request(request))
+        .await
+        .expect("a quick failure")
+        .is_err());
+}
+
+/// A mock upstream behind a TLS front with a certificate from `ca`.
+async fn https_upstream(
+    ca: &TestCa,
+    client_ca: Option<&TestCa>,
+) -> (mock_upstream::MockUpstream, pki::TlsFront) {
+    let mock = mock_upstream::start(Shape::Bare).await;
+    let front = tls_front(mock.addr, &ca.server(), client_ca).await;
+    (mock, front)
+}
+
+fn upstream_url(front: &pki::TlsFront) -> String {
+    format!("https://localhost:{}/v1", front.addr.port())
+}
+
+async fn plain_get(addr: SocketAddr, path: &str) -> harness::Reply {
+    let request = Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, harness::client().request(request))
+        .await
+        .expect("response within the wait bound")
+        .expect("response");
+    let (parts, body) = response.into_parts();
+    harness::Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn the_proxy_reaches_an_https_upstream_signed_by_a_private_ca() {
+    let dir = TempDir::new("tls-up");
+    let ca = TestCa::new("upstream test CA");
+    let (_mock, front) = https_upstream(&ca, None).await;
+    let ca_file = ca.write(&dir.0, "ca.pem");
+    let proxy = start_proxy(
+        &upstream_url(&front),
+        "bare",
+        &["--upstream-ca", ca_file.to_str().unwrap()],
+    )
+    .await;
+    let reply = plain_get(proxy.addr, "/v1/models").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, fixture("bare/models.json"));
+    let reply = plain_get(proxy.addr, "/api/v1/models").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, harness::wrapped(&fixture("bare/models.json")));
+}
+
+#[tokio::test]
+async fn a_wrong_upstream_ca_is_a_502_in_the_clients_dialect_naming_the_tls_error() {
+    let dir = TempDir::new("tls-wrong");
+    let (_mock, front) = https_upstream(&TestCa::new("the real CA"), None).await;
+    let other = TestCa::new("another CA").write(&dir.0, "other.pem");
+    let proxy = start_proxy(
+        &upstream_url(&front),
+        "bare",
+        &["--upstream-ca", other.to_str().unwrap()],
+    )
+    .await;
+    let message = "upstream TLS handshake failed: invalid peer certificate: UnknownIssuer";
+
+    let bare = plain_get(proxy.addr, "/v1/models").await;
+    assert_eq!(bare.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        bare.json(),
+        json!({"error": {"message": message, "type": "upstream_error", "param": null, "code": "upstream_tls_error"}})
+    );
+    let envelope = plain_get(proxy.addr, "/api/v1/models").await;
+    assert_eq!(envelope.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        envelope.json(),
+        json!({"success": false, "code": "502", "message": message, "data": null,
+               "error": {"message": message, "type": "upstream_error", "param": null, "code": "upstream_tls_error"}})
+    );
+    let metrics = plain_get(proxy.addr, "/metrics").await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"envelope_proxy_upstream_errors_total{kind="tls"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_upstream_client_certificate_is_presented_for_mtls() {
+    let dir = TempDir::new("tls-mtls");
+    let ca = TestCa::new("upstream CA");
+    let client_ca = TestCa::new("client CA");
+    let (mock, front) = https_upstream(&ca, Some(&client_ca)).await;
+    let ca_file = ca.write(&dir.0, "ca.pem");
+    let (cert, key) = client_ca.client().write(&dir.0, "client");
+
+    let with_cert = start_proxy(
+        &upstream_url(&front),
+        "bare",
+        &[
+            "--upstream-ca",
+            ca_file.to_str().unwrap(),
+            "--upstream-client-cert",
+            cert.to_str().unwrap(),
+            "--upstream-client-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let reply = plain_get(with_cert.addr, "/v1/models").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, fixture("bare/models.json"));
+    assert_eq!(front.client_certs_seen.load(Ordering::SeqCst), 1);
+
+    // Without the certificate the upstream refuses the connection: a 502, nothing proxied.
+    let requests_before = mock.state.requests().len();
+    let without = start_proxy(
+        &upstream_url(&front),
+        "bare",
+        &["--upstream-ca", ca_file.to_str().unwrap()],
+    )
+    .await;
+    let reply = plain_get(without.addr, "/v1/models").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        reply.json()["error"]["code"],
+        "upstream_tls_error",
+        "{}",
+        reply.text()
+    );
+    assert_eq!(mock.state.requests().len(), requests_before);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_from_credentials_without_dropping_connections() {
+    let mock = mock_upstream::start(Shape::Bare).await;
+    let dir = TempDir::new("tls-reload");
+    let credentials = dir.path("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    let first_ca = TestCa::new("first CA");
+    let first = first_ca.server();
+    std::fs::write(credentials.join("tls-cert"), &first.cert_pem).unwrap();
+    std::fs::write(credentials.join("tls-key"), &first.key_pem).unwrap();
+
+    let notify = Notify::bind(&dir);
+    let socket = notify.path.to_str().unwrap().to_owned();
+    let upstream = mock.base_url();
+    // No TLS flags: the certificate comes from $CREDENTIALS_DIRECTORY (LoadCredential=).
+    let mut proxy = ProxyProcess::spawn(
+        &dir,
+        BIN,
+        &["--listen", "127.0.0.1:0", "--upstream", &upstream],
+        &[
+            ("NOTIFY_SOCKET", &socket),
+            ("CREDENTIALS_DIRECTORY", credentials.to_str().unwrap()),
+        ],
+    );
+    let ready = notify.until("READY=1").await;
+    let status = field(&ready, "STATUS").unwrap().to_owned();
+    assert!(status.starts_with("serving https://"), "{status}");
+    let addr = served_tcp_addr(&status);
+    let models = format!("https://localhost:{}/v1/models", addr.port());
+    let chat = format!("https://localhost:{}/v1/chat/completions", addr.port());
+
+    // A stream in flight on a connection made with the first certificate.
+    let old_client = https_client(&first_ca, "http/1.1");
+    let request = Request::post(&chat)
+        .header("content-type", "application/json")
+        .header("x-mock-behaviour", "hold")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"m","messages":[],"stream":true}"#,
+        )))
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, old_client.request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = response.into_body();
+    let mut seen = BytesMut::new();
+    while !seen.windows(2).any(|w| w == b"\n\n") {
+        let frame = tokio::time::timeout(WAIT, body.frame()).await.unwrap();
+        if let Ok(data) = frame.unwrap().unwrap().into_data() {
+            seen.extend_from_slice(&data);
+        }
+    }
+
+    // Renew: a certificate from another CA, then SIGHUP.
+    let second_ca = TestCa::new("second CA");
+    let second = second_ca.server();
+    std::fs::write(credentials.join("tls-cert"), &second.cert_pem).unwrap();
+    std::fs::write(credentials.join("tls-key"), &second.key_pem).unwrap();
+    proxy.signal(Signal::SIGHUP);
+    notify.until("RELOADING=1").await;
+    let reloaded = notify.until("READY=1").await;
+    assert_eq!(field(&reloaded, "STATUS"), Some(status.as_str()));
+
+    let (code, _, body_bytes) = https_get(&https_client(&second_ca, "http/1.1"), &models).await;
+    assert_eq!(
+        (code, body_bytes),
+        (StatusCode::OK, fixture("bare/models.json"))
+    );
+    let stale = https_client(&first_ca, "http/1.1");
+    let request = Request::get(&models).body(Full::new(Bytes::new())).unwrap();
+    assert!(
+        tokio::time::timeout(WAIT, stale.request(request))
+            .await
+            .unwrap()
+            .is_err(),
+        "new handshakes use the new certificate"
+    );
+    // The connection made before the reload carries on to the end of its stream.
+    mock.state.release();
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    seen.extend_from_slice(&rest);
+    assert_eq!(seen.freeze(), fixture("bare/chat_completion_stream.sse"));
+
+    // A broken renewal is refused; the previous certificate stays in use.
+    std::fs::write(credentials.join("tls-cert"), "not a certificate").unwrap();
+    proxy.signal(Signal::SIGHUP);
+    notify.until("RELOADING=1").await;
+    let failed = notify.until("READY=1").await;
+    assert_eq!(
+        field(&failed, "STATUS"),
+        Some(format!("{status}; last reload failed (TLS certificate), previous kept").as_str())
+    );
+    let (code, _, _) = https_get(&https_client(&second_ca, "h2"), &models).await;
+    assert_eq!(code, StatusCode::OK);
+    let log = proxy.stderr();
+    assert!(
+        log.contains("reload failed; keeping the previous one")
+            && log.contains("no PEM certificate in the file"),
+        "{log}"
+    );
+
+    proxy.signal(Signal::SIGTERM);
+    assert_eq!(proxy.wait().await.code(), Some(0));
+}
