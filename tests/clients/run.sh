@@ -108,7 +108,7 @@ start_proxy() {
   "$PROXY_BIN" --listen 127.0.0.1:0 --upstream "http://$upstream/v1" --upstream-shape "$shape" \
     --log-format json "$@" >"$log" 2>&1 &
   PIDS+=($!)
-  PROXY_ADDR="$(wait_for "$log" '"listen":"[0-9.:]+"' | cut -d'"' -f4)" \
+  PROXY_ADDR="$(wait_for "$log" 'ready: serving http://[0-9.:]+' | sed 's#.*http://##')" \
     || { cat "$log" >&2; setup_failed "proxy $name did not start"; }
 }
 
