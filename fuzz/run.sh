@@ -28,7 +28,8 @@ skip() {
 }
 
 command -v cargo >/dev/null || skip "no cargo on PATH"
-host=$(rustc -vV | sed -n 's/^host: //p')
+host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p') || true
+[ -n "$host" ] || skip "no working rustc on PATH"
 case "$host" in
   x86_64-unknown-linux-gnu | aarch64-unknown-linux-gnu | x86_64-apple-darwin | aarch64-apple-darwin) ;;
   *) skip "libFuzzer does not support the host $host" ;;
