@@ -83,6 +83,7 @@ for t in "${targets[@]}"; do
   fi
 done
 
+echo "fuzz: $((${#targets[@]} - ${#failed[@]})) passed, ${#failed[@]} failed"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz: FAILED: ${failed[*]}; reproduce with fuzz/target/stable/$host/release/<target> fuzz/artifacts/<target>/<file>"
   exit 1

@@ -10,6 +10,7 @@
 #![no_main]
 
 use std::collections::VecDeque;
+use std::fmt;
 
 use bytes::Bytes;
 use envelope_proxy::envelope::{classify, is_json, Classified, Verdict};
@@ -78,12 +79,22 @@ fn unwrapped_payload(data: &Bytes) -> Option<Bytes> {
     }
 }
 
+/// Says which case failed; formatted only when an assertion fails.
+struct Context<'a>(EventMode, Dialect, &'a Bytes);
+
+impl fmt::Display for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Context(mode, upstream, raw) = self;
+        write!(f, "{mode:?}, {upstream:?} upstream, event {raw:?}")
+    }
+}
+
 /// `first`: the event came first in the stream (so a BOM it starts with is the stream's BOM).
 fn check(event: &SseEvent, first: bool, from_finish: bool, mode: EventMode, upstream: Dialect) {
     let mut out = VecDeque::new();
     let kind = mode.apply(event.clone(), upstream, &mut out);
     let output: Vec<u8> = out.iter().flat_map(|piece| piece.iter().copied()).collect();
-    let context = format!("{mode:?}, {upstream:?} upstream, event {:?}", event.raw());
+    let context = Context(mode, upstream, event.raw());
 
     if event.is_done() {
         assert_eq!(kind, EventKind::Done, "{context}");
