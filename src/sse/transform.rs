@@ -2,7 +2,8 @@
 //!
 //! Rewritten events are assembled from static pieces around slices of the upstream's bytes
 //! (`data: ` + payload + `\n\n`), so no payload is copied or re-serialised; only error events,
-//! which are rare, are rendered afresh.
+//! which are rare, are rendered afresh, and a payload that came over several `data:` lines is
+//! copied once to go out over as many (see `data_lines`).
 
 use std::collections::VecDeque;
 
@@ -96,7 +97,7 @@ impl EventMode {
                     Verdict::Success(payload) => {
                         out.extend([
                             DATA_PREFIX,
-                            envelope::slice_payload(&data, payload),
+                            data_lines(envelope::slice_payload(&data, payload)),
                             EVENT_END,
                         ]);
                         EventKind::Normal
@@ -121,7 +122,7 @@ impl EventMode {
                     out.push_back(error_event(&stream_error(&data), Dialect::Envelope));
                     EventKind::Error
                 } else if envelope::is_json(&data) {
-                    out.extend([WRAP_PREFIX, data, WRAP_SUFFIX]);
+                    out.extend([WRAP_PREFIX, data_lines(data), WRAP_SUFFIX]);
                     EventKind::Normal
                 } else {
                     // Not JSON: nothing to wrap, so it goes through as the upstream sent it.
@@ -131,6 +132,25 @@ impl EventMode {
             }
         }
     }
+}
+
+/// `value` ready to follow a `data: ` prefix. An event with several `data:` lines has its
+/// values joined with `\n`, so its JSON may hold line breaks; each line then continues on a
+/// `data: ` line of its own, which a client joins back into exactly `value` (a bare line
+/// break would end the data there, or even the event). Without a line break (the usual
+/// case) `value` is returned as it is, uncopied.
+fn data_lines(value: Bytes) -> Bytes {
+    if memchr::memchr(b'\n', &value).is_none() {
+        return value;
+    }
+    let mut out = Vec::with_capacity(value.len() + 32);
+    for (i, line) in value.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\ndata: ");
+        }
+        out.extend_from_slice(line);
+    }
+    Bytes::from(out)
 }
 
 /// `data: <error JSON>\n\n` in `form`.
@@ -266,6 +286,31 @@ mod tests {
             kinds,
             [EventKind::Normal, EventKind::Normal, EventKind::Error]
         );
+    }
+
+    #[test]
+    fn multi_line_data_stays_whole_when_rewritten() {
+        // Found by the `sse_transform` fuzz target: JSON split over several `data:` lines
+        // (values joined with `\n`, empty ones included) used to be re-emitted after a
+        // single `data: `, so clients saw `{"x":[1,` and a stray blank line ended the event.
+        let input: &[u8] = b"data: {\"success\":true,\"code\":\"200\",\"data\":\ndata:\ndata: {\"x\":[1,\ndata:  2]}}\n\n";
+        let (out, kinds) = run(EventMode::Unwrap, Dialect::Envelope, input);
+        assert_eq!(out, "data: {\"x\":[1,\ndata:  2]}\n\n");
+        assert_eq!(kinds, [EventKind::Normal]);
+
+        let input: &[u8] = b"data: {\"id\":\ndata:\ndata: \"c1\"}\r\n\r\n";
+        let (out, _) = run(EventMode::Wrap, Dialect::Bare, input);
+        assert_eq!(
+            out,
+            "data: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":{\"id\":\ndata: \ndata: \"c1\"}}\n\n"
+        );
+        // Read back by a client: one event whose data is the JSON the upstream sent.
+        let mut framer = SseFramer::new(1 << 20);
+        framer.push(Bytes::from(out));
+        let event = framer.next_event().unwrap().unwrap();
+        let data = event.data().unwrap();
+        assert!(data.ends_with(b"\"data\":{\"id\":\n\n\"c1\"}}") && envelope::is_json(data));
+        assert_eq!(framer.finish(), Ok(None));
     }
 
     #[test]

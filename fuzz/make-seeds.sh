@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Regenerates the committed seed corpus (fuzz/seeds/<target>/) from fixtures/ plus a few
+# hand-written edge cases. Regression inputs (seeds/<target>/regression-*) are kept.
+set -euo pipefail
+cd "$(dirname "$0")"
+fixtures=../fixtures
+for t in sse_framer sse_transform envelope; do
+  mkdir -p "seeds/$t"
+  find "seeds/$t" -type f ! -name 'regression-*' -delete
+done
+
+# envelope: every JSON/HTML/text body, as it is.
+for f in "$fixtures"/errors/* "$fixtures"/bare/*.json "$fixtures"/envelope/*.json; do
+  cp "$f" "seeds/envelope/$(basename "$(dirname "$f")")-$(basename "$f")"
+done
+
+streams=(
+  bare/chat_completion_stream_mid_error.sse
+  bare/chat_completion_stream_cut_mid_answer.sse
+  envelope/chat_completion_stream_mid_error.sse
+  envelope/chat_completion_stream_mixed.sse
+)
+# Hand-written streams: CRLF and lone-CR line endings, a BOM, comments, multi-line data
+# (also inside an envelope), fields other than data, an unterminated tail.
+edge_cases=(
+  '\xEF\xBB\xBFdata: {"a":1}\r\n\r\n: ping\r\r\ndata: [DONE]\r\r'
+  'event: x\nid: 7\ndata\ndata:{"success":true,\ndata: "code":"200","data":\ndata:\ndata: {"x":[1,\ndata: 2]}}\n\n'
+  '\n\ndata: {"code":0,"data":{"y":"\\u00e9"}}\r\rdata: {"error":{"code":503,"message":"m"}}\n\ndata: [DONE]'
+  ': only a comment\n\ndata: {"success":false,"code":"429","message":"slow down","data":null}\n\ndata: x'
+)
+
+# sse_framer: a header (see fuzz_targets/sse_framer.rs) in front of each stream:
+# one chunk; chunks of 7, 1 and 13 bytes; a cap of 200 with 5-byte chunks drained at the end.
+headers=('\x00' '\x03\x07\x01\x0d' '\x31\xc8\x05')
+for s in "${streams[@]}"; do
+  name=$(basename "$(dirname "$s")")-$(basename "$s" .sse)
+  cp "$fixtures/$s" "seeds/sse_transform/$name"
+  for j in "${!headers[@]}"; do
+    { printf "${headers[$j]}"; cat "$fixtures/$s"; } > "seeds/sse_framer/$name-h$j"
+  done
+done
+for k in "${!edge_cases[@]}"; do
+  printf '%b' "${edge_cases[$k]}" > "seeds/sse_transform/edge-$k"
+  for j in "${!headers[@]}"; do
+    { printf "${headers[$j]}"; printf '%b' "${edge_cases[$k]}"; } > "seeds/sse_framer/edge-$k-h$j"
+  done
+done
