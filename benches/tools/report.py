@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Turns benches/load.sh's results.jsonl into the markdown tables and a latency SVG.
+
+usage: report.py results.jsonl latency.svg
+Medians are taken over the rounds of each measurement; differences (added latency) are
+taken per round first (proxy and direct measured back to back), then the median.
+"""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+svg_path = sys.argv[2]
+
+
+def by_kind(kind):
+    return [r for r in rows if r.get("kind") == kind]
+
+
+oha = defaultdict(list)  # label without round -> [result per round]
+for r in by_kind("oha"):
+    base, _, rnd = r["label"].rpartition("-r")
+    oha[base].append(r)
+
+
+def med(label, key):
+    vals = [r[key] for r in oha.get(label, [])]
+    return statistics.median(vals) if vals else None
+
+
+def med_diff(a, b, key):
+    pairs = list(zip(oha.get(a, []), oha.get(b, [])))
+    return statistics.median(x[key] - y[key] for x, y in pairs) if pairs else None
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "—"
+    return f"{v:,.{digits}f}"
+
+
+def verdict(ok):
+    return "✅" if ok else "❌"
+
+
+out = []
+machine = (by_kind("machine") or [{}])[0]
+after = (by_kind("machine_after") or [{}])[0]
+out.append(
+    f"Machine: {machine.get('cpus')} CPUs ({machine.get('cpu', '?')}); load average "
+    f"before {machine.get('load')}, after {after.get('load')}."
+)
+out.append("")
+out.append("| scenario | target | req/s | p50 µs | p99 µs | added p50 / p99 µs vs direct | ratio vs nginx |")
+out.append("|---|---|---:|---:|---:|---:|---:|")
+
+rate_labels = [("rate-direct", "direct to upstream"), ("rate-wrap", "envelope-proxy, wrap"),
+               ("rate-pass", "envelope-proxy, pass-through"), ("rate-nginx", "nginx, pass-through")]
+for label, name in rate_labels:
+    if label not in oha:
+        continue
+    added = "—" if label == "rate-direct" else (
+        f"{fmt(med_diff(label, 'rate-direct', 'p50_us'))} / {fmt(med_diff(label, 'rate-direct', 'p99_us'))}")
+    ratio = "—"
+    if label != "rate-nginx" and "rate-nginx" in oha and label != "rate-direct":
+        ratio = f"p50 {med(label, 'p50_us') / med('rate-nginx', 'p50_us'):.2f}×"
+    out.append(f"| fixed rate, 1 KiB | {name} | {fmt(med(label, 'rps'))} | {fmt(med(label, 'p50_us'))} | "
+               f"{fmt(med(label, 'p99_us'))} | {added} | {ratio} |")
+
+for size, size_name in (("1024", "1 KiB"), ("65536", "64 KiB")):
+    direct = f"sat-{size}-direct"
+    if direct in oha:
+        out.append(f"| saturation, {size_name} | direct to upstream | {fmt(med(direct, 'rps'))} | "
+                   f"{fmt(med(direct, 'p50_us'))} | {fmt(med(direct, 'p99_us'))} | — | — |")
+    for w in (1, 2):
+        ours, ng = f"sat-{size}-ours{w}", f"sat-{size}-nginx{w}"
+        ratio = "—"
+        if ng in oha:
+            ratio = f"**{med(ours, 'rps') / med(ng, 'rps'):.2f}×** req/s"
+        out.append(f"| saturation, {size_name} | envelope-proxy wrap, {w} worker{'s' if w > 1 else ''} | "
+                   f"{fmt(med(ours, 'rps'))} | {fmt(med(ours, 'p50_us'))} | {fmt(med(ours, 'p99_us'))} | "
+                   f"{fmt(med_diff(ours, direct, 'p50_us'))} / {fmt(med_diff(ours, direct, 'p99_us'))} | {ratio} |")
+        if ng in oha:
+            out.append(f"| saturation, {size_name} | nginx pass-through, {w} worker{'s' if w > 1 else ''} | "
+                       f"{fmt(med(ng, 'rps'))} | {fmt(med(ng, 'p50_us'))} | {fmt(med(ng, 'p99_us'))} | "
+                       f"{fmt(med_diff(ng, direct, 'p50_us'))} / {fmt(med_diff(ng, direct, 'p99_us'))} | 1.00× |")
+
+bad = sum(r.get("bad", 0) for r in by_kind("oha"))
+out.append("")
+out.append(f"Non-2xx responses or errors across all oha runs: {bad}.")
+
+ttfe = {r["target"]: r for r in by_kind("ttfe")}
+out.append("")
+out.append("| stream | p50 µs | p99 µs | added p50 µs vs direct |")
+out.append("|---|---:|---:|---:|")
+names = {"direct": "direct to upstream", "pass": "envelope-proxy, pass-through",
+         "wrap": "envelope-proxy, wrap", "nginx": "nginx, proxy_buffering off"}
+for key, name in names.items():
+    if key in ttfe:
+        added = "—" if key == "direct" else fmt(ttfe[key]["p50"] - ttfe["direct"]["p50"], 1)
+        out.append(f"| time to first event, {name} | {fmt(ttfe[key]['p50'], 1)} | {fmt(ttfe[key]['p99'], 1)} | {added} |")
+
+cpu = {(r["mode"], r["events"]): r["cpu_us_per_stream"] for r in by_kind("ssecpu")}
+per_event = {}
+for mode in ("pass", "wrap"):
+    if (mode, 1) in cpu and (mode, 200) in cpu:
+        per_event[mode] = (cpu[(mode, 200)] - cpu[(mode, 1)]) / 199
+        out.append(f"| CPU per event, {mode} (200-event minus 1-event streams, /199) | "
+                   f"{per_event[mode]:.2f} µs | | |")
+
+many = (by_kind("streams") or [{}])[0]
+idle = (by_kind("idle") or [{}])[0]
+ready = (by_kind("ready") or [{}])[0]
+binary = (by_kind("binary") or [{}])[0]
+out.append("")
+out.append("| target | goal | measured | |")
+out.append("|---|---|---|---|")
+
+
+def target(name, goal, value, ok):
+    out.append(f"| {name} | {goal} | {value} | {verdict(ok) if ok is not None else '—'} |")
+
+
+a50, a99 = med_diff("rate-wrap", "rate-direct", "p50_us"), med_diff("rate-wrap", "rate-direct", "p99_us")
+if a50 is not None:
+    target("added latency p50, 1 KiB wrap, fixed rate", "≤ 50 µs", f"{a50:.0f} µs", a50 <= 50)
+    target("added latency p99, 1 KiB wrap, fixed rate", "≤ 250 µs", f"{a99:.0f} µs", a99 <= 250)
+for size, size_name in (("1024", "1 KiB"), ("65536", "64 KiB")):
+    for w in (1, 2):
+        ours, ng = med(f"sat-{size}-ours{w}", "rps"), med(f"sat-{size}-nginx{w}", "rps")
+        if ours and ng:
+            target(f"throughput {size_name} wrap, {w} vs {w} worker{'s' if w > 1 else ''}", "≥ nginx",
+                   f"{ours:,.0f} vs {ng:,.0f} req/s ({ours / ng:.2f}×)", ours >= ng)
+if "pass" in ttfe and "direct" in ttfe:
+    for key in ("pass", "wrap"):
+        if key in ttfe:
+            added = ttfe[key]["p50"] - ttfe["direct"]["p50"]
+            target(f"added time to first event, {key}", "≤ 100 µs", f"{added:.0f} µs", added <= 100)
+for mode, v in per_event.items():
+    target(f"CPU per event, 200-event stream, {mode}", "≤ 5 µs", f"{v:.2f} µs", v <= 5)
+if many:
+    rss_mb = many.get("rss_peak_kb", 0) / 1024
+    target(f"{many.get('n')} concurrent streams", "none dropped, RSS ≤ 64 MB",
+           f"{many.get('completed')} completed, {many.get('dropped')} dropped, peak RSS {rss_mb:.1f} MB",
+           many.get("dropped") == 0 and rss_mb <= 64)
+if idle:
+    target("idle RSS", "≤ 10 MB", f"{idle['rss_kb'] / 1024:.1f} MB", idle["rss_kb"] / 1024 <= 10)
+if ready:
+    target("start to ready (spawn → /healthz answers), median", "≤ 20 ms",
+           f"{ready['p50_ms']:.1f} ms (max {ready['max_ms']:.1f})", ready["p50_ms"] <= 20)
+if binary:
+    mb = binary["bytes"] / 1e6
+    target("stripped release binary", "≤ 8 MB", f"{mb:.1f} MB", mb <= 8)
+
+print("\n".join(out))
+
+# --- latency SVG: percentile curves at the fixed rate, median round ----------------------
+series = []
+colors = {"rate-direct": "#888888", "rate-nginx": "#2a9d8f", "rate-pass": "#e9c46a", "rate-wrap": "#e76f51"}
+pct_keys = ["p50", "p75", "p90", "p95", "p99", "p99.9"]
+for label, name in rate_labels:
+    runs = oha.get(label)
+    if not runs:
+        continue
+    pts = [statistics.median(r["pcts"][k] for r in runs if k in r["pcts"]) for k in pct_keys]
+    series.append((name, colors[label], pts))
+if series:
+    W, H, L, R, T, B = 640, 300, 60, 200, 30, 40
+    ymax = max(max(p) for _, _, p in series) * 1.1
+    xs = [L + i * (W - L - R) / (len(pct_keys) - 1) for i in range(len(pct_keys))]
+    y = lambda v: T + (H - T - B) * (1 - v / ymax)
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{L}" y="18" font-size="14">Latency at {by_kind("oha")[0]["rps"]:.0f} req/s, 1 KiB (µs, lower is better)</text>']
+    for i in range(5):
+        v = ymax * i / 4
+        svg.append(f'<line x1="{L}" x2="{W - R}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>')
+        svg.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0f}</text>')
+    for x, k in zip(xs, pct_keys):
+        svg.append(f'<text x="{x:.1f}" y="{H - B + 18}" text-anchor="middle">{k}</text>')
+    for n, (name, color, pts) in enumerate(series):
+        path = " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{y(v):.1f}" for i, (x, v) in enumerate(zip(xs, pts)))
+        svg.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2.5"/>')
+        for x, v in zip(xs, pts):
+            svg.append(f'<circle cx="{x:.1f}" cy="{y(v):.1f}" r="3" fill="{color}"/>')
+        ly = T + 10 + n * 20
+        svg.append(f'<rect x="{W - R + 15}" y="{ly - 9}" width="14" height="4" fill="{color}"/>')
+        svg.append(f'<text x="{W - R + 35}" y="{ly - 3}">{name}</text>')
+    svg.append("</svg>")
+    open(svg_path, "w").write("\n".join(svg))
