@@ -15,10 +15,17 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
 
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = config.worker_threads {
-        builder.worker_threads(usize::from(threads));
-    }
+    // One worker: a current-thread runtime serves everything on the main thread, without the
+    // multi-thread scheduler's cross-thread wake-ups (see BENCHMARKS.md).
+    let mut builder = match config.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(threads));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
