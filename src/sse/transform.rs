@@ -5,6 +5,7 @@
 //! which are rare, are rendered afresh.
 
 use std::collections::VecDeque;
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -150,8 +151,11 @@ fn is_bare_error(data: &[u8]) -> bool {
     struct Probe {
         error: Option<IgnoredAny>,
     }
+    // Built once: constructing a searcher per event cost more than the search itself.
+    static ERROR_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
     data.trim_ascii_start().first() == Some(&b'{')
-        && memchr::memmem::find(data, b"\"error\"").is_some()
+        && ERROR_KEY.find(data).is_some()
         && serde_json::from_slice::<Probe>(data).is_ok_and(|probe| probe.error.is_some())
 }
 
