@@ -3,7 +3,7 @@
 //! ```text
 //! bench-tool upstream --listen 127.0.0.1:0 [--threads 1]
 //! bench-tool ttfe --n 400 URL...          # time to first event, URLs interleaved
-//! bench-tool streams --url URL --n 10000 --pid PID
+//! bench-tool streams --url URL --n 10000 --pid PID [--http2 N]   # N connections, multiplexed
 //! bench-tool sse-cpu --url URL --streams 400 --concurrency 50 --pids PID,...
 //! bench-tool ready --bin target/release/envelope-proxy --n 20   # start to ready
 //! bench-tool free-port
@@ -331,6 +331,23 @@ async fn connect(uri: &Uri) -> std::io::Result<Sender> {
     Ok(sender)
 }
 
+async fn connect_h2(
+    uri: &Uri,
+) -> std::io::Result<hyper::client::conn::http2::SendRequest<Empty<Bytes>>> {
+    let host = uri.host().unwrap_or("127.0.0.1");
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 fn request(uri: &Uri) -> Request<Empty<Bytes>> {
     Request::get(uri.clone())
         .header("host", uri.authority().map_or("127.0.0.1", |a| a.as_str()))
@@ -426,20 +443,35 @@ async fn streams(opts: &Opts) {
     let completed = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(ramp));
+    // With --http2 N the streams share N HTTP/2 connections (so the proxy needs one file
+    // descriptor per stream, for its upstream connection, instead of two).
+    let h2_conns: usize = opts.get("http2", 0);
+    let mut h2 = Vec::new();
+    for _ in 0..h2_conns {
+        h2.push(connect_h2(&uri).await.expect("HTTP/2 connect"));
+    }
+    let h2 = Arc::new(h2);
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let (uri, opened, completed, failed, gate) = (
+    for i in 0..n {
+        let (uri, opened, completed, failed, gate, h2) = (
             uri.clone(),
             opened.clone(),
             completed.clone(),
             failed.clone(),
             gate.clone(),
+            h2.clone(),
         );
         tasks.spawn(async move {
             let run = async {
                 let permit = gate.acquire_owned().await.ok()?;
-                let mut sender = connect(&uri).await.ok()?;
-                let response = sender.send_request(request(&uri)).await.ok()?;
+                let response = if h2.is_empty() {
+                    let mut sender = connect(&uri).await.ok()?;
+                    sender.send_request(request(&uri)).await.ok()?
+                } else {
+                    let mut sender = h2[i % h2.len()].clone();
+                    sender.ready().await.ok()?;
+                    sender.send_request(request(&uri)).await.ok()?
+                };
                 if response.status() != StatusCode::OK {
                     return None;
                 }
