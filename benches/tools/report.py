@@ -175,37 +175,44 @@ if binary:
 
 print("\n".join(out))
 
-# --- latency SVG: percentile curves at the fixed rate, median round ----------------------
-series = []
-colors = {"rate-direct": "#888888", "rate-nginx": "#2a9d8f", "rate-pass": "#e9c46a", "rate-wrap": "#e76f51"}
+# --- latency SVG: percentile curves at the fixed rate (median over rounds), log scale -----
+import math
+
+colors = {"direct": "#888888", "nginx": "#2a9d8f", "pass": "#e9c46a", "wrap": "#e76f51"}
 pct_keys = ["p50", "p75", "p90", "p95", "p99", "p99.9"]
-for label, name in rate_labels:
-    runs = oha.get(label)
-    if not runs:
-        continue
-    pts = [statistics.median(r["pcts"][k] for r in runs if k in r["pcts"]) for k in pct_keys]
-    series.append((name, colors[label], pts))
+series = []
+for prefix, dash, suffix in (("rate", "", ""), ("spin", "6,4", ", CPU kept awake")):
+    for key, name in (("direct", "direct to upstream"), ("wrap", "envelope-proxy, wrap"),
+                      ("pass", "envelope-proxy, pass-through"), ("nginx", "nginx, pass-through")):
+        runs = oha.get(f"{prefix}-{key}")
+        if not runs:
+            continue
+        pts = [statistics.median(r["pcts"][k] for r in runs if k in r["pcts"]) for k in pct_keys]
+        series.append((name + suffix, colors[key], dash, pts))
 if series:
-    W, H, L, R, T, B = 640, 300, 60, 200, 30, 40
-    ymax = max(max(p) for _, _, p in series) * 1.1
+    W, H, L, R, T, B = 820, 330, 60, 300, 34, 40
+    lo = min(min(p) for *_, p in series) * 0.8
+    hi = max(max(p) for *_, p in series) * 1.25
     xs = [L + i * (W - L - R) / (len(pct_keys) - 1) for i in range(len(pct_keys))]
-    y = lambda v: T + (H - T - B) * (1 - v / ymax)
+    y = lambda v: T + (H - T - B) * (1 - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)))
+    rate = round(statistics.median(r["rps"] for r in oha.get("rate-direct", [{"rps": 0}])))
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
-           f'<text x="{L}" y="18" font-size="14">Latency at {by_kind("oha")[0]["rps"]:.0f} req/s, 1 KiB (µs, lower is better)</text>']
-    for i in range(5):
-        v = ymax * i / 4
-        svg.append(f'<line x1="{L}" x2="{W - R}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>')
-        svg.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0f}</text>')
+           f'<text x="{L}" y="20" font-size="14">Latency percentiles at {rate} req/s, 1 KiB body (µs, log scale, lower is better)</text>']
+    for v in (50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000):
+        if lo <= v <= hi:
+            svg.append(f'<line x1="{L}" x2="{W - R}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e5e5e5"/>')
+            svg.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v}</text>')
     for x, k in zip(xs, pct_keys):
         svg.append(f'<text x="{x:.1f}" y="{H - B + 18}" text-anchor="middle">{k}</text>')
-    for n, (name, color, pts) in enumerate(series):
+    for n, (name, color, dash, pts) in enumerate(series):
         path = " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{y(v):.1f}" for i, (x, v) in enumerate(zip(xs, pts)))
-        svg.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2.5"/>')
+        extra = f' stroke-dasharray="{dash}"' if dash else ""
+        svg.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2.2"{extra}/>')
         for x, v in zip(xs, pts):
-            svg.append(f'<circle cx="{x:.1f}" cy="{y(v):.1f}" r="3" fill="{color}"/>')
-        ly = T + 10 + n * 20
-        svg.append(f'<rect x="{W - R + 15}" y="{ly - 9}" width="14" height="4" fill="{color}"/>')
-        svg.append(f'<text x="{W - R + 35}" y="{ly - 3}">{name}</text>')
+            svg.append(f'<circle cx="{x:.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"/>')
+        ly = T + 14 + n * 20
+        svg.append(f'<line x1="{W - R + 12}" x2="{W - R + 36}" y1="{ly - 4}" y2="{ly - 4}" stroke="{color}" stroke-width="2.5"{extra}/>')
+        svg.append(f'<text x="{W - R + 42}" y="{ly}">{name}</text>')
     svg.append("</svg>")
     open(svg_path, "w").write("\n".join(svg))
