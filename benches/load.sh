@@ -328,5 +328,5 @@ record kind=binary bytes="$(stat -c %s "$stripped")" unstripped="$(stat -c %s "$
 record kind=machine_after load="$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '/')"
 
 # --- report --------------------------------------------------------------------------------
-python3 benches/tools/report.py "$RESULTS" "$OUT/latency.svg" | tee "$OUT/summary.md"
+SMOKE=$SMOKE python3 benches/tools/report.py "$RESULTS" "$OUT/latency.svg" | tee "$OUT/summary.md"
 log "results in $OUT"

@@ -6,6 +6,7 @@ Medians are taken over the rounds of each measurement; differences (added latenc
 taken per round first (proxy and direct measured back to back), then the median.
 """
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -45,6 +46,10 @@ def verdict(ok):
 
 
 out = []
+if os.environ.get("SMOKE") == "1":
+    out.append("**Smoke run** (debug build, tiny counts): this checks that every step runs; "
+               "the numbers below are not measurements.")
+    out.append("")
 machine = (by_kind("machine") or [{}])[0]
 after = (by_kind("machine_after") or [{}])[0]
 out.append(
