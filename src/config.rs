@@ -191,6 +191,10 @@ pub struct Config {
     /// Log line format on stderr.
     #[arg(long, env = "ENVELOPE_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Runtime worker threads (default: the number of CPU cores).
+    #[arg(long, env = "ENVELOPE_PROXY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 impl Config {

@@ -97,6 +97,10 @@ pin_project! {
         upstream_ended: bool,
         last_upstream: Instant,
         last_output: Instant,
+        // Bytes arrived / went out since `last_*` were set: the clock is read once per wait,
+        // when the body goes pending, not once per frame.
+        upstream_moved: bool,
+        output_moved: bool,
         #[pin]
         timer: Sleep,
         cut: CancellationToken,
@@ -127,6 +131,8 @@ impl<B> SseBody<B> {
             upstream_ended: false,
             last_upstream: now,
             last_output: now,
+            upstream_moved: false,
+            output_moved: false,
             timer: tokio::time::sleep_until(next_deadline(&settings, now, now)),
             cut_wait: cut.clone().cancelled_owned(),
             cut,
@@ -168,7 +174,7 @@ where
         let mut this = self.project();
         loop {
             if let Some(piece) = this.out.pop_front() {
-                *this.last_output = Instant::now();
+                *this.output_moved = true;
                 return Poll::Ready(Some(Ok(Frame::data(piece))));
             }
             if this.outcome.is_some() {
@@ -229,7 +235,7 @@ where
             }
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    *this.last_upstream = Instant::now();
+                    *this.upstream_moved = true;
                     // Trailers carry nothing a client of an event stream can use.
                     if let Ok(data) = frame.into_data() {
                         this.framer.push(data);
@@ -258,6 +264,12 @@ where
                 Poll::Ready(None) => *this.upstream_ended = true,
                 Poll::Pending => {
                     let now = Instant::now();
+                    if std::mem::take(this.upstream_moved) {
+                        *this.last_upstream = now;
+                    }
+                    if std::mem::take(this.output_moved) {
+                        *this.last_output = now;
+                    }
                     if now >= *this.last_upstream + this.settings.idle_timeout {
                         let message = format!(
                             "the upstream sent nothing for {}s; the stream was closed and the answer is incomplete",
@@ -281,7 +293,10 @@ where
                     }
                     let deadline =
                         next_deadline(this.settings, *this.last_upstream, *this.last_output);
-                    if this.timer.deadline() != deadline {
+                    // Deadlines only move later while a stream flows, so the timer is reset only
+                    // when it must fire sooner or has fired: an early wake-up just comes back
+                    // here and sets the real deadline, once per period instead of per event.
+                    if deadline < this.timer.deadline() || this.timer.is_elapsed() {
                         this.timer.as_mut().reset(deadline);
                     }
                     if this.timer.as_mut().poll(cx).is_ready() {

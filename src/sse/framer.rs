@@ -109,10 +109,7 @@ fn lines(buf: &[u8]) -> impl Iterator<Item = (usize, &[u8])> + Clone {
     let mut pos = 0;
     std::iter::from_fn(move || {
         let rest = buf.get(pos..).filter(|rest| !rest.is_empty())?;
-        let len = rest
-            .iter()
-            .position(|&b| b == b'\n' || b == b'\r')
-            .unwrap_or(rest.len());
+        let len = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
         let (line, tail) = rest.split_at(len);
         let ending = match tail {
             [b'\r', b'\n', ..] => 2,
@@ -197,48 +194,67 @@ impl Scanner {
     /// Consumes `buf` up to the end of the current event, returning that end's offset, or
     /// `None` when all of `buf` belongs to the still unfinished event.
     fn scan(&mut self, buf: &[u8]) -> Option<usize> {
-        for (i, &b) in buf.iter().enumerate() {
-            if std::mem::take(&mut self.after_cr) {
-                let end = if b == b'\n' { i + 1 } else { i };
-                if std::mem::take(&mut self.end_after_cr) {
-                    self.start_event();
-                    return Some(end);
-                }
-                if b == b'\n' {
-                    continue;
-                }
+        let mut i = 0;
+        while let Some(&b) = buf.get(i) {
+            // Fast path: ordinary content runs to the next line ending, found with memchr
+            // instead of byte by byte; only line endings (and a stream's BOM) need the
+            // state machine below.
+            if !self.after_cr && self.bom_matched.is_none() && b != b'\r' && b != b'\n' {
+                self.at_line_start = false;
+                self.seen_content = true;
+                i = memchr::memchr2(b'\n', b'\r', &buf[i..]).map_or(buf.len(), |n| i + n);
+                continue;
             }
-            if let Some(n) = self.bom_matched {
-                if BOM.get(n) == Some(&b) {
-                    self.bom_matched = (n + 1 < BOM.len()).then_some(n + 1);
-                    self.event_has_bom = n + 1 == BOM.len();
-                    continue;
-                }
-                self.bom_matched = None;
-                if n > 0 {
-                    // A broken BOM prefix is ordinary content of the first line.
-                    self.at_line_start = false;
-                    self.seen_content = true;
-                }
+            if let Some(end) = self.step(i, b) {
+                return Some(end);
             }
-            match b {
-                b'\r' | b'\n' => {
-                    let blank_ends_event = self.at_line_start && self.seen_content;
-                    self.at_line_start = true;
-                    self.after_cr = b == b'\r';
-                    if blank_ends_event {
-                        if self.after_cr {
-                            self.end_after_cr = true;
-                        } else {
-                            self.start_event();
-                            return Some(i + 1);
-                        }
+            i += 1;
+        }
+        None
+    }
+
+    /// One byte of the state machine at offset `i`; `Some(end)` when the event ends.
+    fn step(&mut self, i: usize, b: u8) -> Option<usize> {
+        if std::mem::take(&mut self.after_cr) {
+            let end = if b == b'\n' { i + 1 } else { i };
+            if std::mem::take(&mut self.end_after_cr) {
+                self.start_event();
+                return Some(end);
+            }
+            if b == b'\n' {
+                return None;
+            }
+        }
+        if let Some(n) = self.bom_matched {
+            if BOM.get(n) == Some(&b) {
+                self.bom_matched = (n + 1 < BOM.len()).then_some(n + 1);
+                self.event_has_bom = n + 1 == BOM.len();
+                return None;
+            }
+            self.bom_matched = None;
+            if n > 0 {
+                // A broken BOM prefix is ordinary content of the first line.
+                self.at_line_start = false;
+                self.seen_content = true;
+            }
+        }
+        match b {
+            b'\r' | b'\n' => {
+                let blank_ends_event = self.at_line_start && self.seen_content;
+                self.at_line_start = true;
+                self.after_cr = b == b'\r';
+                if blank_ends_event {
+                    if self.after_cr {
+                        self.end_after_cr = true;
+                    } else {
+                        self.start_event();
+                        return Some(i + 1);
                     }
                 }
-                _ => {
-                    self.at_line_start = false;
-                    self.seen_content = true;
-                }
+            }
+            _ => {
+                self.at_line_start = false;
+                self.seen_content = true;
             }
         }
         None

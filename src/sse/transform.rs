@@ -6,6 +6,7 @@
 //! copied once to go out over as many (see `data_lines`).
 
 use std::collections::VecDeque;
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -170,8 +171,11 @@ fn is_bare_error(data: &[u8]) -> bool {
     struct Probe {
         error: Option<IgnoredAny>,
     }
+    // Built once: constructing a searcher per event cost more than the search itself.
+    static ERROR_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
     data.trim_ascii_start().first() == Some(&b'{')
-        && memchr::memmem::find(data, b"\"error\"").is_some()
+        && ERROR_KEY.find(data).is_some()
         && serde_json::from_slice::<Probe>(data).is_ok_and(|probe| probe.error.is_some())
 }
 

@@ -1,0 +1,120 @@
+//! Non-streaming micro-benchmarks: what the response path does to a whole JSON body.
+//!
+//! - wrap (bare upstream → envelope client): validate the payload, then prefix + payload + `}`
+//!   (the steps of `translate::translate_success`);
+//! - unwrap (envelope upstream → bare client): classify, judge, slice `data` out;
+//! - normalise: an upstream error body (OpenAI JSON, or an HTML page) into the client's
+//!   error, rendered in the envelope dialect.
+//!
+//! At 1 KiB, 64 KiB and 1 MiB; throughput in bytes of upstream body per second.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use envelope_proxy::api_error;
+use envelope_proxy::envelope::{self, Classified, Verdict};
+use envelope_proxy::Dialect;
+use http::StatusCode;
+use serde::de::IgnoredAny;
+
+fn completion(envelope: bool, size: usize) -> Bytes {
+    let head = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":""#;
+    let tail = r#""},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}"#;
+    let fill = size.saturating_sub(head.len() + tail.len()).max(1);
+    let mut body = String::with_capacity(size + 80);
+    if envelope {
+        body.push_str(r#"{"success":true,"code":"200","message":"successful","data":"#);
+    }
+    body.push_str(head);
+    body.push_str(&"lorem ipsum ".repeat(fill / 12 + 1)[..fill]);
+    body.push_str(tail);
+    if envelope {
+        body.push('}');
+    }
+    Bytes::from(body)
+}
+
+fn openai_error(size: usize) -> Bytes {
+    let head = r#"{"error":{"message":""#;
+    let tail =
+        r#"","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+    let fill = size.saturating_sub(head.len() + tail.len()).max(1);
+    Bytes::from(format!("{head}{}{tail}", "a".repeat(fill)))
+}
+
+fn html_error(size: usize) -> Bytes {
+    let head = "<html><head><title>502 Bad Gateway</title></head><body>";
+    let tail = "</body></html>";
+    let fill = size.saturating_sub(head.len() + tail.len()).max(1);
+    Bytes::from(format!("{head}{}{tail}", "<p>x</p>".repeat(fill / 8 + 1)))
+}
+
+fn wrap(body: &Bytes) -> [Bytes; 3] {
+    assert!(serde_json::from_slice::<IgnoredAny>(body).is_ok());
+    envelope::wrap_success(body.clone())
+}
+
+fn unwrap(body: &Bytes) -> Bytes {
+    match envelope::classify(body) {
+        Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
+            Verdict::Success(data) => envelope::slice_payload(body, data),
+            Verdict::Error(_) => unreachable!(),
+        },
+        _ => unreachable!(),
+    }
+}
+
+fn bench_json(c: &mut Criterion) {
+    let mut group = c.benchmark_group("json");
+    group.measurement_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_millis(500));
+    for (label, size) in [("1KiB", 1 << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
+        let bare = completion(false, size);
+        let wrapped = completion(true, size);
+        let error = openai_error(size);
+        let html = html_error(size);
+        group.throughput(Throughput::Bytes(bare.len() as u64));
+        group.bench_with_input(BenchmarkId::new("wrap", label), &bare, |b, body| {
+            b.iter(|| wrap(black_box(body)))
+        });
+        group.throughput(Throughput::Bytes(wrapped.len() as u64));
+        group.bench_with_input(BenchmarkId::new("unwrap", label), &wrapped, |b, body| {
+            b.iter(|| unwrap(black_box(body)))
+        });
+        group.throughput(Throughput::Bytes(error.len() as u64));
+        group.bench_with_input(
+            BenchmarkId::new("normalise-json", label),
+            &error,
+            |b, body| {
+                b.iter(|| {
+                    api_error::normalise(
+                        StatusCode::BAD_REQUEST,
+                        Some("application/json"),
+                        black_box(body),
+                    )
+                    .to_body(Dialect::Envelope)
+                })
+            },
+        );
+        group.throughput(Throughput::Bytes(html.len() as u64));
+        group.bench_with_input(
+            BenchmarkId::new("normalise-html", label),
+            &html,
+            |b, body| {
+                b.iter(|| {
+                    api_error::normalise(
+                        StatusCode::BAD_GATEWAY,
+                        Some("text/html"),
+                        black_box(body),
+                    )
+                    .to_body(Dialect::Envelope)
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_json);
+criterion_main!(benches);

@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# End-to-end load benchmark: envelope-proxy vs nginx (plain pass-through) vs straight to the
+# upstream, side by side in one run. See BENCHMARKS.md for the method.
+#
+#   benches/load.sh            full run (~10 minutes); installs oha with cargo if missing
+#   benches/load.sh --smoke    seconds-long run of every step (CI): debug build, tiny counts,
+#                              needs oha already installed, nginx only if installed
+#
+# Results go to $OUT (default target/load-results/<time>): raw oha JSON, results.jsonl, the
+# table (summary.md, also printed) and latency.svg.
+#
+# CPU pinning (2-core machine): the server under test (envelope-proxy or nginx) runs alone on
+# CPU $SERVER_CPU; the load generator (oha, bench-tool clients) and the upstream share CPU
+# $LOAD_CPU. The 2-worker runs give the server both CPUs (it then shares one with the load side).
+# Only 127.0.0.1 is used; every load step is bounded in requests and seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SMOKE=0
+[[ "${1:-}" == "--smoke" ]] && SMOKE=1
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+OUT=${OUT:-target/load-results/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+
+if ((SMOKE)); then
+  PROFILE_DIR=target/debug
+  BUILD_FLAGS=()
+  RATE_DURATION=1s; SAT_DURATION=1s; ROUNDS=1; TTFE_N=20; CPU_STREAMS=20
+  MANY_STREAMS=200; RATE=200; MANY_SHAPE=3/200/100
+else
+  PROFILE_DIR=target/release
+  BUILD_FLAGS=(--release)
+  RATE_DURATION=${RATE_DURATION:-10s}; SAT_DURATION=${SAT_DURATION:-8s}; ROUNDS=${ROUNDS:-3}
+  TTFE_N=${TTFE_N:-300}; CPU_STREAMS=${CPU_STREAMS:-400}; MANY_STREAMS=${MANY_STREAMS:-10000}
+  RATE=${RATE:-1000}; MANY_SHAPE=20/200/500
+fi
+
+log() { printf '== %s\n' "$*" >&2; }
+
+# --- tools -------------------------------------------------------------------------------
+if ! command -v oha >/dev/null 2>&1; then
+  if ((SMOKE)); then
+    echo "load.sh --smoke: oha is not installed; skipping" >&2
+    exit 0
+  fi
+  log "installing oha (cargo install oha --locked; a few minutes)"
+  cargo install oha --locked
+fi
+HAVE_NGINX=0
+command -v nginx >/dev/null 2>&1 && HAVE_NGINX=1
+((HAVE_NGINX)) || log "nginx not installed: nginx columns are skipped (apt-get install nginx)"
+
+log "building envelope-proxy and bench-tool (${BUILD_FLAGS[*]:-debug})"
+cargo build --locked "${BUILD_FLAGS[@]}" --bin envelope-proxy --example bench-tool >&2
+PROXY_BIN=$PROFILE_DIR/envelope-proxy
+TOOL=$PROFILE_DIR/examples/bench-tool
+
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# Records one JSON object per line: key=value pairs (numbers stay numbers).
+record() {
+  local line="{" first=1 kv k v
+  for kv in "$@"; do
+    k=${kv%%=*}; v=${kv#*=}
+    [[ $v =~ ^-?[0-9]+(\.[0-9]+)?$ ]] || v="\"$v\""
+    ((first)) || line+=","
+    line+="\"$k\":$v"; first=0
+  done
+  echo "$line}" >>"$RESULTS"
+}
+
+# --- servers -----------------------------------------------------------------------------
+log "machine: $(nproc) CPUs, $(uname -r); load before start: $(cut -d' ' -f1-3 /proc/loadavg)"
+record kind=machine cpus="$(nproc)" load="$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '/')" \
+  cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+
+UP_PORT=$($TOOL free-port)
+taskset -c "$LOAD_CPU" "$TOOL" upstream --listen "127.0.0.1:$UP_PORT" >"$OUT/upstream.log" 2>&1 &
+PIDS+=($!)
+UP="http://127.0.0.1:$UP_PORT"
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+wait_port "$UP_PORT"
+
+# start_proxy NAME WORKERS CPUS -> sets PORT_<NAME>, PID_<NAME>
+start_proxy() {
+  local name=$1 workers=$2 cpus=$3 port
+  port=$($TOOL free-port)
+  taskset -c "$cpus" "$PROXY_BIN" --listen "127.0.0.1:$port" --upstream "$UP/v1" \
+    --worker-threads "$workers" --stream-envelope wrap --log-level warn \
+    >"$OUT/proxy-$name.log" 2>&1 &
+  PIDS+=($!)
+  printf -v "PID_$name" '%s' "$!"
+  printf -v "PORT_$name" '%s' "$port"
+  wait_port "$port"
+}
+
+# start_nginx NAME WORKERS CPUS -> sets PORT_<NAME>, PID_<NAME> (the master)
+start_nginx() {
+  local name=$1 workers=$2 cpus=$3 port dir
+  port=$($TOOL free-port)
+  dir="$OUT/nginx-$name"
+  mkdir -p "$dir/logs"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes $workers;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+worker_rlimit_nofile 100000;
+events { worker_connections 30000; multi_accept on; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
+  upstream up { server 127.0.0.1:$UP_PORT; keepalive 256; keepalive_requests 100000; }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+    # Event streams must not be buffered (what X-Accel-Buffering: no does per response).
+    location /v1/bench/sse/ {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+EOF
+  taskset -c "$cpus" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/logs/stdout.log" 2>&1 &
+  PIDS+=($!)
+  printf -v "PID_$name" '%s' "$!"
+  printf -v "PORT_$name" '%s' "$port"
+  wait_port "$port"
+}
+
+idle_rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+start_proxy p1 1 "$SERVER_CPU"
+start_proxy p2 2 "$SERVER_CPU,$LOAD_CPU"
+sleep 0.2
+IDLE_RSS=$(idle_rss "$PID_p1")
+record kind=idle rss_kb="$IDLE_RSS"
+if ((HAVE_NGINX)); then
+  start_nginx n1 1 "$SERVER_CPU"
+  start_nginx n2 2 "$SERVER_CPU,$LOAD_CPU"
+fi
+
+BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'
+# oha_run LABEL URL [oha args...] -> appends one result line; raw JSON in $OUT/oha
+mkdir -p "$OUT/oha"
+oha_run() {
+  local label=$1 url=$2; shift 2
+  local file="$OUT/oha/$label.json"
+  taskset -c "$LOAD_CPU" oha --no-tui --output-format json --worker-threads 1 \
+    -m POST -T application/json -d "$BODY" "$@" "$url" >"$file" 2>"$OUT/oha/$label.err" || {
+    echo "oha failed for $label: $(cat "$OUT/oha/$label.err")" >&2
+    return 1
+  }
+  python3 - "$file" "$label" >>"$RESULTS" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+s, p = d["summary"], d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+ok = sum(v for k, v in codes.items() if k.startswith("2"))
+# -z ends a run by aborting the requests still in flight; those are not failures.
+errors = {k: v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"}
+bad = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(errors.values())
+label = sys.argv[2]
+print(json.dumps({"kind": "oha", "label": label, "rps": s["requestsPerSec"],
+  "p50_us": p["p50"] * 1e6, "p90_us": p["p90"] * 1e6, "p99_us": p["p99"] * 1e6,
+  "p999_us": p["p99.9"] * 1e6, "ok": ok, "bad": bad,
+  "pcts": {k: v * 1e6 for k, v in p.items() if v is not None}}))
+PY
+}
+
+# --- 1. latency at a fixed moderate rate (1 KiB, wrap) -----------------------------------
+URL_DIRECT="$UP/v1/bench/json/1024"
+URL_WRAP="http://127.0.0.1:$PORT_p1/api/v1/bench/json/1024"
+URL_PASS="http://127.0.0.1:$PORT_p1/v1/bench/json/1024"
+for round in $(seq 1 "$ROUNDS"); do
+  log "fixed rate $RATE req/s, 1 KiB, round $round/$ROUNDS"
+  oha_run "rate-direct-r$round" "$URL_DIRECT" -q "$RATE" -z "$RATE_DURATION" -c 4 --latency-correction
+  oha_run "rate-wrap-r$round" "$URL_WRAP" -q "$RATE" -z "$RATE_DURATION" -c 4 --latency-correction
+  oha_run "rate-pass-r$round" "$URL_PASS" -q "$RATE" -z "$RATE_DURATION" -c 4 --latency-correction
+  if ((HAVE_NGINX)); then
+    oha_run "rate-nginx-r$round" "http://127.0.0.1:$PORT_n1/v1/bench/json/1024" \
+      -q "$RATE" -z "$RATE_DURATION" -c 4 --latency-correction
+  fi
+done
+
+# --- 1b. the same with the server's CPU kept from idling ---------------------------------
+# At 1,000 req/s the server's CPU sleeps between requests, and waking an idle vCPU costs this
+# VM tens of microseconds per hop, for nginx as for us. A SCHED_IDLE spinner on that CPU
+# (it yields at once to any real work) keeps it awake, which separates wake-up cost from the
+# proxy's own work. Reported as its own rows; the targets are judged on the plain runs.
+SPIN_PID=""
+start_spinner() {
+  taskset -c "$SERVER_CPU" chrt -i 0 bash -c 'end=$((SECONDS + 600)); while ((SECONDS < end)); do :; done' &
+  SPIN_PID=$!
+  PIDS+=("$SPIN_PID")
+}
+stop_spinner() { kill "$SPIN_PID" 2>/dev/null || true; wait "$SPIN_PID" 2>/dev/null || true; }
+start_spinner
+for round in $(seq 1 "$ROUNDS"); do
+  log "fixed rate $RATE req/s, 1 KiB, server CPU kept awake, round $round/$ROUNDS"
+  oha_run "spin-direct-r$round" "$URL_DIRECT" -q "$RATE" -z "$RATE_DURATION" -c 4 --latency-correction
+  oha_run "spin-wrap-r$round" "$URL_WRAP" -q "$RATE" -z "$RATE_DURATION" -c 4 --latency-correction
+  if ((HAVE_NGINX)); then
+    oha_run "spin-nginx-r$round" "http://127.0.0.1:$PORT_n1/v1/bench/json/1024" \
+      -q "$RATE" -z "$RATE_DURATION" -c 4 --latency-correction
+  fi
+done
+stop_spinner
+
+# --- 2. throughput at saturation (wrap; 1 and 2 workers; 1 KiB and 64 KiB) ---------------
+for round in $(seq 1 "$ROUNDS"); do
+  for size in 1024 65536; do
+    log "saturation, $size B, round $round/$ROUNDS"
+    oha_run "sat-$size-direct-r$round" "$UP/v1/bench/json/$size" -c 32 -z "$SAT_DURATION"
+    for w in 1 2; do
+      port_var="PORT_p$w"
+      oha_run "sat-$size-ours$w-r$round" "http://127.0.0.1:${!port_var}/api/v1/bench/json/$size" \
+        -c 32 -z "$SAT_DURATION"
+      if ((HAVE_NGINX)); then
+        port_var="PORT_n$w"
+        oha_run "sat-$size-nginx$w-r$round" "http://127.0.0.1:${!port_var}/v1/bench/json/$size" \
+          -c 32 -z "$SAT_DURATION"
+      fi
+    done
+  done
+done
+
+# --- 3. streams: time to first event, CPU per event ---------------------------------------
+log "time to first event (dripping stream: 5 events 2 ms apart), $TTFE_N each, interleaved"
+TTFE_URLS=("$UP/v1/bench/sse/5/300/2"
+  "http://127.0.0.1:$PORT_p1/v1/bench/sse/5/300/2"
+  "http://127.0.0.1:$PORT_p1/api/v1/bench/sse/5/300/2")
+((HAVE_NGINX)) && TTFE_URLS+=("http://127.0.0.1:$PORT_n1/v1/bench/sse/5/300/2")
+taskset -c "$LOAD_CPU" "$TOOL" ttfe --n "$TTFE_N" "${TTFE_URLS[@]}" | tee "$OUT/ttfe.txt" >&2
+names=(direct pass wrap nginx)
+i=0
+while read -r _ url n p50 p99; do
+  record kind=ttfe target="${names[$i]}" "${p50/_us/}" "${p99/_us/}"
+  i=$((i + 1))
+done <"$OUT/ttfe.txt"
+log "time to first event again, server CPU kept awake (see 1b)"
+start_spinner
+taskset -c "$LOAD_CPU" "$TOOL" ttfe --n "$TTFE_N" "${TTFE_URLS[@]}" | tee "$OUT/ttfe-spin.txt" >&2
+stop_spinner
+i=0
+while read -r _ url n p50 p99; do
+  record kind=ttfe target="spin-${names[$i]}" "${p50/_us/}" "${p99/_us/}"
+  i=$((i + 1))
+done <"$OUT/ttfe-spin.txt"
+
+log "CPU per event: $CPU_STREAMS streams of 200 vs of 1 event (1 ms apart), 50 at a time"
+CPU_MODES=(pass wrap)
+((HAVE_NGINX)) && CPU_MODES+=(nginx)
+for mode in "${CPU_MODES[@]}"; do
+  prefix=/v1 port=$PORT_p1 pid=$PID_p1
+  [[ $mode == wrap ]] && prefix=/api/v1
+  # nginx's CPU is its worker's (the master only supervises).
+  [[ $mode == nginx ]] && port=$PORT_n1 pid=$(pgrep -P "$PID_n1" | head -1)
+  for events in 1 200; do
+    line=$(taskset -c "$LOAD_CPU" "$TOOL" sse-cpu --streams "$CPU_STREAMS" --concurrency 50 \
+      --url "http://127.0.0.1:$port$prefix/bench/sse/$events/300/1" --pids "$pid")
+    echo "$mode events=$events $line" >&2
+    cpu=$(sed -n 's/.*cpu_us_per_stream=\([0-9.]*\).*/\1/p' <<<"$line")
+    okn=$(sed -n 's/.*streams_ok=\([0-9]*\).*/\1/p' <<<"$line")
+    record kind=ssecpu mode="$mode" events="$events" cpu_us_per_stream="$cpu" ok="$okn"
+  done
+done
+
+# --- 4. many open streams, memory, start, size ---------------------------------------------
+# Over HTTP/1.1 each stream costs the proxy two file descriptors (client and upstream
+# connections), so the HTTP/1.1 run is capped by the open-file limit (a sandbox may forbid
+# raising it); the HTTP/2 run multiplexes the clients' streams over 100 connections, so the
+# proxy holds $MANY_STREAMS upstream connections and 100 client ones.
+FD_LIMIT=$(ulimit -n)
+H1_STREAMS=$(( (FD_LIMIT - 100) / 2 < MANY_STREAMS ? (FD_LIMIT - 100) / 2 : MANY_STREAMS ))
+for proto in h1 h2; do
+  n=$MANY_STREAMS flags=()
+  [[ $proto == h1 ]] && n=$H1_STREAMS
+  [[ $proto == h2 ]] && flags=(--http2 100)
+  log "$n concurrent open streams over $proto (events/bytes/gap ms: $MANY_SHAPE), fresh proxy, fd limit $FD_LIMIT"
+  start_proxy "many$proto" 2 "$SERVER_CPU,$LOAD_CPU"
+  sleep 0.2
+  pid_var="PID_many$proto" port_var="PORT_many$proto"
+  many_idle=$(idle_rss "${!pid_var}")
+  line=$("$TOOL" streams --n "$n" --ramp 256 --pid "${!pid_var}" --timeout 120 "${flags[@]}" \
+    --url "http://127.0.0.1:${!port_var}/v1/bench/sse/$MANY_SHAPE")
+  echo "$line" >&2
+  record kind=streams proto="$proto" idle_rss_kb="$many_idle" $(sed 's/^streams //' <<<"$line")
+  kill "${!pid_var}" 2>/dev/null || true
+done
+
+log "start to ready"
+line=$("$TOOL" ready --bin "$PROXY_BIN" --n "$( ((SMOKE)) && echo 3 || echo 30)")
+echo "$line" >&2
+record kind=ready $(sed 's/^ready //' <<<"$line")
+
+stripped="$OUT/envelope-proxy.stripped"
+strip -o "$stripped" "$PROXY_BIN"
+record kind=binary bytes="$(stat -c %s "$stripped")" unstripped="$(stat -c %s "$PROXY_BIN")"
+record kind=machine_after load="$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '/')"
+
+# --- report --------------------------------------------------------------------------------
+SMOKE=$SMOKE python3 benches/tools/report.py "$RESULTS" "$OUT/latency.svg" | tee "$OUT/summary.md"
+log "results in $OUT"

@@ -1,0 +1,652 @@
+//! Load-test helpers for `benches/load.sh`: a lean upstream and the stream clients oha lacks.
+//!
+//! ```text
+//! bench-tool upstream --listen 127.0.0.1:0 [--threads 1]
+//! bench-tool ttfe --n 400 URL...          # time to first event, URLs interleaved
+//! bench-tool streams --url URL --n 10000 --pid PID [--http2 N]   # N connections, multiplexed
+//! bench-tool sse-cpu --url URL --streams 400 --concurrency 50 --pids PID,...
+//! bench-tool ready --bin target/release/envelope-proxy --n 20   # start to ready
+//! bench-tool free-port
+//! ```
+//!
+//! The upstream does no per-request work beyond routing on the path: bodies are built once per
+//! size and served from a cache, so its cost stays small next to the proxy it measures. Paths
+//! (below any prefix, e.g. `/v1/bench/json/1024`):
+//!
+//! | path | response |
+//! |---|---|
+//! | `…/json/<bytes>` | a bare chat completion of about that size |
+//! | `…/env/<bytes>` | the same inside a success envelope |
+//! | `…/sse/<events>/<bytes>/<gap_ms>` | a bare chat stream: `events` chunks of about `bytes` each, `gap_ms` apart (first one at once), then `[DONE]` |
+//! | `…/envsse/<events>/<bytes>/<gap_ms>` | the same with every chunk in a success envelope |
+//!
+//! Every client loop here is bounded in count and time and talks to 127.0.0.1 only.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        usage();
+    };
+    let opts = Opts::parse(rest);
+    match command.as_str() {
+        "upstream" => upstream(&opts),
+        "ttfe" => client_runtime().block_on(ttfe(&opts)),
+        "streams" => client_runtime().block_on(streams(&opts)),
+        "sse-cpu" => client_runtime().block_on(sse_cpu(&opts)),
+        "ready" => ready(&opts),
+        "free-port" => {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            println!("{}", socket.local_addr().expect("addr").port());
+        }
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bench-tool upstream|ttfe|streams|sse-cpu|ready|free-port [--flag value]... [URL]..."
+    );
+    std::process::exit(2)
+}
+
+/// `--name value` pairs and positional URLs.
+struct Opts {
+    flags: HashMap<String, String>,
+    positional: Vec<String>,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Self {
+        let mut flags = HashMap::new();
+        let mut positional = Vec::new();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            if let Some(name) = arg.strip_prefix("--") {
+                let value = it.next().unwrap_or_else(|| usage());
+                flags.insert(name.to_string(), value.clone());
+            } else {
+                positional.push(arg.clone());
+            }
+        }
+        Opts { flags, positional }
+    }
+
+    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> T {
+        match self.flags.get(name) {
+            Some(value) => value.parse().unwrap_or_else(|_| {
+                eprintln!("bench-tool: bad value for --{name}: {value}");
+                std::process::exit(2)
+            }),
+            None => default,
+        }
+    }
+
+    fn str(&self, name: &str) -> String {
+        self.flags.get(name).cloned().unwrap_or_else(|| {
+            eprintln!("bench-tool: --{name} is required");
+            std::process::exit(2)
+        })
+    }
+}
+
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+// === upstream ===
+
+fn upstream(opts: &Opts) {
+    let listen: SocketAddr = opts.get("listen", "127.0.0.1:0".parse().expect("addr"));
+    let threads: usize = opts.get("threads", 1);
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(listen).await.expect("bind");
+        println!(
+            "bench-upstream listening on http://{}",
+            listener.local_addr().expect("addr")
+        );
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(stream), service_fn(serve))
+                    .await;
+            });
+        }
+    });
+}
+
+async fn serve(request: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+    let path = request.uri().path().to_string();
+    // Drain the request body so the connection stays reusable.
+    let _ = request.into_body().collect().await;
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let num = |i: usize| -> Option<usize> { segments.get(i)?.parse().ok() };
+    let at = segments
+        .iter()
+        .position(|s| matches!(*s, "json" | "env" | "sse" | "envsse"));
+    let response = match at.map(|i| (segments[i], i)) {
+        Some(("json", i)) | Some(("env", i)) => num(i + 1).map(|size| {
+            let envelope = segments[i] == "env";
+            let body = cached(envelope, size);
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(UpBody::Full(Some(body)))
+                .expect("response")
+        }),
+        Some(("sse", i)) | Some(("envsse", i)) => match (num(i + 1), num(i + 2), num(i + 3)) {
+            (Some(events), Some(size), Some(gap_ms)) => {
+                let envelope = segments[i] == "envsse";
+                let event = sse_event(envelope, size);
+                Some(
+                    Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(UpBody::Sse(SseSource {
+                            event,
+                            left: events,
+                            done: false,
+                            gap: Duration::from_millis(gap_ms as u64),
+                            sleep: None,
+                        }))
+                        .expect("response"),
+                )
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(response.unwrap_or_else(|| {
+        let mut r = Response::new(UpBody::Full(Some(Bytes::from_static(b"{\"error\":{\"message\":\"bench-upstream: unknown path\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}"))));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    }))
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<(bool, usize), Bytes>> = RefCell::new(HashMap::new());
+}
+
+/// A chat completion of about `size` bytes (`size` ≥ ~300), built once per thread.
+fn cached(envelope: bool, size: usize) -> Bytes {
+    CACHE.with(|cache| {
+        cache
+            .borrow_mut()
+            .entry((envelope, size))
+            .or_insert_with(|| completion(envelope, size))
+            .clone()
+    })
+}
+
+fn completion(envelope: bool, size: usize) -> Bytes {
+    let head = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":""#;
+    let tail = r#""},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}"#;
+    let fill = size.saturating_sub(head.len() + tail.len()).max(1);
+    let mut body = String::with_capacity(size + 80);
+    if envelope {
+        body.push_str(r#"{"success":true,"code":"200","message":"successful","data":"#);
+    }
+    body.push_str(head);
+    body.push_str(&"lorem ipsum ".repeat(fill / 12 + 1)[..fill]);
+    body.push_str(tail);
+    if envelope {
+        body.push('}');
+    }
+    Bytes::from(body)
+}
+
+/// One `data: <chunk>\n\n` event of about `size` bytes.
+fn sse_event(envelope: bool, size: usize) -> Bytes {
+    let head = r#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":""#;
+    let tail = r#""},"finish_reason":null}]}"#;
+    let fill = size.saturating_sub(head.len() + tail.len() + 8).max(1);
+    let mut event = String::from("data: ");
+    if envelope {
+        event.push_str(r#"{"success":true,"code":"200","message":"successful","data":"#);
+    }
+    event.push_str(head);
+    event.push_str(&"x".repeat(fill));
+    event.push_str(tail);
+    if envelope {
+        event.push('}');
+    }
+    event.push_str("\n\n");
+    Bytes::from(event)
+}
+
+enum UpBody {
+    Full(Option<Bytes>),
+    Sse(SseSource),
+}
+
+struct SseSource {
+    event: Bytes,
+    left: usize,
+    done: bool,
+    gap: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            UpBody::Full(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
+            UpBody::Sse(source) => {
+                if let Some(sleep) = source.sleep.as_mut() {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    source.sleep = None;
+                }
+                if source.left > 0 {
+                    source.left -= 1;
+                    if !source.gap.is_zero() {
+                        source.sleep = Some(Box::pin(tokio::time::sleep(source.gap)));
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(source.event.clone()))));
+                }
+                if !source.done {
+                    source.done = true;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                        b"data: [DONE]\n\n",
+                    )))));
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Full(body) => body.is_none(),
+            UpBody::Sse(source) => source.done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Full(Some(body)) => SizeHint::with_exact(body.len() as u64),
+            UpBody::Full(None) => SizeHint::with_exact(0),
+            UpBody::Sse(_) => SizeHint::default(),
+        }
+    }
+}
+
+// === clients ===
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(uri: &Uri) -> std::io::Result<Sender> {
+    let host = uri.host().unwrap_or("127.0.0.1");
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn connect_h2(
+    uri: &Uri,
+) -> std::io::Result<hyper::client::conn::http2::SendRequest<Empty<Bytes>>> {
+    let host = uri.host().unwrap_or("127.0.0.1");
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+fn request(uri: &Uri) -> Request<Empty<Bytes>> {
+    Request::get(uri.clone())
+        .header("host", uri.authority().map_or("127.0.0.1", |a| a.as_str()))
+        .body(Empty::new())
+        .expect("request")
+}
+
+/// Reads a stream to its end; `Some(first_frame_at)` when it ended with `[DONE]`.
+async fn read_stream(
+    mut body: Incoming,
+    started: Instant,
+    first: &mut Option<Duration>,
+) -> Option<()> {
+    let mut tail: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.ok()?;
+        if let Some(data) = frame.data_ref() {
+            if first.is_none() && !data.is_empty() {
+                *first = Some(started.elapsed());
+            }
+            tail.extend_from_slice(&data[data.len().saturating_sub(32)..]);
+            let keep = tail.len().saturating_sub(32);
+            tail.drain(..keep);
+        }
+    }
+    let text = String::from_utf8_lossy(&tail);
+    text.trim_end().ends_with("data: [DONE]").then_some(())
+}
+
+/// Time to first event: `n` requests per URL, one at a time, URLs interleaved so that every
+/// target sees the same machine state. Each URL keeps one keep-alive connection.
+async fn ttfe(opts: &Opts) {
+    let n: usize = opts.get("n", 200);
+    let uris: Vec<Uri> = opts
+        .positional
+        .iter()
+        .map(|u| u.parse().expect("URL"))
+        .collect();
+    let mut senders = Vec::new();
+    for uri in &uris {
+        senders.push(connect(uri).await.expect("connect"));
+    }
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(n); uris.len()];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // A few warm-up rounds, not recorded.
+    for round in 0..n + 20 {
+        if Instant::now() > deadline {
+            break;
+        }
+        for (i, uri) in uris.iter().enumerate() {
+            let started = Instant::now();
+            let response = senders[i].send_request(request(uri)).await.expect("send");
+            let mut first = None;
+            let ok = read_stream(response.into_body(), started, &mut first).await;
+            if ok.is_none() {
+                eprintln!("bench-tool: stream from {uri} did not end with [DONE]");
+            }
+            if round >= 20 {
+                if let Some(first) = first {
+                    samples[i].push(first.as_secs_f64() * 1e6);
+                }
+            }
+        }
+    }
+    for (uri, mut s) in uris.iter().zip(samples) {
+        s.sort_by(f64::total_cmp);
+        println!(
+            "ttfe url={uri} n={} p50_us={:.1} p99_us={:.1}",
+            s.len(),
+            percentile(&s, 0.50),
+            percentile(&s, 0.99)
+        );
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Holds `n` streams open at once: opens them (at most `--ramp` connects in flight), waits
+/// until every one has its first event, samples the RSS of `--pid`, then reads all to the end.
+async fn streams(opts: &Opts) {
+    let n: usize = opts.get("n", 10_000);
+    let ramp: usize = opts.get("ramp", 256);
+    let pid: u32 = opts.get("pid", 0);
+    let uri: Uri = opts.str("url").parse().expect("URL");
+    let limit = Duration::from_secs(opts.get("timeout", 120));
+    let started = Instant::now();
+    let opened = Arc::new(AtomicUsize::new(0));
+    let completed = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(ramp));
+    // With --http2 N the streams share N HTTP/2 connections (so the proxy needs one file
+    // descriptor per stream, for its upstream connection, instead of two).
+    let h2_conns: usize = opts.get("http2", 0);
+    let mut h2 = Vec::new();
+    for _ in 0..h2_conns {
+        h2.push(connect_h2(&uri).await.expect("HTTP/2 connect"));
+    }
+    let h2 = Arc::new(h2);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (uri, opened, completed, failed, gate, h2) = (
+            uri.clone(),
+            opened.clone(),
+            completed.clone(),
+            failed.clone(),
+            gate.clone(),
+            h2.clone(),
+        );
+        tasks.spawn(async move {
+            let run = async {
+                let permit = gate.acquire_owned().await.ok()?;
+                let response = if h2.is_empty() {
+                    let mut sender = connect(&uri).await.ok()?;
+                    sender.send_request(request(&uri)).await.ok()?
+                } else {
+                    let mut sender = h2[i % h2.len()].clone();
+                    sender.ready().await.ok()?;
+                    sender.send_request(request(&uri)).await.ok()?
+                };
+                if response.status() != StatusCode::OK {
+                    return None;
+                }
+                let mut body = response.into_body();
+                // The first frame proves the stream is open end to end.
+                let first = body.frame().await?.ok()?;
+                drop(permit);
+                opened.fetch_add(1, Ordering::Relaxed);
+                let mut seen = None;
+                let done = read_stream(body, Instant::now(), &mut seen).await;
+                drop(first);
+                done
+            };
+            match tokio::time::timeout(limit, run).await {
+                Ok(Some(())) => completed.fetch_add(1, Ordering::Relaxed),
+                _ => failed.fetch_add(1, Ordering::Relaxed),
+            };
+        });
+    }
+    let mut peak_rss = 0;
+    let mut all_open_at = None;
+    let mut rss_all_open = 0;
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => if next.is_none() { break },
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                let rss = rss_kb(pid);
+                peak_rss = peak_rss.max(rss);
+                if all_open_at.is_none() && opened.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) >= n {
+                    all_open_at = Some(started.elapsed());
+                    rss_all_open = rss;
+                }
+            }
+        }
+    }
+    println!(
+        "streams n={n} opened={} completed={} dropped={} all_open_s={:.1} rss_all_open_kb={} rss_peak_kb={} total_s={:.1}",
+        opened.load(Ordering::Relaxed),
+        completed.load(Ordering::Relaxed),
+        n - completed.load(Ordering::Relaxed),
+        all_open_at.map_or(f64::NAN, |d| d.as_secs_f64()),
+        rss_all_open,
+        peak_rss,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    if pid == 0 {
+        return 0;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time (ns) used so far by all threads of `pid`, from schedstat.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU per stream of the processes in `--pids`: `--streams` streams of `--url`, at most
+/// `--concurrency` at once; prints the CPU time each process spent per stream.
+async fn sse_cpu(opts: &Opts) {
+    let uri: Uri = opts.str("url").parse().expect("URL");
+    let total: usize = opts.get("streams", 400);
+    let concurrency: usize = opts.get("concurrency", 50);
+    let pids: Vec<u32> = opts
+        .str("pids")
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let before: Vec<u64> = pids.iter().map(|&p| cpu_ns(p)).collect();
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (uri, next, ok) = (uri.clone(), next.clone(), ok.clone());
+        tasks.spawn(async move {
+            let Ok(mut sender) = connect(&uri).await else {
+                return;
+            };
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                if started.elapsed() > Duration::from_secs(120) {
+                    return;
+                }
+                let Ok(response) = sender.send_request(request(&uri)).await else {
+                    return;
+                };
+                let mut first = None;
+                if read_stream(response.into_body(), Instant::now(), &mut first)
+                    .await
+                    .is_some()
+                {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let done = ok.load(Ordering::Relaxed).max(1);
+    let per_stream: Vec<String> = pids
+        .iter()
+        .zip(before)
+        .map(|(&p, b)| format!("{:.1}", (cpu_ns(p) - b) as f64 / done as f64 / 1e3))
+        .collect();
+    println!(
+        "sse-cpu streams_ok={} wall_s={:.2} cpu_us_per_stream={}",
+        ok.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        per_stream.join(",")
+    );
+}
+
+/// Start to ready: spawns `--bin` `--n` times with `--listen 127.0.0.1:0`, and times from
+/// spawn until its `/healthz` answers (the address comes from its JSON "ready" log line).
+fn ready(opts: &Opts) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let bin = opts.str("bin");
+    let n: usize = opts.get("n", 20);
+    let mut samples = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        let mut child = std::process::Command::new(&bin)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--upstream", "http://127.0.0.1:9/v1"])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut addr = None;
+        for line in BufReader::new(stderr).lines().take(50) {
+            let Ok(line) = line else { break };
+            if let Some(at) = line.find("\"listen\":\"") {
+                let rest = &line[at + 10..];
+                addr = rest.split('"').next().map(str::to_string);
+                break;
+            }
+        }
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            eprintln!("bench-tool: {bin} never logged its listen address");
+            std::process::exit(1)
+        };
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .expect("write");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        let elapsed = started.elapsed();
+        assert!(answer.starts_with("HTTP/1.1 200"), "healthz: {answer}");
+        samples.push(elapsed.as_secs_f64() * 1e3);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "ready n={} p50_ms={:.2} max_ms={:.2}",
+        samples.len(),
+        percentile(&samples, 0.5),
+        samples.last().copied().unwrap_or(f64::NAN)
+    );
+}

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Turns benches/load.sh's results.jsonl into the markdown tables and a latency SVG.
+
+usage: report.py results.jsonl latency.svg
+Medians are taken over the rounds of each measurement; differences (added latency) are
+taken per round first (proxy and direct measured back to back), then the median.
+"""
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+svg_path = sys.argv[2]
+
+
+def by_kind(kind):
+    return [r for r in rows if r.get("kind") == kind]
+
+
+oha = defaultdict(list)  # label without round -> [result per round]
+for r in by_kind("oha"):
+    base, _, rnd = r["label"].rpartition("-r")
+    oha[base].append(r)
+
+
+def med(label, key):
+    vals = [r[key] for r in oha.get(label, [])]
+    return statistics.median(vals) if vals else None
+
+
+def med_diff(a, b, key):
+    pairs = list(zip(oha.get(a, []), oha.get(b, [])))
+    return statistics.median(x[key] - y[key] for x, y in pairs) if pairs else None
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "—"
+    return f"{v:,.{digits}f}"
+
+
+def verdict(ok):
+    return "✅" if ok else "❌"
+
+
+out = []
+if os.environ.get("SMOKE") == "1":
+    out.append("**Smoke run** (debug build, tiny counts): this checks that every step runs; "
+               "the numbers below are not measurements.")
+    out.append("")
+machine = (by_kind("machine") or [{}])[0]
+after = (by_kind("machine_after") or [{}])[0]
+out.append(
+    f"Machine: {machine.get('cpus')} CPUs ({machine.get('cpu', '?')}); load average "
+    f"before {machine.get('load')}, after {after.get('load')}."
+)
+out.append("")
+out.append("| scenario | target | req/s | p50 µs | p99 µs | added p50 / p99 µs vs direct | ratio vs nginx |")
+out.append("|---|---|---:|---:|---:|---:|---:|")
+
+rate_labels = [("rate-direct", "direct to upstream"), ("rate-wrap", "envelope-proxy, wrap"),
+               ("rate-pass", "envelope-proxy, pass-through"), ("rate-nginx", "nginx, pass-through")]
+for label, name in rate_labels:
+    if label not in oha:
+        continue
+    added = "—" if label == "rate-direct" else (
+        f"{fmt(med_diff(label, 'rate-direct', 'p50_us'))} / {fmt(med_diff(label, 'rate-direct', 'p99_us'))}")
+    ratio = "—"
+    if label != "rate-nginx" and "rate-nginx" in oha and label != "rate-direct":
+        ratio = f"p50 {med(label, 'p50_us') / med('rate-nginx', 'p50_us'):.2f}×"
+    out.append(f"| fixed rate, 1 KiB | {name} | {fmt(med(label, 'rps'))} | {fmt(med(label, 'p50_us'))} | "
+               f"{fmt(med(label, 'p99_us'))} | {added} | {ratio} |")
+
+spin_labels = [("spin-direct", "direct to upstream"), ("spin-wrap", "envelope-proxy, wrap"),
+               ("spin-nginx", "nginx, pass-through")]
+for label, name in spin_labels:
+    if label not in oha:
+        continue
+    added = "—" if label == "spin-direct" else (
+        f"{fmt(med_diff(label, 'spin-direct', 'p50_us'))} / {fmt(med_diff(label, 'spin-direct', 'p99_us'))}")
+    ratio = "—"
+    if label == "spin-wrap" and "spin-nginx" in oha:
+        ratio = f"p50 {med(label, 'p50_us') / med('spin-nginx', 'p50_us'):.2f}×"
+    out.append(f"| fixed rate, 1 KiB, server CPU kept awake | {name} | {fmt(med(label, 'rps'))} | "
+               f"{fmt(med(label, 'p50_us'))} | {fmt(med(label, 'p99_us'))} | {added} | {ratio} |")
+
+for size, size_name in (("1024", "1 KiB"), ("65536", "64 KiB")):
+    direct = f"sat-{size}-direct"
+    if direct in oha:
+        out.append(f"| saturation, {size_name} | direct to upstream | {fmt(med(direct, 'rps'))} | "
+                   f"{fmt(med(direct, 'p50_us'))} | {fmt(med(direct, 'p99_us'))} | — | — |")
+    for w in (1, 2):
+        ours, ng = f"sat-{size}-ours{w}", f"sat-{size}-nginx{w}"
+        ratio = "—"
+        if ng in oha:
+            ratio = f"**{med(ours, 'rps') / med(ng, 'rps'):.2f}×** req/s"
+        out.append(f"| saturation, {size_name} | envelope-proxy wrap, {w} worker{'s' if w > 1 else ''} | "
+                   f"{fmt(med(ours, 'rps'))} | {fmt(med(ours, 'p50_us'))} | {fmt(med(ours, 'p99_us'))} | "
+                   f"{fmt(med_diff(ours, direct, 'p50_us'))} / {fmt(med_diff(ours, direct, 'p99_us'))} | {ratio} |")
+        if ng in oha:
+            out.append(f"| saturation, {size_name} | nginx pass-through, {w} worker{'s' if w > 1 else ''} | "
+                       f"{fmt(med(ng, 'rps'))} | {fmt(med(ng, 'p50_us'))} | {fmt(med(ng, 'p99_us'))} | "
+                       f"{fmt(med_diff(ng, direct, 'p50_us'))} / {fmt(med_diff(ng, direct, 'p99_us'))} | 1.00× |")
+
+bad = sum(r.get("bad", 0) for r in by_kind("oha"))
+out.append("")
+out.append(f"Non-2xx responses or errors across all oha runs: {bad}.")
+
+ttfe = {r["target"]: r for r in by_kind("ttfe")}
+out.append("")
+out.append("| stream | p50 µs | p99 µs | added p50 µs vs direct |")
+out.append("|---|---:|---:|---:|")
+names = {"direct": "direct to upstream", "pass": "envelope-proxy, pass-through",
+         "wrap": "envelope-proxy, wrap", "nginx": "nginx, proxy_buffering off"}
+names.update({f"spin-{k}": f"{v}, server CPU kept awake" for k, v in list(names.items())})
+for key, name in names.items():
+    if key in ttfe:
+        base = "spin-direct" if key.startswith("spin-") else "direct"
+        added = "—" if key == base else fmt(ttfe[key]["p50"] - ttfe[base]["p50"], 1)
+        out.append(f"| time to first event, {name} | {fmt(ttfe[key]['p50'], 1)} | {fmt(ttfe[key]['p99'], 1)} | {added} |")
+
+cpu = {(r["mode"], r["events"]): r["cpu_us_per_stream"] for r in by_kind("ssecpu")}
+per_event = {}
+for mode, name in (("pass", "envelope-proxy, pass-through"), ("wrap", "envelope-proxy, wrap"),
+                   ("nginx", "nginx worker, pass-through")):
+    if (mode, 1) in cpu and (mode, 200) in cpu:
+        per_event[mode] = (cpu[(mode, 200)] - cpu[(mode, 1)]) / 199
+        out.append(f"| CPU per event, {name} (200-event minus 1-event streams, /199) | "
+                   f"{per_event[mode]:.2f} µs | | |")
+
+many_runs = by_kind("streams")
+idle = (by_kind("idle") or [{}])[0]
+ready = (by_kind("ready") or [{}])[0]
+binary = (by_kind("binary") or [{}])[0]
+out.append("")
+out.append("| target | goal | measured | |")
+out.append("|---|---|---|---|")
+
+
+def target(name, goal, value, ok):
+    out.append(f"| {name} | {goal} | {value} | {verdict(ok) if ok is not None else '—'} |")
+
+
+a50, a99 = med_diff("rate-wrap", "rate-direct", "p50_us"), med_diff("rate-wrap", "rate-direct", "p99_us")
+if a50 is not None:
+    target("added latency p50, 1 KiB wrap, fixed rate", "≤ 50 µs", f"{a50:.0f} µs", a50 <= 50)
+    target("added latency p99, 1 KiB wrap, fixed rate", "≤ 250 µs", f"{a99:.0f} µs", a99 <= 250)
+for size, size_name in (("1024", "1 KiB"), ("65536", "64 KiB")):
+    for w in (1, 2):
+        ours, ng = med(f"sat-{size}-ours{w}", "rps"), med(f"sat-{size}-nginx{w}", "rps")
+        if ours and ng:
+            target(f"throughput {size_name} wrap, {w} vs {w} worker{'s' if w > 1 else ''}", "≥ nginx",
+                   f"{ours:,.0f} vs {ng:,.0f} req/s ({ours / ng:.2f}×)", ours >= ng)
+if "pass" in ttfe and "direct" in ttfe:
+    for key in ("pass", "wrap"):
+        if key in ttfe:
+            added = ttfe[key]["p50"] - ttfe["direct"]["p50"]
+            target(f"added time to first event, {key}", "≤ 100 µs", f"{added:.0f} µs", added <= 100)
+for mode, v in per_event.items():
+    if mode != "nginx":
+        ref = f" (nginx {per_event['nginx']:.2f} µs)" if "nginx" in per_event else ""
+        target(f"CPU per event, 200-event stream, {mode}", "≤ 5 µs", f"{v:.2f} µs{ref}", v <= 5)
+for many in many_runs:
+    rss_mb = many.get("rss_peak_kb", 0) / 1024
+    target(f"{many.get('n')} concurrent streams, clients over {many.get('proto', 'h1')}",
+           "10,000, none dropped, RSS ≤ 64 MB",
+           f"{many.get('completed')} completed, {many.get('dropped')} dropped, peak RSS {rss_mb:.1f} MB "
+           f"({many.get('rss_peak_kb', 0) / max(many.get('n', 1), 1):.1f} KB/stream)",
+           many.get("dropped") == 0 and rss_mb <= 64 and many.get("n", 0) >= 10000)
+if idle:
+    target("idle RSS", "≤ 10 MB", f"{idle['rss_kb'] / 1024:.1f} MB", idle["rss_kb"] / 1024 <= 10)
+if ready:
+    target("start to ready (spawn → /healthz answers), median", "≤ 20 ms",
+           f"{ready['p50_ms']:.1f} ms (max {ready['max_ms']:.1f})", ready["p50_ms"] <= 20)
+if binary:
+    mb = binary["bytes"] / 1e6
+    target("stripped release binary", "≤ 8 MB", f"{mb:.1f} MB", mb <= 8)
+
+print("\n".join(out))
+
+# --- latency SVG: percentile curves at the fixed rate (median over rounds), log scale -----
+import math
+
+colors = {"direct": "#888888", "nginx": "#2a9d8f", "pass": "#e9c46a", "wrap": "#e76f51"}
+pct_keys = ["p50", "p75", "p90", "p95", "p99", "p99.9"]
+series = []
+for prefix, dash, suffix in (("rate", "", ""), ("spin", "6,4", ", CPU kept awake")):
+    for key, name in (("direct", "direct to upstream"), ("wrap", "envelope-proxy, wrap"),
+                      ("pass", "envelope-proxy, pass-through"), ("nginx", "nginx, pass-through")):
+        runs = oha.get(f"{prefix}-{key}")
+        if not runs:
+            continue
+        pts = [statistics.median(r["pcts"][k] for r in runs if k in r["pcts"]) for k in pct_keys]
+        series.append((name + suffix, colors[key], dash, pts))
+if series:
+    W, H, L, R, T, B = 820, 330, 60, 300, 34, 40
+    lo = min(min(p) for *_, p in series) * 0.8
+    hi = max(max(p) for *_, p in series) * 1.25
+    xs = [L + i * (W - L - R) / (len(pct_keys) - 1) for i in range(len(pct_keys))]
+    y = lambda v: T + (H - T - B) * (1 - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)))
+    rate = round(statistics.median(r["rps"] for r in oha.get("rate-direct", [{"rps": 0}])))
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{L}" y="20" font-size="14">Latency percentiles at {rate} req/s, 1 KiB body (µs, log scale, lower is better)</text>']
+    for v in (50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000):
+        if lo <= v <= hi:
+            svg.append(f'<line x1="{L}" x2="{W - R}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e5e5e5"/>')
+            svg.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v}</text>')
+    for x, k in zip(xs, pct_keys):
+        svg.append(f'<text x="{x:.1f}" y="{H - B + 18}" text-anchor="middle">{k}</text>')
+    for n, (name, color, dash, pts) in enumerate(series):
+        path = " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{y(v):.1f}" for i, (x, v) in enumerate(zip(xs, pts)))
+        extra = f' stroke-dasharray="{dash}"' if dash else ""
+        svg.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2.2"{extra}/>')
+        for x, v in zip(xs, pts):
+            svg.append(f'<circle cx="{x:.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"/>')
+        ly = T + 14 + n * 20
+        svg.append(f'<line x1="{W - R + 12}" x2="{W - R + 36}" y1="{ly - 4}" y2="{ly - 4}" stroke="{color}" stroke-width="2.5"{extra}/>')
+        svg.append(f'<text x="{W - R + 42}" y="{ly}">{name}</text>')
+    svg.append("</svg>")
+    open(svg_path, "w").write("\n".join(svg))
