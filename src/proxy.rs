@@ -192,8 +192,12 @@ impl Proxy {
                 unheld(unobserved(text_response(StatusCode::OK, "ok\n")))
             }
             Route::Readyz if operational => unheld(unobserved(self.readyz())),
-            Route::Metrics if operational && may_read_metrics(&request, role) => {
-                unheld(unobserved(self.metrics_response()))
+            Route::Metrics if operational => {
+                if may_read_metrics(&request, role, self.client_keys.as_ref()) {
+                    unheld(unobserved(self.metrics_response()))
+                } else {
+                    unheld(unobserved(unauthorized(Dialect::Bare)))
+                }
             }
             Route::Proxy {
                 client: dialect,
@@ -353,8 +357,13 @@ impl Proxy {
 
 /// The single place that decides who may read `/metrics` on a listener.
 /// (The public listener will ask for a client key here once inbound keys exist.)
-fn may_read_metrics<B>(_request: &Request<B>, _role: Role) -> bool {
-    true
+/// `/metrics` is open on the admin listener; on the public one it needs a client key when
+/// keys are configured (issue: security, access control).
+fn may_read_metrics<B>(request: &Request<B>, role: Role, keys: Option<&ClientKeys>) -> bool {
+    match (role, keys) {
+        (Role::Admin, _) | (Role::Public, None) => true,
+        (Role::Public, Some(keys)) => keys.allows(request.headers()),
+    }
 }
 
 fn shutting_down() -> ApiError {

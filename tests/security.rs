@@ -80,8 +80,18 @@ async fn inbound_keys_are_required_on_proxied_paths_in_each_dialect() {
         assert_eq!(reply.status, StatusCode::OK, "{key}");
         assert_eq!(reply.body, fixture("bare/chat_completion.json"));
     }
-    // Health stays open.
+    // Health stays open; metrics on the public listener need a key.
     assert_eq!(h.get("/healthz").send().await.status, StatusCode::OK);
+    let reply = h.get("/metrics").send().await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+    let reply = h
+        .get("/metrics")
+        .header("authorization", "Bearer sk-proxy-beta")
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.text().contains("envelope_proxy_requests_total"));
 }
 
 #[tokio::test]
