@@ -1,0 +1,349 @@
+//! A bounded soak: about a minute of mixed traffic with faults injected, against the real
+//! binary. Every request must get a complete response or an error in its dialect, the proxy's
+//! RSS must stay flat, and active requests, streams and client connections must return to zero.
+//! `SOAK_SECONDS` shortens or lengthens the run (default 60).
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/mock_upstream.rs"]
+mod mock_upstream;
+#[path = "support/process.rs"]
+mod process;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use harness::{fixture, wrapped, WAIT};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use mock_upstream::Shape;
+use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir, BIN};
+use serde_json::Value;
+
+const WORKERS: usize = 16;
+const SCENARIOS: usize = 10;
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+struct Outcome {
+    status: StatusCode,
+    body: Bytes,
+}
+
+async fn send(
+    client: &Client,
+    addr: SocketAddr,
+    path: &str,
+    stream: bool,
+    headers: &[(&str, &str)],
+) -> Result<Outcome, String> {
+    let body = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"stream":{stream}}}"#
+    );
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(WAIT, client.request(request))
+        .await
+        .map_err(|_| "no response headers within the wait bound".to_string())?
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = response.status();
+    let body = tokio::time::timeout(WAIT, response.into_body().collect())
+        .await
+        .map_err(|_| "body did not end within the wait bound".to_string())?
+        .map_err(|e| format!("body broke: {e}"))?
+        .to_bytes();
+    Ok(Outcome { status, body })
+}
+
+fn json(body: &Bytes) -> Result<Value, String> {
+    serde_json::from_slice(body)
+        .map_err(|e| format!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// Runs scenario `n` once and checks its exact outcome.
+async fn scenario(n: usize, client: &Client, addr: SocketAddr) -> Result<(), String> {
+    let expect = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+    match n {
+        0 => {
+            let o = send(client, addr, "/v1/chat/completions", false, &[]).await?;
+            expect(
+                o.status == 200 && o.body == fixture("bare/chat_completion.json"),
+                "bare pass-through",
+            )
+        }
+        1 => {
+            let o = send(client, addr, "/api/v1/chat/completions", false, &[]).await?;
+            expect(
+                o.status == 200 && o.body[..] == wrapped(&fixture("bare/chat_completion.json"))[..],
+                "wrap",
+            )
+        }
+        2 => {
+            let o = send(
+                client,
+                addr,
+                "/v1/chat/completions",
+                true,
+                &[("x-mock-behaviour", "split:37")],
+            )
+            .await?;
+            expect(
+                o.body == fixture("bare/chat_completion_stream.sse"),
+                "stream pass-through",
+            )
+        }
+        3 => {
+            let o = send(client, addr, "/api/v1/chat/completions", true, &[]).await?;
+            expect(
+                o.status == 200 && o.body.ends_with(b"data: [DONE]\n\n"),
+                "wrapped stream",
+            )
+        }
+        4 => {
+            let headers = [
+                ("x-mock-fixture", "errors/openai_429_rate_limit.json"),
+                ("x-mock-status", "429"),
+            ];
+            let o = send(client, addr, "/api/v1/chat/completions", false, &headers).await?;
+            let body = json(&o.body)?;
+            expect(
+                o.status == 429
+                    && body["error"]["code"] == "rate_limit_exceeded"
+                    && body["success"] == false,
+                "429 in envelope",
+            )
+        }
+        5 => {
+            let o = send(
+                client,
+                addr,
+                "/v1/chat/completions",
+                true,
+                &[("x-mock-behaviour", "reset-mid-body:700")],
+            )
+            .await?;
+            let text = String::from_utf8_lossy(&o.body);
+            expect(
+                text.ends_with("\"code\":\"upstream_broken\"}}\n\n") && !text.contains("[DONE]"),
+                "broken stream ends with an error event",
+            )
+        }
+        6 => {
+            let o = send(
+                client,
+                addr,
+                "/v1/chat/completions",
+                false,
+                &[("x-mock-behaviour", "no-response")],
+            )
+            .await?;
+            expect(
+                o.status == 502 && json(&o.body)?["error"]["type"] == "upstream_error",
+                "no response is a 502",
+            )
+        }
+        7 => {
+            // A client that leaves mid-stream.
+            let request = Request::post(format!("http://{addr}/v1/chat/completions"))
+                .header("x-mock-behaviour", "hold")
+                .body(Full::new(Bytes::from_static(br#"{"stream":true}"#)))
+                .map_err(|e| e.to_string())?;
+            let response = tokio::time::timeout(WAIT, client.request(request))
+                .await
+                .map_err(|_| "hold: no headers".to_string())?
+                .map_err(|e| e.to_string())?;
+            let mut body = response.into_body();
+            let first = tokio::time::timeout(WAIT, body.frame())
+                .await
+                .map_err(|_| "hold: no first event".to_string())?;
+            expect(matches!(first, Some(Ok(_))), "first event before leaving")
+        }
+        8 => {
+            let o = send(
+                client,
+                addr,
+                "/api/v1/chat/completions",
+                false,
+                &[("x-mock-behaviour", "truncate-content-length:200")],
+            )
+            .await?;
+            expect(
+                o.status == 502 && json(&o.body)?["error"]["code"] == "upstream_truncated",
+                "cut-short body is a 502",
+            )
+        }
+        _ => {
+            let headers = [
+                ("x-mock-fixture", "errors/cloudflare_502.html"),
+                ("x-mock-status", "502"),
+            ];
+            let o = send(client, addr, "/v1/chat/completions", false, &headers).await?;
+            expect(
+                o.status == 502 && json(&o.body)?["error"]["type"] == "server_error",
+                "HTML error normalised",
+            )
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
+            })
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Established TCP connections whose local port is `port` (the proxy's side of client connections).
+fn established_on(port: u16) -> usize {
+    let mut count = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && fields.get(3) == Some(&"01") {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+async fn metric(client: &Client, addr: SocketAddr, name: &str) -> Option<f64> {
+    let response = client
+        .get(format!("http://{addr}/metrics").parse().ok()?)
+        .await
+        .ok()?;
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_of_mixed_traffic_with_faults_loses_nothing_and_leaks_nothing() {
+    let seconds: u64 = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mock = mock_upstream::start(Shape::Bare).await;
+    let dir = TempDir::new("soak");
+    let notify = Notify::bind(&dir);
+    let socket = notify.path.to_str().expect("UTF-8 path").to_owned();
+    let upstream = mock.base_url();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--stream-envelope",
+        "wrap",
+        "--log-level",
+        "error",
+    ];
+    let mut proxy = ProxyProcess::spawn(&dir, BIN, &args, &[("NOTIFY_SOCKET", &socket)]);
+    let ready = notify.until("READY=1").await;
+    let addr = served_tcp_addr(field(&ready, "STATUS").expect("STATUS"));
+
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let warm_at = Instant::now() + Duration::from_secs(seconds / 6);
+    let warm_rss = Arc::new(Mutex::new(0u64));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for worker in 0..WORKERS {
+        let failures = Arc::clone(&failures);
+        let warm_rss = Arc::clone(&warm_rss);
+        let pid = proxy.pid();
+        workers.push(tokio::spawn(async move {
+            let client = harness::client();
+            let mut done = 0usize;
+            // Bounded by time and by count.
+            while Instant::now() < deadline && done < 200_000 {
+                let n = (worker + done) % SCENARIOS;
+                if let Err(why) = scenario(n, &client, addr).await {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("scenario {n}: {why}"));
+                }
+                done += 1;
+                if worker == 0 && Instant::now() >= warm_at {
+                    let mut warm = warm_rss.lock().unwrap();
+                    if *warm == 0 {
+                        *warm = rss_kib(pid);
+                    }
+                }
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for worker in workers {
+        total += worker.await.expect("worker");
+    }
+    mock.state.release();
+    let end_rss = rss_kib(proxy.pid());
+    let warm = *warm_rss.lock().unwrap();
+
+    // Everything in flight drains back to zero.
+    let client = harness::client();
+    let mut settled = false;
+    for _ in 0..200 {
+        let requests = metric(&client, addr, "envelope_proxy_active_requests").await;
+        let streams = metric(&client, addr, "envelope_proxy_active_streams").await;
+        // Our own /metrics connection is the only client connection left.
+        if requests == Some(0.0) && streams == Some(0.0) && established_on(addr.port()) <= 1 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failures = failures.lock().unwrap().clone();
+    eprintln!("soak: {total} requests in {seconds}s, RSS {warm} KiB after warm-up, {end_rss} KiB at the end, {} failures", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        total > WORKERS * SCENARIOS,
+        "the soak ran only {total} requests"
+    );
+    assert!(
+        settled,
+        "active requests/streams or client connections did not return to zero\n{}",
+        proxy.stderr()
+    );
+    assert!(warm > 0 && end_rss > 0);
+    // Flat: allocator slack allowed, growth with traffic not.
+    assert!(
+        end_rss <= warm * 3 / 2 + 8 * 1024,
+        "RSS grew from {warm} KiB to {end_rss} KiB"
+    );
+    assert!(proxy.is_running(), "the proxy is still up");
+}
