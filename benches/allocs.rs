@@ -92,7 +92,8 @@ async fn run(url: &str, n: usize) -> (u64, u64) {
         .expect("handshake");
     tokio::spawn(connection);
     let mut once = || {
-        let request = Request::get(uri.clone())
+        // Origin-form: the proxy refuses absolute-form targets (it is no forward proxy).
+        let request = Request::get(uri.path())
             .header("host", "127.0.0.1")
             .body(Empty::<Bytes>::new())
             .expect("request");

@@ -348,8 +348,22 @@ async fn connect_h2(
     Ok(sender)
 }
 
+/// HTTP/2 requests carry the full URI (`:scheme`, `:authority`).
 fn request(uri: &Uri) -> Request<Empty<Bytes>> {
-    Request::get(uri.clone())
+    build_request(uri, uri.clone())
+}
+
+/// HTTP/1.1 requests use origin-form: envelope-proxy refuses absolute-form (it is no forward proxy).
+fn h1_request(uri: &Uri) -> Request<Empty<Bytes>> {
+    build_request(uri, uri.path())
+}
+
+fn build_request<T>(uri: &Uri, target: T) -> Request<Empty<Bytes>>
+where
+    Uri: TryFrom<T>,
+    <Uri as TryFrom<T>>::Error: Into<http::Error>,
+{
+    Request::get(target)
         .header("host", uri.authority().map_or("127.0.0.1", |a| a.as_str()))
         .body(Empty::new())
         .expect("request")
@@ -466,7 +480,7 @@ async fn streams(opts: &Opts) {
                 let permit = gate.acquire_owned().await.ok()?;
                 let response = if h2.is_empty() {
                     let mut sender = connect(&uri).await.ok()?;
-                    sender.send_request(request(&uri)).await.ok()?
+                    sender.send_request(h1_request(&uri)).await.ok()?
                 } else {
                     let mut sender = h2[i % h2.len()].clone();
                     sender.ready().await.ok()?;
@@ -571,7 +585,7 @@ async fn sse_cpu(opts: &Opts) {
                 if started.elapsed() > Duration::from_secs(120) {
                     return;
                 }
-                let Ok(response) = sender.send_request(request(&uri)).await else {
+                let Ok(response) = sender.send_request(h1_request(&uri)).await else {
                     return;
                 };
                 let mut first = None;
