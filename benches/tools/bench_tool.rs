@@ -614,7 +614,7 @@ async fn sse_cpu(opts: &Opts) {
 }
 
 /// Start to ready: spawns `--bin` `--n` times with `--listen 127.0.0.1:0`, and times from
-/// spawn until its `/healthz` answers (the address comes from its JSON "ready" log line).
+/// spawn until its `/healthz` answers (the address comes from its "ready: serving …" log line).
 fn ready(opts: &Opts) {
     use std::io::{BufRead, BufReader, Read, Write};
     let bin = opts.str("bin");
@@ -633,9 +633,11 @@ fn ready(opts: &Opts) {
         let mut addr = None;
         for line in BufReader::new(stderr).lines().take(50) {
             let Ok(line) = line else { break };
-            if let Some(at) = line.find("\"listen\":\"") {
-                let rest = &line[at + 10..];
-                addr = rest.split('"').next().map(str::to_string);
+            // "envelope-proxy ready: serving http://IP:PORT; upstream …"
+            const SERVING: &str = "serving http://";
+            if let Some(at) = line.find(SERVING) {
+                let rest = &line[at + SERVING.len()..];
+                addr = rest.split([';', ',', '"', ' ']).next().map(str::to_string);
                 break;
             }
         }
