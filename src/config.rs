@@ -192,7 +192,7 @@ pub struct Config {
     #[arg(long, env = "ENVELOPE_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Runtime worker threads (default: the number of CPU cores).
+    /// Worker threads, each a single-threaded runtime serving its share of the connections (default: the number of CPU cores).
     #[arg(long, env = "ENVELOPE_PROXY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
 }

@@ -1,7 +1,8 @@
 //! envelope-proxy: a reverse proxy that translates between the bare OpenAI response dialect and
 //! the envelope dialect.
 //!
-//! Data flows one way: `listener` / `server` (accept, TLS) → `dialect::route` → `proxy`
+//! Data flows one way: `listener` / `server` (accept) → `workers` (one runtime per thread;
+//! TLS, HTTP) → `dialect::route` → `proxy`
 //! (upstream request) → `upstream` (client) → `translate` / `sse` (body transform) →
 //! `access_log` (the body that records the request's end) → client.
 //!
@@ -31,6 +32,7 @@ pub mod systemd;
 pub mod tls;
 pub mod translate;
 pub mod upstream;
+pub mod workers;
 
 pub use config::Config;
 pub use dialect::Dialect;

@@ -109,6 +109,19 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
+impl Stream {
+    /// Moves the socket to the reactor of the runtime this is called on. A connection accepted
+    /// on one runtime and served on another would otherwise have each of its readiness events
+    /// dispatched by the accepting thread and forwarded to the serving one (an eventfd write
+    /// and a wake-up per event).
+    pub fn into_current_runtime(self) -> io::Result<Self> {
+        Ok(match self {
+            Stream::Tcp(tcp, remote) => Stream::Tcp(TcpStream::from_std(tcp.into_std()?)?, remote),
+            Stream::Unix(unix) => Stream::Unix(UnixStream::from_std(unix.into_std()?)?),
+        })
+    }
+}
+
 impl Listener {
     /// Binds `addr`; a Unix socket file gets `unix_mode` permissions.
     pub async fn bind(addr: &ListenAddr, unix_mode: u32) -> io::Result<Self> {

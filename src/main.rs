@@ -24,18 +24,12 @@ fn main() -> ExitCode {
         Err(error) => return fail(&error.to_string()),
     };
 
-    // One worker: a current-thread runtime serves everything on the main thread, without the
-    // multi-thread scheduler's cross-thread wake-ups (see BENCHMARKS.md).
-    let mut builder = match config.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(threads) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(usize::from(threads));
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = match builder.enable_all().build() {
+    // The main thread accepts, handles signals and serves the admin listener; connections are
+    // served by the worker threads, each with its own runtime (`workers.rs`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("cannot start the runtime: {error}")),
     };

@@ -40,6 +40,9 @@ pub struct ClientInfo {
     pub ip: Option<IpAddr>,
     /// "http" or "https", for `X-Forwarded-Proto`.
     pub proto: &'static str,
+    /// The worker thread serving the connection: its requests use that worker's upstream pool,
+    /// whose connections live on the same thread.
+    pub worker: usize,
 }
 
 /// Which listener a request arrived on.
@@ -58,7 +61,8 @@ struct UpstreamStatus(StatusCode);
 /// Shared by every connection.
 pub struct Proxy {
     config: Arc<Config>,
-    upstream: Upstream,
+    /// One per worker thread (see [`ClientInfo::worker`]); never empty.
+    upstreams: Box<[Upstream]>,
     client_keys: Option<ClientKeys>,
     upstream_key: Option<UpstreamKey>,
     /// One permit per request in flight (streams hold theirs until they end).
@@ -74,6 +78,8 @@ pub struct Proxy {
 pub enum SetupError {
     #[error("keys: {0}")]
     Keys(#[from] KeyError),
+    #[error("no upstream client was built")]
+    NoUpstream,
 }
 
 /// A request's response: observed for the access log and metrics, holding its concurrency
@@ -83,9 +89,12 @@ pub type ProxyResponse = Response<Held<ObservedBody, Option<OwnedSemaphorePermit
 impl Proxy {
     pub fn new(
         config: Arc<Config>,
-        upstream: Upstream,
+        upstreams: Vec<Upstream>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SetupError> {
+        if upstreams.is_empty() {
+            return Err(SetupError::NoUpstream);
+        }
         let client_keys = auth::resolve_key_file(
             config.api_keys_file.as_deref(),
             auth::CLIENT_KEYS_CREDENTIAL,
@@ -101,7 +110,7 @@ impl Proxy {
         let in_flight = Arc::new(Semaphore::new(config.max_concurrent_requests));
         Ok(Self {
             config,
-            upstream,
+            upstreams: upstreams.into_boxed_slice(),
             client_keys,
             upstream_key,
             in_flight,
@@ -331,7 +340,8 @@ impl Proxy {
         let upstream_request =
             Request::from_parts(parts, Limited::new(body, config.max_request_body as usize));
 
-        let sent = tokio::time::timeout_at(exchange.deadline, self.upstream.send(upstream_request));
+        let upstream = &self.upstreams[client.worker % self.upstreams.len()];
+        let sent = tokio::time::timeout_at(exchange.deadline, upstream.send(upstream_request));
         let sent = tokio::select! {
             sent = sent => sent,
             () = self.cut.cancelled() => return error_response(dialect, &shutting_down(), None),

@@ -1,5 +1,5 @@
-//! The listeners: accept connections (TCP, TLS over TCP, Unix), serve HTTP/1.1 and HTTP/2 on
-//! each, and drain on shutdown.
+//! The listeners: accept connections (TCP, TLS over TCP, Unix), hand each to a worker thread
+//! (`workers.rs`) that serves HTTP/1.1 and HTTP/2 on it, and drain on shutdown.
 //!
 //! Lifecycle:
 //! 1. [`Server::build`] loads the TLS material, binds every `--listen` address (or takes the
@@ -47,6 +47,7 @@ use crate::systemd;
 use crate::tls::{self, CertFiles};
 use crate::translate::error_response;
 use crate::upstream::Upstream;
+use crate::workers::Workers;
 
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,6 +59,7 @@ pub struct Server {
     public: Vec<Listener>,
     admin: Option<Listener>,
     proxy: Arc<Proxy>,
+    workers: Workers,
     config: Arc<Config>,
     tls: Option<TlsAcceptor>,
     grace: Duration,
@@ -78,6 +80,8 @@ pub enum StartError {
     Tls(String),
     #[error(transparent)]
     Setup(#[from] SetupError),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 impl Server {
@@ -110,9 +114,16 @@ impl Server {
             upstream_tls_config(&config, provider, reload).map_err(StartError::Tls)?;
         let metrics = Arc::new(Metrics::default());
         let config = Arc::new(config);
-        let upstream = Upstream::new(&config, upstream_tls);
+        let worker_count = config.worker_threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, usize::from),
+            usize::from,
+        );
+        // One upstream pool per worker, so pooled connections stay on their worker's thread.
+        let upstreams = (0..worker_count)
+            .map(|_| Upstream::new(&config, upstream_tls.clone()))
+            .collect();
         // Keys before sockets, like TLS: a bad key file fails before anything listens.
-        let proxy = Arc::new(Proxy::new(Arc::clone(&config), upstream, metrics)?);
+        let proxy = Arc::new(Proxy::new(Arc::clone(&config), upstreams, metrics)?);
         if proxy.has_key_files() {
             reload.register(proxy.clone());
         }
@@ -148,10 +159,12 @@ impl Server {
             None => None,
         };
 
+        let workers = Workers::start(worker_count).map_err(StartError::Workers)?;
         let mut server = Self {
             public,
             admin,
             proxy,
+            workers,
             grace: config.shutdown_grace,
             config,
             tls,
@@ -220,6 +233,7 @@ impl Server {
             public,
             admin,
             proxy,
+            workers,
             config,
             tls,
             grace,
@@ -258,7 +272,14 @@ impl Server {
             let proxy = Arc::clone(&proxy);
             let builder = builder.clone();
             let tls = tls.clone();
-            connections.spawn(async move {
+            workers.spawn_connection(connections, move |worker| async move {
+                let stream = match stream.into_current_runtime() {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot move an accepted connection to its worker");
+                        return;
+                    }
+                };
                 match (stream, tls) {
                     (Stream::Tcp(tcp, remote), Some(tls)) => {
                         let handshake =
@@ -274,6 +295,7 @@ impl Server {
                         let client = ClientInfo {
                             ip: Some(remote.ip()),
                             proto: "https",
+                            worker,
                         };
                         serve_public(&builder, tls_stream, proxy, client, permit, watcher).await;
                     }
@@ -281,6 +303,7 @@ impl Server {
                         let client = ClientInfo {
                             ip: Some(remote.ip()),
                             proto: "http",
+                            worker,
                         };
                         serve_public(&builder, tcp, proxy, client, permit, watcher).await;
                     }
@@ -288,6 +311,7 @@ impl Server {
                         let client = ClientInfo {
                             ip: None,
                             proto: "http",
+                            worker,
                         };
                         serve_public(&builder, unix, proxy, client, permit, watcher).await;
                     }
@@ -496,7 +520,8 @@ async fn admin_loop(
                         Stream::Tcp(tcp, remote) => (Some(remote.ip()), Box::new(tcp)),
                         Stream::Unix(unix) => (None, Box::new(unix)),
                     };
-                    let client = ClientInfo { ip, proto: "http" };
+                    // Admin routes never reach the upstream; the worker index is unused.
+                    let client = ClientInfo { ip, proto: "http", worker: 0 };
                     let conn = connection(&builder, io, Arc::clone(&proxy), client, Role::Admin);
                     connections.spawn(async move { log_end(conn.await) });
                 }

@@ -434,3 +434,47 @@ async fn sighup_reloads_the_key_files_through_the_same_registry() {
     proxy.signal(Signal::SIGTERM);
     assert_eq!(proxy.wait().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn the_process_is_the_main_thread_plus_one_thread_per_worker_and_all_serve() {
+    let mock = mock_upstream::start(Shape::Bare).await;
+    let dir = TempDir::new("workers");
+    let upstream = mock.base_url();
+    let (mut proxy, _notify, addr, _) = start_notified(
+        &dir,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--worker-threads",
+            "3",
+        ],
+    )
+    .await;
+    // Three held streams on three connections: one per worker (workers.rs tests the placement).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(open_held_stream(addr).await);
+    }
+    let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proxy.pid()))
+        .expect("the proxy's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect();
+    threads.sort();
+    assert_eq!(
+        threads,
+        ["envelope-proxy", "worker-0", "worker-1", "worker-2"],
+        "the main thread and three workers, nothing else"
+    );
+
+    mock.state.release();
+    for (body, mut seen) in held {
+        read_to_end(body, &mut seen).await;
+        assert_eq!(seen.freeze(), fixture(BARE_STREAM));
+    }
+    proxy.signal(Signal::SIGTERM);
+    let exit = proxy.wait().await;
+    assert_eq!(exit.code(), Some(0), "stderr:\n{}", proxy.stderr());
+}
