@@ -27,6 +27,14 @@ pub struct Harness {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+impl Harness {
+    /// Forgets the client's pooled connections: for a test whose proxy closes idle
+    /// connections sooner than a reused one would be written to.
+    pub fn fresh_client(&mut self) {
+        self.client = client();
+    }
+}
+
 /// Starts a mock upstream of `shape` and a proxy in front of it with `--upstream-shape shape`
 /// and any `extra` flags.
 pub async fn start(shape: Shape, extra: &[&str]) -> Harness {
