@@ -265,14 +265,15 @@ impl Server {
 
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
-        let serve_one = |connections: &mut JoinSet<()>, stream: Stream| {
-            let watcher = graceful.watcher();
-            // `None`: over --max-connections; every request on it gets a 503.
-            let permit = Arc::clone(&limit).try_acquire_owned().ok();
-            let proxy = Arc::clone(&proxy);
-            let builder = builder.clone();
-            let tls = tls.clone();
-            workers.spawn_connection(connections, move |worker| async move {
+        let serve_one =
+            |connections: &mut JoinSet<()>, stream: Stream| {
+                let watcher = graceful.watcher();
+                // `None`: over --max-connections; every request on it gets a 503.
+                let permit = Arc::clone(&limit).try_acquire_owned().ok();
+                let proxy = Arc::clone(&proxy);
+                let builder = builder.clone();
+                let tls = tls.clone();
+                workers.spawn_connection(connections, move |worker| async move {
                 let stream = match stream.into_current_runtime() {
                     Ok(stream) => stream,
                     Err(error) => {
@@ -280,24 +281,18 @@ impl Server {
                         return;
                     }
                 };
+                // Each kind's connection future is boxed here, on the worker: the task then holds
+                // only the one this connection needs (unboxed, every plain TCP connection paid
+                // for the TLS arm's size: ~6 KB per task, moved and resident; BENCHMARKS.md).
                 match (stream, tls) {
                     (Stream::Tcp(tcp, remote), Some(tls)) => {
-                        let handshake =
-                            tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await;
-                        let tls_stream = match handshake {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%error, %remote, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
                         let client = ClientInfo {
                             ip: Some(remote.ip()),
                             proto: "https",
                             worker,
                         };
-                        serve_public(&builder, tls_stream, proxy, client, permit, watcher).await;
+                        Box::pin(serve_tls(&builder, tls, tcp, proxy, client, permit, watcher))
+                            .await;
                     }
                     (Stream::Tcp(tcp, remote), None) => {
                         let client = ClientInfo {
@@ -305,7 +300,7 @@ impl Server {
                             proto: "http",
                             worker,
                         };
-                        serve_public(&builder, tcp, proxy, client, permit, watcher).await;
+                        Box::pin(serve_public(&builder, tcp, proxy, client, permit, watcher)).await;
                     }
                     (Stream::Unix(unix), _) => {
                         let client = ClientInfo {
@@ -313,11 +308,12 @@ impl Server {
                             proto: "http",
                             worker,
                         };
-                        serve_public(&builder, unix, proxy, client, permit, watcher).await;
+                        Box::pin(serve_public(&builder, unix, proxy, client, permit, watcher))
+                            .await;
                     }
                 }
             });
-        };
+            };
 
         tokio::pin!(shutdown);
         loop {
@@ -405,6 +401,28 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// A public TLS connection: the handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then as
+/// [`serve_public`].
+async fn serve_tls(
+    builder: &auto::Builder<TokioExecutor>,
+    tls: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    proxy: Arc<Proxy>,
+    client: ClientInfo,
+    permit: Option<OwnedSemaphorePermit>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, client = ?client.ip, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    serve_public(builder, tls_stream, proxy, client, permit, watcher).await;
+}
+
 /// A public connection: served by the proxy while it holds a connection permit, else
 /// answered with 503s and closed.
 async fn serve_public<I>(
@@ -465,7 +483,10 @@ where
 {
     let service = service_fn(move |request| {
         let proxy = Arc::clone(&proxy);
-        async move { Ok::<_, Infallible>(proxy.handle(request, client, role).await) }
+        // Boxed per request: hyper keeps an HTTP/1 connection's service future slot for the
+        // connection's whole life (and an HTTP/2 stream's for the stream's), so unboxed every
+        // open stream held the full ~4.6 KB request future after its head was sent.
+        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(request, client, role).await) })
     });
     builder
         .serve_connection(TokioIo::new(io), service)
