@@ -316,6 +316,19 @@ for proto in h1 h2; do
   record kind=streams proto="$proto" idle_rss_kb="$many_idle" $(sed 's/^streams //' <<<"$line")
   kill "${!pid_var}" 2>/dev/null || true
 done
+# The same HTTP/1.1 streams through a fresh nginx (2 workers, proxy_buffering off): the
+# baseline for the memory target. RSS is its workers' (the master only supervises).
+if ((HAVE_NGINX)); then
+  log "$H1_STREAMS concurrent open streams through nginx (2 workers), fresh instance"
+  start_nginx manyn 2 "$SERVER_CPU,$LOAD_CPU"
+  sleep 0.2
+  workers=$(pgrep -d, -P "$PID_manyn")
+  line=$("$TOOL" streams --n "$H1_STREAMS" --ramp 256 --pid "$workers" --timeout 120 \
+    --url "http://127.0.0.1:$PORT_manyn/v1/bench/sse/$MANY_SHAPE")
+  echo "nginx $line" >&2
+  record kind=streams server=nginx proto=h1 $(sed 's/^streams //' <<<"$line")
+  kill "$PID_manyn" 2>/dev/null || true
+fi
 
 log "start to ready"
 line=$("$TOOL" ready --bin "$PROXY_BIN" --n "$( ((SMOKE)) && echo 3 || echo 30)")

@@ -3,7 +3,7 @@
 //! ```text
 //! bench-tool upstream --listen 127.0.0.1:0 [--threads 1]
 //! bench-tool ttfe --n 400 URL...          # time to first event, URLs interleaved
-//! bench-tool streams --url URL --n 10000 --pid PID [--http2 N]   # N connections, multiplexed
+//! bench-tool streams --url URL --n 10000 --pid PID[,PID...] [--http2 N]   # N connections, multiplexed
 //! bench-tool sse-cpu --url URL --streams 400 --concurrency 50 --pids PID,...
 //! bench-tool ready --bin target/release/envelope-proxy --n 20   # start to ready
 //! bench-tool free-port
@@ -445,11 +445,12 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Holds `n` streams open at once: opens them (at most `--ramp` connects in flight), waits
-/// until every one has its first event, samples the RSS of `--pid`, then reads all to the end.
+/// until every one has its first event, samples the RSS of `--pid` (summed over a comma list,
+/// for nginx's worker processes), then reads all to the end.
 async fn streams(opts: &Opts) {
     let n: usize = opts.get("n", 10_000);
     let ramp: usize = opts.get("ramp", 256);
-    let pid: u32 = opts.get("pid", 0);
+    let pids = parse_pids(&opts.get("pid", String::new()));
     let uri: Uri = opts.str("url").parse().expect("URL");
     let limit = Duration::from_secs(opts.get("timeout", 120));
     let started = Instant::now();
@@ -512,7 +513,7 @@ async fn streams(opts: &Opts) {
         tokio::select! {
             next = tasks.join_next() => if next.is_none() { break },
             () = tokio::time::sleep(Duration::from_millis(100)) => {
-                let rss = rss_kb(pid);
+                let rss: u64 = pids.iter().map(|&pid| rss_kb(pid)).sum();
                 peak_rss = peak_rss.max(rss);
                 if all_open_at.is_none() && opened.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) >= n {
                     all_open_at = Some(started.elapsed());
@@ -533,10 +534,14 @@ async fn streams(opts: &Opts) {
     );
 }
 
+/// `1,2,3` → the process ids; anything unparsable is skipped.
+fn parse_pids(list: &str) -> Vec<u32> {
+    list.split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
 fn rss_kb(pid: u32) -> u64 {
-    if pid == 0 {
-        return 0;
-    }
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -565,11 +570,7 @@ async fn sse_cpu(opts: &Opts) {
     let uri: Uri = opts.str("url").parse().expect("URL");
     let total: usize = opts.get("streams", 400);
     let concurrency: usize = opts.get("concurrency", 50);
-    let pids: Vec<u32> = opts
-        .str("pids")
-        .split(',')
-        .filter_map(|p| p.parse().ok())
-        .collect();
+    let pids = parse_pids(&opts.str("pids"));
     let before: Vec<u64> = pids.iter().map(|&p| cpu_ns(p)).collect();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
