@@ -5,6 +5,7 @@
 //! (`retry-after`, `retry-after-ms`, `x-should-retry`, `x-ratelimit-*`, `x-request-id`) always
 //! reach the client.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -75,10 +76,18 @@ pub fn prepare_upstream_request(
 }
 
 /// The media type of a `Content-Type` header, lower-cased, without parameters.
-pub fn media_type(headers: &HeaderMap) -> Option<String> {
+pub fn media_type(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     let media = value.split(';').next()?.trim();
-    (!media.is_empty()).then(|| media.to_ascii_lowercase())
+    if media.is_empty() {
+        return None;
+    }
+    // Borrowed in the usual case: this runs on every response.
+    Some(if media.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(media.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(media)
+    })
 }
 
 /// True for `application/json`, `application/*+json` and a missing content type

@@ -186,6 +186,12 @@ async fn every_error_shape_reaches_an_envelope_client_as_an_envelope_error() {
             "{file}"
         );
         assert_eq!(reply.header("retry-after"), Some("7"), "{file}");
+        // The upstream's length was of the original body; this one is of the rewritten body.
+        assert_eq!(
+            reply.header("content-length"),
+            Some(reply.body.len().to_string().as_str()),
+            "{file}"
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! bench-tool upstream --listen 127.0.0.1:0 [--threads 1]
-//! bench-tool ttfe --n 400 URL...          # time to first event, URLs interleaved
+//! bench-tool ttfe --n 400 URL...          # time to first event, URLs interleaved (order rotating)
 //! bench-tool streams --url URL --n 10000 --pid PID[,PID...] [--http2 N]   # N connections, multiplexed
 //! bench-tool sse-cpu --url URL --streams 400 --concurrency 50 --pids PID,...
 //! bench-tool ready --bin target/release/envelope-proxy --n 20   # start to ready
@@ -411,7 +411,11 @@ async fn ttfe(opts: &Opts) {
         if Instant::now() > deadline {
             break;
         }
-        for (i, uri) in uris.iter().enumerate() {
+        // The visiting order rotates each round: a target that always came right after the
+        // direct one paid for its server having idled meanwhile (a cold wake-up on this VM).
+        for k in 0..uris.len() {
+            let i = (round + k) % uris.len();
+            let uri = &uris[i];
             let started = Instant::now();
             let response = senders[i].send_request(request(uri)).await.expect("send");
             let mut first = None;
