@@ -262,8 +262,8 @@ TTFE_URLS=("$UP/v1/bench/sse/5/300/2"
 taskset -c "$LOAD_CPU" "$TOOL" ttfe --n "$TTFE_N" "${TTFE_URLS[@]}" | tee "$OUT/ttfe.txt" >&2
 names=(direct pass wrap nginx)
 i=0
-while read -r _ url n p50 p99; do
-  record kind=ttfe target="${names[$i]}" "${p50/_us/}" "${p99/_us/}"
+while read -r _ url n p50 p99 failed; do
+  record kind=ttfe target="${names[$i]}" "${p50/_us/}" "${p99/_us/}" "$failed"
   i=$((i + 1))
 done <"$OUT/ttfe.txt"
 log "time to first event again, server CPU kept awake (see 1b)"
@@ -271,8 +271,8 @@ start_spinner
 taskset -c "$LOAD_CPU" "$TOOL" ttfe --n "$TTFE_N" "${TTFE_URLS[@]}" | tee "$OUT/ttfe-spin.txt" >&2
 stop_spinner
 i=0
-while read -r _ url n p50 p99; do
-  record kind=ttfe target="spin-${names[$i]}" "${p50/_us/}" "${p99/_us/}"
+while read -r _ url n p50 p99 failed; do
+  record kind=ttfe target="spin-${names[$i]}" "${p50/_us/}" "${p99/_us/}" "$failed"
   i=$((i + 1))
 done <"$OUT/ttfe-spin.txt"
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! bench-tool upstream --listen 127.0.0.1:0 [--threads 1]
-//! bench-tool ttfe --n 400 URL...          # time to first event, URLs interleaved (order rotating)
+//! bench-tool ttfe --n 400 URL...          # time to first event, URLs interleaved (shuffled)
 //! bench-tool streams --url URL --n 10000 --pid PID[,PID...] [--http2 N]   # N connections, multiplexed
 //! bench-tool sse-cpu --url URL --streams 400 --concurrency 50 --pids PID,...
 //! bench-tool ready --bin target/release/envelope-proxy --n 20   # start to ready
@@ -392,7 +392,8 @@ async fn read_stream(
 }
 
 /// Time to first event: `n` requests per URL, one at a time, URLs interleaved so that every
-/// target sees the same machine state. Each URL keeps one keep-alive connection.
+/// target sees the same machine state. Each URL keeps one keep-alive connection. Only streams
+/// that answer 200 and end with `[DONE]` count; the others are reported as `failed=`.
 async fn ttfe(opts: &Opts) {
     let n: usize = opts.get("n", 200);
     let uris: Vec<Uri> = opts
@@ -405,39 +406,66 @@ async fn ttfe(opts: &Opts) {
         senders.push(connect(uri).await.expect("connect"));
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(n); uris.len()];
+    let mut failed = vec![0usize; uris.len()];
+    let mut order: Vec<usize> = (0..uris.len()).collect();
+    let mut shuffle = XorShift(0x9E37_79B9_7F4A_7C15);
     let deadline = Instant::now() + Duration::from_secs(120);
     // A few warm-up rounds, not recorded.
     for round in 0..n + 20 {
         if Instant::now() > deadline {
             break;
         }
-        // The visiting order rotates each round: a target that always came right after the
-        // direct one paid for its server having idled meanwhile (a cold wake-up on this VM).
-        for k in 0..uris.len() {
-            let i = (round + k) % uris.len();
+        // A new order every round: in a fixed (or rotated) order a target always follows the
+        // same one, and the one after the direct target paid for its server having idled.
+        shuffle.permute(&mut order);
+        for &i in &order {
             let uri = &uris[i];
             let started = Instant::now();
-            let response = senders[i].send_request(request(uri)).await.expect("send");
+            let response = senders[i]
+                .send_request(h1_request(uri))
+                .await
+                .expect("send");
+            let status = response.status();
             let mut first = None;
-            let ok = read_stream(response.into_body(), started, &mut first).await;
-            if ok.is_none() {
-                eprintln!("bench-tool: stream from {uri} did not end with [DONE]");
+            let done = read_stream(response.into_body(), started, &mut first).await;
+            if round < 20 {
+                continue;
             }
-            if round >= 20 {
-                if let Some(first) = first {
+            match (status, done, first) {
+                (StatusCode::OK, Some(()), Some(first)) => {
                     samples[i].push(first.as_secs_f64() * 1e6);
                 }
+                _ => failed[i] += 1,
             }
         }
     }
-    for (uri, mut s) in uris.iter().zip(samples) {
+    for ((uri, mut s), failed) in uris.iter().zip(samples).zip(failed) {
         s.sort_by(f64::total_cmp);
         println!(
-            "ttfe url={uri} n={} p50_us={:.1} p99_us={:.1}",
+            "ttfe url={uri} n={} p50_us={:.1} p99_us={:.1} failed={failed}",
             s.len(),
             percentile(&s, 0.50),
             percentile(&s, 0.99)
         );
+    }
+}
+
+/// A small deterministic generator for shuffling the visiting order (xorshift64).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Fisher–Yates.
+    fn permute(&mut self, items: &mut [usize]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
     }
 }
 
