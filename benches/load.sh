@@ -61,11 +61,8 @@ TOOL=$PROFILE_DIR/examples/bench-tool
 
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
+# shellcheck source=tools/servers.sh
+source benches/tools/servers.sh
 trap cleanup EXIT
 
 # Records one JSON object per line: key=value pairs (numbers stay numbers).
@@ -85,76 +82,7 @@ log "machine: $(nproc) CPUs, $(uname -r); load before start: $(cut -d' ' -f1-3 /
 record kind=machine cpus="$(nproc)" load="$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '/')" \
   cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 
-UP_PORT=$($TOOL free-port)
-taskset -c "$LOAD_CPU" "$TOOL" upstream --listen "127.0.0.1:$UP_PORT" >"$OUT/upstream.log" 2>&1 &
-PIDS+=($!)
-UP="http://127.0.0.1:$UP_PORT"
-
-wait_port() {
-  for _ in $(seq 1 200); do
-    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2
-  return 1
-}
-wait_port "$UP_PORT"
-
-# start_proxy NAME WORKERS CPUS -> sets PORT_<NAME>, PID_<NAME>
-start_proxy() {
-  local name=$1 workers=$2 cpus=$3 port
-  port=$($TOOL free-port)
-  taskset -c "$cpus" "$PROXY_BIN" --listen "127.0.0.1:$port" --upstream "$UP/v1" \
-    --worker-threads "$workers" --stream-envelope wrap --log-level warn \
-    >"$OUT/proxy-$name.log" 2>&1 &
-  PIDS+=($!)
-  printf -v "PID_$name" '%s' "$!"
-  printf -v "PORT_$name" '%s' "$port"
-  wait_port "$port"
-}
-
-# start_nginx NAME WORKERS CPUS -> sets PORT_<NAME>, PID_<NAME> (the master)
-start_nginx() {
-  local name=$1 workers=$2 cpus=$3 port dir
-  port=$($TOOL free-port)
-  dir="$OUT/nginx-$name"
-  mkdir -p "$dir/logs"
-  cat >"$dir/nginx.conf" <<EOF
-worker_processes $workers;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-worker_rlimit_nofile 100000;
-events { worker_connections 30000; multi_accept on; }
-http {
-  access_log off;
-  keepalive_requests 100000;
-  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
-  upstream up { server 127.0.0.1:$UP_PORT; keepalive 256; keepalive_requests 100000; }
-  server {
-    listen 127.0.0.1:$port;
-    location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-    # Event streams must not be buffered (what X-Accel-Buffering: no does per response).
-    location /v1/bench/sse/ {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-  }
-}
-EOF
-  taskset -c "$cpus" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/logs/stdout.log" 2>&1 &
-  PIDS+=($!)
-  printf -v "PID_$name" '%s' "$!"
-  printf -v "PORT_$name" '%s' "$port"
-  wait_port "$port"
-}
+start_upstream "$LOAD_CPU"
 
 idle_rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
@@ -168,14 +96,13 @@ if ((HAVE_NGINX)); then
   start_nginx n2 2 "$SERVER_CPU,$LOAD_CPU"
 fi
 
-BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'
 # oha_run LABEL URL [oha args...] -> appends one result line; raw JSON in $OUT/oha
 mkdir -p "$OUT/oha"
 oha_run() {
   local label=$1 url=$2; shift 2
   local file="$OUT/oha/$label.json"
   taskset -c "$LOAD_CPU" oha --no-tui --output-format json --worker-threads 1 \
-    -m POST -T application/json -d "$BODY" "$@" "$url" >"$file" 2>"$OUT/oha/$label.err" || {
+    -m POST -T application/json -d "$BENCH_BODY" "$@" "$url" >"$file" 2>"$OUT/oha/$label.err" || {
     echo "oha failed for $label: $(cat "$OUT/oha/$label.err")" >&2
     return 1
   }
@@ -322,7 +249,7 @@ if ((HAVE_NGINX)); then
   log "$H1_STREAMS concurrent open streams through nginx (2 workers), fresh instance"
   start_nginx manyn 2 "$SERVER_CPU,$LOAD_CPU"
   sleep 0.2
-  workers=$(pgrep -d, -P "$PID_manyn")
+  workers=$(nginx_workers manyn)
   line=$("$TOOL" streams --n "$H1_STREAMS" --ramp 256 --pid "$workers" --timeout 120 \
     --url "http://127.0.0.1:$PORT_manyn/v1/bench/sse/$MANY_SHAPE")
   echo "nginx $line" >&2

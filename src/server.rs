@@ -265,55 +265,19 @@ impl Server {
 
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
-        let serve_one =
-            |connections: &mut JoinSet<()>, stream: Stream| {
-                let watcher = graceful.watcher();
-                // `None`: over --max-connections; every request on it gets a 503.
-                let permit = Arc::clone(&limit).try_acquire_owned().ok();
-                let proxy = Arc::clone(&proxy);
-                let builder = builder.clone();
-                let tls = tls.clone();
-                workers.spawn_connection(connections, move |worker| async move {
-                let stream = match stream.into_current_runtime() {
-                    Ok(stream) => stream,
-                    Err(error) => {
-                        tracing::debug!(%error, "cannot move an accepted connection to its worker");
-                        return;
-                    }
-                };
-                // Each kind's connection future is boxed here, on the worker: the task then holds
-                // only the one this connection needs (unboxed, every plain TCP connection paid
-                // for the TLS arm's size: ~6 KB per task, moved and resident; BENCHMARKS.md).
-                match (stream, tls) {
-                    (Stream::Tcp(tcp, remote), Some(tls)) => {
-                        let client = ClientInfo {
-                            ip: Some(remote.ip()),
-                            proto: "https",
-                            worker,
-                        };
-                        Box::pin(serve_tls(&builder, tls, tcp, proxy, client, permit, watcher))
-                            .await;
-                    }
-                    (Stream::Tcp(tcp, remote), None) => {
-                        let client = ClientInfo {
-                            ip: Some(remote.ip()),
-                            proto: "http",
-                            worker,
-                        };
-                        Box::pin(serve_public(&builder, tcp, proxy, client, permit, watcher)).await;
-                    }
-                    (Stream::Unix(unix), _) => {
-                        let client = ClientInfo {
-                            ip: None,
-                            proto: "http",
-                            worker,
-                        };
-                        Box::pin(serve_public(&builder, unix, proxy, client, permit, watcher))
-                            .await;
-                    }
-                }
-            });
+        let serve_one = |connections: &mut JoinSet<()>, stream: Stream| {
+            let watcher = graceful.watcher();
+            // `None`: over --max-connections; every request on it gets a 503.
+            let permit = Arc::clone(&limit).try_acquire_owned().ok();
+            let accepted = Accepted {
+                proxy: Arc::clone(&proxy),
+                builder: builder.clone(),
+                tls: tls.clone(),
+                permit,
+                watcher,
             };
+            workers.spawn_connection(connections, move |worker| accepted.serve(stream, worker));
+        };
 
         tokio::pin!(shutdown);
         loop {
@@ -399,6 +363,68 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(config.max_header_bytes);
     builder
+}
+
+/// What an accepted public connection needs from the server, handed to its worker.
+struct Accepted {
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    /// `None`: over --max-connections; every request on it gets a 503.
+    permit: Option<OwnedSemaphorePermit>,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Accepted {
+    /// Runs on the connection's worker: moves the socket to the worker's reactor, then serves it.
+    async fn serve(self, stream: Stream, worker: usize) {
+        let Accepted {
+            proxy,
+            builder,
+            tls,
+            permit,
+            watcher,
+        } = self;
+        let stream = match stream.into_current_runtime() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "cannot move an accepted connection to its worker");
+                return;
+            }
+        };
+        // Each kind's connection future is boxed here, on the worker: the task then holds only
+        // the one this connection needs (unboxed, every plain TCP connection paid for the TLS
+        // arm's size: ~6 KB per task, moved and resident; BENCHMARKS.md).
+        match (stream, tls) {
+            (Stream::Tcp(tcp, remote), Some(tls)) => {
+                let client = ClientInfo {
+                    ip: Some(remote.ip()),
+                    proto: "https",
+                    worker,
+                };
+                Box::pin(serve_tls(
+                    &builder, tls, tcp, proxy, client, permit, watcher,
+                ))
+                .await;
+            }
+            (Stream::Tcp(tcp, remote), None) => {
+                let client = ClientInfo {
+                    ip: Some(remote.ip()),
+                    proto: "http",
+                    worker,
+                };
+                Box::pin(serve_public(&builder, tcp, proxy, client, permit, watcher)).await;
+            }
+            (Stream::Unix(unix), _) => {
+                let client = ClientInfo {
+                    ip: None,
+                    proto: "http",
+                    worker,
+                };
+                Box::pin(serve_public(&builder, unix, proxy, client, permit, watcher)).await;
+            }
+        }
+    }
 }
 
 /// A public TLS connection: the handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then as

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The measurements behind BENCHMARKS.md's "Missed targets": what explains a number, not the
+# numbers themselves (load.sh measures those). Release build, 127.0.0.1 only, every step
+# bounded in time. `syscalls` and `faults` need perf (apt-get install linux-perf).
+#
+#   benches/profile.sh cpu          CPU per request at saturation, 1 KiB: envelope-proxy wrap and
+#                                   pass-through vs nginx, 1 worker each, and how busy each was
+#   benches/profile.sh syscalls     syscalls per request at 1,000 req/s (ours vs nginx), and per
+#                                   event of 200-event streams
+#   benches/profile.sh rss [N]      RSS per open stream, N streams (default 2000) over HTTP/1.1
+#                                   and over HTTP/2 client connections, fresh 2-worker proxy
+#   benches/profile.sh faults [N]   which code first touches the resident pages while N streams
+#                                   (default 500) open: perf's page-fault event with call stacks
+#
+# PROXY_BIN=path runs another build (for an A/B); SERVER_CPU/LOAD_CPU pin as in load.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WHAT=${1:-}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+OUT=${OUT:-target/profile/$(date +%Y%m%d-%H%M%S)-$WHAT}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+cargo build --locked --release --bin envelope-proxy --example bench-tool >&2
+PROXY_BIN=${PROXY_BIN:-target/release/envelope-proxy}
+TOOL=target/release/examples/bench-tool
+# shellcheck source=tools/servers.sh
+source benches/tools/servers.sh
+trap cleanup EXIT
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+# oha_count URL [oha args...] -> the number of responses
+oha_count() {
+  local url=$1; shift
+  taskset -c "$LOAD_CPU" oha --no-tui --output-format json --worker-threads 1 -m POST \
+    -T application/json -d "$BENCH_BODY" "$@" "$url" |
+    python3 -c 'import json, sys; print(sum(json.load(sys.stdin)["statusCodeDistribution"].values()))'
+}
+
+need_perf() { perf stat -e instructions true >/dev/null 2>&1 || { echo "profile.sh: perf does not run here" >&2; exit 1; }; }
+
+start_upstream "$LOAD_CPU"
+case "$WHAT" in
+cpu)
+  start_proxy p1 1 "$SERVER_CPU"
+  command -v nginx >/dev/null && start_nginx n1 1 "$SERVER_CPU"
+  targets=("wrap $PID_p1 http://127.0.0.1:$PORT_p1/api/v1/bench/json/1024"
+    "pass $PID_p1 http://127.0.0.1:$PORT_p1/v1/bench/json/1024")
+  command -v nginx >/dev/null && targets+=("nginx $(nginx_workers n1) http://127.0.0.1:$PORT_n1/v1/bench/json/1024")
+  for target in "${targets[@]}"; do
+    read -r name pid url <<<"$target"
+    before=$(cpu_ns "$pid")
+    n=$(oha_count "$url" -c 32 -z 5s)
+    after=$(cpu_ns "$pid")
+    python3 -c "print(f'cpu {\"$name\":5} requests=$n busy={($after - $before) / 5e7:.0f}% cpu_us_per_request={($after - $before) / 1e3 / $n:.2f}')"
+  done
+  ;;
+syscalls)
+  need_perf
+  start_proxy p1 1 "$SERVER_CPU"
+  command -v nginx >/dev/null && start_nginx n1 1 "$SERVER_CPU"
+  events=syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_getsockopt
+  count() { awk '$1 ~ /^[0-9,]+$/ {gsub(",", "", $1); printf " %s=%.2f", $2, $1 / '"$2"'}' "$1" | sed 's/syscalls:sys_enter_//g'; }
+  targets=("ours $PID_p1 http://127.0.0.1:$PORT_p1/api/v1/bench/json/1024")
+  command -v nginx >/dev/null && targets+=("nginx $(nginx_workers n1) http://127.0.0.1:$PORT_n1/v1/bench/json/1024")
+  for target in "${targets[@]}"; do
+    read -r name pid url <<<"$target"
+    perf stat -e "$events" -p "$pid" -o "$OUT/$name.perf" -- sleep 5 &
+    n=$(oha_count "$url" -q 1000 -z 5s -c 4 --latency-correction)
+    wait $!
+    echo "syscalls per request, $name ($n requests):$(count "$OUT/$name.perf" "$n")"
+  done
+  perf stat -e "$events" -p "$PID_p1" -o "$OUT/events.perf" -- sleep 6 &
+  taskset -c "$LOAD_CPU" "$TOOL" sse-cpu --streams 400 --concurrency 50 \
+    --url "http://127.0.0.1:$PORT_p1/v1/bench/sse/200/300/1" --pids "$PID_p1" >/dev/null
+  wait $!
+  echo "syscalls per event, pass-through (400 streams x 201 events):$(count "$OUT/events.perf" 80400)"
+  ;;
+rss)
+  n=${2:-2000}
+  for proto in h1 h2; do
+    flags=()
+    [[ $proto == h2 ]] && flags=(--http2 100)
+    start_proxy "rss$proto" 2 "$SERVER_CPU,$LOAD_CPU"
+    pid_var="PID_rss$proto" port_var="PORT_rss$proto"
+    sleep 0.3
+    idle=$(awk '/VmRSS/ {print $2}' "/proc/${!pid_var}/status")
+    line=$("$TOOL" streams --n "$n" --ramp 256 --pid "${!pid_var}" --timeout 60 "${flags[@]}" \
+      --url "http://127.0.0.1:${!port_var}/v1/bench/sse/20/200/500")
+    peak=$(sed -n 's/.*rss_peak_kb=\([0-9]*\).*/\1/p' <<<"$line")
+    echo "rss $proto idle_kb=$idle ${line#streams } kb_per_stream=$(awk -v p="$peak" -v i="$idle" -v n="$n" 'BEGIN {printf "%.1f", (p - i) / n}')"
+    kill "${!pid_var}"
+  done
+  ;;
+faults)
+  need_perf
+  n=${2:-500}
+  start_proxy f 2 "$SERVER_CPU,$LOAD_CPU"
+  sleep 0.3
+  perf record -q -e page-faults -c 1 --call-graph dwarf,8192 -p "$PID_f" -o "$OUT/faults.data" -- sleep 4 &
+  sleep 0.5
+  "$TOOL" streams --n "$n" --ramp 256 --pid "$PID_f" --timeout 60 \
+    --url "http://127.0.0.1:$PORT_f/v1/bench/sse/20/200/500"
+  wait $!
+  perf report -i "$OUT/faults.data" --no-children --stdio --sort sym -G --percent-limit 2 \
+    >"$OUT/faults.txt" 2>/dev/null
+  grep -E '^ +[0-9.]+%|--[0-9.]+%--' "$OUT/faults.txt" | cut -c1-160 | head -40
+  echo "full report: $OUT/faults.txt"
+  ;;
+*)
+  sed -n '2,15p' "$0" >&2
+  exit 2
+  ;;
+esac
