@@ -272,11 +272,13 @@ impl Server {
             let accepted = Accepted {
                 proxy: Arc::clone(&proxy),
                 builder: builder.clone(),
-                tls: tls.clone(),
                 permit,
                 watcher,
             };
-            workers.spawn_connection(connections, move |worker| accepted.serve(stream, worker));
+            let tls = tls.clone();
+            workers.spawn_connection(connections, move |worker| {
+                accepted.serve(stream, tls, worker)
+            });
         };
 
         tokio::pin!(shutdown);
@@ -369,7 +371,6 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 struct Accepted {
     proxy: Arc<Proxy>,
     builder: auto::Builder<TokioExecutor>,
-    tls: Option<TlsAcceptor>,
     /// `None`: over --max-connections; every request on it gets a 503.
     permit: Option<OwnedSemaphorePermit>,
     watcher: hyper_util::server::graceful::Watcher,
@@ -377,14 +378,7 @@ struct Accepted {
 
 impl Accepted {
     /// Runs on the connection's worker: moves the socket to the worker's reactor, then serves it.
-    async fn serve(self, stream: Stream, worker: usize) {
-        let Accepted {
-            proxy,
-            builder,
-            tls,
-            permit,
-            watcher,
-        } = self;
+    async fn serve(self, stream: Stream, tls: Option<TlsAcceptor>, worker: usize) {
         let stream = match stream.into_current_runtime() {
             Ok(stream) => stream,
             Err(error) => {
@@ -402,10 +396,7 @@ impl Accepted {
                     proto: "https",
                     worker,
                 };
-                Box::pin(serve_tls(
-                    &builder, tls, tcp, proxy, client, permit, watcher,
-                ))
-                .await;
+                Box::pin(self.serve_tls(tls, tcp, client)).await;
             }
             (Stream::Tcp(tcp, remote), None) => {
                 let client = ClientInfo {
@@ -413,7 +404,7 @@ impl Accepted {
                     proto: "http",
                     worker,
                 };
-                Box::pin(serve_public(&builder, tcp, proxy, client, permit, watcher)).await;
+                Box::pin(self.serve_public(tcp, client)).await;
             }
             (Stream::Unix(unix), _) => {
                 let client = ClientInfo {
@@ -421,57 +412,43 @@ impl Accepted {
                     proto: "http",
                     worker,
                 };
-                Box::pin(serve_public(&builder, unix, proxy, client, permit, watcher)).await;
+                Box::pin(self.serve_public(unix, client)).await;
             }
         }
     }
-}
 
-/// A public TLS connection: the handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then as
-/// [`serve_public`].
-async fn serve_tls(
-    builder: &auto::Builder<TokioExecutor>,
-    tls: TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    proxy: Arc<Proxy>,
-    client: ClientInfo,
-    permit: Option<OwnedSemaphorePermit>,
-    watcher: hyper_util::server::graceful::Watcher,
-) {
-    let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            tracing::debug!(%error, client = ?client.ip, "TLS handshake failed");
-            return;
-        }
-        Err(_) => return,
-    };
-    serve_public(builder, tls_stream, proxy, client, permit, watcher).await;
-}
+    /// The TLS handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then as [`Self::serve_public`].
+    async fn serve_tls(self, tls: TlsAcceptor, tcp: tokio::net::TcpStream, client: ClientInfo) {
+        let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, client = ?client.ip, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        self.serve_public(tls_stream, client).await;
+    }
 
-/// A public connection: served by the proxy while it holds a connection permit, else
-/// answered with 503s and closed.
-async fn serve_public<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    proxy: Arc<Proxy>,
-    client: ClientInfo,
-    permit: Option<OwnedSemaphorePermit>,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
-    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    match permit {
-        Some(permit) => {
-            let conn = connection(builder, io, proxy, client, Role::Public);
-            log_end(watcher.watch(conn).await);
-            drop(permit);
-        }
-        None => {
-            let conn = builder
-                .serve_connection(TokioIo::new(io), service_fn(over_connection_limit))
-                .into_owned();
-            let _ = conn.await;
+    /// Served by the proxy while it holds a connection permit, else answered with 503s and
+    /// closed.
+    async fn serve_public<I>(self, io: I, client: ClientInfo)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        match self.permit {
+            Some(permit) => {
+                let conn = connection(&self.builder, io, self.proxy, client, Role::Public);
+                log_end(self.watcher.watch(conn).await);
+                drop(permit);
+            }
+            None => {
+                let conn = self
+                    .builder
+                    .serve_connection(TokioIo::new(io), service_fn(over_connection_limit))
+                    .into_owned();
+                let _ = conn.await;
+            }
         }
     }
 }
