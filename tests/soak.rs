@@ -312,11 +312,15 @@ async fn a_minute_of_mixed_traffic_with_faults_loses_nothing_and_leaks_nothing()
     // Everything in flight drains back to zero.
     let client = harness::client();
     let mut settled = false;
+    // The last values seen, so a failure says which one stayed up.
+    let mut last = (None, None, 0);
     for _ in 0..200 {
         let requests = metric(&client, addr, "envelope_proxy_active_requests").await;
         let streams = metric(&client, addr, "envelope_proxy_active_streams").await;
+        let established = established_on(addr.port());
+        last = (requests, streams, established);
         // Our own /metrics connection is the only client connection left.
-        if requests == Some(0.0) && streams == Some(0.0) && established_on(addr.port()) <= 1 {
+        if requests == Some(0.0) && streams == Some(0.0) && established <= 1 {
             settled = true;
             break;
         }
@@ -336,7 +340,12 @@ async fn a_minute_of_mixed_traffic_with_faults_loses_nothing_and_leaks_nothing()
     );
     assert!(
         settled,
-        "active requests/streams or client connections did not return to zero\n{}",
+        "active requests/streams or client connections did not return to zero: last seen \
+         active_requests {:?}, active_streams {:?}, established client connections {} \
+         (None: /metrics did not answer)\n{}",
+        last.0,
+        last.1,
+        last.2,
         proxy.stderr()
     );
     assert!(warm > 0 && end_rss > 0);
