@@ -182,10 +182,15 @@ impl Proxy {
         request_id: &HeaderValue,
     ) -> ProxyResponse {
         let path = request.uri().path();
+        // Before routing: `//v1/models` is a bad path, not an unknown route.
         let checked =
-            request_target::check_target(request.method(), request.uri(), request.version());
+            request_target::check_target(request.method(), request.uri(), request.version())
+                .and_then(|()| request_target::check_path(path));
         if let Err(error) = checked {
-            let record = self.record(&request, request_id);
+            let mut record = self.record(&request, request_id);
+            if let Route::Proxy { client, .. } = route(path) {
+                record.set_client(client);
+            }
             return unheld(observed(
                 error_response(dialect_of(path), &error, None),
                 record,
@@ -223,7 +228,7 @@ impl Proxy {
         }
     }
 
-    /// A proxied route: path check, client key, concurrency permit, then the upstream.
+    /// A proxied route: no trailing slash, client key, concurrency permit, then the upstream.
     async fn proxied(
         &self,
         request: Request<Incoming>,
@@ -234,7 +239,7 @@ impl Proxy {
     ) -> ProxyResponse {
         let mut record = self.record(&request, request_id);
         record.set_client(dialect);
-        if let Err(error) = request_target::check_path(request.uri().path()) {
+        if let Err(error) = request_target::check_proxied_path(request.uri().path()) {
             return unheld(observed(error_response(dialect, &error, None), record));
         }
         if let Some(keys) = &self.client_keys {
