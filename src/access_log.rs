@@ -39,6 +39,11 @@ enum BodyEnd {
     Cancelled,
 }
 
+/// Response extension: the client broke its own request (its body failed mid-upload). Logged
+/// and counted as a client cancellation, whatever the response says, never as an upstream error.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAborted;
+
 /// Everything the log line and the metrics need about one request.
 pub struct RequestRecord {
     metrics: Arc<Metrics>,
@@ -56,6 +61,8 @@ pub struct RequestRecord {
     stream: bool,
     first_byte: Option<Duration>,
     bytes: u64,
+    /// The client's request body broke: the request ends as cancelled by the client.
+    client_aborted: bool,
     done: bool,
 }
 
@@ -83,6 +90,7 @@ impl RequestRecord {
             stream: false,
             first_byte: None,
             bytes: 0,
+            client_aborted: false,
             done: false,
         }
     }
@@ -110,6 +118,11 @@ impl RequestRecord {
         }
     }
 
+    /// See [`ClientAborted`].
+    pub fn set_client_aborted(&mut self) {
+        self.client_aborted = true;
+    }
+
     fn on_data(&mut self, len: usize) {
         if self.first_byte.is_none() {
             let elapsed = self.start.elapsed();
@@ -128,6 +141,11 @@ impl RequestRecord {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        let end = if self.client_aborted {
+            BodyEnd::Cancelled
+        } else {
+            end
+        };
         let duration = self.start.elapsed();
         let outcome = self.outcome(end, stream_end);
         let metrics = &self.metrics;

@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::access_log::{ObservedBody, RequestRecord};
+use crate::access_log::{ClientAborted, ObservedBody, RequestRecord};
 use crate::api_error::ApiError;
 use crate::auth::{self, ClientKeys, KeyError, UpstreamKey};
 use crate::body::{Held, ProxyBody};
@@ -27,6 +27,7 @@ use crate::dialect::{route, Dialect, Route};
 use crate::headers;
 use crate::metrics::{self, Metrics};
 use crate::reload::Reloadable;
+use crate::request_body::ClientBody;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::request_target;
 use crate::sse::{EventMode, StreamSettings};
@@ -342,6 +343,7 @@ impl Proxy {
         if let Some(key) = &self.upstream_key {
             key.apply(&mut parts.headers);
         }
+        let (body, client_body) = ClientBody::new(body);
         let upstream_request =
             Request::from_parts(parts, Limited::new(body, config.max_request_body as usize));
 
@@ -359,6 +361,13 @@ impl Proxy {
                 let status = response.status();
                 let mut response = translate::respond(&exchange, response).await;
                 response.extensions_mut().insert(UpstreamStatus(status));
+                response
+            }
+            Err(error) if client_body.happened() => {
+                let request_id = request_id.to_str().unwrap_or("-");
+                tracing::debug!(request_id, %error, "client request body failed");
+                let mut response = error_response(dialect, &broken_request_body(), None);
+                response.extensions_mut().insert(ClientAborted);
                 response
             }
             Err(error) => {
@@ -379,6 +388,15 @@ fn may_read_metrics<B>(request: &Request<B>, role: Role, keys: Option<&ClientKey
         (Role::Admin, _) | (Role::Public, None) => true,
         (Role::Public, Some(keys)) => keys.allows(request.headers()),
     }
+}
+
+/// The client's upload broke (it ended early or its chunked framing was invalid): its error.
+fn broken_request_body() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "the request body could not be read: it ended before it was complete or its chunked encoding is invalid",
+    )
+    .with_code("invalid_request_body")
 }
 
 fn shutting_down() -> ApiError {
@@ -403,6 +421,9 @@ fn observed(
     let upstream_status = extensions.remove::<UpstreamStatus>().map(|s| s.0.as_u16());
     let error_code = extensions.remove::<ErrorCode>().map(|c| c.0);
     let translated = extensions.remove::<Translated>().is_some();
+    if extensions.remove::<ClientAborted>().is_some() {
+        record.set_client_aborted();
+    }
     record.set_response(
         response.status().as_u16(),
         upstream_status,
