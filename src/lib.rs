@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod request_body;
+pub mod request_head;
 pub mod request_id;
 pub mod request_target;
 pub mod server;

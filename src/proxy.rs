@@ -28,6 +28,7 @@ use crate::headers;
 use crate::metrics::{self, Metrics};
 use crate::reload::Reloadable;
 use crate::request_body::ClientBody;
+use crate::request_head;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::request_target;
 use crate::sse::{EventMode, StreamSettings};
@@ -166,8 +167,12 @@ impl Proxy {
         client: ClientInfo,
         role: Role,
     ) -> ProxyResponse {
+        // Counted before the proxy adds its own `x-request-id` (`--max-headers` is the client's).
+        let fields = request.headers().len();
         let request_id = request_id::ensure(request.headers_mut());
-        let mut response = self.dispatch(request, client, role, &request_id).await;
+        let mut response = self
+            .dispatch(request, fields, client, role, &request_id)
+            .await;
         // The upstream's own id, when it sent one, is what the SDKs report; else ours.
         if !response.headers().contains_key(&X_REQUEST_ID) {
             response.headers_mut().insert(X_REQUEST_ID, request_id);
@@ -178,15 +183,20 @@ impl Proxy {
     async fn dispatch(
         &self,
         request: Request<Incoming>,
+        fields: usize,
         client: ClientInfo,
         role: Role,
         request_id: &HeaderValue,
     ) -> ProxyResponse {
         let path = request.uri().path();
-        // Before routing: `//v1/models` is a bad path, not an unknown route.
+        // Before routing: `//v1/models` is a bad path, not an unknown route; a head with too
+        // many fields, a foreign transfer coding or two `Authorization`s is refused everywhere.
         let checked =
             request_target::check_target(request.method(), request.uri(), request.version())
-                .and_then(|()| request_target::check_path(path));
+                .and_then(|()| request_target::check_path(path))
+                .and_then(|()| {
+                    request_head::check_head(request.headers(), fields, self.config.max_headers)
+                });
         if let Err(error) = checked {
             let mut record = self.record(&request, request_id);
             if let Route::Proxy { client, .. } = route(path) {
@@ -258,13 +268,24 @@ impl Proxy {
     }
 
     fn record<B>(&self, request: &Request<B>, request_id: &HeaderValue) -> RequestRecord {
-        RequestRecord::start(
+        let mut record = RequestRecord::start(
             Arc::clone(&self.metrics),
             request_id.clone(),
             request.method(),
             request.uri().path(),
             self.config.upstream_shape,
-        )
+        );
+        record.set_cut(self.cut.clone());
+        record
+    }
+
+    /// After the remaining connections were dropped: waits (at most `limit`) until every
+    /// request has written its access-log line on its worker, so none is lost at exit.
+    pub async fn records_settled(&self, limit: std::time::Duration) {
+        let deadline = Instant::now() + limit;
+        while self.metrics.active_requests() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     fn readyz(&self) -> Response<ProxyBody> {
@@ -331,6 +352,14 @@ impl Proxy {
                 return error_response(dialect, &error, None);
             }
         };
+        // HTTP/2 names the host in `:authority`: it becomes `X-Forwarded-Host` like HTTP/1's Host.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(authority) = parts.uri.authority() {
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(header::HOST, host);
+                }
+            }
+        }
         headers::prepare_upstream_request(
             &mut parts.headers,
             client.ip,
@@ -340,9 +369,11 @@ impl Proxy {
         parts.uri = uri;
         // The upstream connection picks its own HTTP version (ALPN or HTTP/1.1).
         parts.version = http::Version::HTTP_11;
-        if let Some(key) = &self.upstream_key {
-            key.apply(&mut parts.headers);
-        }
+        auth::upstream_authorization(
+            &mut parts.headers,
+            self.upstream_key.as_ref(),
+            self.client_keys.is_some(),
+        );
         let (body, client_body) = ClientBody::new(body);
         let upstream_request =
             Request::from_parts(parts, Limited::new(body, config.max_request_body as usize));
@@ -360,6 +391,10 @@ impl Proxy {
             Ok(response) => {
                 let status = response.status();
                 let mut response = translate::respond(&exchange, response).await;
+                if exchange.head && !head_keeps_length(&exchange, &response) {
+                    // The upstream's length is that of its own body, not the one a GET would get.
+                    response.headers_mut().remove(header::CONTENT_LENGTH);
+                }
                 response.extensions_mut().insert(UpstreamStatus(status));
                 response
             }
@@ -397,6 +432,15 @@ fn broken_request_body() -> ApiError {
         "the request body could not be read: it ended before it was complete or its chunked encoding is invalid",
     )
     .with_code("invalid_request_body")
+}
+
+/// True when a GET would pass the upstream's body through untouched, so the upstream's
+/// `Content-Length` on a HEAD is the one the client would get: same dialects, no error to
+/// normalise, no event stream.
+fn head_keeps_length(exchange: &Exchange, response: &Response<ProxyBody>) -> bool {
+    !exchange.translates()
+        && response.status().as_u16() < 400
+        && !headers::is_event_stream(response.headers())
 }
 
 fn shutting_down() -> ApiError {
