@@ -294,12 +294,13 @@ impl Outcome {
 
 /// The path as logged: see the module docs.
 fn escape_path(path: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(path.len());
     for &byte in path.as_bytes() {
         if byte.is_ascii_graphic() && byte != b'"' && byte != b'\\' {
             out.push(char::from(byte));
         } else {
-            out.push_str(&format!("\\x{byte:02X}"));
+            let _ = write!(out, "\\x{byte:02X}");
         }
     }
     out

@@ -254,6 +254,49 @@ async fn a_bad_chunk_size_is_the_clients_error() {
     assert_eq!(reply.status, 200);
 }
 
+/// On HTTP/2 a reset stream drops its handler inside hyper, so this held before the HTTP/1 fix
+/// too; it is here so that it stays so.
+#[tokio::test]
+async fn an_http2_client_that_resets_its_upload_is_a_client_cancellation() {
+    let h = start(Shape::Bare, &[]).await;
+    let tcp = TcpStream::connect(h.proxy.addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.expect("ready");
+    let request = Request::post(format!("http://{}/v1/chat/completions", h.proxy.addr))
+        .header("content-type", "application/json")
+        .header("content-length", "100")
+        .body(())
+        .expect("request");
+    let (_response, mut send) = client.send_request(request, false).expect("send");
+    send.send_data(Bytes::from_static(b"{\"model\":"), false)
+        .expect("half the body");
+    // Wait until the proxy is sending the body upstream, then give up on it.
+    metrics_with(&h, &["envelope_proxy_active_requests 1"]).await;
+    send.send_reset(h2::Reason::CANCEL);
+    let metrics = metrics_with(
+        &h,
+        &[
+            "envelope_proxy_client_cancellations_total 1",
+            "envelope_proxy_active_requests 0",
+        ],
+    )
+    .await;
+    for line in [
+        "envelope_proxy_upstream_errors_total{kind=\"reset\"} 0",
+        "envelope_proxy_requests_total{dialect=\"bare\",upstream_shape=\"bare\",status_class=\"5xx\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
+    assert!(
+        h.mock.state.requests().is_empty(),
+        "the upstream never got a whole request"
+    );
+    driver.abort();
+}
+
 // === point 12: request heads ===
 
 /// One HTTP/2 request over a fresh prior-knowledge connection; status, headers and body.
