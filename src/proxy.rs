@@ -1,7 +1,8 @@
 //! The request path: request id → route → checks → upstream request → send → response path.
 //!
 //! [`Proxy::handle`] never fails: every problem becomes a response in the client's dialect
-//! (404 unknown path, 413 body too large, 502 unreachable or broken upstream, 504 timeouts).
+//! (400/431/501 refused targets and heads, 400 a broken upload, 404 unknown path, 413 body too
+//! large, 502 unreachable or broken upstream, 504 timeouts).
 //! It also answers the operational endpoints (`/healthz`, `/readyz`, `/metrics`) on the
 //! listener that serves them, and attaches a [`RequestRecord`] to every other response, so
 //! the access log and the metrics see how each request ends.
