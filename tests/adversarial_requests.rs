@@ -134,6 +134,21 @@ async fn paths_a_servlet_hop_would_resolve_to_dot_segments_are_refused_before_th
             "{path}"
         );
     }
+    // The same over HTTP/2, where `:path` is taken as sent.
+    for path in [
+        "/v1/..;/admin",
+        "/v1/%2e%2e%3b/admin",
+        "/v1/..%00/x",
+        "/v1/..%20/x",
+    ] {
+        let (status, _, body) = h2_send(&h, Method::GET, path, &[]).await;
+        assert_eq!(status, 400, "{path}");
+        assert_eq!(
+            json_of(&body),
+            bare_error(DOTS, "invalid_request_error", "invalid_request_target"),
+            "{path}"
+        );
+    }
     assert!(
         h.mock.state.requests().is_empty(),
         "the upstream was contacted: {:?}",
