@@ -8,7 +8,10 @@
 //! written, to stderr through `tracing` (target `access`):
 //!
 //! `request_id method path dialect upstream_shape status upstream_status duration_ms ttfb_ms
-//! bytes outcome` — never a body, a query string, a key or an `Authorization` header.
+//! bytes outcome` — never a body, a query string, a key or an `Authorization` header. The path
+//! is escaped as nginx escapes its logs: bytes outside visible ASCII (control characters,
+//! spaces, raw UTF-8 such as bidi overrides) and `"` and `\` become `\xHH`, so a path can
+//! neither forge a line nor reorder what a terminal shows.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use http::{HeaderValue, Method};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::dialect::Dialect;
@@ -37,7 +41,14 @@ enum BodyEnd {
     Broken,
     /// Dropped before the end: the client went away.
     Cancelled,
+    /// Dropped before the end after the shutdown grace ran out: the proxy cut it.
+    Cut,
 }
+
+/// Response extension: the client broke its own request (its body failed mid-upload). Logged
+/// and counted as a client cancellation, whatever the response says, never as an upstream error.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAborted;
 
 /// Everything the log line and the metrics need about one request.
 pub struct RequestRecord {
@@ -56,6 +67,10 @@ pub struct RequestRecord {
     stream: bool,
     first_byte: Option<Duration>,
     bytes: u64,
+    /// The client's request body broke: the request ends as cancelled by the client.
+    client_aborted: bool,
+    /// Cancelled when the shutdown grace runs out: a body dropped after that was cut by us.
+    cut: Option<CancellationToken>,
     done: bool,
 }
 
@@ -73,7 +88,7 @@ impl RequestRecord {
             start: Instant::now(),
             request_id,
             method: method.clone(),
-            path: path.to_owned(),
+            path: escape_path(path),
             client: None,
             upstream,
             status: CLIENT_CLOSED_REQUEST,
@@ -83,6 +98,8 @@ impl RequestRecord {
             stream: false,
             first_byte: None,
             bytes: 0,
+            client_aborted: false,
+            cut: None,
             done: false,
         }
     }
@@ -110,6 +127,16 @@ impl RequestRecord {
         }
     }
 
+    /// The token cancelled when the shutdown grace runs out (see [`BodyEnd::Cut`]).
+    pub fn set_cut(&mut self, cut: CancellationToken) {
+        self.cut = Some(cut);
+    }
+
+    /// See [`ClientAborted`].
+    pub fn set_client_aborted(&mut self) {
+        self.client_aborted = true;
+    }
+
     fn on_data(&mut self, len: usize) {
         if self.first_byte.is_none() {
             let elapsed = self.start.elapsed();
@@ -128,6 +155,15 @@ impl RequestRecord {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        let cut = self
+            .cut
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled);
+        let end = match end {
+            _ if self.client_aborted => BodyEnd::Cancelled,
+            BodyEnd::Cancelled if cut => BodyEnd::Cut,
+            end => end,
+        };
         let duration = self.start.elapsed();
         let outcome = self.outcome(end, stream_end);
         let metrics = &self.metrics;
@@ -138,17 +174,17 @@ impl RequestRecord {
         if let Some(kind) = outcome.upstream_error {
             metrics.upstream_error(kind);
         }
-        if self.translated && end != BodyEnd::Cancelled {
+        if self.translated && !matches!(end, BodyEnd::Cancelled | BodyEnd::Cut) {
             metrics.translated(self.upstream);
         }
         if end == BodyEnd::Cancelled {
             metrics.client_cancelled();
         }
         if self.stream {
-            metrics.stream_finished(if end == BodyEnd::Cancelled {
-                StreamEnd::ClientCancelled
-            } else {
-                stream_end.unwrap_or(StreamEnd::Complete)
+            metrics.stream_finished(match end {
+                BodyEnd::Cancelled => StreamEnd::ClientCancelled,
+                BodyEnd::Cut => StreamEnd::ShuttingDown,
+                _ => stream_end.unwrap_or(StreamEnd::Complete),
             });
         }
 
@@ -186,6 +222,7 @@ impl RequestRecord {
     fn outcome(&self, end: BodyEnd, stream_end: Option<StreamEnd>) -> Outcome {
         match end {
             BodyEnd::Cancelled => return Outcome::quiet(StreamEnd::ClientCancelled.as_str()),
+            BodyEnd::Cut => return Outcome::quiet(StreamEnd::ShuttingDown.as_str()),
             BodyEnd::Broken => {
                 return Outcome::upstream("upstream_error", UpstreamErrorKind::Reset);
             }
@@ -253,6 +290,20 @@ impl Outcome {
             warn: true,
         }
     }
+}
+
+/// The path as logged: see the module docs.
+fn escape_path(path: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(path.len());
+    for &byte in path.as_bytes() {
+        if byte.is_ascii_graphic() && byte != b'"' && byte != b'\\' {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "\\x{byte:02X}");
+        }
+    }
+    out
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -356,6 +407,15 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_escaped_for_the_log() {
+        assert_eq!(escape_path("/v1/chat/completions"), "/v1/chat/completions");
+        assert_eq!(
+            escape_path("/v1/files/a\u{202e}b\u{e9}\"\\"),
+            "/v1/files/a\\xE2\\x80\\xAEb\\xC3\\xA9\\x22\\x5C"
+        );
+    }
+
+    #[test]
     fn outcomes_and_levels_follow_how_the_request_ended() {
         use BodyEnd::*;
         use UpstreamErrorKind as K;
@@ -394,6 +454,10 @@ mod tests {
         );
         assert_eq!(
             outcome(None, Some(200), Complete, Some(StreamEnd::ShuttingDown)),
+            ("shutting_down", None, false)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Cut, None),
             ("shutting_down", None, false)
         );
     }

@@ -7,6 +7,11 @@
 //! - [`UpstreamKey`] (`--upstream-api-key-file`, or the credential `upstream-api-key`): replaces
 //!   the client's `Authorization`, so client keys never reach the upstream.
 //!
+//! A proxy key never leaves the proxy: with client keys and no upstream key, the client's
+//! `Authorization` (its proxy key) is removed before the request goes upstream
+//! ([`upstream_authorization`]). Without client keys, the client's own `Authorization` is the
+//! upstream's business and passes through.
+//!
 //! Both re-read their files on [`reload`](ClientKeys::reload) (SIGHUP); a reload that fails keeps
 //! the old keys and says why. Key material never appears in logs, errors or `Debug` output.
 
@@ -127,9 +132,15 @@ fn sha256(bytes: &[u8]) -> Digest {
     out
 }
 
-/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, per RFC 9110).
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, per RFC 9110); none
+/// when several `Authorization` fields were sent (only one could be checked).
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let value = value.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
@@ -175,6 +186,22 @@ impl UpstreamKey {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         headers.insert(AUTHORIZATION, value);
+    }
+}
+
+/// Sets the `Authorization` the upstream gets: the upstream key when there is one; none when
+/// client keys are in use (what the client sent was its proxy key); else the client's own.
+pub fn upstream_authorization(
+    headers: &mut HeaderMap,
+    upstream_key: Option<&UpstreamKey>,
+    client_keys_in_use: bool,
+) {
+    match upstream_key {
+        Some(key) => key.apply(headers),
+        None if client_keys_in_use => {
+            headers.remove(AUTHORIZATION);
+        }
+        None => {}
     }
 }
 
@@ -231,6 +258,12 @@ mod tests {
         assert!(!keys.allows(&auth("Bearer sk-on")));
         assert!(!keys.allows(&auth("Basic sk-one")));
         assert!(!keys.allows(&HeaderMap::new()));
+        let mut two = auth("Bearer sk-one");
+        two.append(AUTHORIZATION, HeaderValue::from_static("Bearer sk-one"));
+        assert!(
+            !keys.allows(&two),
+            "two Authorization fields are never allowed"
+        );
         assert!(!format!("{keys:?}").contains("sk-one"));
     }
 
@@ -258,6 +291,16 @@ mod tests {
         assert!(headers[AUTHORIZATION].is_sensitive());
         assert!(!format!("{headers:?}").contains("secret"));
         assert!(!format!("{key:?}").contains("secret"));
+    }
+
+    #[test]
+    fn a_proxy_key_never_goes_upstream() {
+        let mut headers = auth("Bearer sk-proxy");
+        upstream_authorization(&mut headers, None, true);
+        assert_eq!(headers.get(AUTHORIZATION), None);
+        let mut headers = auth("Bearer sk-for-the-upstream");
+        upstream_authorization(&mut headers, None, false);
+        assert_eq!(headers[AUTHORIZATION], "Bearer sk-for-the-upstream");
     }
 
     #[test]

@@ -25,6 +25,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers, including any header the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -44,9 +45,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Turns a client's request headers into the upstream's.
 ///
 /// `Host` is dropped so the client sets it from the upstream URL (and HTTP/2 uses
-/// `:authority`); `X-Forwarded-For` gains the client's address, `X-Forwarded-Proto` says how the
-/// client reached us. When the response will be rewritten, the upstream is asked for an
-/// uncompressed body, so `Content-Encoding` can never disagree with the bytes we send.
+/// `:authority`); `X-Forwarded-Host` becomes the host the client addressed (`Host`, which the
+/// caller sets from `:authority` on HTTP/2); `X-Forwarded-For` gains the client's address,
+/// `X-Forwarded-Proto` says how the client reached us, and a client's `Forwarded` is dropped
+/// (like Envoy, which overwrites what it does not trust: the proxy speaks `X-Forwarded-*` only,
+/// and an upstream must not read a client's own `Forwarded` as the proxy's). When the response
+/// will be rewritten, the upstream is asked for an uncompressed body, so `Content-Encoding` can
+/// never disagree with the bytes we send.
 pub fn prepare_upstream_request(
     headers: &mut HeaderMap,
     client_ip: Option<IpAddr>,
@@ -54,17 +59,14 @@ pub fn prepare_upstream_request(
     need_identity_encoding: bool,
 ) {
     remove_hop_by_hop(headers);
-    headers.remove(header::HOST);
+    match headers.remove(header::HOST) {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+    headers.remove(header::FORWARDED);
     // A Unix-socket client has no address: X-Forwarded-For is left as the client sent it.
     if let Some(client_ip) = client_ip {
-        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client_ip}"),
-            _ => client_ip.to_string(),
-        };
-        headers.remove(&X_FORWARDED_FOR);
-        if let Ok(value) = HeaderValue::try_from(forwarded_for) {
-            headers.insert(X_FORWARDED_FOR, value);
-        }
+        append_forwarded_for(headers, client_ip);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client_proto));
     if need_identity_encoding {
@@ -72,6 +74,26 @@ pub fn prepare_upstream_request(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
+    }
+}
+
+/// `X-Forwarded-For`: every list the client sent (several fields are one list, RFC 9110 §5.3),
+/// then the client's address, as one field — what nginx's `$proxy_add_x_forwarded_for` sends.
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
+    let mut list = String::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        // A field that is not visible ASCII cannot be a list of addresses: left out.
+        let Ok(value) = value.to_str() else { continue };
+        let value = value.trim().trim_matches(',').trim();
+        if !value.is_empty() {
+            list.push_str(value);
+            list.push_str(", ");
+        }
+    }
+    list.push_str(&client_ip.to_string());
+    headers.remove(&X_FORWARDED_FOR);
+    if let Ok(value) = HeaderValue::try_from(list) {
+        headers.insert(X_FORWARDED_FOR, value);
     }
 }
 
@@ -165,6 +187,43 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["accept-encoding"], "identity");
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept_and_client_forwarded_headers_are_replaced() {
+        let mut headers = map(&[
+            ("host", "api.example"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.7, 192.0.2.1"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=1.2.3.4;host=evil.example"),
+        ]);
+        prepare_upstream_request(
+            &mut headers,
+            Some("10.0.0.5".parse().unwrap()),
+            "https",
+            false,
+        );
+        assert_eq!(
+            headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["203.0.113.9, 198.51.100.7, 192.0.2.1, 10.0.0.5"]
+        );
+        assert_eq!(
+            headers
+                .get_all("x-forwarded-host")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["api.example"]
+        );
+        assert_eq!(headers.get("forwarded"), None);
+        assert_eq!(headers.get("host"), None);
+
+        let mut headers = map(&[("x-forwarded-host", "evil.example")]);
+        prepare_upstream_request(&mut headers, None, "http", false);
+        assert_eq!(headers.get("x-forwarded-host"), None);
     }
 
     #[test]

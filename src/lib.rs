@@ -24,6 +24,8 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod request_body;
+pub mod request_head;
 pub mod request_id;
 pub mod request_target;
 pub mod server;

@@ -171,6 +171,11 @@ impl Metrics {
         self.active_requests.fetch_sub(1, Relaxed);
     }
 
+    /// Requests started and not yet finished (their access-log line not yet written).
+    pub fn active_requests(&self) -> i64 {
+        self.active_requests.load(Relaxed)
+    }
+
     pub fn first_byte(&self, client: Dialect, elapsed: Duration) {
         self.time_to_first_byte[dialect_index(client)].observe(elapsed);
     }

@@ -1,7 +1,8 @@
 //! The request path: request id → route → checks → upstream request → send → response path.
 //!
 //! [`Proxy::handle`] never fails: every problem becomes a response in the client's dialect
-//! (404 unknown path, 413 body too large, 502 unreachable or broken upstream, 504 timeouts).
+//! (400/431/501 refused targets and heads, 400 a broken upload, 404 unknown path, 413 body too
+//! large, 502 unreachable or broken upstream, 504 timeouts).
 //! It also answers the operational endpoints (`/healthz`, `/readyz`, `/metrics`) on the
 //! listener that serves them, and attaches a [`RequestRecord`] to every other response, so
 //! the access log and the metrics see how each request ends.
@@ -18,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::access_log::{ObservedBody, RequestRecord};
+use crate::access_log::{ClientAborted, ObservedBody, RequestRecord};
 use crate::api_error::ApiError;
 use crate::auth::{self, ClientKeys, KeyError, UpstreamKey};
 use crate::body::{Held, ProxyBody};
@@ -27,6 +28,8 @@ use crate::dialect::{route, Dialect, Route};
 use crate::headers;
 use crate::metrics::{self, Metrics};
 use crate::reload::Reloadable;
+use crate::request_body::ClientBody;
+use crate::request_head;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::request_target;
 use crate::sse::{EventMode, StreamSettings};
@@ -165,8 +168,12 @@ impl Proxy {
         client: ClientInfo,
         role: Role,
     ) -> ProxyResponse {
+        // Counted before the proxy adds its own `x-request-id` (`--max-headers` is the client's).
+        let fields = request.headers().len();
         let request_id = request_id::ensure(request.headers_mut());
-        let mut response = self.dispatch(request, client, role, &request_id).await;
+        let mut response = self
+            .dispatch(request, fields, client, role, &request_id)
+            .await;
         // The upstream's own id, when it sent one, is what the SDKs report; else ours.
         if !response.headers().contains_key(&X_REQUEST_ID) {
             response.headers_mut().insert(X_REQUEST_ID, request_id);
@@ -177,15 +184,25 @@ impl Proxy {
     async fn dispatch(
         &self,
         request: Request<Incoming>,
+        fields: usize,
         client: ClientInfo,
         role: Role,
         request_id: &HeaderValue,
     ) -> ProxyResponse {
         let path = request.uri().path();
+        // Before routing: `//v1/models` is a bad path, not an unknown route; a head with too
+        // many fields, a foreign transfer coding or two `Authorization`s is refused everywhere.
         let checked =
-            request_target::check_target(request.method(), request.uri(), request.version());
+            request_target::check_target(request.method(), request.uri(), request.version())
+                .and_then(|()| request_target::check_path(path))
+                .and_then(|()| {
+                    request_head::check_head(request.headers(), fields, self.config.max_headers)
+                });
         if let Err(error) = checked {
-            let record = self.record(&request, request_id);
+            let mut record = self.record(&request, request_id);
+            if let Route::Proxy { client, .. } = route(path) {
+                record.set_client(client);
+            }
             return unheld(observed(
                 error_response(dialect_of(path), &error, None),
                 record,
@@ -223,7 +240,7 @@ impl Proxy {
         }
     }
 
-    /// A proxied route: path check, client key, concurrency permit, then the upstream.
+    /// A proxied route: no trailing slash, client key, concurrency permit, then the upstream.
     async fn proxied(
         &self,
         request: Request<Incoming>,
@@ -234,7 +251,7 @@ impl Proxy {
     ) -> ProxyResponse {
         let mut record = self.record(&request, request_id);
         record.set_client(dialect);
-        if let Err(error) = request_target::check_path(request.uri().path()) {
+        if let Err(error) = request_target::check_proxied_path(request.uri().path()) {
             return unheld(observed(error_response(dialect, &error, None), record));
         }
         if let Some(keys) = &self.client_keys {
@@ -252,13 +269,24 @@ impl Proxy {
     }
 
     fn record<B>(&self, request: &Request<B>, request_id: &HeaderValue) -> RequestRecord {
-        RequestRecord::start(
+        let mut record = RequestRecord::start(
             Arc::clone(&self.metrics),
             request_id.clone(),
             request.method(),
             request.uri().path(),
             self.config.upstream_shape,
-        )
+        );
+        record.set_cut(self.cut.clone());
+        record
+    }
+
+    /// After the remaining connections were dropped: waits (at most `limit`) until every
+    /// request has written its access-log line on its worker, so none is lost at exit.
+    pub async fn records_settled(&self, limit: std::time::Duration) {
+        let deadline = Instant::now() + limit;
+        while self.metrics.active_requests() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     fn readyz(&self) -> Response<ProxyBody> {
@@ -325,6 +353,14 @@ impl Proxy {
                 return error_response(dialect, &error, None);
             }
         };
+        // HTTP/2 names the host in `:authority`: it becomes `X-Forwarded-Host` like HTTP/1's Host.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(authority) = parts.uri.authority() {
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(header::HOST, host);
+                }
+            }
+        }
         headers::prepare_upstream_request(
             &mut parts.headers,
             client.ip,
@@ -334,9 +370,12 @@ impl Proxy {
         parts.uri = uri;
         // The upstream connection picks its own HTTP version (ALPN or HTTP/1.1).
         parts.version = http::Version::HTTP_11;
-        if let Some(key) = &self.upstream_key {
-            key.apply(&mut parts.headers);
-        }
+        auth::upstream_authorization(
+            &mut parts.headers,
+            self.upstream_key.as_ref(),
+            self.client_keys.is_some(),
+        );
+        let (body, client_body) = ClientBody::new(body);
         let upstream_request =
             Request::from_parts(parts, Limited::new(body, config.max_request_body as usize));
 
@@ -353,7 +392,18 @@ impl Proxy {
             Ok(response) => {
                 let status = response.status();
                 let mut response = translate::respond(&exchange, response).await;
+                if exchange.head && !head_keeps_length(&exchange, &response) {
+                    // The upstream's length is that of its own body, not the one a GET would get.
+                    response.headers_mut().remove(header::CONTENT_LENGTH);
+                }
                 response.extensions_mut().insert(UpstreamStatus(status));
+                response
+            }
+            Err(error) if client_body.happened() => {
+                let request_id = request_id.to_str().unwrap_or("-");
+                tracing::debug!(request_id, %error, "client request body failed");
+                let mut response = error_response(dialect, &broken_request_body(), None);
+                response.extensions_mut().insert(ClientAborted);
                 response
             }
             Err(error) => {
@@ -374,6 +424,24 @@ fn may_read_metrics<B>(request: &Request<B>, role: Role, keys: Option<&ClientKey
         (Role::Admin, _) | (Role::Public, None) => true,
         (Role::Public, Some(keys)) => keys.allows(request.headers()),
     }
+}
+
+/// The client's upload broke (it ended early or its chunked framing was invalid): its error.
+fn broken_request_body() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "the request body could not be read: it ended before it was complete or its chunked encoding is invalid",
+    )
+    .with_code("invalid_request_body")
+}
+
+/// True when a GET would pass the upstream's body through untouched, so the upstream's
+/// `Content-Length` on a HEAD is the one the client would get: same dialects, no error to
+/// normalise, no event stream.
+fn head_keeps_length(exchange: &Exchange, response: &Response<ProxyBody>) -> bool {
+    !exchange.translates()
+        && response.status().as_u16() < 400
+        && !headers::is_event_stream(response.headers())
 }
 
 fn shutting_down() -> ApiError {
@@ -398,6 +466,9 @@ fn observed(
     let upstream_status = extensions.remove::<UpstreamStatus>().map(|s| s.0.as_u16());
     let error_code = extensions.remove::<ErrorCode>().map(|c| c.0);
     let translated = extensions.remove::<Translated>().is_some();
+    if extensions.remove::<ClientAborted>().is_some() {
+        record.set_client_aborted();
+    }
     record.set_response(
         response.status().as_u16(),
         upstream_status,

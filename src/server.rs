@@ -323,8 +323,9 @@ impl Server {
         if let Some(task) = admin_task {
             let _ = task.await;
         }
-        // Dropping the set aborts whatever is still open.
+        // Dropping the set aborts whatever is still open; their requests log how they ended.
         drop(connections);
+        proxy.records_settled(FINAL_FLUSH).await;
     }
 }
 

@@ -21,7 +21,7 @@ use crate::api_error::ApiError;
 use crate::config::Config;
 
 /// The request body sent upstream: the client's body, streamed, with the size limit applied.
-pub type UpstreamRequestBody = Limited<Incoming>;
+pub type UpstreamRequestBody = Limited<crate::request_body::ClientBody>;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>;
 
