@@ -325,12 +325,7 @@ impl Proxy {
                 return error_response(dialect, &error, None);
             }
         };
-        headers::prepare_upstream_request(
-            &mut parts.headers,
-            client.ip,
-            client.proto,
-            exchange.translates(),
-        );
+        headers::prepare_upstream_request(&mut parts.headers, client.ip, client.proto);
         parts.uri = uri;
         // The upstream connection picks its own HTTP version (ALPN or HTTP/1.1).
         parts.version = http::Version::HTTP_11;
