@@ -2,9 +2,12 @@
 //!
 //! | upstream response                      | client dialect = upstream | client dialect ≠ upstream        |
 //! |----------------------------------------|---------------------------|----------------------------------|
-//! | 2xx/3xx JSON                           | passed through, streamed  | read, wrapped / unwrapped        |
-//! | 2xx/3xx non-JSON (audio, files)        | passed through            | passed through                   |
+//! | 2xx JSON                               | passed through, streamed  | read, wrapped / unwrapped        |
+//! | 2xx empty                              | passed through            | `data: null` / empty             |
+//! | 2xx non-JSON (audio, files)            | passed through            | passed through                   |
 //! | 2xx `text/event-stream`                | event stream, see `sse`   | event stream, see `sse`          |
+//! | 3xx (any body)                         | passed through            | passed through                   |
+//! | 101                                    | 502                       | 502                              |
 //! | ≥ 400 JSON error                       | passed through            | normalised into client's dialect |
 //! | ≥ 400 non-JSON (HTML, text, empty)     | normalised                | normalised                       |
 //!
@@ -14,8 +17,9 @@
 //!   while reading), so a stale length beside `Transfer-Encoding` cannot cut a body short, and
 //!   a pass-through body that ends early breaks the client's response instead of ending it;
 //! - content coding: the upstream is always asked for `identity`; a coded body it sends all
-//!   the same is passed through untouched where the client's dialect allows it, and is never
-//!   framed, parsed or appended to;
+//!   the same is never framed, parsed or appended to: an event stream that needs no
+//!   rewriting, or a JSON error between equal dialects, passes untouched; anything else is
+//!   replaced, unread, by an error;
 //! - status: 2xx statuses are relayed (an envelope's `code` is that status), 3xx responses are
 //!   relayed as they are, never wrapped or unwrapped, and an unrequested `101` is a 502.
 //!
