@@ -252,6 +252,32 @@ impl UpstreamError {
     }
 }
 
+/// What a client may be told about a response body the upstream broke: the kind of failure,
+/// without the OS error text (log [`describe_chain`] for that).
+pub fn body_failure(error: &(dyn StdError + 'static)) -> &'static str {
+    let mut source = Some(error);
+    while let Some(current) = source {
+        if let Some(io_error) = current.downcast_ref::<io::Error>() {
+            if matches!(
+                io_error.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            ) {
+                return "the upstream reset the connection";
+            }
+        }
+        if current
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return "the upstream sent invalid framing";
+        }
+        source = current.source();
+    }
+    "the upstream connection ended early"
+}
+
 /// The error's chain of causes on one line, without hyper-util's generic wrapper text.
 pub fn describe_chain(error: &(dyn StdError + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();

@@ -26,6 +26,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use raw_upstream::{chunk, gunzip, gzip, head, response, RawUpstream, Step, LAST_CHUNK};
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 
 const COMPLETION: &[u8] =
     br#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how can I help?"},"finish_reason":"stop"}]}"#;
@@ -696,6 +697,91 @@ async fn a_tls_upstream_that_stays_silent_is_a_connect_timeout() {
 }
 
 // === Point 12 (part): no OS details for clients ===
+
+/// Streams from `up`'s stream to the end: the first event, then `go`, then the rest.
+async fn broken_stream(up_script: Vec<Step>, go: Arc<Notify>, id: &str) -> (Vec<u8>, Value) {
+    let up = RawUpstream::start(up_script).await;
+    let proxy = proxy_for(&up, "bare").await;
+    let request = Request::post(format!("http://{}/v1/chat/completions", proxy.addr))
+        .header("x-request-id", id)
+        .body(Full::new(Bytes::from_static(br#"{"stream":true}"#)))
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, harness::client().request(request))
+        .await
+        .expect("headers within the wait bound")
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    while received.len() < EVENTS[0].len() {
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .expect("the first event within the wait bound")
+            .expect("a frame")
+            .expect("no error");
+        received.extend_from_slice(&frame.into_data().expect("data"));
+    }
+    assert_eq!(received, EVENTS[0]);
+    go.notify_one();
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .expect("the stream ends within the wait bound")
+        .expect("the proxy ends the stream cleanly, with an error event")
+        .to_bytes();
+    let text = std::str::from_utf8(&rest).expect("UTF-8");
+    let event = text
+        .strip_prefix("data: ")
+        .and_then(|t| t.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("not one error event: {text:?}"));
+    (received, serde_json::from_str(event).expect("JSON event"))
+}
+
+#[tokio::test]
+async fn a_broken_event_stream_says_what_broke_without_os_details() {
+    let sse = |length: Option<&str>| {
+        let mut headers = vec![("content-type", "text/event-stream")];
+        match length {
+            Some(length) => headers.push(("content-length", length)),
+            None => headers.push(("transfer-encoding", "chunked")),
+        }
+        head("200 OK", &headers)
+    };
+    let broke = |failure: &str| {
+        bare_error(
+            &format!("the upstream stream broke before it finished ({failure}); the answer is incomplete"),
+            "upstream_error",
+            json!("upstream_broken"),
+        )
+    };
+
+    // Reset after the first event (reported today as "Connection reset by peer (os error 104)").
+    let go = Arc::new(Notify::new());
+    let mut bytes = sse(None);
+    bytes.extend(chunk(EVENTS[0]));
+    let script = vec![
+        Step::ReadRequest,
+        Step::send(bytes),
+        Step::Wait(Arc::clone(&go)),
+        Step::Reset,
+    ];
+    let (_, event) = broken_stream(script, go, "sse-reset").await;
+    assert_eq!(event, broke("the upstream reset the connection"));
+    assert_eq!(outcome("sse-reset").await, "upstream_broken");
+
+    // A body shorter than its Content-Length, closed cleanly.
+    let go = Arc::new(Notify::new());
+    let mut bytes = sse(Some("4000"));
+    bytes.extend_from_slice(EVENTS[0]);
+    let script = vec![
+        Step::ReadRequest,
+        Step::send(bytes),
+        Step::Wait(Arc::clone(&go)),
+        Step::Close,
+    ];
+    let (_, event) = broken_stream(script, go, "sse-short").await;
+    assert_eq!(event, broke("the upstream connection ended early"));
+    assert_eq!(outcome("sse-short").await, "upstream_broken");
+}
 
 #[tokio::test]
 async fn connect_errors_reach_clients_without_os_details() {

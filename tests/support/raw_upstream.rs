@@ -17,6 +17,9 @@
 //! assert_eq!(up.requests()[0].header("accept-encoding"), Some("identity"));
 //! ```
 //!
+//! [`Step::Wait`] lets a test pace the upstream: e.g. reset only once the client has seen the
+//! first event (`go.notify_one()` before the upstream waits is remembered, so there is no race).
+//!
 //! Every request head read is recorded ([`RawUpstream::requests`]). Reads are bounded (a head
 //! over 64 KiB, or a body over 1 MiB, ends the connection). Dropping the [`RawUpstream`]
 //! stops the listener and every connection, held ones included.
@@ -31,6 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -45,6 +49,8 @@ pub enum Step {
     /// Write these bytes exactly (and flush).
     Send(Bytes),
     Sleep(Duration),
+    /// Wait until the test calls `notify_one()` on it (a notification sent earlier counts).
+    Wait(Arc<Notify>),
     /// Close cleanly (FIN) and stop.
     Close,
     /// Reset the connection (`SO_LINGER` 0, then close: the peer gets RST) and stop.
@@ -159,6 +165,7 @@ async fn play(mut stream: TcpStream, script: Vec<Step>, log: Arc<Mutex<Vec<Recei
                 }
             }
             Step::Sleep(duration) => tokio::time::sleep(duration).await,
+            Step::Wait(go) => go.notified().await,
             Step::Close => break,
             Step::Reset => {
                 let _ = stream.set_zero_linger();
