@@ -517,6 +517,25 @@ async fn coded_bodies_are_passed_untouched_or_refused_never_read() {
         )
     );
     assert_eq!(outcome("gzip-translated").await, "upstream_error");
+
+    // A gzip event stream whose events must be rewritten (wrapped) cannot be either.
+    let mut bytes = sse_head();
+    bytes.extend(chunk(&gzip(&EVENTS.concat())));
+    bytes.extend_from_slice(LAST_CHUNK);
+    let up = answering(bytes).await;
+    let proxy = start_proxy(&up.url(), "bare", &["--stream-envelope", "wrap"]).await;
+    let got = post(&proxy, "/api/v1/chat/completions", "gzip-sse-wrap").await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(got.header("content-encoding"), None);
+    assert_eq!(
+        got.json(),
+        envelope_error(
+            502,
+            "upstream sent a gzip-encoded body under HTTP 200 although it was asked for identity; it cannot be translated",
+            "upstream_error",
+            json!("upstream_invalid_body")
+        )
+    );
 }
 
 // === Point 8: status fidelity ===
