@@ -35,7 +35,8 @@ const RATE_LIMITED: &[u8] =
 
 // === The access log, captured in process ===
 
-/// Every access-log line of this test binary, as JSON lines.
+/// Every access-log line of this test binary, as JSON lines. Call it before sending a request
+/// whose line a test reads: lines written before the first call are not captured.
 fn log_sink() -> &'static Arc<Mutex<Vec<u8>>> {
     static SINK: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     SINK.get_or_init(|| {
@@ -719,6 +720,7 @@ async fn a_tls_upstream_that_stays_silent_is_a_connect_timeout() {
 
 /// Streams from `up`'s stream to the end: the first event, then `go`, then the rest.
 async fn broken_stream(up_script: Vec<Step>, go: Arc<Notify>, id: &str) -> (Vec<u8>, Value) {
+    log_sink();
     let up = RawUpstream::start(up_script).await;
     let proxy = proxy_for(&up, "bare").await;
     let request = Request::post(format!("http://{}/v1/chat/completions", proxy.addr))
