@@ -562,6 +562,27 @@ async fn a_201_from_a_bare_upstream_stays_201_for_envelope_clients() {
 }
 
 #[tokio::test]
+async fn a_201_envelope_with_code_201_is_a_success_for_bare_clients() {
+    // What envelope-proxy itself writes for a bare 201: a chain of two proxies keeps the 201.
+    let mut envelope = br#"{"success":true,"code":"201","message":"successful","data":"#.to_vec();
+    envelope.extend_from_slice(COMPLETION);
+    envelope.push(b'}');
+    let up = answering(response(
+        "201 Created",
+        &[
+            ("content-type", "application/json"),
+            ("content-length", &envelope.len().to_string()),
+        ],
+        &envelope,
+    ))
+    .await;
+    let proxy = proxy_for(&up, "envelope").await;
+    let got = post(&proxy, "/v1/chat/completions", "status-201-envelope").await;
+    assert_eq!(got.status, StatusCode::CREATED);
+    assert_eq!(got.body(), COMPLETION);
+}
+
+#[tokio::test]
 async fn redirects_are_relayed_as_they_are_never_as_a_success() {
     let body = br#"{"moved":"https://elsewhere.example/v1/chat/completions"}"#;
     let up = answering(response(
