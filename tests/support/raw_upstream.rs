@@ -20,6 +20,10 @@
 //! [`Step::Wait`] lets a test pace the upstream: e.g. reset only once the client has seen the
 //! first event (`go.notify_one()` before the upstream waits is remembered, so there is no race).
 //!
+//! The proxy pools upstream connections: a response that the script follows with
+//! [`Step::Close`] should say `connection: close`, so the next request opens a new connection
+//! (and plays the script again) instead of racing the close on the old one.
+//!
 //! Every request head read is recorded ([`RawUpstream::requests`]). Reads are bounded (a head
 //! over 64 KiB, or a body over 1 MiB, ends the connection). Dropping the [`RawUpstream`]
 //! stops the listener and every connection, held ones included.
