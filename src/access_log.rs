@@ -223,8 +223,9 @@ impl RequestRecord {
         match end {
             BodyEnd::Cancelled => return Outcome::quiet(StreamEnd::ClientCancelled.as_str()),
             BodyEnd::Cut => return Outcome::quiet(StreamEnd::ShuttingDown.as_str()),
+            // A pass-through body the upstream broke (reset, or shorter than its length).
             BodyEnd::Broken => {
-                return Outcome::upstream("upstream_error", UpstreamErrorKind::Reset);
+                return Outcome::upstream("upstream_broken", UpstreamErrorKind::Reset);
             }
             BodyEnd::Complete => {}
         }
@@ -248,6 +249,10 @@ impl RequestRecord {
         }
         match self.error_code.as_deref() {
             Some(code) => match UpstreamErrorKind::from_code(code) {
+                // A body cut short is a broken upstream, whether passed through or read.
+                Some(kind) if code == "upstream_truncated" => {
+                    Outcome::upstream("upstream_broken", kind)
+                }
                 Some(kind) => Outcome::upstream("upstream_error", kind),
                 None if code == "shutting_down" => Outcome::quiet("shutting_down"),
                 None if self.upstream_status.is_none() => Outcome::quiet("rejected"),
@@ -438,7 +443,11 @@ mod tests {
         );
         assert_eq!(
             outcome(None, Some(200), Broken, None),
-            ("upstream_error", Some(K::Reset), true)
+            ("upstream_broken", Some(K::Reset), true)
+        );
+        assert_eq!(
+            outcome(Some("upstream_truncated"), Some(200), Complete, None),
+            ("upstream_broken", Some(K::Reset), true)
         );
         assert_eq!(
             outcome(None, Some(200), Cancelled, None),

@@ -114,7 +114,11 @@ impl<'a> Envelope<'a> {
             Some(r#""200""# | "200" | r#""0""# | "0") => true,
             _ => match self.code_text() {
                 Ok(None) => true,
-                Ok(Some(code)) => matches!(code.as_str(), "200" | "0"),
+                // A relayed 2xx status is a success code too (envelope-proxy writes `"201"`).
+                Ok(Some(code)) => {
+                    matches!(code.as_str(), "200" | "0")
+                        || (http_status.is_success() && code == http_status.as_str())
+                }
                 Err(()) => {
                     return Verdict::Error(malformed("`code` is neither a string nor an integer"))
                 }

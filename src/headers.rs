@@ -42,6 +42,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Drops the upstream's framing from a response about to be relayed (RFC 9112 §6.3).
+///
+/// `Content-Length` goes whenever `Transfer-Encoding` came with it (the length is stale), and
+/// whenever the response has a body: the body the proxy sends states its own exact length,
+/// which for a pass-through body is the length hyper enforced while reading it, so a body that
+/// ends early breaks the client's response instead of ending it. A bodiless response (HEAD,
+/// 204, 304) keeps the length it declares for the representation.
+pub fn strip_upstream_framing(headers: &mut HeaderMap, bodiless: bool) {
+    if !bodiless || headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+}
+
 /// Turns a client's request headers into the upstream's.
 ///
 /// `Host` is dropped so the client sets it from the upstream URL (and HTTP/2 uses
@@ -49,14 +62,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// caller sets from `:authority` on HTTP/2); `X-Forwarded-For` gains the client's address,
 /// `X-Forwarded-Proto` says how the client reached us, and a client's `Forwarded` is dropped
 /// (like Envoy, which overwrites what it does not trust: the proxy speaks `X-Forwarded-*` only,
-/// and an upstream must not read a client's own `Forwarded` as the proxy's). When the response
-/// will be rewritten, the upstream is asked for an uncompressed body, so `Content-Encoding` can
-/// never disagree with the bytes we send.
+/// and an upstream must not read a client's own `Forwarded` as the proxy's). The upstream is
+/// always asked for an uncompressed body (`Accept-Encoding: identity`): on every route the proxy
+/// may have to read the response (event streams, error bodies, translations), and coded bytes
+/// cannot be read.
 pub fn prepare_upstream_request(
     headers: &mut HeaderMap,
     client_ip: Option<IpAddr>,
     client_proto: &'static str,
-    need_identity_encoding: bool,
 ) {
     remove_hop_by_hop(headers);
     match headers.remove(header::HOST) {
@@ -69,12 +82,10 @@ pub fn prepare_upstream_request(
         append_forwarded_for(headers, client_ip);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client_proto));
-    if need_identity_encoding {
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-    }
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
 }
 
 /// `X-Forwarded-For`: every list the client sent (several fields are one list, RFC 9110 §5.3),
@@ -177,12 +188,7 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
             ("accept-encoding", "gzip"),
         ]);
-        prepare_upstream_request(
-            &mut headers,
-            Some("127.0.0.1".parse().unwrap()),
-            "http",
-            true,
-        );
+        prepare_upstream_request(&mut headers, Some("127.0.0.1".parse().unwrap()), "http");
         assert_eq!(headers.get("host"), None);
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
@@ -198,12 +204,7 @@ mod tests {
             ("x-forwarded-host", "evil.example"),
             ("forwarded", "for=1.2.3.4;host=evil.example"),
         ]);
-        prepare_upstream_request(
-            &mut headers,
-            Some("10.0.0.5".parse().unwrap()),
-            "https",
-            false,
-        );
+        prepare_upstream_request(&mut headers, Some("10.0.0.5".parse().unwrap()), "https");
         assert_eq!(
             headers
                 .get_all("x-forwarded-for")
@@ -222,8 +223,24 @@ mod tests {
         assert_eq!(headers.get("host"), None);
 
         let mut headers = map(&[("x-forwarded-host", "evil.example")]);
-        prepare_upstream_request(&mut headers, None, "http", false);
+        prepare_upstream_request(&mut headers, None, "http");
         assert_eq!(headers.get("x-forwarded-host"), None);
+    }
+
+    #[test]
+    fn upstream_framing_is_never_relayed_with_a_body() {
+        let with_te = || map(&[("transfer-encoding", "chunked"), ("content-length", "10")]);
+        let with_cl = || map(&[("content-length", "10")]);
+        for (mut headers, bodiless, kept) in [
+            (with_te(), false, false),
+            (with_te(), true, false),
+            (with_cl(), false, false),
+            // HEAD, 204, 304: the length describes the representation; there is no body.
+            (with_cl(), true, true),
+        ] {
+            strip_upstream_framing(&mut headers, bodiless);
+            assert_eq!(headers.contains_key("content-length"), kept);
+        }
     }
 
     #[test]

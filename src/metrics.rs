@@ -58,6 +58,7 @@ impl UpstreamErrorKind {
             "upstream_tls_error" => UpstreamErrorKind::Tls,
             "upstream_error" | "upstream_truncated" | "upstream_broken" => UpstreamErrorKind::Reset,
             "upstream_invalid_body"
+            | "upstream_invalid_response"
             | "invalid_envelope"
             | "upstream_body_too_large"
             | "event_too_large" => UpstreamErrorKind::InvalidBody,

@@ -361,12 +361,7 @@ impl Proxy {
                 }
             }
         }
-        headers::prepare_upstream_request(
-            &mut parts.headers,
-            client.ip,
-            client.proto,
-            exchange.translates(),
-        );
+        headers::prepare_upstream_request(&mut parts.headers, client.ip, client.proto);
         parts.uri = uri;
         // The upstream connection picks its own HTTP version (ALPN or HTTP/1.1).
         parts.version = http::Version::HTTP_11;
@@ -439,7 +434,7 @@ fn broken_request_body() -> ApiError {
 /// `Content-Length` on a HEAD is the one the client would get: same dialects, no error to
 /// normalise, no event stream.
 fn head_keeps_length(exchange: &Exchange, response: &Response<ProxyBody>) -> bool {
-    !exchange.translates()
+    exchange.client == exchange.upstream
         && response.status().as_u16() < 400
         && !headers::is_event_stream(response.headers())
 }

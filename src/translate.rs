@@ -2,11 +2,26 @@
 //!
 //! | upstream response                      | client dialect = upstream | client dialect ≠ upstream        |
 //! |----------------------------------------|---------------------------|----------------------------------|
-//! | 2xx/3xx JSON                           | passed through, streamed  | read, wrapped / unwrapped        |
-//! | 2xx/3xx non-JSON (audio, files)        | passed through            | passed through                   |
+//! | 2xx JSON                               | passed through, streamed  | read, wrapped / unwrapped        |
+//! | 2xx empty                              | passed through            | `data: null` / empty             |
+//! | 2xx non-JSON (audio, files)            | passed through            | passed through                   |
 //! | 2xx `text/event-stream`                | event stream, see `sse`   | event stream, see `sse`          |
+//! | 3xx (any body)                         | passed through            | passed through                   |
+//! | 101                                    | 502                       | 502                              |
 //! | ≥ 400 JSON error                       | passed through            | normalised into client's dialect |
 //! | ≥ 400 non-JSON (HTML, text, empty)     | normalised                | normalised                       |
+//!
+//! Beside that table, upstream responses are never trusted blindly:
+//! - framing: the upstream's `Content-Length` is never forwarded with a body; every body the
+//!   proxy sends carries its own exact length (pass-through bodies: the length hyper checked
+//!   while reading), so a stale length beside `Transfer-Encoding` cannot cut a body short, and
+//!   a pass-through body that ends early breaks the client's response instead of ending it;
+//! - content coding: the upstream is always asked for `identity`; a coded body it sends all
+//!   the same is never framed, parsed or appended to: an event stream that needs no
+//!   rewriting, or a JSON error between equal dialects, passes untouched; anything else is
+//!   replaced, unread, by an error;
+//! - status: 2xx statuses are relayed (an envelope's `code` is that status), 3xx responses are
+//!   relayed as they are, never wrapped or unwrapped, and an unrequested `101` is a 502.
 //!
 //! A body the proxy has to read is read whole (bounded by `--max-response-body`); if the
 //! upstream cuts it short, the client gets a 502 in its dialect, never a partial body.
@@ -56,29 +71,44 @@ fn translated(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
     response
 }
 
-impl Exchange {
-    /// True when the response body may need rewriting, so the upstream must not compress it.
-    pub fn translates(&self) -> bool {
-        self.client != self.upstream
-    }
-}
-
 /// Turns the upstream's response into the client's.
 pub async fn respond(exchange: &Exchange, response: Response<Incoming>) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers);
     let status = parts.status;
+    // Nothing asked for an upgrade (Upgrade is never forwarded): a 101 answers no request.
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return error_response(exchange.client, &unexpected_upgrade(), None);
+    }
+    let bodiless = exchange.head || has_no_body(status);
+    headers::strip_upstream_framing(&mut parts.headers, bodiless);
+    headers::remove_hop_by_hop(&mut parts.headers);
 
-    if exchange.head || has_no_body(status) {
+    if bodiless {
         return Response::from_parts(parts, ProxyBody::passthru(body));
     }
+    let same_dialect = exchange.client == exchange.upstream;
+    let encoded = headers::is_content_encoded(&parts.headers);
     if status.is_success() && headers::is_event_stream(&parts.headers) {
+        if encoded {
+            // Coded bytes cannot be cut into events: untouched, or refused if they need rewriting.
+            return if exchange.stream.mode == EventMode::Passthru {
+                Response::from_parts(parts, ProxyBody::passthru(body))
+            } else {
+                error_response(exchange.client, &encoded_body(&parts), Some(parts.headers))
+            };
+        }
         return stream_response(exchange, parts, body);
     }
-    if status.as_u16() < 400 {
-        let same_dialect = exchange.client == exchange.upstream;
+    // Redirects are relayed as they are: wrapping one would turn it into a success.
+    if status.is_redirection() {
+        return Response::from_parts(parts, ProxyBody::passthru(body));
+    }
+    if status.is_success() {
         if same_dialect || !headers::is_json_or_unspecified(&parts.headers) {
             return Response::from_parts(parts, ProxyBody::passthru(body));
+        }
+        if encoded {
+            return error_response(exchange.client, &encoded_body(&parts), Some(parts.headers));
         }
         let bytes = match read_body(exchange, body).await {
             Ok(bytes) => bytes,
@@ -111,16 +141,27 @@ fn stream_response(exchange: &Exchange, mut parts: Parts, body: Incoming) -> Res
 fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response<ProxyBody> {
     match exchange.client {
         Dialect::Envelope => {
-            // Validate, never rebuild: the payload goes out as the upstream wrote it.
-            if !envelope::is_json(&body) {
+            // An empty success carries no payload: `data` is null.
+            let payload = if body.is_empty() {
+                Bytes::from_static(b"null")
+            } else if envelope::is_json(&body) {
+                // Validate, never rebuild: the payload goes out as the upstream wrote it.
+                body
+            } else {
                 return error_response(exchange.client, &invalid_json(&parts), Some(parts.headers));
-            }
+            };
             translated(json_response(
-                StatusCode::OK,
+                parts.status,
                 parts.headers,
-                envelope::wrap_success(body),
+                wrap_success(parts.status, payload),
             ))
         }
+        // An empty success has no payload to unwrap: it is relayed empty.
+        Dialect::Bare if body.is_empty() => json_response(
+            parts.status,
+            parts.headers,
+            [body, Bytes::new(), Bytes::new()],
+        ),
         Dialect::Bare => match envelope::classify(&body) {
             Classified::Envelope(env) => match env.verdict(parts.status) {
                 Verdict::Success(data) => {
@@ -155,19 +196,13 @@ async fn translate_error(
     body: Incoming,
 ) -> Response<ProxyBody> {
     let same_dialect = exchange.client == exchange.upstream;
-    // A compressed body cannot be inspected (we only ask for identity when translating).
-    if same_dialect && headers::is_content_encoded(&parts.headers) {
-        return Response::from_parts(parts, ProxyBody::passthru(body));
-    }
-    let bytes = match read_body(exchange, body).await {
-        Ok(bytes) => bytes,
-        Err(error) => return error_response(exchange.client, &error, Some(parts.headers)),
-    };
-    if same_dialect && envelope::is_json(&bytes) {
-        return Response::from_parts(parts, ProxyBody::full(bytes));
-    }
-    let content_type = headers::media_type(&parts.headers);
     let error = if headers::is_content_encoded(&parts.headers) {
+        // The upstream was asked for identity. A coded body cannot be inspected: a JSON error
+        // between equal dialects passes untouched (the client can decode it); anything else
+        // (HTML, text, or a body to translate) is replaced, unread, by a normalised error.
+        if same_dialect && headers::is_json_or_unspecified(&parts.headers) {
+            return Response::from_parts(parts, ProxyBody::passthru(body));
+        }
         let encoding = parts.headers.remove(header::CONTENT_ENCODING);
         ApiError::new(
             parts.status,
@@ -181,6 +216,14 @@ async fn translate_error(
             ),
         )
     } else {
+        let bytes = match read_body(exchange, body).await {
+            Ok(bytes) => bytes,
+            Err(error) => return error_response(exchange.client, &error, Some(parts.headers)),
+        };
+        if same_dialect && envelope::is_json(&bytes) {
+            return Response::from_parts(parts, ProxyBody::full(bytes));
+        }
+        let content_type = headers::media_type(&parts.headers);
         api_error::normalise(parts.status, content_type.as_deref(), &bytes)
     };
     let response = error_response(exchange.client, &error, Some(parts.headers));
@@ -208,16 +251,57 @@ async fn read_body(exchange: &Exchange, body: Incoming) -> Result<Bytes, ApiErro
         )
         .with_type("upstream_error")
         .with_code("upstream_body_too_large")),
-        Err(error) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "upstream response was cut short: {}",
-                crate::upstream::describe_chain(error.as_ref())
-            ),
-        )
-        .with_type("upstream_error")
-        .with_code("upstream_truncated")),
+        Err(error) => {
+            // The cause (often an OS error) is for the log; the client gets what it means.
+            let cause = crate::upstream::describe_chain(error.as_ref());
+            tracing::warn!(%cause, "upstream response body was cut short");
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream response was cut short: the upstream connection ended before the body was complete",
+            )
+            .with_type("upstream_error")
+            .with_code("upstream_truncated"))
+        }
     }
+}
+
+/// `{"success":true,"code":"<status>","message":"successful","data":<payload>}` in pieces.
+fn wrap_success(status: StatusCode, payload: Bytes) -> [Bytes; 3] {
+    if status == StatusCode::OK {
+        return envelope::wrap_success(payload);
+    }
+    let prefix = format!(
+        r#"{{"success":true,"code":"{}","message":"successful","data":"#,
+        status.as_u16()
+    );
+    [Bytes::from(prefix), payload, envelope::SUCCESS_SUFFIX]
+}
+
+/// A coded body where the proxy needs plain bytes (it asked for identity).
+fn encoded_body(parts: &Parts) -> ApiError {
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("compressed");
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "upstream sent a {encoding}-encoded body under HTTP {} although it was asked for identity; it cannot be translated",
+            parts.status.as_u16()
+        ),
+    )
+    .with_type("upstream_error")
+    .with_code("upstream_invalid_body")
+}
+
+fn unexpected_upgrade() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream answered HTTP 101 Switching Protocols to a request that asked for no upgrade",
+    )
+    .with_type("upstream_error")
+    .with_code("upstream_invalid_response")
 }
 
 fn invalid_json(parts: &Parts) -> ApiError {

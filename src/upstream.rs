@@ -2,14 +2,20 @@
 //!
 //! hyper-util's pooled client with keep-alive; `https://` upstreams use rustls with ALPN
 //! (HTTP/2 when the upstream offers it, else HTTP/1.1), `http://` upstreams HTTP/1.1.
-//! Transport failures are classified once here into [`UpstreamError`], which decides the
-//! status and message the client sees.
+//! `--connect-timeout` bounds the whole connection set-up — DNS, TCP and the TLS handshake —
+//! so an upstream that accepts TCP and then stays silent is a connect timeout, not a
+//! response timeout. Transport failures are classified once here into [`UpstreamError`]: its
+//! `Display` (for the log) keeps every detail of the cause; [`UpstreamError::to_api_error`]
+//! decides the status and the message the client sees, which never carry OS error text.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -18,18 +24,61 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::api_error::ApiError;
+use crate::body::BoxError;
 use crate::config::Config;
 
 /// The request body sent upstream: the client's body, streamed, with the size limit applied.
 pub type UpstreamRequestBody = Limited<crate::request_body::ClientBody>;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>;
+type HttpsClient = Client<ConnectDeadline<HttpsConnector<HttpConnector>>, UpstreamRequestBody>;
 
 /// A handle to the upstream; cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct Upstream {
     client: HttpsClient,
+    connect_timeout: Duration,
     response_timeout: Duration,
+}
+
+/// A connector whose every connection attempt (resolve, connect, TLS handshake) must finish
+/// within `limit`; else it fails with an `io::ErrorKind::TimedOut` error.
+#[derive(Clone)]
+pub struct ConnectDeadline<C> {
+    inner: C,
+    limit: Duration,
+}
+
+impl<C> tower_service::Service<Uri> for ConnectDeadline<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_elapsed) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no connection (DNS, TCP and TLS) within {}s",
+                        limit.as_secs_f64()
+                    ),
+                )
+                .into()),
+            }
+        })
+    }
 }
 
 impl Upstream {
@@ -46,6 +95,10 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let connector = ConnectDeadline {
+            inner: connector,
+            limit: config.connect_timeout,
+        };
 
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -54,6 +107,7 @@ impl Upstream {
             .build(connector);
         Self {
             client,
+            connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
         }
     }
@@ -65,19 +119,24 @@ impl Upstream {
     ) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(UpstreamError::classify(&error)),
+            Ok(Err(error)) => Err(UpstreamError::classify(&error, self.connect_timeout)),
             Err(_elapsed) => Err(UpstreamError::ResponseTimeout(self.response_timeout)),
         }
     }
 }
 
-/// Why the upstream did not produce response headers.
+/// Why the upstream did not produce response headers. `Display` is the log's text, with the
+/// full cause; clients get [`UpstreamError::to_api_error`].
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("upstream unreachable: {0}")]
-    Connect(String),
-    #[error("upstream connect timed out: {0}")]
-    ConnectTimeout(String),
+    #[error("upstream unreachable: {detail}")]
+    Connect {
+        /// What the client is told, e.g. "the connection was refused".
+        reason: &'static str,
+        detail: String,
+    },
+    #[error("upstream connect timed out after {}s: {detail}", .limit.as_secs_f64())]
+    ConnectTimeout { limit: Duration, detail: String },
     #[error("upstream TLS handshake failed: {0}")]
     Tls(String),
     #[error("upstream did not send response headers within {}s", .0.as_secs_f64())]
@@ -89,8 +148,9 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    fn classify(error: &hyper_util::client::legacy::Error) -> Self {
+    fn classify(error: &hyper_util::client::legacy::Error, connect_timeout: Duration) -> Self {
         let chain = describe_chain(error);
+        let mut connect_reason = "the connection could not be established";
         let mut source: Option<&(dyn StdError + 'static)> = Some(error);
         while let Some(current) = source {
             if current.is::<LengthLimitError>() {
@@ -113,33 +173,69 @@ impl UpstreamError {
                         .and_then(io::Error::get_ref);
                 }
                 if io_error.kind() == io::ErrorKind::TimedOut && error.is_connect() {
-                    return UpstreamError::ConnectTimeout(chain);
+                    return UpstreamError::ConnectTimeout {
+                        limit: connect_timeout,
+                        detail: chain,
+                    };
                 }
+                if io_error.kind() == io::ErrorKind::ConnectionRefused {
+                    connect_reason = "the connection was refused";
+                }
+            }
+            // hyper-util's resolver error has no public type; its text names it.
+            if current.to_string().starts_with("dns error") {
+                connect_reason = "the host name could not be resolved";
             }
             source = current.source();
         }
         if error.is_connect() {
-            UpstreamError::Connect(chain)
+            UpstreamError::Connect {
+                reason: connect_reason,
+                detail: chain,
+            }
         } else {
             UpstreamError::Other(chain)
         }
     }
 
-    /// What the client is told.
+    /// What the client is told: the status, a code and a message without OS error details
+    /// (those are in the log, from `Display`).
     pub fn to_api_error(&self, max_request_body: u64) -> ApiError {
-        let (status, code) = match self {
-            UpstreamError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
-            UpstreamError::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls_error"),
-            UpstreamError::Other(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
-            UpstreamError::ConnectTimeout(_) => {
-                (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout")
-            }
-            UpstreamError::ResponseTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        let (status, code, message) = match self {
+            UpstreamError::Connect { reason, .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
+                format!("upstream unreachable: {reason}"),
+            ),
+            // The rustls error names the TLS problem (certificate, protocol), no OS detail.
+            UpstreamError::Tls(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_tls_error",
+                self.to_string(),
+            ),
+            UpstreamError::Other(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream connection failed: the upstream closed or reset the connection before answering".to_owned(),
+            ),
+            UpstreamError::ConnectTimeout { limit, .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_connect_timeout",
+                format!(
+                    "upstream connect timed out: no connection within {}s (--connect-timeout)",
+                    limit.as_secs_f64()
+                ),
+            ),
+            UpstreamError::ResponseTimeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                self.to_string(),
+            ),
             UpstreamError::RequestBodyTooLarge => {
                 return ApiError::request_too_large(max_request_body)
             }
         };
-        ApiError::new(status, self.to_string())
+        ApiError::new(status, message)
             .with_type("upstream_error")
             .with_code(code)
     }
@@ -147,13 +243,39 @@ impl UpstreamError {
     /// A short label for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            UpstreamError::Connect(_) => "connect",
-            UpstreamError::ConnectTimeout(_) | UpstreamError::ResponseTimeout(_) => "timeout",
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout(_) => "timeout",
             UpstreamError::Tls(_) => "tls",
             UpstreamError::RequestBodyTooLarge => "request_too_large",
             UpstreamError::Other(_) => "reset",
         }
     }
+}
+
+/// What a client may be told about a response body the upstream broke: the kind of failure,
+/// without the OS error text (log [`describe_chain`] for that).
+pub fn body_failure(error: &(dyn StdError + 'static)) -> &'static str {
+    let mut source = Some(error);
+    while let Some(current) = source {
+        if let Some(io_error) = current.downcast_ref::<io::Error>() {
+            if matches!(
+                io_error.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            ) {
+                return "the upstream reset the connection";
+            }
+        }
+        if current
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return "the upstream sent invalid framing";
+        }
+        source = current.source();
+    }
+    "the upstream connection ended early"
 }
 
 /// The error's chain of causes on one line, without hyper-util's generic wrapper text.

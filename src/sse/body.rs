@@ -251,8 +251,12 @@ where
                         });
                         continue;
                     }
-                    let cause = crate::upstream::describe_chain(error.into().as_ref());
-                    let message = format!("the upstream stream broke before it finished ({cause}); the answer is incomplete");
+                    let error = error.into();
+                    // The OS error text is for the log; the client is told what kind of failure.
+                    let cause = crate::upstream::describe_chain(error.as_ref());
+                    tracing::warn!(%cause, "upstream event stream broke");
+                    let failure = crate::upstream::body_failure(error.as_ref());
+                    let message = format!("the upstream stream broke before it finished ({failure}); the answer is incomplete");
                     end_with_error(
                         this.out,
                         this.outcome,
