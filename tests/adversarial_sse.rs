@@ -293,3 +293,80 @@ async fn an_unterminated_done_line_still_completes_the_stream() {
     )
     .await;
 }
+
+// === Point 6: rewritten events keep their other fields ===
+
+/// Events with every kind of line around their data, in the upstream's dialect (`wrap`:
+/// envelope) and as the client must get them (the other dialect); the same for both
+/// directions, since unwrap(wrap(x)) == x.
+fn fields_stream(envelope: bool) -> String {
+    let chunk = |payload: &str| {
+        if envelope {
+            wrapped(payload)
+        } else {
+            payload.to_string()
+        }
+    };
+    [
+        ": opening comment\n\n".to_string(),
+        format!(
+            "event: thread.message.delta\nid: 41\ndata: {}\n\n",
+            chunk(CHUNK)
+        ),
+        format!(
+            "retry: 2500\r\ndata: {}\r\n: trailing comment\r\nid: 42\r\n\r\n",
+            chunk(r#"{"n":2}"#)
+        ),
+        format!("id: 43\nevent: done\ndata: {}\n\n", chunk("[1, 2.50]")),
+        "event: done\ndata: [DONE]\n\n".to_string(),
+    ]
+    .concat()
+}
+
+#[tokio::test]
+async fn wrapped_events_keep_event_id_retry_and_comment_lines() {
+    let h = start(Shape::Bare, &["--stream-envelope", "wrap"]).await;
+    let bare = fields_stream(false);
+    let reply = sse(&h, "/api/v1/chat/completions", bare.as_bytes(), None).await;
+    assert_eq!(reply.text(), fields_stream(true));
+    // Pass-through is untouched, of course.
+    let reply = sse(&h, "/v1/chat/completions", bare.as_bytes(), None).await;
+    assert_eq!(reply.text(), bare);
+}
+
+#[tokio::test]
+async fn unwrapped_events_keep_event_id_retry_and_comment_lines() {
+    let h = start(Shape::Envelope, &[]).await;
+    let enveloped = fields_stream(true);
+    // Dripped one event per frame, and in 7-byte frames: the same bytes come out.
+    for behaviour in ["drip:0", "split:7"] {
+        let reply = sse(
+            &h,
+            "/v1/chat/completions",
+            enveloped.as_bytes(),
+            Some(behaviour),
+        )
+        .await;
+        assert_eq!(reply.text(), fields_stream(false), "{behaviour}");
+    }
+    let reply = sse(&h, "/api/v1/chat/completions", enveloped.as_bytes(), None).await;
+    assert_eq!(reply.text(), enveloped);
+}
+
+#[tokio::test]
+async fn error_events_keep_their_event_and_id_lines() {
+    let e = start(Shape::Envelope, &[]).await;
+    let upstream = "event: error\nid: 7\ndata: {\"success\":false,\"code\":\"503\",\"message\":\"overloaded\",\"data\":null}\n\n";
+    let reply = sse(&e, "/v1/chat/completions", upstream.as_bytes(), None).await;
+    assert_eq!(
+        reply.text(),
+        "event: error\nid: 7\ndata: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"param\":null,\"code\":\"503\"}}\n\n"
+    );
+    let b = start(Shape::Bare, &["--stream-envelope", "wrap"]).await;
+    let upstream = "event: error\nid: 7\ndata: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"param\":null,\"code\":503}}\n\n";
+    let reply = sse(&b, "/api/v1/chat/completions", upstream.as_bytes(), None).await;
+    assert_eq!(
+        reply.text(),
+        "event: error\nid: 7\ndata: {\"success\":false,\"code\":\"503\",\"message\":\"overloaded\",\"data\":null,\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"param\":null,\"code\":503}}\n\n"
+    );
+}

@@ -5,8 +5,9 @@
 //! which hands out only whole events too) is one whole event:
 //! it ends with a blank line and, read back by a framer, is exactly one event with nothing
 //! left over; an event `apply` rewrote (not passed through) carries valid JSON as its data,
-//! and for an unwrapped success envelope that data is the envelope's payload byte for byte;
-//! `[DONE]` is reported as `Done` and passed through.
+//! and for an unwrapped success envelope that data is the envelope's payload byte for byte,
+//! and it keeps every other line (`event:`, `id:`, `retry:`, comments, unknown fields) with
+//! the same content, in the same order; `[DONE]` is reported as `Done` and passed through.
 
 #![no_main]
 
@@ -90,6 +91,33 @@ impl fmt::Display for Context<'_> {
     }
 }
 
+/// The event's non-empty lines other than `data` lines, read naively (the stream's BOM, if
+/// `bom`, left out).
+fn other_lines(raw: &[u8], bom: bool) -> Vec<&[u8]> {
+    let mut rest = if bom {
+        raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
+    } else {
+        raw
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let len = rest
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .unwrap_or(rest.len());
+        let line = &rest[..len];
+        if !line.is_empty() && line != b"data" && !line.starts_with(b"data:") {
+            out.push(line);
+        }
+        rest = &rest[len..];
+        rest = rest
+            .strip_prefix(b"\r\n")
+            .or_else(|| rest.get(1..))
+            .unwrap_or_default();
+    }
+    out
+}
+
 /// `first`: the event came first in the stream (so a BOM it starts with is the stream's BOM).
 fn check(event: &SseEvent, first: bool, mode: EventMode, upstream: Dialect) {
     let mut out = VecDeque::new();
@@ -117,6 +145,11 @@ fn check(event: &SseEvent, first: bool, mode: EventMode, upstream: Dialect) {
     if passed_through {
         return;
     }
+    assert_eq!(
+        other_lines(events[0].raw(), false),
+        other_lines(event.raw(), first),
+        "{context}: rewritten event lost or moved its other lines: {output:?}"
+    );
     let data = events[0].data().cloned().unwrap_or_default();
     assert!(
         is_json(&data),

@@ -597,6 +597,41 @@ mod tests {
     }
 
     #[test]
+    fn around_data_slices_the_lines_around_the_data_field() {
+        let around = |input: &[u8]| {
+            let mut framer = SseFramer::new(1024);
+            let chunk = Bytes::copy_from_slice(input);
+            framer.push(chunk.clone());
+            let event = framer.finish().unwrap().unwrap();
+            event.around_data().map(|(before, after)| {
+                // One data line: both are slices of the chunk, nothing copied.
+                if event.data().is_some_and(|d| within(d, &chunk)) {
+                    assert!(within(&before, &chunk) || before.is_empty());
+                    assert!(within(&after, &chunk));
+                }
+                (before, after)
+            })
+        };
+        let pair = |b: &'static [u8], a: &'static [u8]| Some((Bytes::from(b), Bytes::from(a)));
+        assert_eq!(around(b"data: x\n\n"), pair(b"", b"\n\n"));
+        assert_eq!(
+            around(b"event: e\r\nid: 1\r\ndata:x\r\nretry: 5\r\n: c\r\n\r\n"),
+            pair(b"event: e\r\nid: 1\r\n", b"\r\nretry: 5\r\n: c\r\n\r\n")
+        );
+        // The stream's BOM is left out; the blank lines before the event are kept.
+        assert_eq!(
+            around(b"\xEF\xBB\xBF\n: c\rdata\r\r"),
+            pair(b"\n: c\r", b"\r\r")
+        );
+        // Several data lines: the others are left out, every line ends with `\n`.
+        assert_eq!(
+            around(b"data: a\rid: 1\rdata: b\r: c\r\r"),
+            pair(b"", b"\nid: 1\n: c\n\n")
+        );
+        assert_eq!(around(b"event: e\n: c\n\n"), None);
+    }
+
+    #[test]
     fn leading_bom_is_kept_in_raw_but_ignored_for_parsing() {
         let expected = [
             ev(b"\xEF\xBB\xBFdata: x\n\n", Some(b"x")),
