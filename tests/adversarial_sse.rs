@@ -370,3 +370,76 @@ async fn error_events_keep_their_event_and_id_lines() {
         "event: error\nid: 7\ndata: {\"success\":false,\"code\":\"503\",\"message\":\"overloaded\",\"data\":null,\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"param\":null,\"code\":503}}\n\n"
     );
 }
+
+// === Point 7: envelopes with a duplicated member are invalid ===
+
+/// The issue's body: an error envelope whose `data` appears twice.
+const DUPLICATED: &str =
+    r#"{"success":false,"code":"500","message":"model crashed","data":null,"data":null}"#;
+
+fn invalid_body(under: u16, member: &str) -> String {
+    format!(
+        r#"{{"error":{{"message":"upstream sent an invalid envelope under HTTP {under}: the member `{member}` appears more than once","type":"upstream_error","param":null,"code":"upstream_invalid_body"}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn an_envelope_with_a_duplicated_member_is_never_a_success() {
+    let h = start(Shape::Envelope, &[]).await;
+    // Under HTTP 200: a 502 for bare clients, never a 200 carrying the raw envelope.
+    for path in ["/v1/chat/completions", "/v1/embeddings"] {
+        let reply = h
+            .chat(path, false)
+            .header("x-mock-body", DUPLICATED)
+            .send()
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{path}");
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        assert_eq!(reply.text(), invalid_body(200, "data"), "{path}");
+    }
+    // A success envelope with two `success` members: which one counts is anyone's guess.
+    let reply = h
+        .get("/v1/models")
+        .header(
+            "x-mock-body",
+            r#"{"success":true,"code":"200","message":"ok","data":{"object":"list","data":[]},"success":false}"#,
+        )
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.text(), invalid_body(200, "success"));
+    // Under an error status, that status stays; the body is still reported as invalid.
+    let reply = h
+        .chat("/v1/chat/completions", false)
+        .header("x-mock-body", DUPLICATED)
+        .header("x-mock-status", "503")
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.text(), invalid_body(503, "data"));
+}
+
+#[tokio::test]
+async fn an_event_with_a_duplicated_member_becomes_an_error_event() {
+    let h = start(Shape::Envelope, &[]).await;
+    let upstream = format!(
+        "data: {}\n\nid: 2\ndata: {DUPLICATED}\n\ndata: [DONE]\n\n",
+        wrapped(CHUNK)
+    );
+    let reply = sse(&h, "/v1/chat/completions", upstream.as_bytes(), None).await;
+    assert_eq!(
+        reply.text(),
+        format!(
+            "data: {CHUNK}\n\nid: 2\ndata: {}\n\ndata: [DONE]\n\n",
+            invalid_body(200, "data")
+        )
+    );
+    metrics_with(
+        &h,
+        &[
+            streams_total("upstream_error_event", 1),
+            streams_total("ok", 0),
+        ],
+    )
+    .await;
+}
