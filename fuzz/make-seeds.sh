@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 fixtures=../fixtures
-for t in sse_framer sse_transform envelope; do
+for t in sse_framer sse_transform envelope upstream_response; do
   mkdir -p "seeds/$t"
   find "seeds/$t" -type f ! -name 'regression-*' -delete
 done
@@ -44,4 +44,24 @@ for k in "${!edge_cases[@]}"; do
   for j in "${!headers[@]}"; do
     { printf "${headers[$j]}"; printf '%b' "${edge_cases[$k]}"; } > "seeds/sse_framer/edge-$k-h$j"
   done
+done
+
+# upstream_response: a header (see fuzz_targets/upstream_response.rs) in front of a body:
+# 200 event stream with Content-Length, chunked in 9-byte chunks with the last chunk, bare
+# client of an envelope upstream with [DONE] required; the same cut short (chunked, no last
+# chunk); a 200 JSON with Content-Length to a bare client of an envelope upstream; a 429 JSON
+# both chunked and with a Content-Length 5 bytes short.
+responses=(
+  '\x00\x00\xb4\x02\x09:envelope/chat_completion_stream_mixed.sse'
+  '\x00\x00\x90\x02\x09:envelope/chat_completion_stream.sse'
+  '\x00\x00\x85\x00\x00:envelope/chat_completion.json'
+  '\x0c\x00\x39\x28\x07:errors/openai_429_rate_limit.json'
+)
+for k in "${!responses[@]}"; do
+  header=${responses[$k]%%:*}
+  file=${responses[$k]#*:}
+  { printf "$header"; cat "$fixtures/$file"; } > "seeds/upstream_response/response-$k"
+done
+for k in "${!edge_cases[@]}"; do
+  { printf '\x00\x00\x44\x03\x05'; printf '%b' "${edge_cases[$k]}"; } > "seeds/upstream_response/edge-$k"
 done

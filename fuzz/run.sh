@@ -19,7 +19,7 @@ seconds=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(sse_framer envelope sse_transform)
+  targets=(sse_framer envelope sse_transform upstream_response)
 fi
 
 skip() {

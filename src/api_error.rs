@@ -475,6 +475,17 @@ mod tests {
     }
 
     #[test]
+    fn an_envelope_error_naming_a_member_twice_is_an_invalid_body() {
+        let body = br#"{"success":false,"code":"500","message":"a","message":"b","data":null}"#;
+        let error = normalise(StatusCode::INTERNAL_SERVER_ERROR, None, body);
+        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            bare(&error),
+            json!({"error":{"message":"upstream sent an invalid envelope under HTTP 500: the member `message` appears more than once","type":"upstream_error","param":null,"code":"upstream_invalid_body"}})
+        );
+    }
+
+    #[test]
     fn envelope_rendering_keeps_the_inner_error() {
         let error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "slow down")
             .with_code("rate_limit_exceeded");

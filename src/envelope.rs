@@ -4,6 +4,11 @@
 //! unwrapping slices the `data` value out of the upstream body (`&RawValue` →
 //! `Bytes::slice_ref`). The payload is validated by the parser but never rebuilt, so numbers,
 //! key order and unicode escapes reach the client exactly as the upstream wrote them.
+//!
+//! Envelopes are parsed strictly: an object that would be an envelope but names one of its
+//! members (`success`, `code`, `message`, `data`, `error`, `object`) twice is still an
+//! envelope, an invalid one, whose verdict is an `upstream_invalid_body` error — never plain
+//! JSON passed on as it is, and never a guess at which of the two values was meant.
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -56,6 +61,9 @@ pub struct Envelope<'a> {
     error: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     object: Option<&'a RawValue>,
+    /// Set instead of the members when the object names this member twice.
+    #[serde(skip)]
+    duplicate: Option<&'static str>,
 }
 
 /// Keeps a member that is present as `null` (`Option<&RawValue>` alone would read it as absent).
@@ -81,26 +89,93 @@ pub fn classify(body: &[u8]) -> Classified<'_> {
         return Classified::NotJson;
     }
     let is_object = body.trim_ascii_start().first() == Some(&b'{');
-    match serde_json::from_slice::<Envelope<'_>>(body)
-        .ok()
-        .filter(|_| is_object)
-    {
-        Some(env)
-            if env.success.is_some()
-                || (env.code.is_some() && env.data.is_some() && env.object.is_none()) =>
-        {
-            Classified::Envelope(env)
+    if !is_object {
+        return match serde_json::from_slice::<IgnoredAny>(body) {
+            Ok(_) => Classified::Json,
+            Err(_) => Classified::NotJson,
+        };
+    }
+    match serde_json::from_slice::<Envelope<'_>>(body) {
+        Ok(env) if env.members().is_envelope() => Classified::Envelope(env),
+        Ok(_) => Classified::Json,
+        // Valid JSON fails here only for a member named twice (the derive rejects that).
+        Err(_) => match serde_json::from_slice::<Members>(body) {
+            Ok(members) if members.is_envelope() => Classified::Envelope(Envelope {
+                duplicate: members.duplicate,
+                ..Envelope::default()
+            }),
+            Ok(_) => Classified::Json,
+            Err(_) => Classified::NotJson,
+        },
+    }
+}
+
+/// Which envelope members an object has, and the first one it names twice: read leniently,
+/// for an object the strict parse refused.
+#[derive(Debug, Default)]
+struct Members {
+    success: bool,
+    code: bool,
+    data: bool,
+    object: bool,
+    duplicate: Option<&'static str>,
+}
+
+impl Members {
+    fn is_envelope(&self) -> bool {
+        self.success || (self.code && self.data && !self.object)
+    }
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                const NAMES: [&str; 6] = ["success", "code", "message", "data", "error", "object"];
+                let mut seen = [false; 6];
+                let mut members = Members::default();
+                // Keys are unescaped (`"d\u0061ta"` is `data`), as the strict parse reads them.
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    if let Some(i) = NAMES.iter().position(|name| *name == key) {
+                        if std::mem::replace(&mut seen[i], true) {
+                            members.duplicate.get_or_insert(NAMES[i]);
+                        }
+                    }
+                }
+                [members.success, members.code, members.data, members.object] =
+                    [seen[0], seen[1], seen[3], seen[5]];
+                Ok(members)
+            }
         }
-        Some(_) => Classified::Json,
-        // Not an object, or an object with duplicate keys: still JSON, just not an envelope.
-        None if serde_json::from_slice::<IgnoredAny>(body).is_ok() => Classified::Json,
-        None => Classified::NotJson,
+        deserializer.deserialize_map(Visit)
     }
 }
 
 impl<'a> Envelope<'a> {
+    fn members(&self) -> Members {
+        Members {
+            success: self.success.is_some(),
+            code: self.code.is_some(),
+            data: self.data.is_some(),
+            object: self.object.is_some(),
+            duplicate: self.duplicate,
+        }
+    }
+
     /// Success or error, judged by `success` and `code` (an error even under HTTP 200).
     pub fn verdict(self, http_status: StatusCode) -> Verdict<'a> {
+        if let Some(member) = self.duplicate {
+            return Verdict::Error(duplicated(member, http_status));
+        }
         let success = match self
             .success
             .map(|raw| serde_json::from_str::<Value>(raw.get()))
@@ -138,6 +213,9 @@ impl<'a> Envelope<'a> {
     /// Status: the envelope code when it is 400–599, else the HTTP status when ≥ 400, else 502.
     /// An inner `error` object (as envelope-proxy itself writes) supplies type, param and code.
     pub fn into_error(self, http_status: StatusCode) -> ApiError {
+        if let Some(member) = self.duplicate {
+            return duplicated(member, http_status);
+        }
         let code = self.code_text().ok().flatten();
         let status = code
             .as_deref()
@@ -193,6 +271,27 @@ fn malformed(why: &str) -> ApiError {
     )
     .with_type("upstream_error")
     .with_code("invalid_envelope")
+}
+
+/// An envelope that names `member` twice: which value counts is anyone's guess (the issue's
+/// `"data":null,"data":null` under HTTP 200 was passed to bare clients as a success). The
+/// status is the upstream's when it is an error status (the call failed, only its details are
+/// unreadable), else 502.
+fn duplicated(member: &str, http_status: StatusCode) -> ApiError {
+    let status = if http_status.as_u16() >= 400 {
+        http_status
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    ApiError::new(
+        status,
+        format!(
+            "upstream sent an invalid envelope under HTTP {}: the member `{member}` appears more than once",
+            http_status.as_u16()
+        ),
+    )
+    .with_type("upstream_error")
+    .with_code("upstream_invalid_body")
 }
 
 /// The `data` payload of `body` as a zero-copy slice, given the `RawValue` parsed from it.
@@ -325,6 +424,76 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_GATEWAY);
             assert_eq!(e.code, Value::String("invalid_envelope".into()));
         }
+    }
+
+    #[test]
+    fn a_member_named_twice_makes_an_invalid_envelope() {
+        let invalid = |member: &str, status: u16, under: u16| {
+            ApiError::new(
+                StatusCode::from_u16(status).unwrap(),
+                format!("upstream sent an invalid envelope under HTTP {under}: the member `{member}` appears more than once"),
+            )
+            .with_type("upstream_error")
+            .with_code("upstream_invalid_body")
+        };
+        // The issue's body: under HTTP 200 it is a 502, never a success.
+        let body =
+            br#"{"success":false,"code":"500","message":"model crashed","data":null,"data":null}"#;
+        assert_eq!(verdict(body, 200), Err(invalid("data", 502, 200)));
+        // Under an error status, that status stays.
+        assert_eq!(verdict(body, 429), Err(invalid("data", 429, 429)));
+        let Classified::Envelope(env) = classify(body) else {
+            panic!()
+        };
+        assert_eq!(env.into_error(StatusCode::OK), invalid("data", 502, 200));
+        for (body, member) in [
+            // Which `success` counts? Neither.
+            (
+                &br#"{"success":true,"code":"200","data":{"x":1},"success":false}"#[..],
+                "success",
+            ),
+            (br#"{"code":"200","data":{"x":1},"code":"500"}"#, "code"),
+            (
+                br#"{"code":0,"data":{"x":1},"message":"a","message":"b"}"#,
+                "message",
+            ),
+            (
+                br#"{"success":true,"data":{},"error":null,"error":{}}"#,
+                "error",
+            ),
+            // Keys are compared unescaped.
+            (
+                br#" {"success":true,"data":{"x":1},"d\u0061ta":{"x":2}}"#,
+                "data",
+            ),
+        ] {
+            assert_eq!(
+                verdict(body, 200),
+                Err(invalid(member, 502, 200)),
+                "{body:?}"
+            );
+        }
+        // Not envelopes: duplicates leave them plain JSON, as before.
+        for body in [
+            &br#"{"id":"c1","id":"c2"}"#[..],
+            br#"{"object":"list","data":[],"object":"list"}"#,
+            br#"[{"success":true},{"success":true,"success":false}]"#,
+        ] {
+            assert!(matches!(classify(body), Classified::Json), "{body:?}");
+        }
+        // Other members may repeat (the parse never reads them), and so may keys in `data`.
+        assert_eq!(
+            verdict(
+                br#"{"success":true,"code":"200","data":{"a":1,"a":2},"msg":"a","msg":"b"}"#,
+                200
+            ),
+            Ok(r#"{"a":1,"a":2}"#.to_string())
+        );
+        // Broken JSON stays not JSON.
+        assert!(matches!(
+            classify(br#"{"success":true,"success":"#),
+            Classified::NotJson
+        ));
     }
 
     #[test]

@@ -8,12 +8,16 @@
 //! - the chunk sizes, cycled through (0 pushes an empty chunk, then one byte);
 //! - the rest: the byte stream.
 //!
-//! Checked: no panic; without a cap the raws of all events (`finish()` drained to `Ok(None)`)
-//! concatenate to the stream exactly; the events do not depend on the chunking or the drain
-//! pattern; with a cap the outcome is the uncapped events up to the first one longer than
-//! the cap, then `EventTooLarge` (the same however the stream is cut); every event from
-//! `next_event()` ends with a blank line and has a non-empty line; `data()` and
-//! `is_comment()` agree with a naive reading of the WHATWG rules.
+//! Checked: no panic; without a cap, pass-through is byte-identical up to the end of the last
+//! complete event: the raws of all events (`finish()` drained to `Ok(None)`) are the stream
+//! up to there, then `data: [DONE]\n\n` exactly when the rest is a lone `[DONE]` line; the
+//! rest (the unterminated tail) holds no complete event, is never emitted, and is reported by
+//! `discarded_partial()` exactly when it holds more than line endings (and the stream's
+//! BOM); the events and that report do not depend on the chunking or the drain pattern; with
+//! a cap the outcome is the uncapped events up to the first one longer than the cap, then
+//! `EventTooLarge` (the same however the stream is cut); every event ends with a blank line
+//! and has a non-empty line; `data()` and `is_comment()` agree with a naive reading of the
+//! WHATWG rules.
 
 #![no_main]
 
@@ -23,8 +27,11 @@ use libfuzzer_sys::fuzz_target;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// An event, and whether it came from `finish()` (only those may lack a blank line).
+/// An event, and whether it came from `finish()`.
 type Outcome = Result<(SseEvent, bool), FramerError>;
+
+/// What `finish()` makes of a lone `[DONE]` line.
+const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
 
 struct Plan<'a> {
     sizes: &'a [u8],
@@ -82,8 +89,9 @@ fn chunks(stream: &Bytes, sizes: &[u8]) -> Vec<Bytes> {
     out
 }
 
-/// Feeds `chunks`, draining after each push or only at the end, then finishes.
-fn run(chunks: &[Bytes], limit: usize, drain_each: bool) -> Vec<Outcome> {
+/// Feeds `chunks`, draining after each push or only at the end, then finishes: the outcomes,
+/// and whether `finish()` discarded a partial event.
+fn run(chunks: &[Bytes], limit: usize, drain_each: bool) -> (Vec<Outcome>, bool) {
     let mut framer = SseFramer::new(limit);
     let mut out = Vec::new();
     let drain = |framer: &mut SseFramer, out: &mut Vec<Outcome>| loop {
@@ -99,11 +107,11 @@ fn run(chunks: &[Bytes], limit: usize, drain_each: bool) -> Vec<Outcome> {
     for chunk in chunks {
         framer.push(chunk.clone());
         if drain_each && !drain(&mut framer, &mut out) {
-            return check_spent(framer, out);
+            return (check_spent(framer, out), false);
         }
     }
     if !drain(&mut framer, &mut out) {
-        return check_spent(framer, out);
+        return (check_spent(framer, out), false);
     }
     loop {
         match framer.finish() {
@@ -111,7 +119,7 @@ fn run(chunks: &[Bytes], limit: usize, drain_each: bool) -> Vec<Outcome> {
             Ok(None) => break,
             Err(e) => {
                 out.push(Err(e));
-                return check_spent(framer, out);
+                return (check_spent(framer, out), false);
             }
         }
     }
@@ -121,7 +129,7 @@ fn run(chunks: &[Bytes], limit: usize, drain_each: bool) -> Vec<Outcome> {
     );
     assert_eq!(framer.next_event(), Ok(None));
     assert_eq!(framer.finish(), Ok(None));
-    out
+    (out, framer.discarded_partial())
 }
 
 /// After an error the framer is spent: it keeps returning the error and holds nothing.
@@ -180,24 +188,24 @@ fn ends_with_blank_line(raw: &[u8]) -> bool {
     matches!(body, Some(body) if body.ends_with(b"\n") || body.ends_with(b"\r"))
 }
 
-fn check_event(event: &SseEvent, first: bool, from_finish: bool, stream_has_bom: bool) {
+/// `completed`: the `[DONE]` tail completed by `finish()` (whose raw is [`DONE_EVENT`], not
+/// the stream's bytes, so it carries no BOM).
+fn check_event(event: &SseEvent, first: bool, completed: bool, stream_has_bom: bool) {
     let raw = event.raw();
     assert!(!raw.is_empty(), "empty event");
-    let body = if first && stream_has_bom {
+    let body = if first && stream_has_bom && !completed {
         &raw[BOM.len().min(raw.len())..]
     } else {
         &raw[..]
     };
-    if !from_finish {
-        assert!(
-            ends_with_blank_line(raw),
-            "event without a blank line: {raw:?}"
-        );
-        assert!(
-            body.iter().any(|&b| b != b'\r' && b != b'\n'),
-            "event without a non-empty line: {raw:?}"
-        );
-    }
+    assert!(
+        ends_with_blank_line(raw),
+        "event without a blank line: {raw:?}"
+    );
+    assert!(
+        body.iter().any(|&b| b != b'\r' && b != b'\n'),
+        "event without a non-empty line: {raw:?}"
+    );
     let expected = reference_data(body);
     assert_eq!(
         event.data().map(|d| &d[..]),
@@ -211,18 +219,92 @@ fn check_event(event: &SseEvent, first: bool, from_finish: bool, stream_has_bom:
 }
 
 /// What a cap must do to the uncapped events: stop at the first one longer than `limit`.
-fn capped(uncapped: &[Outcome], limit: usize) -> Vec<Outcome> {
+/// The cap counts the bytes received, so the completed `[DONE]` counts as its tail's length
+/// (`tail.0` is its index), and a discarded tail longer than the cap fails too.
+fn capped(uncapped: &[Outcome], limit: usize, tail: (Option<usize>, usize)) -> Vec<Outcome> {
+    let too_large = Err(FramerError::EventTooLarge { limit });
     let mut out = Vec::new();
-    for outcome in uncapped {
-        match outcome {
-            Ok((event, _)) if event.raw().len() > limit => {
-                out.push(Err(FramerError::EventTooLarge { limit }));
-                break;
-            }
-            other => out.push(other.clone()),
+    for (i, outcome) in uncapped.iter().enumerate() {
+        let received = match outcome {
+            Ok(_) if tail.0 == Some(i) => tail.1,
+            Ok((event, _)) => event.raw().len(),
+            Err(_) => 0,
+        };
+        if received > limit {
+            out.push(too_large);
+            return out;
         }
+        out.push(outcome.clone());
+    }
+    if tail.0.is_none() && tail.1 > limit {
+        out.push(too_large);
     }
     out
+}
+
+/// The pass-through invariant for the events of `stream` (no cap): returns the index of the
+/// `[DONE]` event `finish()` completed, if it did, and the length of the tail (the bytes
+/// after the last complete event).
+fn check_pass_through(stream: &[u8], whole: &[Outcome], discarded: bool) -> (Option<usize>, usize) {
+    let raws: Vec<&[u8]> = whole
+        .iter()
+        .map(|o| &o.as_ref().expect("no cap, so no error").0.raw()[..])
+        .collect();
+    let passed = raws.concat();
+    // Either every raw is the stream's bytes, or the last one is the completed `[DONE]`.
+    let (complete, completed) = if stream.starts_with(&passed) {
+        (passed.len(), None)
+    } else {
+        assert_eq!(
+            raws.last().copied(),
+            Some(DONE_EVENT),
+            "not the stream's bytes"
+        );
+        (passed.len() - DONE_EVENT.len(), Some(raws.len() - 1))
+    };
+    assert_eq!(
+        &stream[..complete],
+        &passed[..complete],
+        "pass-through is not byte-identical"
+    );
+    let tail_len = stream.len() - complete;
+    let mut tail = &stream[complete..];
+    if complete == 0 {
+        tail = tail.strip_prefix(BOM).unwrap_or(tail);
+    }
+    // The tail, read naively: no complete event in it (no empty line after a non-empty
+    // one; a lone `\r` at its very end counts as a line ending, as at the end of a stream).
+    let mut lines = Vec::new();
+    let mut rest = tail;
+    while !rest.is_empty() {
+        let len = rest.iter().position(|&b| b == b'\r' || b == b'\n');
+        let (line, after) = rest.split_at(len.unwrap_or(rest.len()));
+        lines.push((line, len.is_some()));
+        rest = after
+            .strip_prefix(b"\r\n")
+            .or_else(|| after.get(1..))
+            .unwrap_or_default();
+    }
+    let first_content = lines.iter().position(|(line, _)| !line.is_empty());
+    assert!(
+        !first_content.is_some_and(|at| lines[at..]
+            .iter()
+            .any(|(line, ended)| line.is_empty() && *ended)),
+        "a complete event was left in the tail {tail:?}"
+    );
+    let content: Vec<&[u8]> = lines
+        .iter()
+        .map(|(l, _)| *l)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let lone_done = matches!(content[..], [b"data: [DONE]" | b"data:[DONE]"]);
+    assert_eq!(completed.is_some(), lone_done, "[DONE] tail {tail:?}");
+    assert_eq!(
+        discarded,
+        !lone_done && !content.is_empty(),
+        "discarded tail {tail:?}"
+    );
+    (completed, tail_len)
 }
 
 fn events_only(outcomes: &[Outcome]) -> Vec<Result<&SseEvent, &FramerError>> {
@@ -237,35 +319,35 @@ fuzz_target!(|data: &[u8]| {
     let stream = Bytes::copy_from_slice(plan.stream);
     let chunks = chunks(&stream, plan.sizes);
 
-    let whole = run(std::slice::from_ref(&stream), usize::MAX, true);
-    let mut passed = Vec::with_capacity(stream.len());
+    let (whole, discarded) = run(std::slice::from_ref(&stream), usize::MAX, true);
+    let tail = check_pass_through(plan.stream, &whole, discarded);
+    let completed = tail.0;
     let stream_has_bom = stream.starts_with(BOM);
     for (i, outcome) in whole.iter().enumerate() {
         let (event, from_finish) = outcome.as_ref().expect("no cap, so no error");
-        check_event(event, i == 0, *from_finish, stream_has_bom);
+        check_event(event, i == 0, completed == Some(i), stream_has_bom);
         // Only the last event can come from finish().
         assert!(!from_finish || i + 1 == whole.len());
-        passed.extend_from_slice(event.raw());
     }
-    assert_eq!(passed, plan.stream, "pass-through is not byte-identical");
 
     // `from_finish` may differ with the drain pattern, so only the events are compared.
-    let chunked = run(&chunks, usize::MAX, plan.drain_each);
+    let (chunked, chunked_discarded) = run(&chunks, usize::MAX, plan.drain_each);
     assert_eq!(
         events_only(&chunked),
         events_only(&whole),
         "chunking changed the events"
     );
+    assert_eq!(chunked_discarded, discarded, "chunking changed the tail");
 
     if let Some(limit) = plan.cap {
-        let expected = capped(&whole, limit);
-        let capped_whole = run(std::slice::from_ref(&stream), limit, true);
+        let expected = capped(&whole, limit, tail);
+        let (capped_whole, _) = run(std::slice::from_ref(&stream), limit, true);
         assert_eq!(
             events_only(&capped_whole),
             events_only(&expected),
             "cap {limit}"
         );
-        let capped_chunked = run(&chunks, limit, plan.drain_each);
+        let (capped_chunked, _) = run(&chunks, limit, plan.drain_each);
         assert_eq!(
             events_only(&capped_chunked),
             events_only(&expected),

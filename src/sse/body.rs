@@ -3,8 +3,11 @@
 //! It re-frames the upstream body into whole events, hands each to the [`EventMode`], and
 //! yields the result as soon as it is complete — nothing is buffered beyond one partial event.
 //! Invariants:
-//! - only whole events reach the client; a partial event is never sent;
-//! - a stream that breaks (transport error, idle timeout, over-size event) or that ends
+//! - only whole events reach the client; a partial event is never sent, not even at the
+//!   end of the stream (the framer discards an unterminated tail; only a lone
+//!   `data: [DONE]` line is completed);
+//! - a stream that breaks (transport error, idle timeout, over-size event), that ends in the
+//!   middle of an event (on every route, whatever `--require-done` says), or that ends
 //!   without `data: [DONE]` when one is required ends with exactly one error event in the
 //!   form of the surrounding events, and never with `[DONE]`;
 //! - a stream that already carried an upstream error event, or finished with `[DONE]`,
@@ -53,7 +56,8 @@ pub struct StreamSettings {
 /// How a stream ended, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
-    /// The upstream finished (with `[DONE]`, or without it when not required).
+    /// The upstream finished (with `[DONE]`, or without it when not required), with every
+    /// event whole.
     Complete,
     /// The upstream reported an error event itself.
     UpstreamErrorEvent,
@@ -338,7 +342,8 @@ fn apply(
     }
 }
 
-/// The upstream body ended cleanly: flush the last event, then decide whether it was complete.
+/// The upstream body ended cleanly: flush the last whole events, then decide whether the
+/// stream was complete.
 fn finish(
     settings: &StreamSettings,
     framer: &mut SseFramer,
@@ -351,11 +356,7 @@ fn finish(
     // finish() hands out what is left one event at a time.
     loop {
         match framer.finish() {
-            Ok(Some(event)) => {
-                let before = out.len();
-                apply(settings, out, saw_done, saw_error, event);
-                terminate_last_event(out, before);
-            }
+            Ok(Some(event)) => apply(settings, out, saw_done, saw_error, event),
             Ok(None) => break,
             Err(error) => {
                 let message = format!(
@@ -368,29 +369,18 @@ fn finish(
     }
     if *saw_error {
         *outcome = Some(StreamEnd::UpstreamErrorEvent);
-    } else if *saw_done || !settings.require_done {
+    } else if *saw_done {
+        // What follows `[DONE]` cannot make the answer incomplete (clients stop reading there).
+        *outcome = Some(StreamEnd::Complete);
+    } else if framer.discarded_partial() {
+        let message = "the upstream closed the stream in the middle of an event; the incomplete event was dropped and the answer is incomplete".to_string();
+        end_with_error(out, outcome, error_form, StreamEnd::Truncated, message);
+    } else if !settings.require_done {
         *outcome = Some(StreamEnd::Complete);
     } else {
         let message = "the upstream closed the stream early, before `data: [DONE]`; the answer may be incomplete".to_string();
         end_with_error(out, outcome, error_form, StreamEnd::Truncated, message);
     }
-}
-
-/// An event completed only by the end of the stream lacks its blank line; the client gets
-/// it as a whole event all the same.
-fn terminate_last_event(out: &mut VecDeque<Bytes>, first_new: usize) {
-    if out.len() == first_new {
-        return;
-    }
-    let Some(last) = out.back_mut() else { return };
-    if last.ends_with(b"\n\n") || last.ends_with(b"\r\n\r\n") || last.ends_with(b"\r\r") {
-        return;
-    }
-    let trimmed = last.trim_ascii_end().len();
-    let mut event = Vec::with_capacity(trimmed + 2);
-    event.extend_from_slice(&last[..trimmed]);
-    event.extend_from_slice(b"\n\n");
-    *last = Bytes::from(event);
 }
 
 fn end_with_error(
@@ -410,5 +400,179 @@ fn end_with_error(
 fn error_limit(error: &super::framer::FramerError) -> usize {
     match error {
         super::framer::FramerError::EventTooLarge { limit } => *limit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-made upstream body: its chunks one frame each, then a transport error if given.
+    struct Upstream {
+        chunks: VecDeque<Bytes>,
+        error: Option<&'static str>,
+    }
+
+    impl Body for Upstream {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if let Some(chunk) = self.chunks.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            Poll::Ready(self.error.take().map(|e| Err(e.into())))
+        }
+    }
+
+    fn settings(mode: EventMode, require_done: bool) -> StreamSettings {
+        let (client, upstream) = match mode {
+            EventMode::Passthru => (Dialect::Bare, Dialect::Bare),
+            EventMode::Wrap => (Dialect::Envelope, Dialect::Bare),
+            EventMode::Unwrap => (Dialect::Bare, Dialect::Envelope),
+        };
+        StreamSettings {
+            mode,
+            client,
+            upstream,
+            require_done,
+            idle_timeout: Duration::from_secs(60),
+            keepalive: None,
+            max_event_bytes: 1 << 20,
+        }
+    }
+
+    /// Streams `chunks` (then `error`, if any) through an [`SseBody`]: what the client gets,
+    /// and how the stream ended.
+    async fn stream(
+        settings: StreamSettings,
+        chunks: &[&'static [u8]],
+        error: Option<&'static str>,
+    ) -> (String, Option<StreamEnd>) {
+        let upstream = Upstream {
+            chunks: chunks.iter().map(|c| Bytes::from_static(c)).collect(),
+            error,
+        };
+        let mut body = std::pin::pin!(SseBody::new(upstream, settings));
+        let mut out = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let frame = frame.expect("the body itself never fails");
+            out.extend_from_slice(&frame.into_data().unwrap_or_default());
+        }
+        assert!(body.is_end_stream());
+        (String::from_utf8(out).unwrap(), body.stream_end())
+    }
+
+    const CHUNK: &[u8] = br#"data: {"id":"c1","choices":[]}
+
+"#;
+    const WRAPPED_CHUNK: &[u8] = br#"data: {"success":true,"code":"200","message":"successful","data":{"id":"c1","choices":[]}}
+
+"#;
+    /// The end of the stream in the issue: an event cut inside its JSON.
+    const CUT: &[u8] = br#"data: {"id":"c1","object":"chat.completion.chu"#;
+    const MID_EVENT: &str = "the upstream closed the stream in the middle of an event; the incomplete event was dropped and the answer is incomplete";
+
+    fn mid_event_error(form: Dialect) -> String {
+        let error = ApiError::new(StatusCode::BAD_GATEWAY, MID_EVENT)
+            .with_type("upstream_error")
+            .with_code("stream_truncated");
+        String::from_utf8(error_event(&error, form).to_vec()).unwrap()
+    }
+
+    /// What the client gets for [`CHUNK`] in `mode`, and the form of its error events.
+    fn chunk_for(mode: EventMode) -> (&'static str, Dialect) {
+        let text = |b: &'static [u8]| std::str::from_utf8(b).unwrap();
+        match mode {
+            EventMode::Wrap => (text(WRAPPED_CHUNK), Dialect::Envelope),
+            _ => (text(CHUNK), Dialect::Bare),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_partial_last_event_is_dropped_and_ends_the_stream_with_an_error() {
+        for mode in [EventMode::Passthru, EventMode::Wrap, EventMode::Unwrap] {
+            let upstream_chunk = if mode == EventMode::Unwrap {
+                WRAPPED_CHUNK
+            } else {
+                CHUNK
+            };
+            let (first, form) = chunk_for(mode);
+            for require_done in [true, false] {
+                let settings = settings(mode, require_done);
+                let expected = format!("{first}{}", mid_event_error(form));
+                // Cut inside the JSON, after the data line, and before the blank line.
+                for tail in [
+                    CUT,
+                    b"data: {\"id\":\"c2\",\"choices\":[]}\n",
+                    b": ping\r\n",
+                ] {
+                    let case = format!("{mode:?}, require_done {require_done}, tail {tail:?}");
+                    let (out, end) = stream(settings, &[upstream_chunk, tail], None).await;
+                    assert_eq!(out, expected, "{case}");
+                    assert_eq!(end, Some(StreamEnd::Truncated), "{case}");
+                    // However the tail arrives.
+                    let (out, end) =
+                        stream(settings, &[upstream_chunk, &tail[..3], &tail[3..]], None).await;
+                    assert_eq!((out, end), (expected.clone(), Some(StreamEnd::Truncated)));
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_mid_event_drops_the_partial_event() {
+        for mode in [EventMode::Passthru, EventMode::Wrap] {
+            let (first, form) = chunk_for(mode);
+            let (out, end) = stream(settings(mode, false), &[CHUNK, CUT], Some("reset")).await;
+            let error = ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "the upstream stream broke before it finished (the upstream connection ended early); the answer is incomplete",
+            )
+            .with_type("upstream_error")
+            .with_code("upstream_broken");
+            let error = String::from_utf8(error_event(&error, form).to_vec()).unwrap();
+            assert_eq!(out, format!("{first}{error}"), "{mode:?}");
+            assert_eq!(end, Some(StreamEnd::Broken));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lone_done_line_completes_the_stream() {
+        for mode in [EventMode::Passthru, EventMode::Wrap] {
+            let (first, _) = chunk_for(mode);
+            for tail in [&b"data: [DONE]"[..], b"data: [DONE]\r\n", b"data:[DONE]\n"] {
+                let (out, end) = stream(settings(mode, true), &[CHUNK, tail], None).await;
+                assert_eq!(out, format!("{first}data: [DONE]\n\n"), "{mode:?} {tail:?}");
+                assert_eq!(end, Some(StreamEnd::Complete));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn whole_events_and_blank_lines_end_cleanly_without_require_done() {
+        let settings = settings(EventMode::Passthru, false);
+        let (out, end) = stream(settings, &[CHUNK, b"\n\r\n"], None).await;
+        assert_eq!((out.as_bytes(), end), (CHUNK, Some(StreamEnd::Complete)));
+        // With `--require-done`, the same stream is truncated before `[DONE]`.
+        let (out, end) = stream(self::settings(EventMode::Passthru, true), &[CHUNK], None).await;
+        assert!(out.starts_with(std::str::from_utf8(CHUNK).unwrap()));
+        assert!(out.contains("before `data: [DONE]`"));
+        assert_eq!(end, Some(StreamEnd::Truncated));
+    }
+
+    #[tokio::test]
+    async fn after_done_or_an_upstream_error_a_partial_tail_adds_nothing() {
+        let settings = settings(EventMode::Passthru, true);
+        let (out, end) = stream(settings, &[CHUNK, b"data: [DONE]\n\n", CUT], None).await;
+        let expected = format!("{}data: [DONE]\n\n", std::str::from_utf8(CHUNK).unwrap());
+        assert_eq!((out, end), (expected, Some(StreamEnd::Complete)));
+        let error: &[u8] = b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n";
+        let (out, end) = stream(settings, &[error, CUT], None).await;
+        assert_eq!(out.as_bytes(), error);
+        assert_eq!(end, Some(StreamEnd::UpstreamErrorEvent));
     }
 }

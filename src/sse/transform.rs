@@ -1,9 +1,12 @@
 //! What one SSE event becomes for the client.
 //!
-//! Rewritten events are assembled from static pieces around slices of the upstream's bytes
-//! (`data: ` + payload + `\n\n`), so no payload is copied or re-serialised; only error events,
-//! which are rare, are rendered afresh, and a payload that came over several `data:` lines is
-//! copied once to go out over as many (see `data_lines`).
+//! A rewritten event is the upstream's event with only its `data` rewritten: every other line
+//! (`event:`, `id:`, `retry:`, comments) stays, in order and byte for byte (see
+//! [`SseEvent::around_data`]). It is assembled from static pieces and slices of the upstream's
+//! bytes (`<lines before>` + `data: ` + payload + `<line ending, lines after, blank line>`), so
+//! no payload is copied or re-serialised; only error events, which are rare, are rendered
+//! afresh, and a payload that came over several `data:` lines is copied once to go out over
+//! as many (see `data_lines`).
 
 use std::collections::VecDeque;
 use std::sync::LazyLock;
@@ -42,9 +45,10 @@ pub enum EventKind {
 }
 
 const DATA_PREFIX: Bytes = Bytes::from_static(b"data: ");
-const EVENT_END: Bytes = Bytes::from_static(b"\n\n");
 const WRAP_PREFIX: Bytes =
     Bytes::from_static(br#"data: {"success":true,"code":"200","message":"successful","data":"#);
+const WRAP_CLOSE: Bytes = Bytes::from_static(b"}");
+/// The close of a wrapped event and its usual end, in one piece: one frame fewer per event.
 const WRAP_SUFFIX: Bytes = Bytes::from_static(b"}\n\n");
 
 impl EventMode {
@@ -96,15 +100,17 @@ impl EventMode {
             EventMode::Unwrap => match envelope::classify(&data) {
                 Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
                     Verdict::Success(payload) => {
-                        out.extend([
-                            DATA_PREFIX,
-                            data_lines(envelope::slice_payload(&data, payload)),
-                            EVENT_END,
-                        ]);
+                        let payload = data_lines(envelope::slice_payload(&data, payload));
+                        rewrite(&event, [DATA_PREFIX, payload], None, out);
                         EventKind::Normal
                     }
                     Verdict::Error(error) => {
-                        out.push_back(error_event(&error, Dialect::Bare));
+                        rewrite(
+                            &event,
+                            [DATA_PREFIX, error.to_body(Dialect::Bare)],
+                            None,
+                            out,
+                        );
                         EventKind::Error
                     }
                 },
@@ -120,10 +126,16 @@ impl EventMode {
             },
             EventMode::Wrap => {
                 if is_bare_error(&data) {
-                    out.push_back(error_event(&stream_error(&data), Dialect::Envelope));
+                    let error = stream_error(&data).to_body(Dialect::Envelope);
+                    rewrite(&event, [DATA_PREFIX, error], None, out);
                     EventKind::Error
                 } else if envelope::is_json(&data) {
-                    out.extend([WRAP_PREFIX, data_lines(data), WRAP_SUFFIX]);
+                    rewrite(
+                        &event,
+                        [WRAP_PREFIX, data_lines(data)],
+                        Some(WRAP_CLOSE),
+                        out,
+                    );
                     EventKind::Normal
                 } else {
                     // Not JSON: nothing to wrap, so it goes through as the upstream sent it.
@@ -132,6 +144,25 @@ impl EventMode {
                 }
             }
         }
+    }
+}
+
+/// Queues `event` with its `data` lines replaced by one `data` field: `value` (its `data: `
+/// prefix and the value ready for it), then `close` if given; every other line as received.
+fn rewrite(event: &SseEvent, value: [Bytes; 2], close: Option<Bytes>, out: &mut VecDeque<Bytes>) {
+    // `apply` rewrites only events with data, which always have a `data` line.
+    let Some((before, after)) = event.around_data() else {
+        out.push_back(event.raw().clone());
+        return;
+    };
+    if !before.is_empty() {
+        out.push_back(before);
+    }
+    out.extend(value);
+    match close {
+        Some(_) if after == b"\n\n"[..] => out.push_back(WRAP_SUFFIX),
+        Some(close) => out.extend([close, after]),
+        None => out.push_back(after),
     }
 }
 
@@ -208,9 +239,9 @@ mod tests {
     use super::*;
     use crate::sse::framer::SseFramer;
 
-    fn run(mode: EventMode, upstream: Dialect, input: &'static [u8]) -> (String, Vec<EventKind>) {
+    fn run(mode: EventMode, upstream: Dialect, input: &[u8]) -> (String, Vec<EventKind>) {
         let mut framer = SseFramer::new(1 << 20);
-        framer.push(Bytes::from_static(input));
+        framer.push(Bytes::copy_from_slice(input));
         let mut out = VecDeque::new();
         let mut kinds = Vec::new();
         while let Ok(Some(event)) = framer.next_event() {
@@ -315,6 +346,104 @@ mod tests {
         let data = event.data().unwrap();
         assert!(data.ends_with(b"\"data\":{\"id\":\n\n\"c1\"}}") && envelope::is_json(data));
         assert_eq!(framer.finish(), Ok(None));
+    }
+
+    #[test]
+    fn rewritten_events_keep_their_other_lines_in_order() {
+        let wrapped = r#"{"success":true,"code":"200","message":"successful","data":{"id":"a"}}"#;
+        // Unwrap: `event:`, `id:`, `retry:`, comments and unknown fields stay where they were.
+        let input =
+            format!("event: chunk\nid: 7\ndata: {wrapped}\nretry: 1000\n: note\nx-y: z\n\n");
+        let (out, kinds) = run(EventMode::Unwrap, Dialect::Envelope, input.as_bytes());
+        assert_eq!(
+            out,
+            "event: chunk\nid: 7\ndata: {\"id\":\"a\"}\nretry: 1000\n: note\nx-y: z\n\n"
+        );
+        assert_eq!(kinds, [EventKind::Normal]);
+
+        // Wrap: CRLF line endings kept as they came.
+        let input = b"id: 1\r\nevent: message\r\ndata: {\"id\":\"c1\"}\r\n: x\r\n\r\n";
+        let (out, _) = run(EventMode::Wrap, Dialect::Bare, input);
+        assert_eq!(
+            out,
+            "id: 1\r\nevent: message\r\ndata: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":{\"id\":\"c1\"}}\r\n: x\r\n\r\n"
+        );
+        // The stream's BOM is not repeated inside a rewritten event.
+        let (out, _) = run(
+            EventMode::Wrap,
+            Dialect::Bare,
+            b"\xEF\xBB\xBFevent: e\ndata: 1\n\n",
+        );
+        assert_eq!(
+            out,
+            "event: e\ndata: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":1}\n\n"
+        );
+    }
+
+    #[test]
+    fn error_events_keep_their_other_lines_too() {
+        let (out, kinds) = run(
+            EventMode::Unwrap,
+            Dialect::Envelope,
+            b"event: error\nid: 9\ndata: {\"success\":false,\"code\":\"500\",\"message\":\"boom\",\"data\":null}\n\n",
+        );
+        assert_eq!(
+            out,
+            "event: error\nid: 9\ndata: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\",\"param\":null,\"code\":\"500\"}}\n\n"
+        );
+        assert_eq!(kinds, [EventKind::Error]);
+        let (out, kinds) = run(
+            EventMode::Wrap,
+            Dialect::Bare,
+            b"event: error\ndata: {\"error\":{\"message\":\"boom\"}}\nid: 9\n\n",
+        );
+        assert_eq!(
+            out,
+            "event: error\ndata: {\"success\":false,\"code\":\"500\",\"message\":\"boom\",\"data\":null,\"error\":{\"message\":\"boom\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\nid: 9\n\n"
+        );
+        assert_eq!(kinds, [EventKind::Error]);
+    }
+
+    #[test]
+    fn several_data_lines_become_one_field_among_the_other_lines() {
+        // Lone-CR endings, a comment and an id between and after the data lines: the data
+        // lines are replaced where the first one was; the rest end with `\n`, so removing a
+        // line cannot join a `\r` and a `\n` into one line ending.
+        let input: &[u8] =
+            b": a\rdata: {\"success\":true,\"code\":\"200\",\"data\":\r: mid\rdata: {\"x\":1}}\rid: 2\r\n\r\n";
+        let (out, _) = run(EventMode::Unwrap, Dialect::Envelope, input);
+        assert_eq!(out, ": a\rdata: {\"x\":1}\n: mid\nid: 2\n\n");
+        let mut framer = SseFramer::new(1 << 20);
+        framer.push(Bytes::from(out));
+        let event = framer.next_event().unwrap().unwrap();
+        assert_eq!(event.data().unwrap().as_ref(), b"{\"x\":1}");
+        assert_eq!(framer.finish(), Ok(None));
+        assert!(!framer.discarded_partial());
+    }
+
+    #[test]
+    fn rewriting_copies_no_upstream_bytes() {
+        let chunk = Bytes::from_static(
+            b"event: e\ndata: {\"success\":true,\"code\":\"200\",\"data\":{\"id\":\"a\"}}\nid: 1\n\n",
+        );
+        let mut framer = SseFramer::new(1 << 20);
+        framer.push(chunk.clone());
+        let event = framer.next_event().unwrap().unwrap();
+        let mut out = VecDeque::new();
+        EventMode::Unwrap.apply(event, Dialect::Envelope, &mut out);
+        let pieces: Vec<&[u8]> = out.iter().map(|p| p.as_ref()).collect();
+        assert_eq!(
+            pieces,
+            [
+                &b"event: e\n"[..],
+                b"data: ",
+                b"{\"id\":\"a\"}",
+                b"\nid: 1\n\n"
+            ]
+        );
+        // Every piece but the static prefix is a slice of the upstream's chunk.
+        let inside = |p: &Bytes| chunk.as_ptr_range().contains(&p.as_ptr());
+        assert!(inside(&out[0]) && !inside(&out[1]) && inside(&out[2]) && inside(&out[3]));
     }
 
     #[test]

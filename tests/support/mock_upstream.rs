@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `x-mock-fixture: errors/nginx_502.html` | serve that file (path relative to `fixtures/`) |
 //! | `x-mock-body: <literal>` | serve that literal string (as `application/json` unless overridden) |
+//! | `x-mock-body-pct: <%-encoded>` | the same, percent-decoded first (`%0A`): for line breaks, any byte |
 //! | `x-mock-status: 429` | response status (default 200, or 404 for unknown paths) |
 //! | `x-mock-content-type: <ct>` | override the content type picked from the extension |
 //! | `x-mock-header: Name: value` | add a response header (may repeat) |
@@ -568,6 +569,10 @@ fn build_plan(
             // literal is broken JSON, which is the point of many tests); x-mock-content-type overrides.
             let body = Bytes::copy_from_slice(literal.as_bytes());
             (StatusCode::OK, HeaderValue::from_static(JSON), body)
+        } else if let Some(encoded) = h.get("x-mock-body-pct") {
+            let body = percent_decode_body(encoded.as_bytes())
+                .ok_or_else(|| "x-mock-body-pct: bad %-escape".to_string())?;
+            (StatusCode::OK, HeaderValue::from_static(JSON), body)
         } else if let Some(rel) = header_str(h, "x-mock-fixture") {
             let body = read_fixture(rel).map_err(|e| format!("fixture {rel:?}: {e}"))?;
             (
@@ -612,6 +617,23 @@ fn build_plan(
         body,
         behaviours,
     })
+}
+
+/// `%XX` escapes decoded; every other byte (`+` too) as it is.
+fn percent_decode_body(encoded: &[u8]) -> Option<Bytes> {
+    let mut out = Vec::with_capacity(encoded.len());
+    let mut rest = encoded;
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            out.push(b);
+            rest = tail;
+        }
+    }
+    Some(Bytes::from(out))
 }
 
 /// The success (or 404) answer for a request without directives.
