@@ -37,6 +37,8 @@ enum BodyEnd {
     Broken,
     /// Dropped before the end: the client went away.
     Cancelled,
+    /// Abandoned: the client took no bytes for `--client-write-timeout` (see `progress.rs`).
+    Stalled,
 }
 
 /// Everything the log line and the metrics need about one request.
@@ -138,14 +140,16 @@ impl RequestRecord {
         if let Some(kind) = outcome.upstream_error {
             metrics.upstream_error(kind);
         }
-        if self.translated && end != BodyEnd::Cancelled {
+        // A stalled client is counted as a cancelling one; only the log tells them apart.
+        let cancelled = matches!(end, BodyEnd::Cancelled | BodyEnd::Stalled);
+        if self.translated && !cancelled {
             metrics.translated(self.upstream);
         }
-        if end == BodyEnd::Cancelled {
+        if cancelled {
             metrics.client_cancelled();
         }
         if self.stream {
-            metrics.stream_finished(if end == BodyEnd::Cancelled {
+            metrics.stream_finished(if cancelled {
                 StreamEnd::ClientCancelled
             } else {
                 stream_end.unwrap_or(StreamEnd::Complete)
@@ -186,6 +190,7 @@ impl RequestRecord {
     fn outcome(&self, end: BodyEnd, stream_end: Option<StreamEnd>) -> Outcome {
         match end {
             BodyEnd::Cancelled => return Outcome::quiet(StreamEnd::ClientCancelled.as_str()),
+            BodyEnd::Stalled => return Outcome::quiet("client_stalled"),
             BodyEnd::Broken => {
                 return Outcome::upstream("upstream_error", UpstreamErrorKind::Reset);
             }
@@ -282,6 +287,14 @@ pin_project! {
 impl ObservedBody {
     pub fn new(inner: ProxyBody, record: Option<RequestRecord>) -> Self {
         Self { inner, record }
+    }
+
+    /// The body is being dropped because the client took nothing for `--client-write-timeout`.
+    pub fn client_stalled(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let Some(mut record) = this.record.take() {
+            record.complete(BodyEnd::Stalled, this.inner.stream_end());
+        }
     }
 }
 
@@ -383,6 +396,10 @@ mod tests {
         assert_eq!(
             outcome(None, Some(200), Cancelled, None),
             ("client_cancelled", None, false)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Stalled, None),
+            ("client_stalled", None, false)
         );
         assert_eq!(
             outcome(None, Some(200), Complete, Some(StreamEnd::Truncated)),
