@@ -28,7 +28,9 @@
 //! a body that handed one over (or has not been polled since its headers were sent) and is not
 //! polled again within `--client-write-timeout` has a client that takes nothing. A body that
 //! answered `Pending` is waiting for the upstream, not the client; it has no client deadline
-//! (the upstream's own timeouts apply). Wrapping the socket to count written bytes would see
+//! (the upstream's own timeouts apply). The tracker is not told of every frame (that would cost
+//! a wake-up per frame): it looks at bodies waiting for the upstream every quarter period, so a
+//! stall is acted on between 1 and 1.25 periods after the last frame the client took. Wrapping the socket to count written bytes would see
 //! HTTP/1.1 progress but not which HTTP/2 stream is stuck behind its window; the body poll
 //! sees both.
 //!
@@ -176,14 +178,19 @@ impl Tracker {
         // which takes the tracker's lock.
         let mut stalled = false;
         for response in responses {
-            if let Some(handed) = response.handed_at() {
-                let deadline = handed + self.limits.client_write;
-                if deadline <= now {
-                    response.abandon();
-                    stalled = true;
-                } else {
-                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
-                }
+            let deadline = match response.handed_at() {
+                None => continue,
+                Some(Some(handed)) => handed + self.limits.client_write,
+                // Waiting for the upstream: a frame handed over later is not announced (that
+                // would cost a wake-up per frame), so look again a quarter period later. A
+                // stall is thus noticed between 1 and 1.25 periods after its last frame.
+                Some(None) => now + self.limits.client_write / 4,
+            };
+            if deadline <= now {
+                response.abandon();
+                stalled = true;
+            } else {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
             }
         }
         if stalled {
@@ -273,8 +280,9 @@ impl Drop for OpenRequest {
 
 /// What the tracker asks of a response it watches.
 trait Stall: Send + Sync {
-    /// When the body last handed hyper a frame (or was created) and has not been polled since.
-    fn handed_at(&self) -> Option<Instant>;
+    /// When the body last handed hyper a frame (or was created) and has not been polled since;
+    /// `Some(None)` while it waits for the upstream, `None` once it is done with.
+    fn handed_at(&self) -> Option<Option<Instant>>;
     /// Drops the body for a stalled client.
     fn abandon(&self);
 }
@@ -300,9 +308,9 @@ impl<B> Slot<B> {
 }
 
 impl<B: Abandon + Send> Stall for Slot<B> {
-    fn handed_at(&self) -> Option<Instant> {
+    fn handed_at(&self) -> Option<Option<Instant>> {
         let state = self.lock();
-        state.body.as_ref().and(state.handed)
+        state.body.as_ref().map(|_| state.handed)
     }
 
     fn abandon(&self) {

@@ -285,11 +285,17 @@ impl Server {
         let mut connections = JoinSet::new();
         let serve_one = |connections: &mut JoinSet<()>, refusals: &mut Refusals, stream: Stream| {
             let permit = match Arc::clone(&limit).try_acquire_owned() {
-                Ok(permit) => Slot::Served(permit),
+                Ok(permit) => Slot {
+                    _permit: permit,
+                    refused: false,
+                },
                 Err(_) => match Arc::clone(&overflow).try_acquire_owned() {
                     Ok(permit) => {
                         refusals.refused(Refusal::MaxConnections);
-                        Slot::Refused(permit)
+                        Slot {
+                            _permit: permit,
+                            refused: true,
+                        }
                     }
                     Err(_) => {
                         refusals.refused(Refusal::MaxOverflow);
@@ -300,7 +306,7 @@ impl Server {
             let accepted = Accepted {
                 proxy: Arc::clone(&proxy),
                 builder: builder.clone(),
-                tracker: Tracker::new(limits, matches!(permit, Slot::Refused(_))),
+                tracker: Tracker::new(limits, permit.refused),
                 permit,
                 drain: drain.clone(),
             };
@@ -403,11 +409,11 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 }
 
 /// A connection's place under the limits, held until it closes.
-enum Slot {
-    /// Within `--max-connections`: served.
-    Served(OwnedSemaphorePermit),
-    /// Over it, within `--max-overflow-connections`: answered with 503, then closed.
-    Refused(OwnedSemaphorePermit),
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    /// Over `--max-connections` (within `--max-overflow-connections`): answered with a 503,
+    /// then closed.
+    refused: bool,
 }
 
 /// Counts refused connections in the metrics and logs them, at most once per
@@ -465,10 +471,12 @@ impl<G> Abandon for Held<ObservedBody, G> {
 }
 
 /// Runs a connection until it ends, closing it gracefully when the server drains or the
-/// tracker says so, and dropping it (closing the socket) when the tracker says so.
+/// tracker says so, and dropping it (closing the socket) when the tracker says so. `slot` is
+/// released before the socket is closed, so a client that saw the close finds it free.
 async fn drive<C, E>(
     conn: C,
     shutdown: fn(Pin<&mut C>),
+    slot: Slot,
     tracker: &Tracker,
     drain: &CancellationToken,
 ) where
@@ -483,7 +491,7 @@ async fn drive<C, E>(
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
-                return;
+                break;
             }
             () = drain.cancelled(), if !draining => {
                 draining = true;
@@ -491,10 +499,11 @@ async fn drive<C, E>(
             }
             action = tracker.next_action() => match action {
                 Action::Shutdown => shutdown(conn.as_mut()),
-                Action::Close => return,
+                Action::Close => break,
             },
         }
     }
+    drop(slot);
 }
 
 /// What an accepted public connection needs from the server, handed to its worker.
@@ -551,6 +560,7 @@ impl Accepted {
     /// The TLS handshake (within the first request head's deadline, which counts from
     /// accept), then as [`Self::serve_public`].
     async fn serve_tls(self, tls: TlsAcceptor, tcp: tokio::net::TcpStream, client: ClientInfo) {
+        let tracker = Arc::clone(&self.tracker);
         let tls_stream = tokio::select! {
             accepted = tls.accept(tcp) => match accepted {
                 Ok(stream) => stream,
@@ -559,8 +569,12 @@ impl Accepted {
                     return;
                 }
             },
-            // Before the first request, whatever is due means closing.
-            _ = self.tracker.next_action() => return,
+            // Before the first request, whatever is due means closing; the slot is released
+            // before the socket is closed (see `drive`).
+            _ = tracker.next_action() => {
+                drop(self);
+                return;
+            }
         };
         self.serve_public(tls_stream, client).await;
     }
@@ -572,36 +586,48 @@ impl Accepted {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let tracker = Arc::clone(&self.tracker);
-        match self.permit {
-            Slot::Served(_permit) => {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let proxy = Arc::clone(&self.proxy);
-                    let open = tracker.request_started(request.version());
-                    // Boxed per request: see `connection`.
-                    Box::pin(async move {
-                        let response = proxy.handle(request, client, Role::Public).await;
-                        Ok::<_, Infallible>(response.map(|body| open.watch(body)))
-                    })
-                });
-                let conn = self
-                    .builder
-                    .serve_connection(TokioIo::new(io), service)
-                    .into_owned();
-                drive(conn, |c| c.graceful_shutdown(), &self.tracker, &self.drain).await;
-            }
-            Slot::Refused(_permit) => {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let open = tracker.request_started(request.version());
-                    let response = over_connection_limit(&request);
-                    drop(open);
-                    std::future::ready(Ok::<_, Infallible>(response))
-                });
-                let conn = self
-                    .builder
-                    .serve_connection(TokioIo::new(io), service)
-                    .into_owned();
-                drive(conn, |c| c.graceful_shutdown(), &self.tracker, &self.drain).await;
-            }
+        let slot = self.permit;
+        if slot.refused {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let open = tracker.request_started(request.version());
+                let response = over_connection_limit(&request);
+                drop(open);
+                std::future::ready(Ok::<_, Infallible>(response))
+            });
+            let conn = self
+                .builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                slot,
+                &self.tracker,
+                &self.drain,
+            )
+            .await;
+        } else {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let proxy = Arc::clone(&self.proxy);
+                let open = tracker.request_started(request.version());
+                // Boxed per request: see `connection`.
+                Box::pin(async move {
+                    let response = proxy.handle(request, client, Role::Public).await;
+                    Ok::<_, Infallible>(response.map(|body| open.watch(body)))
+                })
+            });
+            let conn = self
+                .builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                slot,
+                &self.tracker,
+                &self.drain,
+            )
+            .await;
         }
     }
 }
