@@ -278,6 +278,7 @@ impl Server {
                 listener,
                 Arc::clone(&proxy),
                 builder.clone(),
+                limits,
                 stop_admin.clone(),
             ))
         });
@@ -286,14 +287,14 @@ impl Server {
         let serve_one = |connections: &mut JoinSet<()>, refusals: &mut Refusals, stream: Stream| {
             let permit = match Arc::clone(&limit).try_acquire_owned() {
                 Ok(permit) => Slot {
-                    _permit: permit,
+                    _permit: Some(permit),
                     refused: false,
                 },
                 Err(_) => match Arc::clone(&overflow).try_acquire_owned() {
                     Ok(permit) => {
                         refusals.refused(Refusal::MaxConnections);
                         Slot {
-                            _permit: permit,
+                            _permit: Some(permit),
                             refused: true,
                         }
                     }
@@ -309,6 +310,7 @@ impl Server {
                 tracker: Tracker::new(limits, permit.refused),
                 permit,
                 drain: drain.clone(),
+                role: Role::Public,
             };
             let tls = tls.clone();
             workers.spawn_connection(connections, move |worker| {
@@ -410,7 +412,8 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 
 /// A connection's place under the limits, held until it closes.
 struct Slot {
-    _permit: OwnedSemaphorePermit,
+    /// `None` on the admin listener, which has no connection limit.
+    _permit: Option<OwnedSemaphorePermit>,
     /// Over `--max-connections` (within `--max-overflow-connections`): answered with a 503,
     /// then closed.
     refused: bool,
@@ -506,14 +509,15 @@ async fn drive<C, E>(
     drop(slot);
 }
 
-/// What an accepted public connection needs from the server, handed to its worker.
+/// What an accepted connection needs from the server (a public one is handed to its worker).
 struct Accepted {
     proxy: Arc<Proxy>,
     builder: auto::Builder<TokioExecutor>,
     permit: Slot,
     tracker: Arc<Tracker>,
-    /// Cancelled when the server starts draining.
+    /// Cancelled when the server starts draining (the admin listener: when it stops).
     drain: CancellationToken,
+    role: Role,
 }
 
 impl Accepted {
@@ -544,7 +548,7 @@ impl Accepted {
                     proto: "http",
                     worker,
                 };
-                Box::pin(self.serve_public(tcp, client)).await;
+                Box::pin(self.serve_http(tcp, client)).await;
             }
             (Stream::Unix(unix), _) => {
                 let client = ClientInfo {
@@ -552,13 +556,13 @@ impl Accepted {
                     proto: "http",
                     worker,
                 };
-                Box::pin(self.serve_public(unix, client)).await;
+                Box::pin(self.serve_http(unix, client)).await;
             }
         }
     }
 
     /// The TLS handshake (within the first request head's deadline, which counts from
-    /// accept), then as [`Self::serve_public`].
+    /// accept), then as [`Self::serve_http`].
     async fn serve_tls(self, tls: TlsAcceptor, tcp: tokio::net::TcpStream, client: ClientInfo) {
         let tracker = Arc::clone(&self.tracker);
         let tls_stream = tokio::select! {
@@ -576,12 +580,12 @@ impl Accepted {
                 return;
             }
         };
-        self.serve_public(tls_stream, client).await;
+        self.serve_http(tls_stream, client).await;
     }
 
     /// Served by the proxy while it holds a connection permit, else answered with a 503 and
     /// closed.
-    async fn serve_public<I>(self, io: I, client: ClientInfo)
+    async fn serve_http<I>(self, io: I, client: ClientInfo)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -607,12 +611,16 @@ impl Accepted {
             )
             .await;
         } else {
+            let role = self.role;
             let service = service_fn(move |request: Request<Incoming>| {
                 let proxy = Arc::clone(&self.proxy);
                 let open = tracker.request_started(request.version());
-                // Boxed per request: see `connection`.
+                // Boxed per request: hyper keeps an HTTP/1 connection's service future slot for
+                // the connection's whole life (and an HTTP/2 stream's for the stream's), so
+                // unboxed every open stream held the full ~4.6 KB request future after its head
+                // was sent.
                 Box::pin(async move {
-                    let response = proxy.handle(request, client, Role::Public).await;
+                    let response = proxy.handle(request, client, role).await;
                     Ok::<_, Infallible>(response.map(|body| open.watch(body)))
                 })
             });
@@ -650,37 +658,6 @@ fn over_connection_limit(request: &Request<Incoming>) -> Response<ProxyBody> {
     response
 }
 
-/// One HTTP/1.1-or-HTTP/2 connection of the admin listener.
-fn connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    proxy: Arc<Proxy>,
-    client: ClientInfo,
-    role: Role,
-) -> impl hyper_util::server::graceful::GracefulConnection<Error = BoxError>
-where
-    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let service = service_fn(move |request| {
-        let proxy = Arc::clone(&proxy);
-        // Boxed per request: hyper keeps an HTTP/1 connection's service future slot for the
-        // connection's whole life (and an HTTP/2 stream's for the stream's), so unboxed every
-        // open stream held the full ~4.6 KB request future after its head was sent.
-        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(request, client, role).await) })
-    });
-    builder
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned()
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn log_end(result: Result<(), BoxError>) {
-    if let Err(error) = result {
-        tracing::debug!(%error, "connection ended with an error");
-    }
-}
-
 /// Accepts on one public listener until `stop`; dropping the listener on return closes it.
 async fn accept_loop(listener: Listener, accepted: mpsc::Sender<Stream>, stop: CancellationToken) {
     loop {
@@ -709,6 +686,7 @@ async fn admin_loop(
     listener: Listener,
     proxy: Arc<Proxy>,
     builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
     stop: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
@@ -723,8 +701,16 @@ async fn admin_loop(
                     };
                     // Admin routes never reach the upstream; the worker index is unused.
                     let client = ClientInfo { ip, proto: "http", worker: 0 };
-                    let conn = connection(&builder, io, Arc::clone(&proxy), client, Role::Admin);
-                    connections.spawn(async move { log_end(conn.await) });
+                    // The same deadlines as public connections, without a connection limit.
+                    let accepted = Accepted {
+                        proxy: Arc::clone(&proxy),
+                        builder: builder.clone(),
+                        permit: Slot { _permit: None, refused: false },
+                        tracker: Tracker::new(limits, false),
+                        drain: stop.clone(),
+                        role: Role::Admin,
+                    };
+                    connections.spawn(accepted.serve_http(io, client));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "admin accept failed");

@@ -143,6 +143,28 @@ async fn an_http1_head_that_never_ends_is_closed_after_the_header_read_timeout()
     held_then_freed(b"GET /v1/models HTTP/1.1\r\nHost: p\r\n").await;
 }
 
+#[tokio::test]
+async fn a_silent_socket_on_the_admin_listener_is_closed_too() {
+    let h = start(
+        Shape::Bare,
+        &[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--header-read-timeout",
+            "1",
+        ],
+    )
+    .await;
+    let Some(envelope_proxy::listener::ListenAddr::Tcp(admin)) = h.proxy.admin.clone() else {
+        panic!("an admin TCP listener");
+    };
+    let mut silent = TcpStream::connect(admin).await.unwrap();
+    until_closed(&mut silent, WAIT).await;
+    let reply = get(admin, "/healthz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "ok\n");
+}
+
 fn tls_flags(dir: &TempDir, ca: &pki::TestCa) -> Vec<String> {
     let (cert, key) = ca.server().write(&dir.0, "server");
     vec![
