@@ -135,8 +135,8 @@ impl Tracker {
         state.served = true;
         state.http1 = version < Version::HTTP_2;
         state.open += 1;
-        drop(state);
-        self.changed.notify_one();
+        // No wake-up: this only removes deadlines (first head, idle), and a deadline that
+        // fires finds the request open.
         OpenRequest(Arc::clone(self))
     }
 

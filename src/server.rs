@@ -456,9 +456,9 @@ impl Refusals {
         tracing::warn!(
             answered,
             closed,
-            "refusing client connections: {} open (--max-connections); over it, {answered} \
-             answered with 503 and closed, {closed} closed at once (over \
-             --max-overflow-connections {}) since the last report",
+            "refusing client connections (at --max-connections {}): {answered} answered with \
+             503 and closed, {closed} closed unanswered (beyond --max-overflow-connections {}) \
+             since the last report",
             self.max_connections,
             self.max_overflow,
         );

@@ -580,31 +580,100 @@ impl EndlessUpstream {
     }
 }
 
-/// The real binary (for its access log) in front of `upstream`, JSON logs.
-async fn proxy_process(dir: &TempDir, upstream: SocketAddr) -> (ProxyProcess, SocketAddr) {
+/// The real binary (for its log) in front of `upstream`, JSON logs, with `extra` flags.
+async fn spawn_proxy(
+    dir: &TempDir,
+    upstream: SocketAddr,
+    extra: &[&str],
+) -> (ProxyProcess, SocketAddr) {
     let notify = Notify::bind(dir);
     let socket = notify.path.to_str().unwrap().to_owned();
     let upstream = format!("http://{upstream}/v1");
-    let proxy = ProxyProcess::spawn(
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let proxy = ProxyProcess::spawn(dir, BIN, &args, &[("NOTIFY_SOCKET", &socket)]);
+    let ready = notify.until("READY=1").await;
+    let addr = served_tcp_addr(field(&ready, "STATUS").unwrap());
+    (proxy, addr)
+}
+
+/// The stall tests' proxy: two requests at once, one second to take response bytes.
+async fn proxy_process(dir: &TempDir, upstream: SocketAddr) -> (ProxyProcess, SocketAddr) {
+    spawn_proxy(
         dir,
-        BIN,
+        upstream,
         &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
             "--max-concurrent-requests",
             "2",
             "--client-write-timeout",
             "1",
-            "--log-format",
-            "json",
         ],
-        &[("NOTIFY_SOCKET", &socket)],
+    )
+    .await
+}
+
+fn log_lines(proxy: &ProxyProcess) -> Vec<Value> {
+    proxy
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn refused_connections_are_logged_at_most_once_per_ten_seconds() {
+    let upstream = endless_upstream().await;
+    let dir = TempDir::new("refusals");
+    let started = Instant::now();
+    let (proxy, addr) = spawn_proxy(&dir, upstream.addr, &["--max-connections", "1"]).await;
+    // The only slot, held by a silent socket (the default header time is 30 s).
+    let _holder = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..5 {
+        let reply = get(addr, "/v1/models").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&reply.body).unwrap(),
+            bare_error(AT_CONNECTION_LIMIT, "proxy_overloaded")
+        );
+    }
+    let refusals = |lines: &[Value]| -> Vec<Value> {
+        lines
+            .iter()
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("refusing client connections"))
+            })
+            .cloned()
+            .collect()
+    };
+    let deadline = Instant::now() + WAIT;
+    let lines = loop {
+        let lines = refusals(&log_lines(&proxy));
+        if !lines.is_empty() {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "no refusal logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The first refusal is logged at once, the rest wait for the next interval.
+    assert_eq!(lines[0]["level"], "WARN");
+    assert_eq!(lines[0]["answered"], 1);
+    assert_eq!(lines[0]["closed"], 0);
+    let intervals = started.elapsed().as_secs() / 10;
+    assert!(
+        lines.len() as u64 <= 1 + intervals,
+        "{} lines in {:?}: {lines:?}",
+        lines.len(),
+        started.elapsed()
     );
-    let ready = notify.until("READY=1").await;
-    let addr = served_tcp_addr(field(&ready, "STATUS").unwrap());
-    (proxy, addr)
 }
 
 /// Waits for an access-log line per id with `outcome="client_stalled"`.
