@@ -32,7 +32,8 @@
 //! a wake-up per frame): it looks at bodies waiting for the upstream every quarter period, so a
 //! stall is acted on between 1 and 1.25 periods after the last frame the client took. Wrapping the socket to count written bytes would see
 //! HTTP/1.1 progress but not which HTTP/2 stream is stuck behind its window; the body poll
-//! sees both.
+//! sees both. Frames are handed over in pieces of at most [`MAX_HANDED`] bytes, so "progress"
+//! means the client took that much, whatever the size of the upstream's frames.
 //!
 //! When the deadline passes, the tracker takes the body out of the response (the slot is
 //! shared with the tracker for that) and drops it: the upstream response goes with it (its
@@ -56,6 +57,13 @@ use crate::body::BoxError;
 
 /// How long a connection told to shut down may take to go, once it has no open request.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The most a response body hands hyper at once. hyper asks for the next frame only once the
+/// client has taken (nearly) all of the last one, so a whole translated body in one frame
+/// (megabytes of embeddings) would leave a slow but reading client no sign of progress for as
+/// long as it takes to read it all. In pieces this size (sliced, not copied), a client that
+/// takes at least this much per `--client-write-timeout` is never cut off.
+pub const MAX_HANDED: usize = 64 * 1024;
 
 /// The deadlines, from the configuration. A zero `idle` or `client_write` means none.
 #[derive(Debug, Clone, Copy)]
@@ -257,6 +265,7 @@ impl OpenRequest {
                 body: Some(Box::pin(body)),
                 open: Some(self),
                 handed: Some(Instant::now()),
+                rest: Bytes::new(),
             }),
         });
         let weak: Weak<dyn Stall> = Arc::downgrade(&slot) as Weak<dyn Stall>;
@@ -297,6 +306,8 @@ struct SlotState<B> {
     open: Option<OpenRequest>,
     /// `None` while the body waits for the upstream (it answered `Pending`) or is done.
     handed: Option<Instant>,
+    /// The rest of a data frame larger than [`MAX_HANDED`], handed over piece by piece.
+    rest: Bytes,
 }
 
 impl<B> Slot<B> {
@@ -348,33 +359,60 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut state = self.slot.lock();
+        let mut guard = self.slot.lock();
+        let state = &mut *guard;
         let Some(body) = state.body.as_mut() else {
             return Poll::Ready(Some(Err(ClientStalled.into())));
         };
+        if !state.rest.is_empty() {
+            state.handed = Some(Instant::now());
+            let piece = state.rest.split_to(state.rest.len().min(MAX_HANDED));
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
         let polled = body.as_mut().poll_frame(cx);
         state.handed = match &polled {
             Poll::Ready(Some(Ok(_))) => Some(Instant::now()),
             _ => None,
         };
-        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) if data.len() > MAX_HANDED => {
+                    state.rest = data.split_off(MAX_HANDED);
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
         // An abandoned body is not at its end: hyper must poll it to learn it failed.
-        self.slot
-            .lock()
-            .body
-            .as_ref()
-            .is_some_and(|b| b.is_end_stream())
+        let state = self.slot.lock();
+        state.rest.is_empty() && state.body.as_ref().is_some_and(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.slot
-            .lock()
-            .body
-            .as_ref()
-            .map_or_else(SizeHint::default, |b| b.size_hint())
+        let state = self.slot.lock();
+        let Some(body) = state.body.as_ref() else {
+            return SizeHint::default();
+        };
+        let hint = body.size_hint();
+        let rest = state.rest.len() as u64;
+        match hint.exact() {
+            Some(exact) => SizeHint::with_exact(exact + rest),
+            None => {
+                let mut sum = SizeHint::new();
+                if let Some(upper) = hint.upper() {
+                    sum.set_upper(upper + rest);
+                }
+                sum.set_lower(hint.lower() + rest);
+                sum
+            }
+        }
     }
 }
 
@@ -485,6 +523,52 @@ mod tests {
         assert!(abandoned.load(std::sync::atomic::Ordering::SeqCst));
         let error = body.frame().await.unwrap().unwrap_err();
         assert!(error.is::<ClientStalled>());
+    }
+
+    /// One frame of `len` bytes, then the end.
+    struct Big(Option<Bytes>);
+
+    impl Body for Big {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0.is_none()
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
+        }
+    }
+
+    impl Abandon for Big {
+        fn abandon(self: Pin<&mut Self>) {}
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_is_handed_over_in_pieces_with_its_exact_length() {
+        let tracker = Tracker::new(limits(), false);
+        let original: Bytes = (0..MAX_HANDED * 2 + 100).map(|i| i as u8).collect();
+        let mut body = tracker
+            .request_started(Version::HTTP_11)
+            .watch(Big(Some(original.clone())));
+        assert_eq!(body.size_hint().exact(), Some(original.len() as u64));
+        let mut pieces = Vec::new();
+        let mut joined = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            pieces.push(data.len());
+            joined.extend_from_slice(&data);
+            let left = (original.len() - joined.len()) as u64;
+            assert_eq!(body.size_hint().exact(), Some(left));
+            assert_eq!(body.is_end_stream(), left == 0);
+        }
+        assert_eq!(pieces, [MAX_HANDED, MAX_HANDED, 100]);
+        assert_eq!(joined, original);
     }
 
     #[tokio::test]
