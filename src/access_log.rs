@@ -43,6 +43,8 @@ enum BodyEnd {
     Cancelled,
     /// Dropped before the end after the shutdown grace ran out: the proxy cut it.
     Cut,
+    /// Abandoned: the client took no bytes for `--client-write-timeout` (see `progress.rs`).
+    Stalled,
 }
 
 /// Response extension: the client broke its own request (its body failed mid-upload). Logged
@@ -174,15 +176,17 @@ impl RequestRecord {
         if let Some(kind) = outcome.upstream_error {
             metrics.upstream_error(kind);
         }
-        if self.translated && !matches!(end, BodyEnd::Cancelled | BodyEnd::Cut) {
+        // A stalled client is counted as a cancelling one; only the log tells them apart.
+        let cancelled = matches!(end, BodyEnd::Cancelled | BodyEnd::Stalled);
+        if self.translated && !cancelled && end != BodyEnd::Cut {
             metrics.translated(self.upstream);
         }
-        if end == BodyEnd::Cancelled {
+        if cancelled {
             metrics.client_cancelled();
         }
         if self.stream {
             metrics.stream_finished(match end {
-                BodyEnd::Cancelled => StreamEnd::ClientCancelled,
+                _ if cancelled => StreamEnd::ClientCancelled,
                 BodyEnd::Cut => StreamEnd::ShuttingDown,
                 _ => stream_end.unwrap_or(StreamEnd::Complete),
             });
@@ -223,6 +227,7 @@ impl RequestRecord {
         match end {
             BodyEnd::Cancelled => return Outcome::quiet(StreamEnd::ClientCancelled.as_str()),
             BodyEnd::Cut => return Outcome::quiet(StreamEnd::ShuttingDown.as_str()),
+            BodyEnd::Stalled => return Outcome::quiet("client_stalled"),
             // A pass-through body the upstream broke (reset, or shorter than its length).
             BodyEnd::Broken => {
                 return Outcome::upstream("upstream_broken", UpstreamErrorKind::Reset);
@@ -339,6 +344,14 @@ impl ObservedBody {
     pub fn new(inner: ProxyBody, record: Option<RequestRecord>) -> Self {
         Self { inner, record }
     }
+
+    /// The body is being dropped because the client took nothing for `--client-write-timeout`.
+    pub fn client_stalled(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let Some(mut record) = this.record.take() {
+            record.complete(BodyEnd::Stalled, this.inner.stream_end());
+        }
+    }
 }
 
 impl Body for ObservedBody {
@@ -452,6 +465,10 @@ mod tests {
         assert_eq!(
             outcome(None, Some(200), Cancelled, None),
             ("client_cancelled", None, false)
+        );
+        assert_eq!(
+            outcome(None, Some(200), Stalled, None),
+            ("client_stalled", None, false)
         );
         assert_eq!(
             outcome(None, Some(200), Complete, Some(StreamEnd::Truncated)),

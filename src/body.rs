@@ -123,6 +123,10 @@ impl<B, G> Held<B, G> {
     pub fn new(inner: B, guard: G) -> Self {
         Self { inner, guard }
     }
+
+    pub fn inner_pin_mut(self: Pin<&mut Self>) -> Pin<&mut B> {
+        self.project().inner
+    }
 }
 
 impl<B: Body, G> Body for Held<B, G> {

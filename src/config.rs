@@ -163,9 +163,39 @@ pub struct Config {
     )]
     pub max_concurrent_requests: usize,
 
-    /// Seconds a client may take to send its request headers (slowloris guard).
+    /// Connections over --max-connections still answered (one 503, or GOAWAY on HTTP/2) before
+    /// they are closed; beyond that, accepted sockets are closed at once.
+    #[arg(
+        long,
+        env = "ENVELOPE_PROXY_MAX_OVERFLOW_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub max_overflow_connections: usize,
+
+    /// Most concurrent streams per HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS); more
+    /// are refused with REFUSED_STREAM.
+    #[arg(
+        long,
+        env = "ENVELOPE_PROXY_MAX_CONCURRENT_STREAMS",
+        default_value_t = 128,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// Seconds from accepting a connection (TLS handshake included) to its first complete
+    /// request head, and for each later HTTP/1.1 request head (slowloris guard).
     #[arg(long, env = "ENVELOPE_PROXY_HEADER_READ_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
     pub header_read_timeout: Duration,
+
+    /// Seconds a client connection may stay open with no request in flight (0 = never
+    /// closed for idleness); HTTP/2 connections are also pinged after this long without a frame.
+    #[arg(long, env = "ENVELOPE_PROXY_IDLE_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub idle_timeout: Duration,
+
+    /// Seconds a response may wait for the client to take more bytes (a client that stopped
+    /// reading) before it is abandoned and the upstream request cancelled (0 = never).
+    #[arg(long, env = "ENVELOPE_PROXY_CLIENT_WRITE_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
+    pub client_write_timeout: Duration,
 
     /// Overall deadline, in seconds, for a non-streaming request whose body the proxy reads.
     #[arg(long, env = "ENVELOPE_PROXY_REQUEST_TIMEOUT", default_value = "900", value_parser = parse_seconds)]
@@ -366,6 +396,11 @@ mod tests {
         assert!(config.require_done);
         assert_eq!(config.connect_timeout, Duration::from_secs(10));
         assert_eq!(config.response_timeout, Duration::from_secs(600));
+        assert_eq!(config.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.client_write_timeout, Duration::from_secs(60));
+        assert_eq!(config.max_concurrent_streams, 128);
+        assert_eq!(config.max_overflow_connections, 1024);
     }
 
     #[test]

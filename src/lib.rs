@@ -6,6 +6,7 @@
 //! (upstream request) → `upstream` (client) → `translate` / `sse` (body transform) →
 //! `access_log` (the body that records the request's end) → client.
 //!
+//! Client progress deadlines (first request head, idle, stalled readers): `progress`.
 //! Operations: `systemd` (notify, watchdog), `reload` (SIGHUP), `tls`, `credentials`,
 //! `metrics`, `request_id`.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod envelope;
 pub mod headers;
 pub mod listener;
 pub mod metrics;
+pub mod progress;
 pub mod proxy;
 pub mod reload;
 pub mod request_body;

@@ -67,6 +67,26 @@ impl UpstreamErrorKind {
     }
 }
 
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over `--max-connections`: answered with a 503 (GOAWAY on HTTP/2), then closed.
+    MaxConnections,
+    /// Over `--max-overflow-connections` as well: closed at once.
+    MaxOverflow,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 2] = [Refusal::MaxConnections, Refusal::MaxOverflow];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::MaxOverflow => "max_overflow_connections",
+        }
+    }
+}
+
 const STREAM_ENDS: [StreamEnd; 8] = [
     StreamEnd::Complete,
     StreamEnd::UpstreamErrorEvent,
@@ -146,6 +166,8 @@ pub struct Metrics {
     streams: [AtomicU64; STREAM_ENDS.len()],
     /// [ok, failed]
     reloads: [AtomicU64; 2],
+    /// By [`Refusal`].
+    connections_refused: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -207,6 +229,10 @@ impl Metrics {
 
     pub fn client_cancelled(&self) {
         self.client_cancellations.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_refused(&self, reason: Refusal) {
+        self.connections_refused[reason as usize].fetch_add(1, Relaxed);
     }
 
     pub fn reloaded(&self, ok: bool) {
@@ -352,6 +378,21 @@ impl Metrics {
 
         header(
             &mut out,
+            "envelope_proxy_connections_refused_total",
+            "counter",
+            "Client connections refused, by the limit they hit.",
+        );
+        for reason in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "envelope_proxy_connections_refused_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                self.connections_refused[reason as usize].load(Relaxed)
+            );
+        }
+
+        header(
+            &mut out,
             "envelope_proxy_reloads_total",
             "counter",
             "SIGHUP reloads by result.",
@@ -398,6 +439,8 @@ mod tests {
             r#"envelope_proxy_time_to_first_byte_seconds_bucket{dialect="envelope",le="0.005"} 0"#,
             r#"envelope_proxy_time_to_first_byte_seconds_bucket{dialect="envelope",le="0.01"} 1"#,
             "envelope_proxy_active_requests 0",
+            r#"envelope_proxy_connections_refused_total{reason="max_connections"} 0"#,
+            r#"envelope_proxy_connections_refused_total{reason="max_overflow_connections"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

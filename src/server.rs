@@ -13,12 +13,20 @@
 //!    upstream get a 503; after a short flush whatever remains is dropped.
 //!    The admin listener serves until the very end, so probes can watch the drain.
 //!
-//! Connections over `--max-connections` are still read, so that each request on them gets a
-//! 503 in its own dialect instead of a hang, and are then closed.
+//! Every connection runs beside its [`Tracker`] (`progress.rs`): from accept to its first
+//! request head it has `--header-read-timeout`, with no request open it has `--idle-timeout`,
+//! and a response its client stops taking is abandoned after `--client-write-timeout`.
+//!
+//! Connections over `--max-connections` are still read, so that the first request on them
+//! gets a 503 in its own dialect instead of a hang, and are then closed (`Connection: close`
+//! on HTTP/1.1, GOAWAY on HTTP/2). Beyond `--max-overflow-connections` more of those, an
+//! accepted socket is closed at once. Both are counted in `/metrics` and logged, at most once
+//! per [`REFUSAL_LOG_INTERVAL`].
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,19 +36,20 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::ObservedBody;
 use crate::api_error::ApiError;
-use crate::body::ProxyBody;
+use crate::body::{Held, ProxyBody};
 use crate::config::Config;
 use crate::dialect::{route, Dialect, Route};
 use crate::listener::{Inherited, ListenAddr, Listener, Stream};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
+use crate::progress::{Abandon, Action, Limits, Tracker};
 use crate::proxy::{ClientInfo, Proxy, Role, SetupError};
 use crate::reload::Reload;
 use crate::systemd;
@@ -49,8 +58,10 @@ use crate::translate::error_response;
 use crate::upstream::Upstream;
 use crate::workers::Workers;
 
-/// How long a client may take to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused connections are logged at most this often (with the count since the last line).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long an HTTP/2 client has to answer a keep-alive ping (hyper's default).
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// After the grace period: time for the final error events to be written.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
@@ -240,7 +251,15 @@ impl Server {
             ..
         } = self;
         let builder = connection_builder(&config);
+        let limits = Limits {
+            header_read: config.header_read_timeout,
+            idle: config.idle_timeout,
+            client_write: config.client_write_timeout,
+        };
         let limit = Arc::new(Semaphore::new(config.max_connections));
+        let overflow = Arc::new(Semaphore::new(config.max_overflow_connections));
+        let mut refusals = Refusals::new(Arc::clone(proxy.metrics()), &config);
+        let drain = CancellationToken::new();
         let stop_public = CancellationToken::new();
         let stop_admin = CancellationToken::new();
 
@@ -259,21 +278,39 @@ impl Server {
                 listener,
                 Arc::clone(&proxy),
                 builder.clone(),
+                limits,
                 stop_admin.clone(),
             ))
         });
 
-        let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
-        let serve_one = |connections: &mut JoinSet<()>, stream: Stream| {
-            let watcher = graceful.watcher();
-            // `None`: over --max-connections; every request on it gets a 503.
-            let permit = Arc::clone(&limit).try_acquire_owned().ok();
+        let serve_one = |connections: &mut JoinSet<()>, refusals: &mut Refusals, stream: Stream| {
+            let permit = match Arc::clone(&limit).try_acquire_owned() {
+                Ok(permit) => Slot {
+                    _permit: Some(permit),
+                    refused: false,
+                },
+                Err(_) => match Arc::clone(&overflow).try_acquire_owned() {
+                    Ok(permit) => {
+                        refusals.refused(Refusal::MaxConnections);
+                        Slot {
+                            _permit: Some(permit),
+                            refused: true,
+                        }
+                    }
+                    Err(_) => {
+                        refusals.refused(Refusal::MaxOverflow);
+                        return;
+                    }
+                },
+            };
             let accepted = Accepted {
                 proxy: Arc::clone(&proxy),
                 builder: builder.clone(),
+                tracker: Tracker::new(limits, permit.refused),
                 permit,
-                watcher,
+                drain: drain.clone(),
+                role: Role::Public,
             };
             let tls = tls.clone();
             workers.spawn_connection(connections, move |worker| {
@@ -285,7 +322,7 @@ impl Server {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                Some(stream) = accepted.recv() => serve_one(&mut connections, stream),
+                Some(stream) = accepted.recv() => serve_one(&mut connections, &mut refusals, stream),
                 // Reap finished connections so the set does not grow.
                 Some(_) = connections.join_next() => {}
             }
@@ -296,9 +333,9 @@ impl Server {
         stop_public.cancel();
         while accepting.join_next().await.is_some() {}
         while let Ok(stream) = accepted.try_recv() {
-            serve_one(&mut connections, stream);
+            serve_one(&mut connections, &mut refusals, stream);
         }
-        let open = graceful.count();
+        let open = connections.len();
         let status = format!(
             "draining {open} connection(s) for up to {}s",
             grace.as_secs_f64()
@@ -306,18 +343,21 @@ impl Server {
         systemd::stopping(&status);
         tracing::info!(connections = open, "{status}");
 
-        let drained = graceful.shutdown();
-        tokio::pin!(drained);
-        let in_time = tokio::select! {
-            () = &mut drained => true,
-            () = tokio::time::sleep(grace) => false,
-        };
-        if !in_time {
-            tracing::warn!(
-                "shutdown grace period elapsed; ending the remaining streams with an error event"
-            );
-            proxy.cut_remaining();
-            let _ = tokio::time::timeout(FINAL_FLUSH, &mut drained).await;
+        drain.cancel();
+        {
+            let drained = async { while connections.join_next().await.is_some() {} };
+            tokio::pin!(drained);
+            let in_time = tokio::select! {
+                () = &mut drained => true,
+                () = tokio::time::sleep(grace) => false,
+            };
+            if !in_time {
+                tracing::warn!(
+                    "shutdown grace period elapsed; ending the remaining streams with an error event"
+                );
+                proxy.cut_remaining();
+                let _ = tokio::time::timeout(FINAL_FLUSH, &mut drained).await;
+            }
         }
         stop_admin.cancel();
         if let Some(task) = admin_task {
@@ -364,17 +404,121 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(config.max_header_bytes);
+        .max_header_list_size(config.max_header_bytes)
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .keep_alive_interval((!config.idle_timeout.is_zero()).then_some(config.idle_timeout))
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT);
     builder
 }
 
-/// What an accepted public connection needs from the server, handed to its worker.
+/// A connection's place under the limits, held until it closes.
+struct Slot {
+    /// `None` on the admin listener, which has no connection limit.
+    _permit: Option<OwnedSemaphorePermit>,
+    /// Over `--max-connections` (within `--max-overflow-connections`): answered with a 503,
+    /// then closed.
+    refused: bool,
+}
+
+/// Counts refused connections in the metrics and logs them, at most once per
+/// [`REFUSAL_LOG_INTERVAL`] (a flood must not flood the log too).
+struct Refusals {
+    metrics: Arc<Metrics>,
+    max_connections: usize,
+    max_overflow: usize,
+    last_log: Option<tokio::time::Instant>,
+    /// Refused since the last log line, by [`Refusal`].
+    unlogged: [u64; 2],
+}
+
+impl Refusals {
+    fn new(metrics: Arc<Metrics>, config: &Config) -> Self {
+        Self {
+            metrics,
+            max_connections: config.max_connections,
+            max_overflow: config.max_overflow_connections,
+            last_log: None,
+            unlogged: [0; 2],
+        }
+    }
+
+    fn refused(&mut self, reason: Refusal) {
+        self.metrics.connection_refused(reason);
+        self.unlogged[reason as usize] += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_log
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        self.last_log = Some(now);
+        let [answered, closed] = std::mem::take(&mut self.unlogged);
+        tracing::warn!(
+            answered,
+            closed,
+            "refusing client connections (at --max-connections {}): {answered} answered with \
+             503 and closed, {closed} closed unanswered (beyond --max-overflow-connections {}) \
+             since the last report",
+            self.max_connections,
+            self.max_overflow,
+        );
+    }
+}
+
+/// A response body the progress tracker may abandon: the access log then says
+/// `client_stalled`.
+impl<G> Abandon for Held<ObservedBody, G> {
+    fn abandon(self: Pin<&mut Self>) {
+        self.inner_pin_mut().client_stalled();
+    }
+}
+
+/// Runs a connection until it ends, closing it gracefully when the server drains or the
+/// tracker says so, and dropping it (closing the socket) when the tracker says so. `slot` is
+/// released before the socket is closed, so a client that saw the close finds it free.
+async fn drive<C, E>(
+    conn: C,
+    shutdown: fn(Pin<&mut C>),
+    slot: Slot,
+    tracker: &Tracker,
+    drain: &CancellationToken,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = &mut conn => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                break;
+            }
+            () = drain.cancelled(), if !draining => {
+                draining = true;
+                shutdown(conn.as_mut());
+            }
+            action = tracker.next_action() => match action {
+                Action::Shutdown => shutdown(conn.as_mut()),
+                Action::Close => break,
+            },
+        }
+    }
+    drop(slot);
+}
+
+/// What an accepted connection needs from the server (a public one is handed to its worker).
 struct Accepted {
     proxy: Arc<Proxy>,
     builder: auto::Builder<TokioExecutor>,
-    /// `None`: over --max-connections; every request on it gets a 503.
-    permit: Option<OwnedSemaphorePermit>,
-    watcher: hyper_util::server::graceful::Watcher,
+    permit: Slot,
+    tracker: Arc<Tracker>,
+    /// Cancelled when the server starts draining (the admin listener: when it stops).
+    drain: CancellationToken,
+    role: Role,
 }
 
 impl Accepted {
@@ -405,7 +549,7 @@ impl Accepted {
                     proto: "http",
                     worker,
                 };
-                Box::pin(self.serve_public(tcp, client)).await;
+                Box::pin(self.serve_http(tcp, client)).await;
             }
             (Stream::Unix(unix), _) => {
                 let client = ClientInfo {
@@ -413,51 +557,92 @@ impl Accepted {
                     proto: "http",
                     worker,
                 };
-                Box::pin(self.serve_public(unix, client)).await;
+                Box::pin(self.serve_http(unix, client)).await;
             }
         }
     }
 
-    /// The TLS handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then as [`Self::serve_public`].
+    /// The TLS handshake (within the first request head's deadline, which counts from
+    /// accept), then as [`Self::serve_http`].
     async fn serve_tls(self, tls: TlsAcceptor, tcp: tokio::net::TcpStream, client: ClientInfo) {
-        let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, client = ?client.ip, "TLS handshake failed");
+        let tracker = Arc::clone(&self.tracker);
+        let tls_stream = tokio::select! {
+            accepted = tls.accept(tcp) => match accepted {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, client = ?client.ip, "TLS handshake failed");
+                    return;
+                }
+            },
+            // Before the first request, whatever is due means closing; the slot is released
+            // before the socket is closed (see `drive`).
+            _ = tracker.next_action() => {
+                drop(self);
                 return;
             }
-            Err(_) => return,
         };
-        self.serve_public(tls_stream, client).await;
+        self.serve_http(tls_stream, client).await;
     }
 
-    /// Served by the proxy while it holds a connection permit, else answered with 503s and
+    /// Served by the proxy while it holds a connection permit, else answered with a 503 and
     /// closed.
-    async fn serve_public<I>(self, io: I, client: ClientInfo)
+    async fn serve_http<I>(self, io: I, client: ClientInfo)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        match self.permit {
-            Some(permit) => {
-                let conn = connection(&self.builder, io, self.proxy, client, Role::Public);
-                log_end(self.watcher.watch(conn).await);
-                drop(permit);
-            }
-            None => {
-                let conn = self
-                    .builder
-                    .serve_connection(TokioIo::new(io), service_fn(over_connection_limit))
-                    .into_owned();
-                let _ = conn.await;
-            }
+        let tracker = Arc::clone(&self.tracker);
+        let slot = self.permit;
+        if slot.refused {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let open = tracker.request_started(request.version());
+                let response = over_connection_limit(&request);
+                drop(open);
+                std::future::ready(Ok::<_, Infallible>(response))
+            });
+            let conn = self
+                .builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                slot,
+                &self.tracker,
+                &self.drain,
+            )
+            .await;
+        } else {
+            let role = self.role;
+            let service = service_fn(move |request: Request<Incoming>| {
+                let proxy = Arc::clone(&self.proxy);
+                let open = tracker.request_started(request.version());
+                // Boxed per request: hyper keeps an HTTP/1 connection's service future slot for
+                // the connection's whole life (and an HTTP/2 stream's for the stream's), so
+                // unboxed every open stream held the full ~4.6 KB request future after its head
+                // was sent.
+                Box::pin(async move {
+                    let response = proxy.handle(request, client, role).await;
+                    Ok::<_, Infallible>(response.map(|body| open.watch(body)))
+                })
+            });
+            let conn = self
+                .builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                slot,
+                &self.tracker,
+                &self.drain,
+            )
+            .await;
         }
     }
 }
 
 /// The answer on a connection over `--max-connections`, in the dialect its path asks for.
-async fn over_connection_limit(
-    request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+fn over_connection_limit(request: &Request<Incoming>) -> Response<ProxyBody> {
     let dialect = match route(request.uri().path()) {
         Route::Proxy { client, .. } => client,
         _ => Dialect::Bare,
@@ -471,38 +656,7 @@ async fn over_connection_limit(
     let headers = response.headers_mut();
     headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    Ok(response)
-}
-
-/// One HTTP/1.1-or-HTTP/2 connection serving the proxy.
-fn connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    proxy: Arc<Proxy>,
-    client: ClientInfo,
-    role: Role,
-) -> impl hyper_util::server::graceful::GracefulConnection<Error = BoxError>
-where
-    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let service = service_fn(move |request| {
-        let proxy = Arc::clone(&proxy);
-        // Boxed per request: hyper keeps an HTTP/1 connection's service future slot for the
-        // connection's whole life (and an HTTP/2 stream's for the stream's), so unboxed every
-        // open stream held the full ~4.6 KB request future after its head was sent.
-        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(request, client, role).await) })
-    });
-    builder
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned()
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn log_end(result: Result<(), BoxError>) {
-    if let Err(error) = result {
-        tracing::debug!(%error, "connection ended with an error");
-    }
+    response
 }
 
 /// Accepts on one public listener until `stop`; dropping the listener on return closes it.
@@ -533,6 +687,7 @@ async fn admin_loop(
     listener: Listener,
     proxy: Arc<Proxy>,
     builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
     stop: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
@@ -547,8 +702,16 @@ async fn admin_loop(
                     };
                     // Admin routes never reach the upstream; the worker index is unused.
                     let client = ClientInfo { ip, proto: "http", worker: 0 };
-                    let conn = connection(&builder, io, Arc::clone(&proxy), client, Role::Admin);
-                    connections.spawn(async move { log_end(conn.await) });
+                    // The same deadlines as public connections, without a connection limit.
+                    let accepted = Accepted {
+                        proxy: Arc::clone(&proxy),
+                        builder: builder.clone(),
+                        permit: Slot { _permit: None, refused: false },
+                        tracker: Tracker::new(limits, false),
+                        drain: stop.clone(),
+                        role: Role::Admin,
+                    };
+                    connections.spawn(accepted.serve_http(io, client));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "admin accept failed");
