@@ -16,8 +16,10 @@ if ! cargo deb --version >/dev/null 2>&1; then
     cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" >&2
 fi
 
-echo "== cargo build --release --bin envelope-proxy" >&2
-cargo build --locked --release --bin envelope-proxy >&2
+# The same command as tests/clients/run.sh: CI's build is reused as is (building the binary alone
+# would resolve other features, so rebuild it), and deploy/systemd/integration.sh needs the mock.
+echo "== cargo build --release --bin envelope-proxy --example mock-upstream" >&2
+cargo build --locked --release --bin envelope-proxy --example mock-upstream >&2
 
 echo "== cargo deb" >&2
 # --no-build: package the binary just built. cargo deb prints the .deb's path last.
