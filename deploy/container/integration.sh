@@ -135,8 +135,8 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-echo "sk-container-key" >"$work/upstream-api-key"
-chmod 0644 "$work/upstream-api-key" # the container's user reads it (a mounted secret)
+# As the README says: owned by the image's user, 0400.
+install -m 0400 -o 65532 -g 65532 /dev/stdin "$work/upstream-api-key" <<<"sk-container-key"
 start() { # start NAME BUNDLE: the image, read-only, its upstream by name over TLS
     names+=("$1")
     podman run -d --name "$1" "${run_flags[@]}" --read-only --network "ns:/proc/$netns_pid/ns/net" \
