@@ -256,7 +256,31 @@ sb systemctl restart envelope-proxy.service
 sb curl -s -o /dev/null -H 'content-type: application/json' -d "$chat" http://127.0.0.1:8080/v1/chat/completions
 check "a group-readable --upstream-api-key-file is read by the service" "Bearer sk-integration-two" "$(upstream_auth)"
 pid_before="$(prop envelope-proxy MainPID)"
-# In flight across the reload: a stream the upstream holds open until released.
+# In flight across the reload: a keep-alive connection with one request answered before the
+# reload and one after (python's http.client raises if the proxy closed it), and a stream the
+# upstream holds open until released.
+cat >"$stage/keepalive.py" <<'PY'
+import http.client, os, sys, time
+conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=20)
+conn.request("GET", "/v1/models")
+first = conn.getresponse(); first.read()
+sock = conn.sock
+print("first", first.status, flush=True)
+for _ in range(300):
+    if os.path.exists("/tmp/keepalive-go"):
+        break
+    time.sleep(0.1)
+try:
+    conn.request("GET", "/v1/models")
+    second = conn.getresponse(); second.read()
+    print("second", second.status, "same-connection" if conn.sock is sock else "reconnected", flush=True)
+except Exception as error:
+    print("second failed:", type(error).__name__, error, flush=True)
+PY
+sb cp /dev/stdin /tmp/keepalive.py <"$stage/keepalive.py"
+sb python3 /tmp/keepalive.py >"$work/keepalive.out" 2>&1 &
+keepalive=$!
+for _ in $(seq 100); do grep -q '^first' "$work/keepalive.out" 2>/dev/null && break; sleep 0.1; done
 sb curl -sN -H 'content-type: application/json' -H 'x-mock-behaviour: hold' -d "$stream_chat" \
     http://127.0.0.1:8080/v1/chat/completions >"$work/held-reload.sse" 2>&1 &
 held=$!
@@ -269,6 +293,10 @@ check "systemctl reload: same process, active" "$pid_before active" \
     "$(prop envelope-proxy MainPID) $(prop envelope-proxy ActiveState)"
 sb curl -s -o /dev/null -H 'content-type: application/json' -d "$chat" http://127.0.0.1:8080/v1/chat/completions
 check "after the reload the next upstream request carries the new key" "Bearer sk-integration-three" "$(upstream_auth)"
+sb touch /tmp/keepalive-go
+wait "$keepalive"
+check "a keep-alive connection open across the reload serves its next request" \
+    "first 200|second 200 same-connection" "$(paste -sd'|' "$work/keepalive.out")"
 sb curl -sf -X POST http://127.0.0.1:9000/__mock/release >/dev/null
 wait "$held"
 if [ "$(tail -n 3 "$work/held-reload.sse" | grep -c '^data: \[DONE\]')" = 1 ] && [ "$(grep -c '^data: ' "$work/held-reload.sse")" -gt 2 ]; then
