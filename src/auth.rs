@@ -36,6 +36,8 @@ pub enum KeyError {
     },
     #[error("{path} holds no key")]
     Empty { path: PathBuf },
+    #[error("{path} is not a regular file")]
+    NotRegularFile { path: PathBuf },
     #[error("{path}: a key contains characters not allowed in an HTTP header")]
     InvalidCharacters { path: PathBuf },
 }
@@ -49,10 +51,17 @@ pub fn resolve_key_file(flag: Option<&Path>, credential: &str) -> Option<PathBuf
 }
 
 fn read(path: &Path) -> Result<String, KeyError> {
-    std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+    let error = |source| KeyError::Read {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    // A directory, FIFO or device is a misconfiguration (and a FIFO would block startup).
+    if !std::fs::metadata(path).map_err(error)?.is_file() {
+        return Err(KeyError::NotRegularFile {
+            path: path.to_path_buf(),
+        });
+    }
+    std::fs::read_to_string(path).map_err(error)
 }
 
 // === impl ClientKeys ===

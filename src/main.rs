@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use envelope_proxy::config::{Config, LogFormat};
+use envelope_proxy::credentials::{self, Sources};
 use envelope_proxy::reload::Reload;
 use envelope_proxy::{listener, systemd, Server};
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,6 +18,15 @@ fn main() -> ExitCode {
         Err(error) => return exit_with_usage_error(error),
     };
     init_logging(&config);
+
+    // Where each secret comes from, for the ready line and STATUS= (never the secret itself).
+    if let Some(warning) = credentials::none_found_warning() {
+        tracing::warn!("{warning}");
+    }
+    let secrets = match Sources::resolve(&config) {
+        Ok(secrets) => secrets,
+        Err(error) => return fail(&error.to_string()),
+    };
 
     // Before any thread exists: this unsets LISTEN_FDS/LISTEN_PID.
     let inherited = match listener::take_inherited() {
@@ -33,10 +43,10 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("cannot start the runtime: {error}")),
     };
-    runtime.block_on(run(config, inherited))
+    runtime.block_on(run(config, secrets, inherited))
 }
 
-async fn run(config: Config, inherited: Vec<listener::Inherited>) -> ExitCode {
+async fn run(config: Config, secrets: Sources, inherited: Vec<listener::Inherited>) -> ExitCode {
     // Handlers first: a signal that arrives right after READY=1 must not kill the process.
     let (mut term, mut int, mut hangup) = match (
         signal(SignalKind::terminate()),
@@ -52,7 +62,7 @@ async fn run(config: Config, inherited: Vec<listener::Inherited>) -> ExitCode {
         Ok(server) => server,
         Err(error) => return fail(&error.to_string()),
     };
-    let summary = server.summary().to_owned();
+    let summary = format!("{}; {secrets}", server.summary());
     let metrics = server.metrics();
     tracing::info!(
         socket_activated = activated,

@@ -120,7 +120,10 @@ async fn ready_comes_after_the_port_accepts_and_sigterm_sends_stopping_refuses_a
     .await;
     assert_eq!(
         status,
-        format!("serving http://{addr}; upstream http://127.0.0.1:9/v1 (bare)")
+        format!(
+            "serving http://{addr}; upstream http://127.0.0.1:9/v1 (bare); upstream key: none; \
+             client keys: none; TLS key: none"
+        )
     );
     // READY=1 was sent: the port accepts and serves already.
     assert_eq!(
@@ -316,7 +319,8 @@ async fn socket_activation_serves_the_inherited_tcp_and_unix_sockets_instead_of_
         field(&ready, "STATUS"),
         Some(
             format!(
-                "serving http://{addr}, unix:{}; upstream {upstream} (bare)",
+                "serving http://{addr}, unix:{}; upstream {upstream} (bare); upstream key: none; \
+                 client keys: none; TLS key: none",
                 unix.display()
             )
             .as_str()

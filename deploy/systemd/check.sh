@@ -11,7 +11,7 @@
 # for `security --offline`); installs nothing. The binary does not need to be
 # installed: verify runs with --root= on a throw-away tree holding copies of
 # the units, the stock unit files they depend on, and a stub (or, if built,
-# the real target/release/envelope-proxy) at /usr/local/bin/envelope-proxy.
+# the real target/release/envelope-proxy) at /usr/bin/envelope-proxy.
 # --root also keeps drop-ins of the machine running the check out of it.
 set -uo pipefail
 
@@ -40,7 +40,7 @@ export SYSTEMD_LOG_COLOR=0 SYSTEMD_COLORS=0 SYSTEMD_PAGER= LC_ALL=C.UTF-8
 # ---------------------------------------------------------------- temp root
 root="$(mktemp -d "${TMPDIR:-/tmp}/envelope-proxy-check.XXXXXX")"
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root/etc/systemd/system" "$root/usr/local/bin" "$root/usr/bin"
+mkdir -p "$root/etc/systemd/system" "$root/usr/bin"
 for u in "${units[@]}"; do
     cp "$here/$u" "$root/etc/systemd/system/$u"
 done
@@ -69,14 +69,14 @@ stub() { # path: an executable that does nothing
     printf '#!/bin/sh\nexit 0\n' >"$1"
     chmod 0755 "$1"
 }
-# The binary, where `cargo install --root /usr/local` puts it: the real one
+# The binary, where the Debian package puts it (the unit points there): the real one
 # if it has been built, else a stub. A unit pointing anywhere else fails.
 if [ -x "$repo/target/release/envelope-proxy" ]; then
     echo "== using built binary target/release/envelope-proxy"
-    cp "$repo/target/release/envelope-proxy" "$root/usr/local/bin/envelope-proxy"
+    cp "$repo/target/release/envelope-proxy" "$root/usr/bin/envelope-proxy"
 else
-    echo "== target/release/envelope-proxy not built: stub at /usr/local/bin/envelope-proxy"
-    stub "$root/usr/local/bin/envelope-proxy"
+    echo "== target/release/envelope-proxy not built: stub at /usr/bin/envelope-proxy"
+    stub "$root/usr/bin/envelope-proxy"
 fi
 # Other commands named in Exec*= lines (ExecReload=kill ...): copied from
 # this machine, so a typo still fails verify. `kill` alone is stubbed if this
@@ -85,7 +85,7 @@ grep -hE '^[[:space:]]*Exec[A-Za-z]*=' "${units[@]/#/$here/}" |
     sed -E 's/^[^=]*=[[:space:]]*[-@:+!]*//; s/[[:space:]].*$//' | sort -u |
     while read -r cmd; do
         case "$cmd" in
-        '' | /usr/local/bin/envelope-proxy) ;;
+        '' | /usr/bin/envelope-proxy) ;;
         /*) if [ -x "$cmd" ]; then mkdir -p "$root$(dirname "$cmd")" && cp -L "$cmd" "$root$cmd"; fi ;;
         *)
             host="$(type -P "$cmd" || true)"
@@ -105,7 +105,7 @@ verify() { # unit paths...; prints the output, returns systemd-analyze's status
 
 # ---------------------------------------------------------------- 0. the tool reports problems at all
 broken="$root/etc/systemd/system/envelope-proxy-selftest.service"
-printf '[Service]\nExecStart=/usr/local/bin/envelope-proxy\nNoSuchKey=1\n' >"$broken"
+printf '[Service]\nExecStart=/usr/bin/envelope-proxy\nNoSuchKey=1\n' >"$broken"
 selftest="$(verify "$broken")"
 if printf '%s\n' "$selftest" | grep -q 'NoSuchKey'; then
     ok "systemd-analyze verify reports a deliberately broken unit"
