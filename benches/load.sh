@@ -217,7 +217,8 @@ for mode in "${CPU_MODES[@]}"; do
     echo "$mode events=$events $line" >&2
     cpu=$(sed -n 's/.*cpu_us_per_stream=\([0-9.]*\).*/\1/p' <<<"$line")
     okn=$(sed -n 's/.*streams_ok=\([0-9]*\).*/\1/p' <<<"$line")
-    record kind=ssecpu mode="$mode" events="$events" cpu_us_per_stream="$cpu" ok="$okn"
+    record kind=ssecpu mode="$mode" events="$events" cpu_us_per_stream="$cpu" ok="$okn" \
+      streams="$CPU_STREAMS"
   done
 done
 
@@ -268,5 +269,11 @@ record kind=binary bytes="$(stat -c %s "$stripped")" unstripped="$(stat -c %s "$
 record kind=machine_after load="$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '/')"
 
 # --- report --------------------------------------------------------------------------------
-SMOKE=$SMOKE python3 benches/tools/report.py "$RESULTS" "$OUT/latency.svg" | tee "$OUT/summary.md"
+# Exits non-zero (after the tables) when any request or stream of any step failed.
+status=0
+SMOKE=$SMOKE python3 benches/tools/report.py "$RESULTS" "$OUT/latency.svg" | tee "$OUT/summary.md" || status=$?
 log "results in $OUT"
+if ((status)); then
+  log "FAILED: some requests or streams failed (the load: FAILED lines above say which)"
+fi
+exit "$status"
