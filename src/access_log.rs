@@ -25,6 +25,7 @@ use crate::body::{BoxError, ProxyBody};
 use crate::dialect::Dialect;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::sse::body::StreamEnd;
+use crate::upstream::CLIENT_BODY_INCOMPLETE;
 
 /// The status logged for a request the client abandoned before any response (as nginx does).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -141,7 +142,9 @@ impl RequestRecord {
         if self.translated && end != BodyEnd::Cancelled {
             metrics.translated(self.upstream);
         }
-        if end == BodyEnd::Cancelled {
+        // A client that left mid-upload gets a 400 it never reads: a cancellation too.
+        let left_mid_upload = self.error_code.as_deref() == Some(CLIENT_BODY_INCOMPLETE);
+        if end == BodyEnd::Cancelled || left_mid_upload {
             metrics.client_cancelled();
         }
         if self.stream {
@@ -213,6 +216,9 @@ impl RequestRecord {
             Some(code) => match UpstreamErrorKind::from_code(code) {
                 Some(kind) => Outcome::upstream("upstream_error", kind),
                 None if code == "shutting_down" => Outcome::quiet("shutting_down"),
+                None if code == CLIENT_BODY_INCOMPLETE => {
+                    Outcome::quiet(StreamEnd::ClientCancelled.as_str())
+                }
                 None if self.upstream_status.is_none() => Outcome::quiet("rejected"),
                 None => Outcome::OK,
             },

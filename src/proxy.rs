@@ -358,7 +358,12 @@ impl Proxy {
             }
             Err(error) => {
                 let request_id = request_id.to_str().unwrap_or("-");
-                tracing::warn!(request_id, kind = error.kind(), %error, "upstream request failed");
+                if let crate::upstream::UpstreamError::ClientBody(_) = error {
+                    // The client's doing, not the upstream's: no warning.
+                    tracing::debug!(request_id, %error, "client left mid-upload");
+                } else {
+                    tracing::warn!(request_id, kind = error.kind(), %error, "upstream request failed");
+                }
                 error_response(dialect, &error.to_api_error(config.max_request_body), None)
             }
         }

@@ -160,6 +160,7 @@ impl Server {
         };
 
         let workers = Workers::start(worker_count).map_err(StartError::Workers)?;
+        proxy.metrics().watch_workers(workers.open_counters());
         let mut server = Self {
             public,
             admin,

@@ -71,6 +71,10 @@ impl Upstream {
     }
 }
 
+/// The error code of [`UpstreamError::ClientBody`]: the client left mid-upload, which the
+/// access log and metrics count as a client cancellation.
+pub const CLIENT_BODY_INCOMPLETE: &str = "request_body_incomplete";
+
 /// Why the upstream did not produce response headers.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -84,6 +88,9 @@ pub enum UpstreamError {
     ResponseTimeout(Duration),
     #[error("request body exceeds the limit")]
     RequestBodyTooLarge,
+    /// The client's request body broke off (it left mid-upload): not the upstream's doing.
+    #[error("the client's request body ended early: {0}")]
+    ClientBody(String),
     #[error("upstream connection failed: {0}")]
     Other(String),
 }
@@ -95,6 +102,15 @@ impl UpstreamError {
         while let Some(current) = source {
             if current.is::<LengthLimitError>() {
                 return UpstreamError::RequestBodyTooLarge;
+            }
+            // hyper's User(Body) around the client connection's own error: reading the
+            // client's body failed. (Around a LengthLimitError it is the check above.)
+            if let Some(hyper_error) = current.downcast_ref::<hyper::Error>() {
+                if hyper_error.is_user()
+                    && hyper_error.source().is_some_and(|s| s.is::<hyper::Error>())
+                {
+                    return UpstreamError::ClientBody(chain);
+                }
             }
             // hyper-rustls may hand the rustls error on as it is.
             if let Some(tls) = current.downcast_ref::<rustls::Error>() {
@@ -138,6 +154,13 @@ impl UpstreamError {
             UpstreamError::RequestBodyTooLarge => {
                 return ApiError::request_too_large(max_request_body)
             }
+            UpstreamError::ClientBody(_) => {
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "the request body ended before it was complete",
+                )
+                .with_code(CLIENT_BODY_INCOMPLETE)
+            }
         };
         ApiError::new(status, self.to_string())
             .with_type("upstream_error")
@@ -151,6 +174,7 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout(_) | UpstreamError::ResponseTimeout(_) => "timeout",
             UpstreamError::Tls(_) => "tls",
             UpstreamError::RequestBodyTooLarge => "request_too_large",
+            UpstreamError::ClientBody(_) => "client_body",
             UpstreamError::Other(_) => "reset",
         }
     }
