@@ -265,16 +265,19 @@ fn error_body() -> impl Strategy<Value = Vec<u8>> {
 /// Envelope codes: the success codes, error statuses as strings and integers, anything else.
 fn envelope_code() -> impl Strategy<Value = Value> {
     prop_oneof![
-        prop::sample::select(vec![
+        3 => prop::sample::select(vec![
             Value::from("200"),
             Value::from(200),
             Value::from("0"),
             Value::from(0),
             Value::Null,
         ]),
-        (100u16..1000).prop_map(|c| Value::from(c.to_string())),
-        (100u16..1000).prop_map(Value::from),
-        json_value(),
+        // Near the success codes and at the edges of the error range.
+        2 => (prop::sample::select(vec![-1i64, 1, 199, 201, 204, 399, 400, 429, 599, 600]), any::<bool>())
+            .prop_map(|(c, text)| if text { Value::from(c.to_string()) } else { Value::from(c) }),
+        1 => (100u16..1000).prop_map(|c| Value::from(c.to_string())),
+        1 => (100u16..1000).prop_map(Value::from),
+        1 => json_value(),
     ]
 }
 
@@ -332,7 +335,7 @@ proptest! {
         success in envelope_success(),
         code in envelope_code(),
         message in json_value(),
-        data in json_value(),
+        data in prop_oneof![1 => Just(Value::Null), 4 => json_value()],
     ) {
         let body = Bytes::from(
             serde_json::json!({"success": success, "code": code, "message": message, "data": data}).to_string(),
