@@ -6,8 +6,9 @@ Medians are taken over the rounds of each measurement; differences (added latenc
 taken per round first (proxy and direct measured back to back), then the median.
 
 Exit status 1 when any step failed a request or a stream (a non-2xx answer or an error in an
-oha run, a failed time-to-first-event stream, a CPU-per-event stream that did not complete, a
-dropped concurrent stream), after printing the tables and a "load: FAILED: …" line per step;
+oha run, or an oha run with no answer at all; a failed time-to-first-event stream, a
+CPU-per-event stream that did not complete, a dropped concurrent stream), after printing the
+tables and a "load: FAILED: …" line per step;
 numbers measured over failures are not numbers.
 """
 import json
@@ -203,6 +204,9 @@ for label, runs in oha.items():
     for r in runs:
         if r.get("bad", 0):
             failures.append(f"oha {r['label']}: {r['bad']} non-2xx responses or errors")
+        elif not r.get("ok", 0):
+            # Requests still in flight at a -z deadline are not errors; none answered at all is.
+            failures.append(f"oha {r['label']}: no request was answered")
 for r in by_kind("ttfe"):
     if r.get("failed", 0):
         failures.append(f"time to first event, {r['target']}: {r['failed']} streams failed")
