@@ -2,9 +2,16 @@
 # End-to-end load benchmark: envelope-proxy vs nginx (plain pass-through) vs straight to the
 # upstream, side by side in one run. See BENCHMARKS.md for the method.
 #
-#   benches/load.sh            full run (~10 minutes); installs oha with cargo if missing
-#   benches/load.sh --smoke    seconds-long run of every step (CI): debug build, tiny counts,
-#                              needs oha already installed, nginx only if installed
+#   benches/load.sh            full run (~10 minutes)
+#   benches/load.sh --smoke    seconds-long run of every step (CI): debug build, tiny counts
+#
+# Where oha is not on PATH, both install oha $OHA_VERSION with cargo (Debian does not package
+# it), with the system's TLS, which needs libssl-dev and pkg-config (rustls's aws-lc would make
+# the build longer, and oha does not build without TLS): the full run a release build, globally;
+# the smoke a debug build in target/tools (about half the CPU time: ~4 CPU-minutes, so ~2.5
+# minutes on 2 cores; a smoke checks that every step works, not timings). nginx is used where
+# installed.
+# Both exit non-zero when any request or stream of any step failed (report.py says which).
 #
 # Results go to $OUT (default target/load-results/<time>): raw oha JSON, results.jsonl, the
 # table (summary.md, also printed) and latency.svg.
@@ -42,13 +49,19 @@ fi
 log() { printf '== %s\n' "$*" >&2; }
 
 # --- tools -------------------------------------------------------------------------------
+OHA_VERSION=1.16.0
+OHA_INSTALL=(cargo install oha --locked --version "$OHA_VERSION" --no-default-features --features native-tls)
 if ! command -v oha >/dev/null 2>&1; then
   if ((SMOKE)); then
-    echo "load.sh --smoke: oha is not installed; skipping" >&2
-    exit 0
+    if [[ ! -x target/tools/bin/oha ]]; then
+      log "installing a debug build of oha $OHA_VERSION in target/tools (cargo install, a few minutes)"
+      "${OHA_INSTALL[@]}" --debug --root target/tools
+    fi
+    PATH=$PWD/target/tools/bin:$PATH
+  else
+    log "installing oha $OHA_VERSION (cargo install, a few minutes)"
+    "${OHA_INSTALL[@]}"
   fi
-  log "installing oha (cargo install oha --locked; a few minutes)"
-  cargo install oha --locked
 fi
 HAVE_NGINX=0
 command -v nginx >/dev/null 2>&1 && HAVE_NGINX=1
@@ -217,7 +230,8 @@ for mode in "${CPU_MODES[@]}"; do
     echo "$mode events=$events $line" >&2
     cpu=$(sed -n 's/.*cpu_us_per_stream=\([0-9.]*\).*/\1/p' <<<"$line")
     okn=$(sed -n 's/.*streams_ok=\([0-9]*\).*/\1/p' <<<"$line")
-    record kind=ssecpu mode="$mode" events="$events" cpu_us_per_stream="$cpu" ok="$okn"
+    record kind=ssecpu mode="$mode" events="$events" cpu_us_per_stream="$cpu" ok="$okn" \
+      streams="$CPU_STREAMS"
   done
 done
 
@@ -268,5 +282,11 @@ record kind=binary bytes="$(stat -c %s "$stripped")" unstripped="$(stat -c %s "$
 record kind=machine_after load="$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '/')"
 
 # --- report --------------------------------------------------------------------------------
-SMOKE=$SMOKE python3 benches/tools/report.py "$RESULTS" "$OUT/latency.svg" | tee "$OUT/summary.md"
+# Exits non-zero (after the tables) when any request or stream of any step failed.
+status=0
+SMOKE=$SMOKE python3 benches/tools/report.py "$RESULTS" "$OUT/latency.svg" | tee "$OUT/summary.md" || status=$?
 log "results in $OUT"
+if ((status)); then
+  log "FAILED: some requests or streams failed (the load: FAILED lines above say which)"
+fi
+exit "$status"

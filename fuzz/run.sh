@@ -9,24 +9,36 @@
 # overflow and debug assertions, index errors), timeouts and memory blow-ups, which libFuzzer
 # reports without one. For AddressSanitizer use cargo fuzz (see README, "Fuzzing").
 #
-# Exit status: 0 when every target ran clean, and also when this machine cannot fuzz (then a
-# "fuzz: skipped: <why>" line says why); non-zero when a target does not build, or finds a
-# crash, hang or OOM: the input is then under fuzz/artifacts/<target>/ and its log is printed.
+# Exit status: 0 when every target ran clean and executed at least one input; also 0 when this
+# machine cannot fuzz (a "fuzz: skipped: <why>" line says why) or SECONDS is 0, unless
+# FUZZ_REQUIRED=1 (CI sets it): then each of those is a failure, since nothing was fuzzed.
+# Non-zero when a target does not build, executes no input, or finds a crash, hang or OOM: the
+# input is then under fuzz/artifacts/<target>/ and its log is printed. The last line is always
+# "fuzz: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")"
 
 seconds=${1:-30}
 shift || true
+[[ $seconds =~ ^[0-9]+$ ]] || { echo "fuzz: SECONDS must be a whole number, not '$seconds'" >&2; exit 2; }
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(sse_framer envelope sse_transform upstream_response)
 fi
 
+# Where fuzzing cannot happen: a pass on a developer's machine, a failure where it is required.
 skip() {
+  if [ "${FUZZ_REQUIRED:-0}" = 1 ]; then
+    echo "fuzz: FAILED: cannot fuzz, and FUZZ_REQUIRED=1: $*"
+    echo "fuzz: 0 passed, ${#targets[@]} failed"
+    exit 1
+  fi
   echo "fuzz: skipped: $*"
   exit 0
 }
 
+# Required fuzzing with 0 seconds fails before the build (minutes) rather than after it.
+[ "$seconds" -gt 0 ] || [ "${FUZZ_REQUIRED:-0}" != 1 ] || skip "SECONDS is 0: nothing would be fuzzed"
 command -v cargo >/dev/null || skip "no cargo on PATH"
 host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p') || true
 [ -n "$host" ] || skip "no working rustc on PATH"
@@ -60,7 +72,7 @@ for t in "${targets[@]}"; do bins+=(--bin "$t"); done
 RUSTFLAGS="$flags" CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
   cargo build --quiet --locked --release --target "$host" "${bins[@]}"
 echo "fuzz: built in $((SECONDS - build_start)) s"
-[ "$seconds" -gt 0 ] || exit 0
+[ "$seconds" -gt 0 ] || skip "SECONDS is 0: built only, nothing fuzzed"
 
 failed=()
 for t in "${targets[@]}"; do
@@ -72,8 +84,14 @@ for t in "${targets[@]}"; do
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
   corpus=$(find "corpus/$t" -type f | wc -l)
-  if [ "$rc" -eq 0 ]; then
-    echo "fuzz: $t: ok, ${runs:-?} runs in ${seconds} s (${rate:-?} exec/s), corpus $corpus"
+  if [ "$rc" -eq 0 ] && ! [[ "$runs" =~ ^[0-9]+$ && "$runs" -gt 0 ]]; then
+    # A clean exit that executed nothing tested nothing.
+    cp "$log" "artifacts/$t/fuzz.log"
+    echo "fuzz: $t: FAILED: executed ${runs:-no reported} inputs (full log: fuzz/artifacts/$t/fuzz.log):"
+    tail -n 20 "$log"
+    failed+=("$t")
+  elif [ "$rc" -eq 0 ]; then
+    echo "fuzz: $t: ok, $runs runs in ${seconds} s (${rate:-?} exec/s), corpus $corpus"
   else
     cp "$log" "artifacts/$t/fuzz.log"
     echo "fuzz: $t: FAILED (exit $rc) after ${runs:-?} runs (full log: fuzz/artifacts/$t/fuzz.log):"

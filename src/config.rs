@@ -374,10 +374,24 @@ mod tests {
 
     #[test]
     fn upstream_url_rejects_what_it_cannot_serve() {
-        assert!(UpstreamUrl::parse("ftp://x/v1").is_err());
-        assert!(UpstreamUrl::parse("/v1").is_err());
-        assert!(UpstreamUrl::parse("https://user:pw@x/v1").is_err());
-        assert!(UpstreamUrl::parse("https://x/v1?k=v").is_err());
+        let error = |value: &str| UpstreamUrl::parse(value).map(|_| ()).unwrap_err();
+        assert_eq!(
+            error("ftp://x/v1"),
+            "the scheme must be http:// or https://"
+        );
+        assert_eq!(error("/v1"), "the scheme must be http:// or https://");
+        assert_eq!(
+            error("https://user:pw@x/v1"),
+            "credentials in the URL are not supported; use the key options"
+        );
+        assert_eq!(
+            error("https://x/v1?k=v"),
+            "the URL must not have a query string"
+        );
+        assert_eq!(
+            error("http://x y/v1"),
+            "not a URL (invalid uri character); expected http://host[:port][/path] or https://…"
+        );
     }
 
     #[test]
@@ -423,19 +437,37 @@ mod tests {
 
     #[test]
     fn paired_files_are_required_together_and_modes_are_octal() {
-        assert!(Config::try_parse_from(["envelope-proxy", "--tls-cert", "/c.pem"]).is_err());
-        assert!(
-            Config::try_parse_from(["envelope-proxy", "--upstream-client-key", "/k.pem"]).is_err()
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| Config::try_parse_from(args).map(|_| ()).unwrap_err().kind();
+        assert_eq!(
+            kind(&["envelope-proxy", "--tls-cert", "/c.pem"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["envelope-proxy", "--upstream-client-key", "/k.pem"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["envelope-proxy", "--unix-socket-mode", "999"]),
+            ErrorKind::ValueValidation
         );
         assert_eq!(parse_mode("0660").unwrap(), 0o660);
-        assert!(parse_mode("999").is_err());
-        assert!(parse_mode("1777").is_err());
+        assert_eq!(parse_mode("0o640").unwrap(), 0o640);
+        let octal = |v: &str| format!("`{v}` is not an octal mode between 000 and 777 (e.g. 660)");
+        assert_eq!(parse_mode("999"), Err(octal("999")));
+        assert_eq!(parse_mode("1777"), Err(octal("1777")));
     }
 
     #[test]
     fn seconds_accept_fractions_and_reject_garbage() {
         assert_eq!(parse_seconds("0.25").unwrap(), Duration::from_millis(250));
-        assert!(parse_seconds("-1").is_err());
-        assert!(parse_seconds("soon").is_err());
+        assert_eq!(
+            parse_seconds("-1"),
+            Err("`-1` must be between 0 and 31536000 seconds".to_string())
+        );
+        assert_eq!(
+            parse_seconds("soon"),
+            Err("`soon` is not a number of seconds".to_string())
+        );
     }
 }

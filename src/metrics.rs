@@ -6,7 +6,8 @@
 //! writes the Prometheus text format (version 0.0.4) by hand.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::dialect::Dialect;
@@ -168,6 +169,8 @@ pub struct Metrics {
     reloads: [AtomicU64; 2],
     /// By [`Refusal`].
     connections_refused: [AtomicU64; 2],
+    /// Each worker's open-connection count, in worker order (the workers keep them).
+    worker_connections: OnceLock<Vec<Arc<AtomicUsize>>>,
 }
 
 impl Metrics {
@@ -237,6 +240,11 @@ impl Metrics {
 
     pub fn reloaded(&self, ok: bool) {
         self.reloads[usize::from(!ok)].fetch_add(1, Relaxed);
+    }
+
+    /// Exports the workers' open-connection counts (set once, when the workers start).
+    pub fn watch_workers(&self, open: Vec<Arc<AtomicUsize>>) {
+        let _ = self.worker_connections.set(open);
     }
 
     /// The Prometheus text exposition of every series.
@@ -403,6 +411,22 @@ impl Metrics {
                 "envelope_proxy_reloads_total{{result=\"{result}\"}} {}",
                 count.load(Relaxed)
             );
+        }
+
+        if let Some(workers) = self.worker_connections.get() {
+            header(
+                &mut out,
+                "envelope_proxy_worker_connections",
+                "gauge",
+                "Open client connections on each worker thread (admin connections excluded).",
+            );
+            for (worker, open) in workers.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "envelope_proxy_worker_connections{{worker=\"{worker}\"}} {}",
+                    open.load(Relaxed)
+                );
+            }
         }
         out
     }

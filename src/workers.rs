@@ -106,6 +106,11 @@ impl Workers {
         );
     }
 
+    /// The counters behind [`Self::open_connections`], for `/metrics`.
+    pub fn open_counters(&self) -> Vec<Arc<AtomicUsize>> {
+        self.workers.iter().map(|w| Arc::clone(&w.open)).collect()
+    }
+
     /// Open connections per worker, in worker order.
     pub fn open_connections(&self) -> Vec<usize> {
         self.workers

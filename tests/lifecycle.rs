@@ -62,6 +62,17 @@ async fn get(addr: SocketAddr, path: &str) -> (StatusCode, Bytes) {
     (status, body)
 }
 
+/// The admin listener's address in a `STATUS=serving …; admin IP:PORT; …` line.
+fn admin_addr(status: &str) -> SocketAddr {
+    let rest = &status[status
+        .find("; admin ")
+        .expect("an admin listener in STATUS")
+        + 8..];
+    rest[..rest.find(';').unwrap_or(rest.len())]
+        .parse()
+        .expect("IP:PORT after `admin`")
+}
+
 /// A held chat stream through the proxy at `addr`, with its first event read.
 async fn open_held_stream(addr: SocketAddr) -> (Incoming, BytesMut) {
     let request = Request::post(format!("http://{addr}/v1/chat/completions"))
@@ -444,7 +455,7 @@ async fn the_process_is_the_main_thread_plus_one_thread_per_worker_and_all_serve
     let mock = mock_upstream::start(Shape::Bare).await;
     let dir = TempDir::new("workers");
     let upstream = mock.base_url();
-    let (mut proxy, _notify, addr, _) = start_notified(
+    let (mut proxy, _notify, addr, status) = start_notified(
         &dir,
         &[
             "--listen",
@@ -453,14 +464,40 @@ async fn the_process_is_the_main_thread_plus_one_thread_per_worker_and_all_serve
             &upstream,
             "--worker-threads",
             "3",
+            "--admin-listen",
+            "127.0.0.1:0",
         ],
     )
     .await;
-    // Three held streams on three connections: one per worker (workers.rs tests the placement).
+    // Three held streams on three connections, each with its first event read.
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(open_held_stream(addr).await);
     }
+    // Each worker holds one of them: every worker is serving a stream. (Read on the admin
+    // listener, whose connections no worker serves.)
+    let (status, metrics) = get(admin_addr(&status), "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = String::from_utf8(metrics.to_vec()).expect("UTF-8 metrics");
+    let per_worker: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("envelope_proxy_worker_connections{"))
+        .collect();
+    assert_eq!(
+        per_worker,
+        [
+            r#"envelope_proxy_worker_connections{worker="0"} 1"#,
+            r#"envelope_proxy_worker_connections{worker="1"} 1"#,
+            r#"envelope_proxy_worker_connections{worker="2"} 1"#,
+        ],
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "envelope_proxy_active_streams 3"),
+        "{metrics}"
+    );
     let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proxy.pid()))
         .expect("the proxy's threads")
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())

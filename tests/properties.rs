@@ -143,6 +143,234 @@ proptest! {
     }
 }
 
+// === The round trips the envelope fuzz target checks (fuzz/fuzz_targets/envelope.rs) ===
+
+/// Equal JSON values, floats allowed a few units in the last place apart: serde_json (without
+/// its `float_roundtrip` feature) may read a printed float back one unit off. The envelope
+/// fuzz target compares the same way.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => (x - y).abs() <= x.abs().max(y.abs()) * 4.0 * f64::EPSILON,
+                _ => false,
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn same_error(a: &ApiError, b: &ApiError) -> bool {
+    a.status == b.status
+        && a.message == b.message
+        && a.error_type == b.error_type
+        && same_value(&a.param, &b.param)
+        && same_value(&a.code, &b.code)
+}
+
+/// `error` rendered in each dialect reads back as itself: from the bare body always (its
+/// status kept), from the envelope body when the status is an error status (400–599, the
+/// only status an envelope's `code` can carry); the envelope body is never a success.
+fn reads_back_the_same(error: &ApiError) -> Result<(), TestCaseError> {
+    let bare = error.to_body(Dialect::Bare);
+    let back = normalise(error.status, Some("application/json"), &bare);
+    prop_assert!(
+        same_error(&back, error),
+        "bare {:?} reads back as {:?}, not {:?}",
+        bare,
+        back,
+        error
+    );
+
+    let wrapped = error.to_body(Dialect::Envelope);
+    let Classified::Envelope(envelope) = classify(&wrapped) else {
+        return Err(TestCaseError::fail(format!(
+            "{wrapped:?} is not an envelope"
+        )));
+    };
+    match envelope.verdict(StatusCode::OK) {
+        Verdict::Error(back) => {
+            if (400..=599).contains(&error.status.as_u16()) {
+                prop_assert!(
+                    same_error(&back, error),
+                    "envelope {:?} reads back as {:?}, not {:?}",
+                    wrapped,
+                    back,
+                    error
+                );
+            } else {
+                prop_assert_eq!(back.status, StatusCode::BAD_GATEWAY);
+            }
+        }
+        Verdict::Success(data) => {
+            return Err(TestCaseError::fail(format!(
+                "{wrapped:?} reads as success: {}",
+                data.get()
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// An envelope's `code` as text, as the proxy reads it: a string, or an integer.
+fn code_text(code: &Value) -> Option<String> {
+    match code {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The status of the error an envelope reports under HTTP `http`: its `code` when that is
+/// 400–599, else `http` when it is an error status, else 502.
+fn envelope_error_status(code: &Value, http: StatusCode) -> StatusCode {
+    code_text(code)
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|c| (400..=599).contains(c))
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(if http.as_u16() >= 400 {
+            http
+        } else {
+            StatusCode::BAD_GATEWAY
+        })
+}
+
+/// Upstream error bodies: arbitrary bytes, arbitrary JSON, and the bare and envelope error
+/// shapes with members of any type.
+fn error_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..256),
+        json_value().prop_map(|v| v.to_string().into_bytes()),
+        (json_value(), json_value(), json_value(), json_value()).prop_map(|(m, t, p, c)| {
+            serde_json::json!({"error": {"message": m, "type": t, "param": p, "code": c}})
+                .to_string()
+                .into_bytes()
+        }),
+        (json_value(), envelope_code(), json_value(), json_value()).prop_map(|(s, c, m, d)| {
+            serde_json::json!({"success": s, "code": c, "message": m, "data": d})
+                .to_string()
+                .into_bytes()
+        }),
+    ]
+}
+
+/// Envelope codes: the success codes, error statuses as strings and integers, anything else.
+fn envelope_code() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => prop::sample::select(vec![
+            Value::from("200"),
+            Value::from(200),
+            Value::from("0"),
+            Value::from(0),
+            Value::Null,
+        ]),
+        // Near the success codes and at the edges of the error range.
+        2 => (prop::sample::select(vec![-1i64, 1, 199, 201, 204, 399, 400, 429, 599, 600]), any::<bool>())
+            .prop_map(|(c, text)| if text { Value::from(c.to_string()) } else { Value::from(c) }),
+        1 => (100u16..1000).prop_map(|c| Value::from(c.to_string())),
+        1 => (100u16..1000).prop_map(Value::from),
+        1 => json_value(),
+    ]
+}
+
+/// `success` members: mostly booleans, sometimes anything.
+fn envelope_success() -> impl Strategy<Value = Value> {
+    prop_oneof![3 => any::<bool>().prop_map(Value::Bool), 1 => json_value()]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any upstream error body: a body that is not an envelope keeps the upstream's status,
+    /// an envelope's status follows its `code`; either way the error reads back the same
+    /// from what the proxy writes in each dialect.
+    #[test]
+    fn normalised_errors_keep_the_status_and_read_back_the_same(
+        body in error_body(),
+        status in 100u16..1000,
+        content_type in prop::sample::select(vec![None, Some("text/html; charset=utf-8"), Some("application/json"), Some("")]),
+    ) {
+        let status = StatusCode::from_u16(status).unwrap();
+        let error = normalise(status, content_type, &body);
+        match classify(&body) {
+            Classified::Envelope(_) => {
+                let value: Value = serde_json::from_slice(&body).unwrap();
+                let code = value.get("code").cloned().unwrap_or(Value::Null);
+                prop_assert_eq!(error.status, envelope_error_status(&code, status));
+            }
+            _ => prop_assert_eq!(error.status, status),
+        }
+        reads_back_the_same(&error)?;
+    }
+
+    /// Any error the proxy could write reads back as itself.
+    #[test]
+    fn any_error_reads_back_the_same(
+        status in 100u16..1000,
+        message in ".{0,40}",
+        kind in ".{0,20}",
+        param in json_value(),
+        code in json_value(),
+    ) {
+        let mut error = ApiError::new(StatusCode::from_u16(status).unwrap(), message).with_type(kind).with_code(code);
+        error.param = param;
+        reads_back_the_same(&error)?;
+    }
+
+    /// The verdict follows `success`, `code` and `data`: success exactly when `success` is
+    /// `true`, the code is a success code (`"200"`, `200`, `"0"`, `0`, null) and `data` is not
+    /// null; then the payload is `data` byte for byte.
+    /// A `success` that is not a boolean or a `code` that is neither text nor an integer is
+    /// a malformed envelope (502); otherwise an error takes its status from `code`.
+    #[test]
+    fn the_verdict_matches_success_code_and_data(
+        success in envelope_success(),
+        code in envelope_code(),
+        message in json_value(),
+        data in prop_oneof![1 => Just(Value::Null), 4 => json_value()],
+    ) {
+        let body = Bytes::from(
+            serde_json::json!({"success": success, "code": code, "message": message, "data": data}).to_string(),
+        );
+        let Classified::Envelope(envelope) = classify(&body) else {
+            return Err(TestCaseError::fail("an object with `success` is an envelope"));
+        };
+        let code_kind_ok = code.is_null() || code_text(&code).is_some();
+        let code_ok = code.is_null() || matches!(code_text(&code).as_deref(), Some("200" | "0"));
+        match envelope.verdict(StatusCode::OK) {
+            Verdict::Success(raw) => {
+                prop_assert_eq!(&success, &Value::Bool(true));
+                prop_assert!(code_ok, "code {} is not a success code", code);
+                prop_assert!(!data.is_null());
+                let expected = serde_json::to_string(&data).unwrap();
+                prop_assert_eq!(raw.get(), expected.as_str());
+                prop_assert_eq!(slice_payload(&body, raw), Bytes::from(expected));
+            }
+            Verdict::Error(error) => {
+                if !success.is_boolean() || !code_kind_ok {
+                    prop_assert_eq!(error.status, StatusCode::BAD_GATEWAY);
+                    prop_assert_eq!(error.code, Value::from("invalid_envelope"));
+                } else if success == Value::Bool(false) || !code_ok {
+                    prop_assert_eq!(error.status, envelope_error_status(&code, StatusCode::OK));
+                } else {
+                    // success:true with a success code: only a null `data` makes it an error.
+                    prop_assert!(data.is_null(), "data {} was there", data);
+                    prop_assert_eq!(error.status, StatusCode::BAD_GATEWAY);
+                    prop_assert_eq!(error.code, Value::from("invalid_envelope"));
+                }
+            }
+        }
+    }
+}
+
 /// Drives an [`SseBody`] over the given upstream chunks and collects what the client receives.
 fn run_stream(chunks: VecDeque<Bytes>, client: Dialect, upstream: Dialect) -> Bytes {
     let settings = streams::chat_stream(client, upstream, StreamEnvelope::Bare);

@@ -7,7 +7,7 @@ mod mock_upstream;
 #[path = "support/raw.rs"]
 mod raw;
 
-use harness::{fixture, start};
+use harness::{fixture, fixture_json, start};
 use http::StatusCode;
 use mock_upstream::Shape;
 use serde_json::{json, Value};
@@ -139,13 +139,37 @@ async fn the_upstream_key_replaces_the_clients_and_is_never_echoed() {
     let seen = h.mock.state.last_request().unwrap();
     assert!(!format!("{:?}", seen.headers).contains("sk-client-key"));
 
-    // Errors never carry the key, whatever the upstream does.
+    // The upstream refuses the key: the client gets the upstream's 401 in its own dialect, the
+    // upstream's words and nothing added; the upstream saw the upstream key alone.
+    h.mock.state.clear();
     let reply = h
         .chat("/api/v1/chat/completions", false)
+        .header("authorization", "Bearer sk-client-key")
         .fixture("errors/openai_401_invalid_api_key.json", 401)
         .send()
         .await;
-    assert!(!reply.text().contains("SECRET"));
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let upstream_error = fixture_json("errors/openai_401_invalid_api_key.json")["error"].clone();
+    assert_eq!(
+        reply.json(),
+        json!({"success":false,"code":"401","message":upstream_error["message"],"data":null,"error":upstream_error})
+    );
+    let seen = h.mock.state.requests();
+    assert_eq!(seen.len(), 1, "one request reached the upstream");
+    let keys: Vec<&str> = seen[0]
+        .headers
+        .get_all("authorization")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["Bearer sk-upstream-SECRET"]);
+    for (name, value) in &reply.headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        assert!(
+            !value.contains("SECRET") && !value.contains("sk-client-key"),
+            "{name}: {value}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -394,7 +394,9 @@ async fn a_reset_mid_event_sends_whole_events_then_one_error_and_no_done() {
 
 #[tokio::test]
 async fn an_idle_upstream_ends_the_stream_with_an_error_event() {
-    let h = start(Shape::Bare, &["--stream-idle-timeout", "0.3"]).await;
+    // The idle timer starts with the response headers, and the mock's first event must reach
+    // the proxy before it fires: 2 s is margin for a loaded machine (0.3 s was not).
+    let h = start(Shape::Bare, &["--stream-idle-timeout", "2"]).await;
     let response = h
         .chat("/v1/chat/completions", true)
         .header("x-mock-behaviour", "hold")
@@ -413,7 +415,7 @@ async fn an_idle_upstream_ends_the_stream_with_an_error_event() {
         .to_string();
     assert_eq!(
         text(&body),
-        first + "data: {\"error\":{\"message\":\"the upstream sent nothing for 0.3s; the stream was closed and the answer is incomplete\",\"type\":\"upstream_error\",\"param\":null,\"code\":\"idle_timeout\"}}\n\n"
+        first + "data: {\"error\":{\"message\":\"the upstream sent nothing for 2s; the stream was closed and the answer is incomplete\",\"type\":\"upstream_error\",\"param\":null,\"code\":\"idle_timeout\"}}\n\n"
     );
     h.mock.state.release();
 }

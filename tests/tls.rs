@@ -73,10 +73,39 @@ async fn https_clients_reach_the_proxy_over_h2_and_http11() {
     // A client that does not trust the proxy's CA cannot complete the handshake.
     let stranger = https_client(&TestCa::new("someone else"), "http/1.1");
     let request = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
-    assert!(tokio::time::timeout(WAIT, stranger.request(request))
+    let error = tokio::time::timeout(WAIT, stranger.request(request))
         .await
         .expect("a quick failure")
-        .is_err());
+        .expect_err("the handshake fails");
+    assert_unknown_issuer(&error);
+}
+
+/// The request failed in the client's handshake because the server's certificate chains to no
+/// CA the client trusts (not a refused connection, not a timeout, not another TLS failure).
+fn assert_unknown_issuer(error: &(dyn std::error::Error + 'static)) {
+    // hyper and tokio-rustls wrap the rustls error; an io::Error hides it from `source()`.
+    let mut next = Some(error);
+    let mut found = None;
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            found = Some(tls);
+            break;
+        }
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    assert_eq!(
+        found,
+        Some(&rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer
+        )),
+        "{error:?}"
+    );
 }
 
 /// A mock upstream behind a TLS front with a certificate from `ca`.
@@ -280,13 +309,12 @@ async fn sighup_reloads_the_certificate_from_credentials_without_dropping_connec
     );
     let stale = https_client(&first_ca, "http/1.1");
     let request = Request::get(&models).body(Full::new(Bytes::new())).unwrap();
-    assert!(
-        tokio::time::timeout(WAIT, stale.request(request))
-            .await
-            .unwrap()
-            .is_err(),
-        "new handshakes use the new certificate"
-    );
+    // New handshakes use the new certificate, which the first CA did not sign.
+    let error = tokio::time::timeout(WAIT, stale.request(request))
+        .await
+        .unwrap()
+        .expect_err("the first CA no longer verifies the proxy");
+    assert_unknown_issuer(&error);
     // The connection made before the reload carries on to the end of its stream.
     mock.state.release();
     let rest = tokio::time::timeout(WAIT, body.collect())

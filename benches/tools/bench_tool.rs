@@ -621,11 +621,11 @@ async fn sse_cpu(opts: &Opts) {
                 let Ok(response) = sender.send_request(h1_request(&uri)).await else {
                     return;
                 };
+                // Only a 200 stream that ends in [DONE] counts (as in ttfe and streams).
+                let status = response.status();
                 let mut first = None;
-                if read_stream(response.into_body(), Instant::now(), &mut first)
-                    .await
-                    .is_some()
-                {
+                let done = read_stream(response.into_body(), Instant::now(), &mut first).await;
+                if status == StatusCode::OK && done.is_some() {
                     ok.fetch_add(1, Ordering::Relaxed);
                 }
             }

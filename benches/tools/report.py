@@ -4,6 +4,12 @@
 usage: report.py results.jsonl latency.svg
 Medians are taken over the rounds of each measurement; differences (added latency) are
 taken per round first (proxy and direct measured back to back), then the median.
+
+Exit status 1 when any step failed a request or a stream (a non-2xx answer or an error in an
+oha run, or an oha run with no answer at all; a failed time-to-first-event stream, a
+CPU-per-event stream that did not complete, a dropped concurrent stream), after printing the
+tables and a "load: FAILED: …" line per step;
+numbers measured over failures are not numbers.
 """
 import json
 import os
@@ -192,6 +198,34 @@ if binary:
     mb = binary["bytes"] / 1e6
     target("stripped release binary", "≤ 8 MB", f"{mb:.1f} MB", mb <= 8)
 
+# --- failures: every request and stream of every step must have succeeded -----------------
+failures = []
+for label, runs in oha.items():
+    for r in runs:
+        if r.get("bad", 0):
+            failures.append(f"oha {r['label']}: {r['bad']} non-2xx responses or errors")
+        elif not r.get("ok", 0):
+            # Requests still in flight at a -z deadline are not errors; none answered at all is.
+            failures.append(f"oha {r['label']}: no request was answered")
+for r in by_kind("ttfe"):
+    if r.get("failed", 0):
+        failures.append(f"time to first event, {r['target']}: {r['failed']} streams failed")
+for r in by_kind("ssecpu"):
+    missing = r.get("streams", 0) - r.get("ok", 0)
+    if missing or "streams" not in r:
+        failures.append(f"CPU per event, {r['mode']} events={r['events']}: "
+                        f"{r.get('ok')} of {r.get('streams', '?')} streams completed")
+for r in many_runs:
+    if r.get("dropped", 0) or r.get("completed", 0) != r.get("n"):
+        who = "nginx" if r.get("server") == "nginx" else "envelope-proxy"
+        failures.append(f"{r.get('n')} concurrent streams through {who} over {r.get('proto', 'h1')}: "
+                        f"{r.get('completed')} completed, {r.get('dropped')} dropped")
+out.append("")
+if failures:
+    out.extend(f"load: FAILED: {f}" for f in failures)
+else:
+    out.append("Every request and stream of every step succeeded.")
+
 print("\n".join(out))
 
 # --- latency SVG: percentile curves at the fixed rate (median over rounds), log scale -----
@@ -235,3 +269,5 @@ if series:
         svg.append(f'<text x="{W - R + 42}" y="{ly}">{name}</text>')
     svg.append("</svg>")
     open(svg_path, "w").write("\n".join(svg))
+
+sys.exit(1 if failures else 0)
