@@ -171,6 +171,7 @@ impl Server {
         };
 
         let workers = Workers::start(worker_count).map_err(StartError::Workers)?;
+        proxy.metrics().watch_workers(workers.open_counters());
         let mut server = Self {
             public,
             admin,
@@ -420,6 +421,13 @@ struct Slot {
     refused: bool,
 }
 
+impl Slot {
+    /// Gives the place back before the connection is closed.
+    fn release(&mut self) {
+        self._permit = None;
+    }
+}
+
 /// Counts refused connections in the metrics and logs them, at most once per
 /// [`REFUSAL_LOG_INTERVAL`] (a flood must not flood the log too).
 struct Refusals {
@@ -564,8 +572,9 @@ impl Accepted {
 
     /// The TLS handshake (within the first request head's deadline, which counts from
     /// accept), then as [`Self::serve_http`].
-    async fn serve_tls(self, tls: TlsAcceptor, tcp: tokio::net::TcpStream, client: ClientInfo) {
+    async fn serve_tls(mut self, tls: TlsAcceptor, tcp: tokio::net::TcpStream, client: ClientInfo) {
         let tracker = Arc::clone(&self.tracker);
+        let slot = &mut self.permit;
         let tls_stream = tokio::select! {
             accepted = tls.accept(tcp) => match accepted {
                 Ok(stream) => stream,
@@ -574,12 +583,14 @@ impl Accepted {
                     return;
                 }
             },
-            // Before the first request, whatever is due means closing; the slot is released
-            // before the socket is closed (see `drive`).
-            _ = tracker.next_action() => {
-                drop(self);
-                return;
-            }
+            // Before the first request, whatever is due means closing. The slot is released
+            // inside this branch's future: `select!` drops the handshake, which owns (and so
+            // closes) the socket, only after a branch completes, so a client that saw the
+            // close finds the slot free (as in `drive`).
+            () = async {
+                tracker.next_action().await;
+                slot.release();
+            } => return,
         };
         self.serve_http(tls_stream, client).await;
     }
