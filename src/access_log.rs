@@ -25,8 +25,9 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::ProxyBody;
 use crate::dialect::Dialect;
+use crate::error::BoxError;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::sse::body::StreamEnd;
 

@@ -12,10 +12,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::error::BoxError;
 use crate::sse::body::StreamEnd;
 use crate::sse::SseBody;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     /// A response body: pass-through, a few in-memory pieces, or a translated event stream.

@@ -6,6 +6,8 @@
 
 use clap::ValueEnum;
 
+use crate::error::Form;
+
 /// A response dialect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum Dialect {
@@ -20,6 +22,15 @@ impl Dialect {
         match self {
             Dialect::Bare => "bare",
             Dialect::Envelope => "envelope",
+        }
+    }
+}
+
+impl From<Dialect> for Form {
+    fn from(dialect: Dialect) -> Form {
+        match dialect {
+            Dialect::Bare => Form::Bare,
+            Dialect::Envelope => Form::Envelope,
         }
     }
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::api_error::{error_type_for, from_fields, ApiError};
+use crate::error::{error_type_for, ApiError, ErrorCode};
 
 /// `{"success":true,"code":"200","message":"successful","data":` — the payload follows.
 pub const SUCCESS_PREFIX: Bytes =
@@ -232,7 +232,7 @@ impl<'a> Envelope<'a> {
             .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
             .filter(Value::is_object);
         if let Some(inner) = inner {
-            let mut error = from_fields(
+            let mut error = ApiError::from_fields(
                 status,
                 inner.get("message").or(message.as_ref()),
                 inner.get("type"),
@@ -245,7 +245,7 @@ impl<'a> Envelope<'a> {
             return error;
         }
         let code = code.map(Value::String);
-        from_fields(status, message.as_ref(), None, None, code.as_ref())
+        ApiError::from_fields(status, message.as_ref(), None, None, code.as_ref())
     }
 
     /// `code` as text: `"200"` and `200` both read "200". `Err` for any other JSON type.
@@ -265,12 +265,10 @@ impl<'a> Envelope<'a> {
 }
 
 fn malformed(why: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
+    ApiError::proxy(
+        ErrorCode::InvalidEnvelope,
         format!("upstream sent a malformed envelope: {why}"),
     )
-    .with_type("upstream_error")
-    .with_code("invalid_envelope")
 }
 
 /// An envelope that names `member` twice: which value counts is anyone's guess (the issue's
@@ -283,15 +281,14 @@ fn duplicated(member: &str, http_status: StatusCode) -> ApiError {
     } else {
         StatusCode::BAD_GATEWAY
     };
-    ApiError::new(
-        status,
+    ApiError::proxy(
+        ErrorCode::UpstreamInvalidBody,
         format!(
             "upstream sent an invalid envelope under HTTP {}: the member `{member}` appears more than once",
             http_status.as_u16()
         ),
     )
-    .with_type("upstream_error")
-    .with_code("upstream_invalid_body")
+    .with_status(status)
 }
 
 /// The `data` payload of `body` as a zero-copy slice, given the `RawValue` parsed from it.

@@ -20,6 +20,8 @@ pub mod config;
 pub mod credentials;
 pub mod dialect;
 pub mod envelope;
+pub mod error;
+pub mod error_body;
 pub mod headers;
 pub mod listener;
 pub mod metrics;

@@ -53,7 +53,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::body::BoxError;
+use crate::error::BoxError;
 
 /// How long a connection told to shut down may take to go, once it has no open request.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);

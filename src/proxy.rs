@@ -20,11 +20,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{ClientAborted, ObservedBody, RequestRecord};
-use crate::api_error::ApiError;
 use crate::auth::{self, ClientKeys, KeyError, UpstreamKey};
 use crate::body::{Held, ProxyBody};
 use crate::config::Config;
 use crate::dialect::{route, Dialect, Route};
+use crate::error::ApiError;
 use crate::headers;
 use crate::metrics::{self, Metrics};
 use crate::reload::Reloadable;

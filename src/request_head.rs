@@ -11,7 +11,7 @@
 use http::header::{HeaderMap, AUTHORIZATION, TRANSFER_ENCODING};
 use http::StatusCode;
 
-use crate::api_error::ApiError;
+use crate::error::ApiError;
 
 /// Checks the header fields of a request; `fields` is how many the client sent (the proxy may
 /// have added its `x-request-id` since).

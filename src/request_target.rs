@@ -11,7 +11,7 @@
 
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::api_error::ApiError;
+use crate::error::ApiError;
 
 /// Checks the method and the target's form, for every request. `Err` carries the reason.
 pub fn check_target(method: &Method, uri: &Uri, version: Version) -> Result<(), ApiError> {

@@ -43,10 +43,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::ObservedBody;
-use crate::api_error::ApiError;
 use crate::body::{Held, ProxyBody};
 use crate::config::Config;
 use crate::dialect::{route, Dialect, Route};
+use crate::error::ApiError;
 use crate::listener::{Inherited, ListenAddr, Listener, Stream};
 use crate::metrics::{Metrics, Refusal};
 use crate::progress::{Abandon, Action, Limits, Tracker};

@@ -33,10 +33,11 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
-use crate::api_error::{self, ApiError};
 use crate::body::ProxyBody;
 use crate::dialect::Dialect;
 use crate::envelope::{self, Classified, Verdict};
+use crate::error::ApiError;
+use crate::error_body;
 use crate::headers;
 use crate::sse::{EventMode, SseBody, StreamSettings};
 use tokio_util::sync::CancellationToken;
@@ -224,7 +225,7 @@ async fn translate_error(
             return Response::from_parts(parts, ProxyBody::full(bytes));
         }
         let content_type = headers::media_type(&parts.headers);
-        api_error::normalise(parts.status, content_type.as_deref(), &bytes)
+        error_body::normalise(parts.status, content_type.as_deref(), &bytes)
     };
     let response = error_response(exchange.client, &error, Some(parts.headers));
     if same_dialect {

@@ -23,9 +23,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::api_error::ApiError;
-use crate::body::BoxError;
 use crate::config::Config;
+use crate::error::ApiError;
+use crate::error::BoxError;
 
 /// The request body sent upstream: the client's body, streamed, with the size limit applied.
 pub type UpstreamRequestBody = Limited<crate::request_body::ClientBody>;

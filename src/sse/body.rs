@@ -34,9 +34,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::framer::{SseEvent, SseFramer};
 use super::transform::{error_event, EventKind, EventMode};
-use crate::api_error::ApiError;
-use crate::body::BoxError;
 use crate::dialect::Dialect;
+use crate::error::ApiError;
+use crate::error::BoxError;
 
 /// Everything a stream needs to know, fixed when the response headers arrive.
 #[derive(Debug, Clone, Copy)]

@@ -18,10 +18,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::framer::SseEvent;
-use crate::api_error::{self, ApiError};
 use crate::config::StreamEnvelope;
 use crate::dialect::Dialect;
 use crate::envelope::{self, Classified, Verdict};
+use crate::error::ApiError;
+use crate::error_body;
 
 /// What happens to each event's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,7 +232,7 @@ fn stream_error(data: &[u8]) -> ApiError {
         .filter(|code| (400..=599).contains(code))
         .and_then(|code| StatusCode::from_u16(code).ok())
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    api_error::normalise(status, Some("application/json"), data)
+    error_body::normalise(status, Some("application/json"), data)
 }
 
 #[cfg(test)]
