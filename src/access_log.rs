@@ -24,10 +24,11 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Level;
 
 use crate::body::ProxyBody;
 use crate::dialect::Dialect;
-use crate::error::BoxError;
+use crate::error::{BoxError, ErrorCode};
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::sse::body::StreamEnd;
 
@@ -65,7 +66,7 @@ pub struct RequestRecord {
     upstream: Dialect,
     status: u16,
     upstream_status: Option<u16>,
-    error_code: Option<String>,
+    error_code: Option<ErrorCode>,
     translated: bool,
     stream: bool,
     first_byte: Option<Duration>,
@@ -116,7 +117,7 @@ impl RequestRecord {
         &mut self,
         status: u16,
         upstream_status: Option<u16>,
-        error_code: Option<String>,
+        error_code: Option<ErrorCode>,
         translated: bool,
         stream: bool,
     ) {
@@ -218,9 +219,9 @@ impl RequestRecord {
             };
         }
         if outcome.warn {
-            line!(tracing::Level::WARN);
+            line!(Level::WARN);
         } else {
-            line!(tracing::Level::INFO);
+            line!(Level::INFO);
         }
     }
 
@@ -247,20 +248,24 @@ impl RequestRecord {
                     upstream_error: None,
                     warn: true,
                 },
-                _ => match UpstreamErrorKind::from_code(label) {
-                    Some(kind) => Outcome::upstream(label, kind),
+                _ => match end.error_code() {
+                    Some(code) => Outcome {
+                        label,
+                        upstream_error: code.metric_kind(),
+                        warn: code.log_level() == Level::WARN,
+                    },
                     None => Outcome::quiet(label),
                 },
             };
         }
-        match self.error_code.as_deref() {
-            Some(code) => match UpstreamErrorKind::from_code(code) {
+        match self.error_code {
+            Some(code) => match code.metric_kind() {
                 // A body cut short is a broken upstream, whether passed through or read.
-                Some(kind) if code == "upstream_truncated" => {
+                Some(kind) if code == ErrorCode::UpstreamTruncated => {
                     Outcome::upstream("upstream_broken", kind)
                 }
                 Some(kind) => Outcome::upstream("upstream_error", kind),
-                None if code == "shutting_down" => Outcome::quiet("shutting_down"),
+                None if code == ErrorCode::ShuttingDown => Outcome::quiet("shutting_down"),
                 None if self.upstream_status.is_none() => Outcome::quiet("rejected"),
                 None => Outcome::OK,
             },
@@ -408,7 +413,7 @@ mod tests {
         record.set_response(
             502,
             upstream_status,
-            error_code.map(str::to_owned),
+            error_code.and_then(ErrorCode::parse),
             false,
             false,
         );

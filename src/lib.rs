@@ -34,6 +34,7 @@ pub mod request_id;
 pub mod request_target;
 pub mod server;
 pub mod sse;
+pub mod synthetic;
 pub mod systemd;
 pub mod tls;
 pub mod translate;

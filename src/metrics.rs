@@ -16,57 +16,7 @@ use crate::sse::body::StreamEnd;
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Why an exchange with the upstream failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
-    Connect,
-    Timeout,
-    Tls,
-    /// The connection closed or reset before the answer was complete.
-    Reset,
-    /// A body that is not what it claims: not JSON, a malformed envelope, too large.
-    InvalidBody,
-}
-
-impl UpstreamErrorKind {
-    const ALL: [UpstreamErrorKind; 5] = [
-        UpstreamErrorKind::Connect,
-        UpstreamErrorKind::Timeout,
-        UpstreamErrorKind::Tls,
-        UpstreamErrorKind::Reset,
-        UpstreamErrorKind::InvalidBody,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamErrorKind::Connect => "connect",
-            UpstreamErrorKind::Timeout => "timeout",
-            UpstreamErrorKind::Tls => "tls",
-            UpstreamErrorKind::Reset => "reset",
-            UpstreamErrorKind::InvalidBody => "invalid_body",
-        }
-    }
-
-    /// The kind behind one of the proxy's own error codes (see the README's table); `None`
-    /// for anything else, e.g. an error the upstream itself reported.
-    pub fn from_code(code: &str) -> Option<Self> {
-        Some(match code {
-            "upstream_unreachable" => UpstreamErrorKind::Connect,
-            "upstream_connect_timeout"
-            | "upstream_timeout"
-            | "idle_timeout"
-            | "request_timeout" => UpstreamErrorKind::Timeout,
-            "upstream_tls_error" => UpstreamErrorKind::Tls,
-            "upstream_error" | "upstream_truncated" | "upstream_broken" => UpstreamErrorKind::Reset,
-            "upstream_invalid_body"
-            | "upstream_invalid_response"
-            | "invalid_envelope"
-            | "upstream_body_too_large"
-            | "event_too_large" => UpstreamErrorKind::InvalidBody,
-            _ => return None,
-        })
-    }
-}
+pub use crate::error::UpstreamErrorKind;
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

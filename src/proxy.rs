@@ -24,7 +24,7 @@ use crate::auth::{self, ClientKeys, KeyError, UpstreamKey};
 use crate::body::{Held, ProxyBody};
 use crate::config::Config;
 use crate::dialect::{route, Dialect, Route};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::headers;
 use crate::metrics::{self, Metrics};
 use crate::reload::Reloadable;
@@ -33,7 +33,11 @@ use crate::request_head;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::request_target;
 use crate::sse::{EventMode, StreamSettings};
-use crate::translate::{self, error_response, ErrorCode, Exchange, Translated};
+use crate::synthetic::{
+    broken_request_body, error_response, overloaded, shutting_down, text_response, unauthorized,
+    unknown_route, Limit,
+};
+use crate::translate::{self, Exchange, Translated};
 use crate::upstream::Upstream;
 
 /// Where a request came from, as the listener saw it.
@@ -235,7 +239,10 @@ impl Proxy {
             }
             _ => {
                 let record = self.record(&request, request_id);
-                unheld(observed(unknown_route(&request), record))
+                unheld(observed(
+                    unknown_route(request.method(), request.uri().path()),
+                    record,
+                ))
             }
         }
     }
@@ -260,7 +267,10 @@ impl Proxy {
             }
         }
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            return unheld(observed(overloaded(dialect), record));
+            return unheld(observed(
+                overloaded(dialect, Limit::ConcurrentRequests),
+                record,
+            ));
         };
         let response = self
             .forward(request, dialect, rest, client, request_id)
@@ -381,7 +391,11 @@ impl Proxy {
             () = self.cut.cancelled() => return error_response(dialect, &shutting_down(), None),
         };
         let Ok(sent) = sent else {
-            return error_response(dialect, &deadline_exceeded(config.request_timeout), None);
+            return error_response(
+                dialect,
+                &ApiError::request_timeout(config.request_timeout),
+                None,
+            );
         };
         match sent {
             Ok(response) => {
@@ -421,15 +435,6 @@ fn may_read_metrics<B>(request: &Request<B>, role: Role, keys: Option<&ClientKey
     }
 }
 
-/// The client's upload broke (it ended early or its chunked framing was invalid): its error.
-fn broken_request_body() -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "the request body could not be read: it ended before it was complete or its chunked encoding is invalid",
-    )
-    .with_code("invalid_request_body")
-}
-
 /// True when a GET would pass the upstream's body through untouched, so the upstream's
 /// `Content-Length` on a HEAD is the one the client would get: same dialects, no error to
 /// normalise, no event stream.
@@ -437,15 +442,6 @@ fn head_keeps_length(exchange: &Exchange, response: &Response<ProxyBody>) -> boo
     exchange.client == exchange.upstream
         && response.status().as_u16() < 400
         && !headers::is_event_stream(response.headers())
-}
-
-fn shutting_down() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the proxy is shutting down; retry the request",
-    )
-    .with_type("server_error")
-    .with_code("shutting_down")
 }
 
 fn unobserved(response: Response<ProxyBody>) -> Response<ObservedBody> {
@@ -459,7 +455,7 @@ fn observed(
 ) -> Response<ObservedBody> {
     let extensions = response.extensions_mut();
     let upstream_status = extensions.remove::<UpstreamStatus>().map(|s| s.0.as_u16());
-    let error_code = extensions.remove::<ErrorCode>().map(|c| c.0);
+    let error_code = extensions.remove::<ErrorCode>();
     let translated = extensions.remove::<Translated>().is_some();
     if extensions.remove::<ClientAborted>().is_some() {
         record.set_client_aborted();
@@ -502,68 +498,6 @@ fn dialect_of(path: &str) -> Dialect {
     } else {
         Dialect::Bare
     }
-}
-
-fn unauthorized(dialect: Dialect) -> Response<ProxyBody> {
-    let error = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "Missing or invalid API key: send `Authorization: Bearer <key>` with a key this proxy accepts.",
-    )
-    .with_code("invalid_api_key");
-    let mut response = error_response(dialect, &error, None);
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
-fn overloaded(dialect: Dialect) -> Response<ProxyBody> {
-    let error = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "envelope-proxy is at its concurrent request limit (--max-concurrent-requests); retry shortly",
-    )
-    .with_code("proxy_overloaded");
-    let mut response = error_response(dialect, &error, None);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
-}
-
-pub(crate) fn deadline_exceeded(limit: std::time::Duration) -> ApiError {
-    ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        format!(
-            "the request did not complete within {}s (--request-timeout)",
-            limit.as_secs_f64()
-        ),
-    )
-    .with_type("upstream_error")
-    .with_code("request_timeout")
-}
-
-fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(bytes::Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-fn unknown_route<B>(request: &Request<B>) -> Response<ProxyBody> {
-    let error = ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!(
-            "Unknown path: {} {}. envelope-proxy serves /v1/… (bare dialect) and /api/v1/… (envelope dialect).",
-            request.method(),
-            request.uri().path()
-        ),
-    )
-    .with_type("invalid_request_error")
-    .with_code("unknown_route");
-    error_response(Dialect::Bare, &error, None)
 }
 
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {

@@ -9,20 +9,17 @@
 //!   never let a second, unchecked one through.
 
 use http::header::{HeaderMap, AUTHORIZATION, TRANSFER_ENCODING};
-use http::StatusCode;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Checks the header fields of a request; `fields` is how many the client sent (the proxy may
 /// have added its `x-request-id` since).
 pub fn check_head(headers: &HeaderMap, fields: usize, max_headers: usize) -> Result<(), ApiError> {
     if fields > max_headers {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        return Err(ApiError::proxy(
+            ErrorCode::TooManyHeaders,
             format!("request refused: more than {max_headers} header fields (--max-headers)"),
-        )
-        .with_type("invalid_request_error")
-        .with_code("too_many_headers"));
+        ));
     }
     let foreign_coding = headers
         .get_all(TRANSFER_ENCODING)
@@ -30,19 +27,16 @@ pub fn check_head(headers: &HeaderMap, fields: usize, max_headers: usize) -> Res
         .flat_map(|value| value.as_bytes().split(|&b| b == b','))
         .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
     if foreign_coding {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
+        return Err(ApiError::proxy(
+            ErrorCode::UnsupportedTransferCoding,
             "request refused: the only transfer coding accepted is `chunked`",
-        )
-        .with_type("invalid_request_error")
-        .with_code("unsupported_transfer_coding"));
+        ));
     }
     if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::proxy(
+            ErrorCode::DuplicateAuthorization,
             "request refused: more than one Authorization header",
-        )
-        .with_code("duplicate_authorization"));
+        ));
     }
     Ok(())
 }

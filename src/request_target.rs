@@ -9,9 +9,9 @@
 //! so `..;`, `%2e%2e%3b`, `..%00` and `..%20` all count as `..`; a hop that decodes again sees
 //! `%252e%252e` as `..` too, so up to [`DECODE_ROUNDS`] decodings are checked.
 
-use http::{Method, StatusCode, Uri, Version};
+use http::{Method, Uri, Version};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Checks the method and the target's form, for every request. `Err` carries the reason.
 pub fn check_target(method: &Method, uri: &Uri, version: Version) -> Result<(), ApiError> {
@@ -126,11 +126,10 @@ fn percent_decode(segment: &[u8]) -> Vec<u8> {
 }
 
 fn refuse(reason: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
+    ApiError::proxy(
+        ErrorCode::InvalidRequestTarget,
         format!("request refused: {reason}"),
     )
-    .with_code("invalid_request_target")
 }
 
 #[cfg(test)]

@@ -30,8 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -46,15 +45,14 @@ use crate::access_log::ObservedBody;
 use crate::body::{Held, ProxyBody};
 use crate::config::Config;
 use crate::dialect::{route, Dialect, Route};
-use crate::error::ApiError;
 use crate::listener::{Inherited, ListenAddr, Listener, Stream};
 use crate::metrics::{Metrics, Refusal};
 use crate::progress::{Abandon, Action, Limits, Tracker};
 use crate::proxy::{ClientInfo, Proxy, Role, SetupError};
 use crate::reload::Reload;
+use crate::synthetic::{overloaded, Limit};
 use crate::systemd;
 use crate::tls::{self, CertFiles};
-use crate::translate::error_response;
 use crate::upstream::Upstream;
 use crate::workers::Workers;
 
@@ -658,16 +656,7 @@ fn over_connection_limit(request: &Request<Incoming>) -> Response<ProxyBody> {
         Route::Proxy { client, .. } => client,
         _ => Dialect::Bare,
     };
-    let error = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "envelope-proxy is at its connection limit (--max-connections); retry shortly",
-    )
-    .with_code("proxy_overloaded");
-    let mut response = error_response(dialect, &error, None);
-    let headers = response.headers_mut();
-    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
+    overloaded(dialect, Limit::Connections)
 }
 
 /// Accepts on one public listener until `stop`; dropping the listener on return closes it.

@@ -36,10 +36,11 @@ use hyper::body::Incoming;
 use crate::body::ProxyBody;
 use crate::dialect::Dialect;
 use crate::envelope::{self, Classified, Verdict};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::error_body;
 use crate::headers;
 use crate::sse::{EventMode, SseBody, StreamSettings};
+use crate::synthetic::{error_response, set_json_headers};
 use tokio_util::sync::CancellationToken;
 
 /// What the response path needs to know about one exchange.
@@ -62,10 +63,6 @@ pub struct Exchange {
 /// Response extension: the body was rewritten from the upstream's dialect into the client's.
 #[derive(Debug, Clone, Copy)]
 pub struct Translated;
-
-/// Response extension on every [`error_response`]: the error's `code`, for logs and metrics.
-#[derive(Debug, Clone)]
-pub struct ErrorCode(pub String);
 
 fn translated(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
     response.extensions_mut().insert(Translated);
@@ -239,29 +236,25 @@ async fn translate_error(
 async fn read_body(exchange: &Exchange, body: Incoming) -> Result<Bytes, ApiError> {
     let read = Limited::new(body, exchange.max_response_body as usize).collect();
     let Ok(read) = tokio::time::timeout_at(exchange.deadline, read).await else {
-        return Err(crate::proxy::deadline_exceeded(exchange.request_timeout));
+        return Err(ApiError::request_timeout(exchange.request_timeout));
     };
     match read {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::proxy(
+            ErrorCode::UpstreamBodyTooLarge,
             format!(
                 "upstream response body exceeds the limit of {} bytes (--max-response-body)",
                 exchange.max_response_body
             ),
-        )
-        .with_type("upstream_error")
-        .with_code("upstream_body_too_large")),
+        )),
         Err(error) => {
             // The cause (often an OS error) is for the log; the client gets what it means.
             let cause = crate::upstream::describe_chain(error.as_ref());
             tracing::warn!(%cause, "upstream response body was cut short");
-            Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
+            Err(ApiError::proxy(
+                ErrorCode::UpstreamTruncated,
                 "upstream response was cut short: the upstream connection ended before the body was complete",
-            )
-            .with_type("upstream_error")
-            .with_code("upstream_truncated"))
+            ))
         }
     }
 }
@@ -285,36 +278,30 @@ fn encoded_body(parts: &Parts) -> ApiError {
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("compressed");
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
+    ApiError::proxy(
+        ErrorCode::UpstreamInvalidBody,
         format!(
             "upstream sent a {encoding}-encoded body under HTTP {} although it was asked for identity; it cannot be translated",
             parts.status.as_u16()
         ),
     )
-    .with_type("upstream_error")
-    .with_code("upstream_invalid_body")
 }
 
 fn unexpected_upgrade() -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
+    ApiError::proxy(
+        ErrorCode::UpstreamInvalidResponse,
         "upstream answered HTTP 101 Switching Protocols to a request that asked for no upgrade",
     )
-    .with_type("upstream_error")
-    .with_code("upstream_invalid_response")
 }
 
 fn invalid_json(parts: &Parts) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
+    ApiError::proxy(
+        ErrorCode::UpstreamInvalidBody,
         format!(
             "upstream sent a body that is not valid JSON under HTTP {}",
             parts.status.as_u16()
         ),
     )
-    .with_type("upstream_error")
-    .with_code("upstream_invalid_body")
 }
 
 fn has_no_body(status: StatusCode) -> bool {
@@ -334,36 +321,4 @@ fn json_response(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
-}
-
-/// An error in `dialect`. `upstream_headers`, when given, keep the retry and rate-limit
-/// headers the SDKs act on.
-pub fn error_response(
-    dialect: Dialect,
-    error: &ApiError,
-    upstream_headers: Option<HeaderMap>,
-) -> Response<ProxyBody> {
-    let body = error.to_body(dialect);
-    let mut headers = upstream_headers.unwrap_or_default();
-    set_json_headers(&mut headers);
-    let mut response = Response::new(ProxyBody::full(body));
-    *response.status_mut() = error.status;
-    *response.headers_mut() = headers;
-    if let serde_json::Value::String(code) = &error.code {
-        response.extensions_mut().insert(ErrorCode(code.clone()));
-    }
-    response
-}
-
-/// A JSON body's headers. The upstream's `Content-Length` is dropped, not replaced: the body's
-/// exact size hint makes hyper write the new one itself, straight into the response head (a
-/// `HeaderValue` from an integer costs two allocations per response).
-fn set_json_headers(headers: &mut HeaderMap) {
-    headers.remove(header::CONTENT_ENCODING);
-    headers.remove(header::ETAG);
-    headers.remove(header::CONTENT_LENGTH);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
 }

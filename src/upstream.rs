@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -24,8 +24,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::error::BoxError;
+use crate::error::{ApiError, ErrorCode};
 
 /// The request body sent upstream: the client's body, streamed, with the size limit applied.
 pub type UpstreamRequestBody = Limited<crate::request_body::ClientBody>;
@@ -201,43 +201,36 @@ impl UpstreamError {
     /// What the client is told: the status, a code and a message without OS error details
     /// (those are in the log, from `Display`).
     pub fn to_api_error(&self, max_request_body: u64) -> ApiError {
-        let (status, code, message) = match self {
+        let (code, message) = match self {
             UpstreamError::Connect { reason, .. } => (
-                StatusCode::BAD_GATEWAY,
-                "upstream_unreachable",
+                ErrorCode::UpstreamUnreachable,
                 format!("upstream unreachable: {reason}"),
             ),
             // The rustls error names the TLS problem (certificate, protocol), no OS detail.
             UpstreamError::Tls(_) => (
-                StatusCode::BAD_GATEWAY,
-                "upstream_tls_error",
+                ErrorCode::UpstreamTlsError,
                 self.to_string(),
             ),
             UpstreamError::Other(_) => (
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
+                ErrorCode::UpstreamError,
                 "upstream connection failed: the upstream closed or reset the connection before answering".to_owned(),
             ),
             UpstreamError::ConnectTimeout { limit, .. } => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_connect_timeout",
+                ErrorCode::UpstreamConnectTimeout,
                 format!(
                     "upstream connect timed out: no connection within {}s (--connect-timeout)",
                     limit.as_secs_f64()
                 ),
             ),
             UpstreamError::ResponseTimeout(_) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream_timeout",
+                ErrorCode::UpstreamTimeout,
                 self.to_string(),
             ),
             UpstreamError::RequestBodyTooLarge => {
                 return ApiError::request_too_large(max_request_body)
             }
         };
-        ApiError::new(status, message)
-            .with_type("upstream_error")
-            .with_code(code)
+        ApiError::proxy(code, message)
     }
 
     /// A short label for logs and metrics.

@@ -35,8 +35,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::framer::{SseEvent, SseFramer};
 use super::transform::{error_event, EventKind, EventMode};
 use crate::dialect::Dialect;
-use crate::error::ApiError;
 use crate::error::BoxError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Everything a stream needs to know, fixed when the response headers arrive.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +71,8 @@ pub enum StreamEnd {
 }
 
 impl StreamEnd {
+    /// The `outcome` label of metrics and the access log; for an early end, the code of the
+    /// error event that reported it (checked by a test below).
     pub fn as_str(self) -> &'static str {
         match self {
             StreamEnd::Complete => "ok",
@@ -81,6 +83,21 @@ impl StreamEnd {
             StreamEnd::EventTooLarge => "event_too_large",
             StreamEnd::ClientCancelled => "client_cancelled",
             StreamEnd::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The code of the error event the proxy ends the stream with; `None` when the stream
+    /// ended whole, with the upstream's own error event, or without a client to tell.
+    pub fn error_code(self) -> Option<ErrorCode> {
+        match self {
+            StreamEnd::Complete | StreamEnd::UpstreamErrorEvent | StreamEnd::ClientCancelled => {
+                None
+            }
+            StreamEnd::Truncated => Some(ErrorCode::StreamTruncated),
+            StreamEnd::Broken => Some(ErrorCode::UpstreamBroken),
+            StreamEnd::IdleTimeout => Some(ErrorCode::IdleTimeout),
+            StreamEnd::EventTooLarge => Some(ErrorCode::EventTooLarge),
+            StreamEnd::ShuttingDown => Some(ErrorCode::ShuttingDown),
         }
     }
 }
@@ -390,9 +407,11 @@ fn end_with_error(
     end: StreamEnd,
     message: String,
 ) {
-    let error = ApiError::new(StatusCode::BAD_GATEWAY, message)
-        .with_type("upstream_error")
-        .with_code(end.as_str());
+    // Every end reported here is one of the proxy's codes (see `StreamEnd::error_code`).
+    let error = match end.error_code() {
+        Some(code) => ApiError::mid_stream(code, message),
+        None => ApiError::new(StatusCode::BAD_GATEWAY, message).with_type("upstream_error"),
+    };
     out.push_back(error_event(&error, form));
     *outcome = Some(end);
 }
@@ -406,6 +425,34 @@ fn error_limit(error: &super::framer::FramerError) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_early_end_is_labelled_with_its_error_events_code() {
+        let ends = [
+            StreamEnd::Complete,
+            StreamEnd::UpstreamErrorEvent,
+            StreamEnd::Truncated,
+            StreamEnd::Broken,
+            StreamEnd::IdleTimeout,
+            StreamEnd::EventTooLarge,
+            StreamEnd::ClientCancelled,
+            StreamEnd::ShuttingDown,
+        ];
+        let coded: Vec<(&str, &str)> = ends
+            .into_iter()
+            .filter_map(|end| end.error_code().map(|code| (end.as_str(), code.as_str())))
+            .collect();
+        assert_eq!(
+            coded,
+            [
+                ("stream_truncated", "stream_truncated"),
+                ("upstream_broken", "upstream_broken"),
+                ("idle_timeout", "idle_timeout"),
+                ("event_too_large", "event_too_large"),
+                ("shutting_down", "shutting_down"),
+            ]
+        );
+    }
 
     /// A hand-made upstream body: its chunks one frame each, then a transport error if given.
     struct Upstream {
