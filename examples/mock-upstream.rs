@@ -6,11 +6,10 @@
 //!
 //! Prints exactly one line, `mock-upstream listening on http://ADDR (shape SHAPE)`, once bound,
 //! then serves until SIGINT or SIGTERM. Behaviour is driven by `x-mock-*` request headers, see
-//! `tests/support/mock_upstream.rs`; `GET /__mock/health` and `GET /__mock/attempts?key=K` let a
+//! `tests/support/src/mock_upstream.rs`; `GET /__mock/health` and `GET /__mock/attempts?key=K` let a
 //! client in another process check it.
 
-#[path = "../tests/support/mock_upstream.rs"]
-mod mock_upstream;
+use test_support::mock_upstream;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -7,14 +7,7 @@
 //! Timeouts are set tiny through the flags; every wait is bounded by the harness's `WAIT` and
 //! nothing asserts how fast the proxy was.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
-#[path = "support/pki.rs"]
-mod pki;
-#[path = "support/process.rs"]
-mod process;
+use test_support::{harness, mock_upstream, pki, process};
 
 use std::future::Future as _;
 use std::net::SocketAddr;
@@ -33,10 +26,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use mock_upstream::Shape;
-use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir, BIN};
+use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// The proxy binary built for this test target.
+const BIN: &str = test_support::proxy_bin!();
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An empty SETTINGS frame.

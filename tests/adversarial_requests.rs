@@ -2,14 +2,7 @@
 //! over a TCP socket and hand-made HTTP/2 requests, each answered exactly, in the client's
 //! dialect, without the upstream being contacted when it must not be.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/raw.rs"]
-mod raw;
+use test_support::{harness, mock_upstream, process, raw};
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +13,9 @@ use mock_upstream::Shape;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The proxy binary built for this test target.
+const BIN: &str = test_support::proxy_bin!();
 
 /// The bare error body the proxy sends.
 fn bare_error(message: &str, error_type: &str, code: &str) -> Value {
@@ -645,8 +641,7 @@ async fn start_binary(
     let socket = notify.path.to_str().expect("UTF-8 path").to_owned();
     let mut args = vec!["--listen", "127.0.0.1:0", "--upstream", upstream];
     args.extend_from_slice(extra);
-    let proxy =
-        process::ProxyProcess::spawn(dir, process::BIN, &args, &[("NOTIFY_SOCKET", &socket)]);
+    let proxy = process::ProxyProcess::spawn(dir, BIN, &args, &[("NOTIFY_SOCKET", &socket)]);
     let ready = notify.until("READY=1").await;
     let addr = process::served_tcp_addr(process::field(&ready, "STATUS").expect("STATUS"));
     (proxy, notify, addr)

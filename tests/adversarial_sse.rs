@@ -6,10 +6,7 @@
 //! - rewritten events (wrap, unwrap) keep their `event:`, `id:`, `retry:` and comment lines;
 //! - an envelope with a duplicated member is `upstream_invalid_body`, as a body and as an event.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
+use test_support::{harness, mock_upstream};
 
 use std::time::{Duration, Instant};
 

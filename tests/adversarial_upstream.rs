@@ -4,16 +4,7 @@
 //! was asked for, redirects and `101`s, silence after the TCP handshake — and every client
 //! gets an exact, honest answer, with an access-log outcome that says what happened.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
-#[path = "support/pki.rs"]
-mod pki;
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/raw_upstream.rs"]
-mod raw_upstream;
+use test_support::{harness, pki, process, raw_upstream};
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};

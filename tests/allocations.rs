@@ -12,8 +12,7 @@ use envelope_proxy::sse::SseBody;
 use envelope_proxy::Dialect;
 use http_body::Body;
 
-#[path = "support/streams.rs"]
-mod streams;
+use test_support::streams;
 
 #[global_allocator]
 static ALLOCATOR: dhat::Alloc = dhat::Alloc;

@@ -2,12 +2,7 @@
 //! in-flight streams drained, the grace deadline, the watchdog, socket activation, and the
 //! start-to-ready time (measured and printed, never asserted).
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
-#[path = "support/process.rs"]
-mod process;
+use test_support::{harness, mock_upstream, process};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,9 +16,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use mock_upstream::Shape;
 use nix::sys::signal::Signal;
-use process::{
-    field, free_port, served_tcp_addr, until_refused, Notify, ProxyProcess, TempDir, BIN,
-};
+use process::{field, free_port, served_tcp_addr, until_refused, Notify, ProxyProcess, TempDir};
+
+/// The proxy binary built for this test target.
+const BIN: &str = test_support::proxy_bin!();
 
 const BARE_STREAM: &str = "bare/chat_completion_stream.sse";
 const CHAT: &str =
@@ -360,7 +356,7 @@ async fn socket_activation_serves_the_inherited_tcp_and_unix_sockets_instead_of_
 #[tokio::test]
 async fn start_to_ready_is_measured() {
     const RUNS: usize = 15;
-    let bin = process::measured_bin();
+    let bin = process::measured_bin(BIN);
     for (label, upstream) in [
         ("http upstream", "http://127.0.0.1:9/v1"),
         ("https upstream (system roots)", "https://api.openai.com/v1"),

@@ -1,12 +1,7 @@
 //! Observability: /metrics series after known traffic, /readyz and the admin listener,
 //! x-request-id, the Unix listener, and the access log of the real binary.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
-#[path = "support/process.rs"]
-mod process;
+use test_support::{harness, mock_upstream, process};
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -18,8 +13,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use mock_upstream::Shape;
 use nix::sys::signal::Signal;
-use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir, BIN};
+use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir};
 use serde_json::{json, Value};
+
+/// The proxy binary built for this test target.
+const BIN: &str = test_support::proxy_bin!();
 
 async fn get_at(addr: std::net::SocketAddr, path: &str) -> Reply {
     let request = Request::get(format!("http://{addr}{path}"))

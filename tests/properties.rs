@@ -15,9 +15,8 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 
-#[path = "support/streams.rs"]
-mod streams;
 use serde_json::Value;
+use test_support::streams;
 
 /// Arbitrary JSON values, nested a few levels deep.
 fn json_value() -> impl Strategy<Value = Value> {

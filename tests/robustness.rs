@@ -1,12 +1,7 @@
 //! Bad input, tried for real: each case gets a clear error in the right dialect (or the HTTP
 //! layer's own refusal), nothing panics, and the proxy still serves a normal request afterwards.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
-#[path = "support/raw.rs"]
-mod raw;
+use test_support::{harness, mock_upstream, raw};
 
 use std::time::Duration;
 

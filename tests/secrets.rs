@@ -3,12 +3,7 @@
 //! configured secret that cannot be read stops startup with one clear line and exit code 1; a
 //! `$CREDENTIALS_DIRECTORY` holding none of the known credentials is a WARN.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
-#[path = "support/process.rs"]
-mod process;
+use test_support::{harness, mock_upstream, process};
 
 use bytes::Bytes;
 use harness::{client, WAIT};
@@ -16,7 +11,10 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use mock_upstream::Shape;
 use nix::sys::signal::Signal;
-use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir, BIN};
+use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir};
+
+/// The proxy binary built for this test target.
+const BIN: &str = test_support::proxy_bin!();
 
 const UPSTREAM_SECRET: &str = "sk-upstream-from-credential-7f3a";
 const CLIENT_SECRET: &str = "sk-client-from-flag-91c2";

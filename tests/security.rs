@@ -1,11 +1,6 @@
 //! Access control and the open-proxy guard, end to end.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
-#[path = "support/raw.rs"]
-mod raw;
+use test_support::{harness, mock_upstream, raw};
 
 use harness::{fixture, fixture_json, start};
 use http::StatusCode;

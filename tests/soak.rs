@@ -3,12 +3,7 @@
 //! RSS must stay flat, and active requests, streams and client connections must return to zero.
 //! `SOAK_SECONDS` shortens or lengthens the run (default 60).
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
-#[path = "support/process.rs"]
-mod process;
+use test_support::{harness, mock_upstream, process};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,10 +14,13 @@ use harness::{fixture, wrapped, WAIT};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mock_upstream::Shape;
-use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir, BIN};
+use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The proxy binary built for this test target.
+const BIN: &str = test_support::proxy_bin!();
 
 const WORKERS: usize = 16;
 const SCENARIOS: usize = 10;

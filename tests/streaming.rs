@@ -3,10 +3,7 @@
 //! Expected outputs are built from the fixtures: pass-through must equal the upstream bytes,
 //! unwrap must equal the bare fixture, wrap must equal each bare chunk inside the envelope.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
+use test_support::{harness, mock_upstream};
 
 use bytes::BytesMut;
 use harness::{fixture, start, wrapped, Reply, WAIT};

@@ -2,14 +2,7 @@
 //! (h2 and http/1.1), the proxy to an HTTPS upstream signed by a private CA, a wrong CA, mTLS
 //! to the upstream, and SIGHUP certificate reloads on the real binary.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
-#[path = "support/pki.rs"]
-mod pki;
-#[path = "support/process.rs"]
-mod process;
+use test_support::{harness, mock_upstream, pki, process};
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -21,8 +14,11 @@ use http_body_util::{BodyExt, Full};
 use mock_upstream::Shape;
 use nix::sys::signal::Signal;
 use pki::{https_client, tls_front, HttpsClient, TestCa};
-use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir, BIN};
+use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir};
 use serde_json::json;
+
+/// The proxy binary built for this test target.
+const BIN: &str = test_support::proxy_bin!();
 
 async fn https_get(client: &HttpsClient, url: &str) -> (StatusCode, Version, Bytes) {
     let request = Request::get(url)

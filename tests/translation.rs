@@ -3,10 +3,7 @@
 //! Each test names the direction it covers: `bare→envelope` means a bare upstream answering an
 //! envelope client (`/api/v1/…`), and so on.
 
-#[path = "support/harness.rs"]
-mod harness;
-#[path = "support/mock_upstream.rs"]
-mod mock_upstream;
+use test_support::{harness, mock_upstream};
 
 use harness::{fixture, fixture_json, start, wrapped};
 use http::{Method, StatusCode};

@@ -1,7 +1,6 @@
 //! Test harness: a mock upstream, envelope-proxy in front of it, and a plain HTTP client.
 //!
 //! Everything binds `127.0.0.1:0`; the proxy is configured through its real command line.
-#![allow(dead_code)]
 
 use std::time::Duration;
 

@@ -3,7 +3,6 @@
 //! [`Notify`] is a Unix datagram socket in a temporary directory that the test reads, as
 //! systemd would. [`ProxyProcess`] runs the binary with its stderr in a file (printed when a
 //! test fails), signals it with `kill(2)` (nix), and kills it if the test ends early.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -15,11 +14,10 @@ use tokio::net::UnixDatagram;
 
 use crate::harness::WAIT;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_envelope-proxy");
-
-/// The binary to measure: `$ENVELOPE_PROXY_BIN` (e.g. target/release/envelope-proxy), else [`BIN`].
-pub fn measured_bin() -> String {
-    std::env::var("ENVELOPE_PROXY_BIN").unwrap_or_else(|_| BIN.to_owned())
+/// The binary to measure: `$ENVELOPE_PROXY_BIN` (e.g. target/release/envelope-proxy), else
+/// `built` (the test target's [`crate::proxy_bin!`]).
+pub fn measured_bin(built: &str) -> String {
+    std::env::var("ENVELOPE_PROXY_BIN").unwrap_or_else(|_| built.to_owned())
 }
 
 /// A fresh, empty directory under the system temp dir, removed on drop.

@@ -24,7 +24,7 @@
 //! work); anything else → 404 with `Invalid URL (METHOD /path)` in the shape's error format.
 //! A broken directive (unknown fixture, bad status, unknown behaviour…) answers 500 with
 //! `x-mock-error: 1` and a `mock-upstream: …` text body, so a typo fails loudly.
-//! Fixtures are read from `$MOCK_FIXTURES_DIR`, else `CARGO_MANIFEST_DIR/fixtures`.
+//! Fixtures are read from `$MOCK_FIXTURES_DIR`, else the main crate's `fixtures/`.
 //!
 //! Every behaviour is implemented inside hyper: the ones that must break the connection
 //! (`no-response`, `reset-mid-body`, `truncate-content-length`) make the service or the response
@@ -33,7 +33,6 @@
 //!
 //! Control endpoints (not recorded, not counted): `GET /__mock/health`, `GET /__mock/attempts?key=K`,
 //! `GET /__mock/requests`, `POST /__mock/release`.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -118,7 +117,6 @@ pub struct RecordedRequest {
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
-    pub version: Version,
 }
 
 impl RecordedRequest {
@@ -171,10 +169,6 @@ impl MockState {
         }
     }
 
-    pub fn shape(&self) -> Shape {
-        self.shape
-    }
-
     /// Every request received so far (control endpoints excluded), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.requests).clone()
@@ -219,27 +213,22 @@ impl MockState {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    /// How many streaming responses observed their client going away.
-    pub fn client_gone_count(&self) -> usize {
-        self.client_gone.load(Ordering::SeqCst)
-    }
-
     /// Log one line per request to stderr.
     pub fn set_verbose(&self, on: bool) {
         self.verbose.store(on, Ordering::Relaxed);
     }
 
-    /// `$MOCK_FIXTURES_DIR` if set, else `CARGO_MANIFEST_DIR/fixtures`.
+    /// `$MOCK_FIXTURES_DIR` if set, else the main crate's `fixtures/` (this crate is
+    /// `tests/support/` inside it).
     pub fn fixtures_dir() -> PathBuf {
         match std::env::var_os("MOCK_FIXTURES_DIR") {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-            _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+            _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+                .ancestors()
+                .nth(2)
+                .expect("tests/support/ lies two levels under the main crate")
+                .join("fixtures"),
         }
-    }
-
-    /// Reads `fixtures/<rel>`; test-side helper.
-    pub fn fixture(rel: &str) -> std::io::Result<Bytes> {
-        read_fixture(rel)
     }
 
     fn mark_client_gone(&self) {
@@ -278,15 +267,6 @@ impl MockUpstream {
     /// `http://127.0.0.1:PORT/v1`
     pub fn base_url(&self) -> String {
         format!("{}/v1", self.origin())
-    }
-
-    /// `http://127.0.0.1:PORT` + `path` (root-relative: `url("/v1/models")`, `url("/__mock/health")`).
-    pub fn url(&self, path: &str) -> String {
-        if path.starts_with('/') {
-            format!("{}{path}", self.origin())
-        } else {
-            format!("{}/{path}", self.origin())
-        }
     }
 
     fn origin(&self) -> String {
@@ -479,7 +459,6 @@ async fn handle(
         uri: uri.clone(),
         headers: parts.headers.clone(),
         body: body.clone(),
-        version: parts.version,
     };
     lock(&state.requests).push(recorded.clone());
 

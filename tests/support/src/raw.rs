@@ -1,5 +1,4 @@
 //! Raw HTTP/1.1 over a TCP socket, for requests a well-behaved client library will not send.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

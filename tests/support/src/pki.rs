@@ -1,7 +1,6 @@
 //! Certificates made at test time (rcgen): a CA, server and client certificates it signs,
 //! written as PEM files; rustls client configurations trusting a CA; and a TLS front that
 //! turns the plain mock upstream into an HTTPS one.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,5 @@
 //! Driving the streaming body directly, without sockets: a hand-made upstream body and the
 //! settings a proxied chat stream gets.
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

@@ -1,9 +1,9 @@
 //! A raw-socket upstream that misbehaves on purpose.
 //!
 //! It listens on `127.0.0.1:0` and, for each accepted connection, plays a script of
-//! [`Step`]s: read one request head (and its body), send exact bytes, sleep, close cleanly,
-//! reset, or hold the connection until the test ends. Nothing is checked or fixed on the way
-//! out, so a test can send what no HTTP library would: both `Transfer-Encoding` and
+//! [`Step`]s: read one request head (and its body), send exact bytes, wait for the test, close
+//! cleanly, reset, or hold the connection until the test ends. Nothing is checked or fixed on the
+//! way out, so a test can send what no HTTP library would: both `Transfer-Encoding` and
 //! `Content-Length`, a body shorter than its length, a gzip body whatever was asked for, a
 //! `101`, a close in the middle of an event.
 //!
@@ -27,13 +27,11 @@
 //! Every request head read is recorded ([`RawUpstream::requests`]). Reads are bounded (a head
 //! over 64 KiB, or a body over 1 MiB, ends the connection). Dropping the [`RawUpstream`]
 //! stops the listener and every connection, held ones included.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,7 +50,6 @@ pub enum Step {
     ReadRequest,
     /// Write these bytes exactly (and flush).
     Send(Bytes),
-    Sleep(Duration),
     /// Wait until the test calls `notify_one()` on it (a notification sent earlier counts).
     Wait(Arc<Notify>),
     /// Close cleanly (FIN) and stop.
@@ -72,8 +69,6 @@ impl Step {
 /// A request the upstream read.
 #[derive(Debug, Clone)]
 pub struct Received {
-    /// The request line, e.g. `POST /v1/chat/completions HTTP/1.1`.
-    pub request_line: String,
     /// Header names lower-cased, in the order received.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -168,7 +163,6 @@ async fn play(mut stream: TcpStream, script: Vec<Step>, log: Arc<Mutex<Vec<Recei
                     return;
                 }
             }
-            Step::Sleep(duration) => tokio::time::sleep(duration).await,
             Step::Wait(go) => go.notified().await,
             Step::Close => break,
             Step::Reset => {
@@ -195,13 +189,13 @@ async fn read_request(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> Option<
     let head = String::from_utf8_lossy(&buffered[..head_end]).into_owned();
     buffered.drain(..head_end);
     let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default().to_owned();
+    // The request line: tests look at the headers and the body only.
+    lines.next();
     let headers: Vec<(String, String)> = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     let mut request = Received {
-        request_line,
         headers,
         body: Vec::new(),
     };
