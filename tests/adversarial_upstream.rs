@@ -159,6 +159,24 @@ async fn answering(bytes: Vec<u8>) -> RawUpstream {
     RawUpstream::start(vec![Step::ReadRequest, Step::send(bytes), Step::Close]).await
 }
 
+/// An upstream answering once with `plain` gzip-coded (with its exact length), though it was
+/// asked for `identity`; also returns the coded bytes it sends.
+async fn answering_gzip(status: &str, content_type: &str, plain: &[u8]) -> (RawUpstream, Vec<u8>) {
+    let body = gzip(plain);
+    let length = body.len().to_string();
+    let bytes = response(
+        status,
+        &[
+            ("content-type", content_type),
+            ("content-encoding", "gzip"),
+            ("content-length", &length),
+            ("connection", "close"),
+        ],
+        &body,
+    );
+    (answering(bytes).await, body)
+}
+
 /// A proxy in front of `upstream`, which speaks `shape`.
 async fn proxy_for(upstream: &RawUpstream, shape: &str) -> RunningServer {
     start_proxy(&upstream.url(), shape, &[]).await
@@ -422,19 +440,7 @@ async fn a_gzip_event_stream_on_a_same_dialect_route_passes_untouched() {
 #[tokio::test]
 async fn a_gzip_html_502_never_reaches_a_bare_client() {
     let html = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";
-    let body = gzip(html);
-    let length = body.len().to_string();
-    let up = answering(response(
-        "502 Bad Gateway",
-        &[
-            ("content-type", "text/html"),
-            ("content-encoding", "gzip"),
-            ("content-length", &length),
-            ("connection", "close"),
-        ],
-        &body,
-    ))
-    .await;
+    let (up, _) = answering_gzip("502 Bad Gateway", "text/html", html).await;
     let proxy = proxy_for(&up, "bare").await;
     let got = call(
         &proxy,
@@ -461,19 +467,9 @@ async fn a_gzip_html_502_never_reaches_a_bare_client() {
 #[tokio::test]
 async fn coded_bodies_are_passed_untouched_or_refused_never_read() {
     // A gzip JSON error between equal dialects: untouched, its own length.
-    let body = gzip(RATE_LIMITED);
+    let (up, body) =
+        answering_gzip("429 Too Many Requests", "application/json", RATE_LIMITED).await;
     let length = body.len().to_string();
-    let up = answering(response(
-        "429 Too Many Requests",
-        &[
-            ("content-type", "application/json"),
-            ("content-encoding", "gzip"),
-            ("content-length", &length),
-            ("connection", "close"),
-        ],
-        &body,
-    ))
-    .await;
     let proxy = proxy_for(&up, "bare").await;
     let got = post(&proxy, "/v1/chat/completions", "gzip-429").await;
     assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS);
@@ -482,19 +478,7 @@ async fn coded_bodies_are_passed_untouched_or_refused_never_read() {
     assert_eq!(got.body(), &body[..]);
 
     // A gzip success that must be translated cannot be: a 502, never the coded bytes.
-    let body = gzip(COMPLETION);
-    let length = body.len().to_string();
-    let up = answering(response(
-        "200 OK",
-        &[
-            ("content-type", "application/json"),
-            ("content-encoding", "gzip"),
-            ("content-length", &length),
-            ("connection", "close"),
-        ],
-        &body,
-    ))
-    .await;
+    let (up, _) = answering_gzip("200 OK", "application/json", COMPLETION).await;
     let proxy = proxy_for(&up, "bare").await;
     let got = post(&proxy, "/api/v1/chat/completions", "gzip-translated").await;
     assert_eq!(up.requests()[0].header("accept-encoding"), Some("identity"));
