@@ -454,10 +454,31 @@ mod tests {
         );
     }
 
-    /// A hand-made upstream body: its chunks one frame each, then a transport error if given.
+    /// One step of a hand-made upstream body.
+    enum Step {
+        Chunk(&'static [u8]),
+        Trailers,
+        /// Nothing for this long (on the test's paused clock).
+        Wait(Duration),
+        /// A transport error.
+        Fail(&'static str),
+        /// Nothing ever again, without ending.
+        Stall,
+    }
+
+    /// A hand-made upstream body: plays its steps in order, one frame each, then ends.
     struct Upstream {
-        chunks: VecDeque<Bytes>,
-        error: Option<&'static str>,
+        steps: VecDeque<Step>,
+        wait: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl Upstream {
+        fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+            Upstream {
+                steps: steps.into_iter().collect(),
+                wait: None,
+            }
+        }
     }
 
     impl Body for Upstream {
@@ -466,12 +487,29 @@ mod tests {
 
         fn poll_frame(
             mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
+            cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            if let Some(chunk) = self.chunks.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            loop {
+                if let Some(wait) = self.wait.as_mut() {
+                    std::task::ready!(wait.as_mut().poll(cx));
+                    self.wait = None;
+                }
+                let frame = match self.steps.pop_front() {
+                    None => return Poll::Ready(None),
+                    Some(Step::Chunk(chunk)) => Frame::data(Bytes::from_static(chunk)),
+                    Some(Step::Trailers) => Frame::trailers(http::HeaderMap::new()),
+                    Some(Step::Wait(time)) => {
+                        self.wait = Some(Box::pin(tokio::time::sleep(time)));
+                        continue;
+                    }
+                    Some(Step::Fail(error)) => return Poll::Ready(Some(Err(error.into()))),
+                    Some(Step::Stall) => {
+                        self.steps.push_front(Step::Stall);
+                        return Poll::Pending;
+                    }
+                };
+                return Poll::Ready(Some(Ok(frame)));
             }
-            Poll::Ready(self.error.take().map(|e| Err(e.into())))
         }
     }
 
@@ -499,18 +537,29 @@ mod tests {
         chunks: &[&'static [u8]],
         error: Option<&'static str>,
     ) -> (String, Option<StreamEnd>) {
-        let upstream = Upstream {
-            chunks: chunks.iter().map(|c| Bytes::from_static(c)).collect(),
-            error,
-        };
-        let mut body = std::pin::pin!(SseBody::new(upstream, settings));
-        let mut out = Vec::new();
+        let steps = chunks.iter().map(|chunk| Step::Chunk(chunk));
+        let upstream = Upstream::new(steps.chain(error.map(Step::Fail)));
+        let (frames, end) = play(SseBody::new(upstream, settings)).await;
+        (frames.into_iter().map(|(_, text)| text).collect(), end)
+    }
+
+    /// Drives `body` to its end: each frame's text with when it came out (on the paused clock,
+    /// from the start), and how the stream ended.
+    async fn play<B>(body: SseBody<B>) -> (Vec<(Duration, String)>, Option<StreamEnd>)
+    where
+        SseBody<B>: Body<Data = Bytes, Error = BoxError>,
+    {
+        let start = Instant::now();
+        let mut body = std::pin::pin!(body);
+        let mut frames = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
             let frame = frame.expect("the body itself never fails");
-            out.extend_from_slice(&frame.into_data().unwrap_or_default());
+            let data = frame.into_data().expect("only data frames");
+            frames.push((start.elapsed(), String::from_utf8(data.to_vec()).unwrap()));
+            assert!(frames.len() < 100, "a runaway stream: {frames:?}");
         }
         assert!(body.is_end_stream());
-        (String::from_utf8(out).unwrap(), body.stream_end())
+        (frames, body.stream_end())
     }
 
     const CHUNK: &[u8] = br#"data: {"id":"c1","choices":[]}
@@ -621,5 +670,265 @@ mod tests {
         let (out, end) = stream(settings, &[error, CUT], None).await;
         assert_eq!(out.as_bytes(), error);
         assert_eq!(end, Some(StreamEnd::UpstreamErrorEvent));
+    }
+
+    /// The error event the proxy ends a stream with, written out by hand.
+    fn proxy_error_event(form: Dialect, code: &str, message: &str) -> String {
+        let error = format!(
+            r#"{{"message":"{message}","type":"upstream_error","param":null,"code":"{code}"}}"#
+        );
+        match form {
+            Dialect::Bare => format!("data: {{\"error\":{error}}}\n\n"),
+            Dialect::Envelope => format!(
+                "data: {{\"success\":false,\"code\":\"502\",\"message\":\"{message}\",\"data\":null,\"error\":{error}}}\n\n"
+            ),
+        }
+    }
+
+    fn idle_error(form: Dialect) -> String {
+        let message =
+            "the upstream sent nothing for 60s; the stream was closed and the answer is incomplete";
+        proxy_error_event(form, "idle_timeout", message)
+    }
+
+    const KEEPALIVE: &str = ": keep-alive\n\n";
+    const DONE: &[u8] = b"data: [DONE]\n\n";
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn text(bytes: &'static [u8]) -> String {
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// The frames that carry [`CHUNK`] to the client in `mode` (a wrapped event goes out in
+    /// three pieces, its payload uncopied), at `time`.
+    fn chunk_frames(mode: EventMode, time: u64) -> Vec<(Duration, String)> {
+        let pieces = match mode {
+            EventMode::Wrap => vec![
+                r#"data: {"success":true,"code":"200","message":"successful","data":"#,
+                r#"{"id":"c1","choices":[]}"#,
+                "}\n\n",
+            ],
+            _ => vec![std::str::from_utf8(CHUNK).unwrap()],
+        };
+        pieces
+            .into_iter()
+            .map(|piece| (secs(time), piece.to_string()))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_that_never_sends_a_byte_times_out_at_the_idle_deadline() {
+        for mode in [EventMode::Passthru, EventMode::Wrap] {
+            let (_, form) = chunk_for(mode);
+            let body = SseBody::new(Upstream::new([Step::Stall]), settings(mode, true));
+            let (frames, end) = play(body).await;
+            assert_eq!(frames, [(secs(60), idle_error(form))], "{mode:?}");
+            assert_eq!(end, Some(StreamEnd::IdleTimeout), "{mode:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_deadline_counts_from_the_last_upstream_bytes() {
+        let steps = [
+            Step::Chunk(CHUNK),
+            Step::Wait(secs(40)),
+            Step::Chunk(CHUNK),
+            Step::Wait(secs(40)),
+            Step::Chunk(CHUNK),
+            Step::Stall,
+        ];
+        let body = SseBody::new(Upstream::new(steps), settings(EventMode::Passthru, true));
+        let (frames, end) = play(body).await;
+        let expected = [
+            (secs(0), text(CHUNK)),
+            (secs(40), text(CHUNK)),
+            (secs(80), text(CHUNK)),
+            (secs(140), idle_error(Dialect::Bare)),
+        ];
+        assert_eq!(frames, expected);
+        assert_eq!(end, Some(StreamEnd::IdleTimeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alives_fill_the_quiet_and_the_idle_deadline_still_ends_the_stream() {
+        let settings = StreamSettings {
+            keepalive: Some(secs(15)),
+            ..settings(EventMode::Passthru, true)
+        };
+        let steps = [
+            Step::Chunk(CHUNK),
+            Step::Wait(secs(20)),
+            Step::Chunk(CHUNK),
+            Step::Stall,
+        ];
+        let (frames, end) = play(SseBody::new(Upstream::new(steps), settings)).await;
+        let expected = [
+            (secs(0), text(CHUNK)),
+            (secs(15), KEEPALIVE.to_string()),
+            // Output restarts the keep-alive period.
+            (secs(20), text(CHUNK)),
+            (secs(35), KEEPALIVE.to_string()),
+            (secs(50), KEEPALIVE.to_string()),
+            (secs(65), KEEPALIVE.to_string()),
+            // A keep-alive is due too, but the idle deadline comes first.
+            (secs(80), idle_error(Dialect::Bare)),
+        ];
+        assert_eq!(frames, expected);
+        assert_eq!(end, Some(StreamEnd::IdleTimeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_goes_between_events_while_the_next_one_is_half_received() {
+        let settings = StreamSettings {
+            keepalive: Some(secs(15)),
+            ..settings(EventMode::Passthru, false)
+        };
+        let steps = [
+            Step::Chunk(CHUNK),
+            Step::Wait(secs(10)),
+            Step::Chunk(b"data: {\"id\":\"c2\","),
+            Step::Wait(secs(10)),
+            Step::Chunk(b"\"choices\":[]}\n\n"),
+        ];
+        let (frames, end) = play(SseBody::new(Upstream::new(steps), settings)).await;
+        let expected = [
+            (secs(0), text(CHUNK)),
+            // Upstream bytes that complete no event are not output.
+            (secs(15), KEEPALIVE.to_string()),
+            (
+                secs(20),
+                "data: {\"id\":\"c2\",\"choices\":[]}\n\n".to_string(),
+            ),
+        ];
+        assert_eq!(frames, expected);
+        assert_eq!(end, Some(StreamEnd::Complete));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_ends_a_running_stream_with_a_shutting_down_event() {
+        let message = "the proxy is shutting down; the stream was closed before it finished";
+        for mode in [EventMode::Passthru, EventMode::Wrap] {
+            let (_, form) = chunk_for(mode);
+            let shutting_down = proxy_error_event(form, "shutting_down", message);
+            // Cut while the upstream is silent, and while it is still sending.
+            let stalled = vec![Step::Chunk(CHUNK), Step::Stall];
+            let sending = vec![Step::Chunk(CHUNK), Step::Wait(secs(10)), Step::Chunk(CHUNK)];
+            for steps in [stalled, sending] {
+                let cut = CancellationToken::new();
+                let body =
+                    SseBody::with_cut(Upstream::new(steps), settings(mode, true), cut.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(secs(5)).await;
+                    cut.cancel();
+                });
+                let (frames, end) = play(body).await;
+                let mut expected = chunk_frames(mode, 0);
+                expected.push((secs(5), shutting_down.clone()));
+                assert_eq!(frames, expected, "{mode:?}");
+                assert_eq!(end, Some(StreamEnd::ShuttingDown), "{mode:?}");
+            }
+            // Cut before the first poll: nothing of the upstream goes out.
+            let cut = CancellationToken::new();
+            cut.cancel();
+            let upstream = Upstream::new([Step::Chunk(CHUNK)]);
+            let body = SseBody::with_cut(upstream, settings(mode, true), cut);
+            let (frames, end) = play(body).await;
+            assert_eq!(frames, [(secs(0), shutting_down)], "{mode:?}");
+            assert_eq!(end, Some(StreamEnd::ShuttingDown), "{mode:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_error_after_whole_events_ends_with_a_broken_event() {
+        let message = "the upstream stream broke before it finished (the upstream connection ended early); the answer is incomplete";
+        for mode in [EventMode::Passthru, EventMode::Wrap] {
+            let (_, form) = chunk_for(mode);
+            let steps = [
+                Step::Chunk(CHUNK),
+                Step::Wait(secs(1)),
+                Step::Chunk(CHUNK),
+                Step::Fail("reset"),
+            ];
+            let (frames, end) =
+                play(SseBody::new(Upstream::new(steps), settings(mode, false))).await;
+            let broken = (secs(1), proxy_error_event(form, "upstream_broken", message));
+            let expected = [chunk_frames(mode, 0), chunk_frames(mode, 1), vec![broken]].concat();
+            assert_eq!(frames, expected, "{mode:?}");
+            assert_eq!(end, Some(StreamEnd::Broken), "{mode:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_error_after_done_or_an_error_event_adds_nothing() {
+        let settings = settings(EventMode::Passthru, true);
+        let steps = [Step::Chunk(CHUNK), Step::Chunk(DONE), Step::Fail("reset")];
+        let (out, end) = play(SseBody::new(Upstream::new(steps), settings)).await;
+        let expected = [(secs(0), text(CHUNK)), (secs(0), text(DONE))];
+        assert_eq!((out, end), (expected.to_vec(), Some(StreamEnd::Complete)));
+        let error: &[u8] = b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n";
+        let steps = [Step::Chunk(error), Step::Fail("reset")];
+        let (out, end) = play(SseBody::new(Upstream::new(steps), settings)).await;
+        let expected = [(secs(0), text(error))];
+        assert_eq!(
+            (out, end),
+            (expected.to_vec(), Some(StreamEnd::UpstreamErrorEvent))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_over_the_size_limit_ends_the_stream_with_event_too_large() {
+        let message = "the upstream sent an event larger than 64 bytes";
+        let large: &[u8] = b"data: {\"id\":\"c2\",\"choices\":[{\"delta\":{\"content\":\"more than the limit\"}}]}\n\n";
+        for mode in [EventMode::Passthru, EventMode::Wrap] {
+            let (_, form) = chunk_for(mode);
+            let settings = StreamSettings {
+                max_event_bytes: 64,
+                ..settings(mode, true)
+            };
+            // Whole or still arriving, and with more events behind it.
+            let steps = [Step::Chunk(CHUNK), Step::Chunk(large), Step::Chunk(CHUNK)];
+            let (frames, end) = play(SseBody::new(Upstream::new(steps), settings)).await;
+            let mut expected = chunk_frames(mode, 0);
+            expected.push((secs(0), proxy_error_event(form, "event_too_large", message)));
+            assert_eq!(frames, expected, "{mode:?}");
+            assert_eq!(end, Some(StreamEnd::EventTooLarge), "{mode:?}");
+            let steps = [Step::Chunk(CHUNK), Step::Chunk(&large[..70]), Step::Stall];
+            let (frames, end) = play(SseBody::new(Upstream::new(steps), settings)).await;
+            assert_eq!(
+                (frames, end),
+                (expected.clone(), Some(StreamEnd::EventTooLarge))
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trailers_from_the_upstream_are_dropped() {
+        let steps = [Step::Chunk(CHUNK), Step::Trailers, Step::Chunk(DONE)];
+        let body = SseBody::new(Upstream::new(steps), settings(EventMode::Passthru, true));
+        let (frames, end) = play(body).await;
+        let expected = [(secs(0), text(CHUNK)), (secs(0), text(DONE))];
+        assert_eq!(
+            (frames, end),
+            (expected.to_vec(), Some(StreamEnd::Complete))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_ends_early_without_done_says_so_when_done_is_required() {
+        let message = "the upstream closed the stream early, before `data: [DONE]`; the answer may be incomplete";
+        for mode in [EventMode::Passthru, EventMode::Wrap] {
+            let (_, form) = chunk_for(mode);
+            let upstream = Upstream::new([Step::Chunk(CHUNK)]);
+            let (frames, end) = play(SseBody::new(upstream, settings(mode, true))).await;
+            let mut expected = chunk_frames(mode, 0);
+            expected.push((
+                secs(0),
+                proxy_error_event(form, "stream_truncated", message),
+            ));
+            assert_eq!((frames, end), (expected, Some(StreamEnd::Truncated)));
+        }
     }
 }
