@@ -18,11 +18,16 @@
 //!   error event instead of being dropped mid-event.
 //!
 //! How the stream ended ([`SseBody::stream_end`]) is read by the access log and the metrics.
+//!
+//! `poll_frame` only dispatches. The stream's state is one `StreamState` whose `on_*`
+//! methods are the things that can happen to a stream (an upstream frame, its end or failure,
+//! a quiet upstream, the cut); `Deadlines` keeps the idle and keep-alive clock, and `Wakeups`
+//! the timer and the cut that wake a waiting stream.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,7 +37,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::framer::{SseEvent, SseFramer};
+use super::framer::{FramerError, SseEvent, SseFramer};
 use super::transform::{error_event, EventKind, EventMode};
 use crate::dialect::Dialect;
 use crate::error::BoxError;
@@ -109,25 +114,9 @@ pin_project! {
     pub struct SseBody<B> {
         #[pin]
         inner: B,
-        framer: SseFramer,
-        out: VecDeque<Bytes>,
-        settings: StreamSettings,
-        error_form: Dialect,
-        saw_done: bool,
-        saw_error: bool,
-        upstream_ended: bool,
-        last_upstream: Instant,
-        last_output: Instant,
-        // Bytes arrived / went out since `last_*` were set: the clock is read once per wait,
-        // when the body goes pending, not once per frame.
-        upstream_moved: bool,
-        output_moved: bool,
         #[pin]
-        timer: Sleep,
-        cut: CancellationToken,
-        #[pin]
-        cut_wait: WaitForCancellationFutureOwned,
-        outcome: Option<StreamEnd>,
+        wakeups: Wakeups,
+        state: StreamState,
     }
 }
 
@@ -139,44 +128,17 @@ impl<B> SseBody<B> {
 
     /// `cut` ends the stream with a `shutting_down` error event when cancelled.
     pub fn with_cut(inner: B, settings: StreamSettings, cut: CancellationToken) -> Self {
-        let now = Instant::now();
+        let state = StreamState::new(settings, Instant::now());
         Self {
             inner,
-            framer: SseFramer::new(settings.max_event_bytes),
-            // Room for a few rewritten events: allocated once per stream, not per event.
-            out: VecDeque::with_capacity(8),
-            error_form: settings.mode.error_form(settings.client, settings.upstream),
-            settings,
-            saw_done: false,
-            saw_error: false,
-            upstream_ended: false,
-            last_upstream: now,
-            last_output: now,
-            upstream_moved: false,
-            output_moved: false,
-            timer: tokio::time::sleep_until(next_deadline(&settings, now, now)),
-            cut_wait: cut.clone().cancelled_owned(),
-            cut,
-            outcome: None,
+            wakeups: Wakeups::new(state.deadlines.next(), cut),
+            state,
         }
     }
 
     /// How the stream ended; `None` while it runs (and when the client left before the end).
     pub fn stream_end(&self) -> Option<StreamEnd> {
-        self.outcome
-    }
-}
-
-/// The earlier of the idle deadline and the next keep-alive.
-fn next_deadline(
-    settings: &StreamSettings,
-    last_upstream: Instant,
-    last_output: Instant,
-) -> Instant {
-    let idle = last_upstream + settings.idle_timeout;
-    match settings.keepalive {
-        Some(every) => idle.min(last_output + every),
-        None => idle,
+        self.state.outcome
     }
 }
 
@@ -194,150 +156,39 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         loop {
-            if let Some(piece) = this.out.pop_front() {
-                *this.output_moved = true;
+            if let Some(piece) = this.state.next_output() {
                 return Poll::Ready(Some(Ok(Frame::data(piece))));
             }
-            if this.outcome.is_some() {
+            if this.state.outcome.is_some() {
                 return Poll::Ready(None);
             }
             // Whole events already buffered go out before we wait on the upstream again.
-            match this.framer.next_event() {
-                Ok(Some(event)) => {
-                    apply(
-                        this.settings,
-                        this.out,
-                        this.saw_done,
-                        this.saw_error,
-                        event,
-                    );
-                    continue;
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    let message = format!(
-                        "the upstream sent an event larger than {} bytes",
-                        error_limit(&error)
-                    );
-                    end_with_error(
-                        this.out,
-                        this.outcome,
-                        *this.error_form,
-                        StreamEnd::EventTooLarge,
-                        message,
-                    );
-                    continue;
-                }
-            }
-            if *this.upstream_ended {
-                finish(
-                    this.settings,
-                    this.framer,
-                    this.out,
-                    this.saw_done,
-                    this.saw_error,
-                    *this.error_form,
-                    this.outcome,
-                );
+            if this.state.transform_next_event() {
                 continue;
             }
-            if this.cut.is_cancelled() {
-                let message =
-                    "the proxy is shutting down; the stream was closed before it finished"
-                        .to_string();
-                end_with_error(
-                    this.out,
-                    this.outcome,
-                    *this.error_form,
-                    StreamEnd::ShuttingDown,
-                    message,
-                );
+            if this.state.upstream_ended {
+                this.state.finish();
+                continue;
+            }
+            if this.wakeups.is_cut() {
+                this.state.on_cut();
                 continue;
             }
             match this.inner.as_mut().poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    *this.upstream_moved = true;
-                    // Trailers carry nothing a client of an event stream can use.
-                    if let Ok(data) = frame.into_data() {
-                        this.framer.push(data);
-                    }
-                }
-                Poll::Ready(Some(Err(error))) => {
-                    if *this.saw_done || *this.saw_error {
-                        // The answer was already complete (or already failed visibly).
-                        *this.outcome = Some(if *this.saw_done {
-                            StreamEnd::Complete
-                        } else {
-                            StreamEnd::UpstreamErrorEvent
-                        });
-                        continue;
-                    }
-                    let error = error.into();
-                    // The OS error text is for the log; the client is told what kind of failure.
-                    let cause = crate::upstream::describe_chain(error.as_ref());
-                    tracing::warn!(%cause, "upstream event stream broke");
-                    let failure = crate::upstream::body_failure(error.as_ref());
-                    let message = format!("the upstream stream broke before it finished ({failure}); the answer is incomplete");
-                    end_with_error(
-                        this.out,
-                        this.outcome,
-                        *this.error_form,
-                        StreamEnd::Broken,
-                        message,
-                    );
-                }
-                Poll::Ready(None) => *this.upstream_ended = true,
+                Poll::Ready(Some(Ok(frame))) => this.state.on_frame(frame),
+                Poll::Ready(Some(Err(error))) => this.state.on_upstream_error(error.into()),
+                Poll::Ready(None) => this.state.upstream_ended = true,
                 Poll::Pending => {
-                    let now = Instant::now();
-                    if std::mem::take(this.upstream_moved) {
-                        *this.last_upstream = now;
+                    if let Some(deadline) = this.state.on_quiet(Instant::now()) {
+                        ready!(this.wakeups.as_mut().poll_until(deadline, cx));
                     }
-                    if std::mem::take(this.output_moved) {
-                        *this.last_output = now;
-                    }
-                    if now >= *this.last_upstream + this.settings.idle_timeout {
-                        let message = format!(
-                            "the upstream sent nothing for {}s; the stream was closed and the answer is incomplete",
-                            this.settings.idle_timeout.as_secs_f64()
-                        );
-                        end_with_error(
-                            this.out,
-                            this.outcome,
-                            *this.error_form,
-                            StreamEnd::IdleTimeout,
-                            message,
-                        );
-                        continue;
-                    }
-                    if let Some(every) = this.settings.keepalive {
-                        // Between our own frames is always an event boundary: we emit whole events.
-                        if now >= *this.last_output + every {
-                            this.out.push_back(KEEPALIVE_COMMENT);
-                            continue;
-                        }
-                    }
-                    let deadline =
-                        next_deadline(this.settings, *this.last_upstream, *this.last_output);
-                    // Deadlines only move later while a stream flows, so the timer is reset only
-                    // when it must fire sooner or has fired: an early wake-up just comes back
-                    // here and sets the real deadline, once per period instead of per event.
-                    if deadline < this.timer.deadline() || this.timer.is_elapsed() {
-                        this.timer.as_mut().reset(deadline);
-                    }
-                    if this.timer.as_mut().poll(cx).is_ready() {
-                        continue;
-                    }
-                    if this.cut_wait.as_mut().poll(cx).is_ready() {
-                        continue;
-                    }
-                    return Poll::Pending;
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.outcome.is_some() && self.out.is_empty()
+        self.state.outcome.is_some() && self.state.out.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -345,80 +196,266 @@ where
     }
 }
 
-fn apply(
-    settings: &StreamSettings,
-    out: &mut VecDeque<Bytes>,
-    saw_done: &mut bool,
-    saw_error: &mut bool,
-    event: SseEvent,
-) {
-    match settings.mode.apply(event, settings.upstream, out) {
-        EventKind::Done => *saw_done = true,
-        EventKind::Error => *saw_error = true,
-        EventKind::Normal => {}
-    }
+/// The stream's mutable state, apart from the upstream body and the wake-ups: each `on_*`
+/// method is one thing that can happen to the stream, and queues what the client gets for it.
+struct StreamState {
+    settings: StreamSettings,
+    /// The form of the error events the proxy adds.
+    error_form: Dialect,
+    framer: SseFramer,
+    /// Pieces ready for the client, in order.
+    out: VecDeque<Bytes>,
+    saw_done: bool,
+    /// The upstream sent an error event of its own.
+    saw_error: bool,
+    /// The upstream body ended: the framer holds all there is left.
+    upstream_ended: bool,
+    deadlines: Deadlines,
+    /// How the stream ended; once set, only `out` is left to send.
+    outcome: Option<StreamEnd>,
 }
 
-/// The upstream body ended cleanly: flush the last whole events, then decide whether the
-/// stream was complete.
-fn finish(
-    settings: &StreamSettings,
-    framer: &mut SseFramer,
-    out: &mut VecDeque<Bytes>,
-    saw_done: &mut bool,
-    saw_error: &mut bool,
-    error_form: Dialect,
-    outcome: &mut Option<StreamEnd>,
-) {
-    // finish() hands out what is left one event at a time.
-    loop {
-        match framer.finish() {
-            Ok(Some(event)) => apply(settings, out, saw_done, saw_error, event),
-            Ok(None) => break,
-            Err(error) => {
-                let message = format!(
-                    "the upstream sent an event larger than {} bytes",
-                    error_limit(&error)
-                );
-                return end_with_error(out, outcome, error_form, StreamEnd::EventTooLarge, message);
-            }
+impl StreamState {
+    fn new(settings: StreamSettings, now: Instant) -> Self {
+        StreamState {
+            framer: SseFramer::new(settings.max_event_bytes),
+            // Room for a few rewritten events: allocated once per stream, not per event.
+            out: VecDeque::with_capacity(8),
+            error_form: settings.mode.error_form(settings.client, settings.upstream),
+            saw_done: false,
+            saw_error: false,
+            upstream_ended: false,
+            deadlines: Deadlines::new(&settings, now),
+            outcome: None,
+            settings,
         }
     }
-    if *saw_error {
-        *outcome = Some(StreamEnd::UpstreamErrorEvent);
-    } else if *saw_done {
-        // What follows `[DONE]` cannot make the answer incomplete (clients stop reading there).
-        *outcome = Some(StreamEnd::Complete);
-    } else if framer.discarded_partial() {
-        let message = "the upstream closed the stream in the middle of an event; the incomplete event was dropped and the answer is incomplete".to_string();
-        end_with_error(out, outcome, error_form, StreamEnd::Truncated, message);
-    } else if !settings.require_done {
-        *outcome = Some(StreamEnd::Complete);
-    } else {
-        let message = "the upstream closed the stream early, before `data: [DONE]`; the answer may be incomplete".to_string();
-        end_with_error(out, outcome, error_form, StreamEnd::Truncated, message);
+
+    /// The next piece for the client, if one is ready.
+    fn next_output(&mut self) -> Option<Bytes> {
+        let piece = self.out.pop_front()?;
+        self.deadlines.output_moved = true;
+        Some(piece)
+    }
+
+    /// Hands the next whole event the framer holds to the transform; false when it holds none.
+    fn transform_next_event(&mut self) -> bool {
+        match self.framer.next_event() {
+            Ok(Some(event)) => self.on_event(event),
+            Ok(None) => return false,
+            Err(error) => self.on_event_too_large(&error),
+        }
+        true
+    }
+
+    /// A frame from the upstream.
+    fn on_frame(&mut self, frame: Frame<Bytes>) {
+        self.deadlines.upstream_moved = true;
+        // Trailers carry nothing a client of an event stream can use.
+        if let Ok(data) = frame.into_data() {
+            self.framer.push(data);
+        }
+    }
+
+    fn on_event(&mut self, event: SseEvent) {
+        match self
+            .settings
+            .mode
+            .apply(event, self.settings.upstream, &mut self.out)
+        {
+            EventKind::Done => self.saw_done = true,
+            EventKind::Error => self.saw_error = true,
+            EventKind::Normal => {}
+        }
+    }
+
+    fn on_event_too_large(&mut self, error: &FramerError) {
+        let FramerError::EventTooLarge { limit } = error;
+        let message = format!("the upstream sent an event larger than {limit} bytes");
+        self.end_with_error(StreamEnd::EventTooLarge, message);
+    }
+
+    /// The upstream body failed (a transport error).
+    fn on_upstream_error(&mut self, error: BoxError) {
+        if self.saw_done || self.saw_error {
+            // The answer was already complete (or already failed visibly).
+            self.outcome = Some(if self.saw_done {
+                StreamEnd::Complete
+            } else {
+                StreamEnd::UpstreamErrorEvent
+            });
+            return;
+        }
+        // The OS error text is for the log; the client is told what kind of failure.
+        let cause = crate::upstream::describe_chain(error.as_ref());
+        tracing::warn!(%cause, "upstream event stream broke");
+        let failure = crate::upstream::body_failure(error.as_ref());
+        let message = format!(
+            "the upstream stream broke before it finished ({failure}); the answer is incomplete"
+        );
+        self.end_with_error(StreamEnd::Broken, message);
+    }
+
+    /// The upstream has nothing for now: acts on a deadline that has passed, or returns the
+    /// next one to wait for.
+    fn on_quiet(&mut self, now: Instant) -> Option<Instant> {
+        self.deadlines.catch_up(now);
+        if self.deadlines.idle_expired(now) {
+            self.on_idle_timeout();
+            return None;
+        }
+        if self.deadlines.keepalive_due(now) {
+            // Between our own frames is always an event boundary: we emit whole events.
+            self.out.push_back(KEEPALIVE_COMMENT);
+            return None;
+        }
+        Some(self.deadlines.next())
+    }
+
+    fn on_idle_timeout(&mut self) {
+        let message = format!(
+            "the upstream sent nothing for {}s; the stream was closed and the answer is incomplete",
+            self.settings.idle_timeout.as_secs_f64()
+        );
+        self.end_with_error(StreamEnd::IdleTimeout, message);
+    }
+
+    /// The shutdown grace period ran out.
+    fn on_cut(&mut self) {
+        let message = "the proxy is shutting down; the stream was closed before it finished";
+        self.end_with_error(StreamEnd::ShuttingDown, message.to_string());
+    }
+
+    /// The upstream body ended cleanly: flush the last whole events, then decide whether the
+    /// stream was complete.
+    fn finish(&mut self) {
+        // finish() hands out what is left one event at a time.
+        loop {
+            match self.framer.finish() {
+                Ok(Some(event)) => self.on_event(event),
+                Ok(None) => break,
+                Err(error) => return self.on_event_too_large(&error),
+            }
+        }
+        if self.saw_error {
+            self.outcome = Some(StreamEnd::UpstreamErrorEvent);
+        } else if self.saw_done {
+            // What follows `[DONE]` cannot make the answer incomplete (clients stop reading there).
+            self.outcome = Some(StreamEnd::Complete);
+        } else if self.framer.discarded_partial() {
+            let message = "the upstream closed the stream in the middle of an event; the incomplete event was dropped and the answer is incomplete";
+            self.end_with_error(StreamEnd::Truncated, message.to_string());
+        } else if !self.settings.require_done {
+            self.outcome = Some(StreamEnd::Complete);
+        } else {
+            let message = "the upstream closed the stream early, before `data: [DONE]`; the answer may be incomplete";
+            self.end_with_error(StreamEnd::Truncated, message.to_string());
+        }
+    }
+
+    fn end_with_error(&mut self, end: StreamEnd, message: String) {
+        // Every end reported here is one of the proxy's codes (see `StreamEnd::error_code`).
+        let error = match end.error_code() {
+            Some(code) => ApiError::mid_stream(code, message),
+            None => ApiError::new(StatusCode::BAD_GATEWAY, message).with_type("upstream_error"),
+        };
+        self.out.push_back(error_event(&error, self.error_form));
+        self.outcome = Some(end);
     }
 }
 
-fn end_with_error(
-    out: &mut VecDeque<Bytes>,
-    outcome: &mut Option<StreamEnd>,
-    form: Dialect,
-    end: StreamEnd,
-    message: String,
-) {
-    // Every end reported here is one of the proxy's codes (see `StreamEnd::error_code`).
-    let error = match end.error_code() {
-        Some(code) => ApiError::mid_stream(code, message),
-        None => ApiError::new(StatusCode::BAD_GATEWAY, message).with_type("upstream_error"),
-    };
-    out.push_back(error_event(&error, form));
-    *outcome = Some(end);
+/// When bytes last came from the upstream and went to the client, and the deadlines that
+/// follow from that: the idle timeout and the next keep-alive.
+struct Deadlines {
+    idle_timeout: Duration,
+    keepalive: Option<Duration>,
+    last_upstream: Instant,
+    last_output: Instant,
+    // Bytes arrived / went out since `last_*` were set: the clock is read once per wait,
+    // when the body goes pending, not once per frame.
+    upstream_moved: bool,
+    output_moved: bool,
 }
 
-fn error_limit(error: &super::framer::FramerError) -> usize {
-    match error {
-        super::framer::FramerError::EventTooLarge { limit } => *limit,
+impl Deadlines {
+    fn new(settings: &StreamSettings, now: Instant) -> Self {
+        Deadlines {
+            idle_timeout: settings.idle_timeout,
+            keepalive: settings.keepalive,
+            last_upstream: now,
+            last_output: now,
+            upstream_moved: false,
+            output_moved: false,
+        }
+    }
+
+    /// Moves `last_*` to `now` for the bytes that moved since the last wait.
+    fn catch_up(&mut self, now: Instant) {
+        if std::mem::take(&mut self.upstream_moved) {
+            self.last_upstream = now;
+        }
+        if std::mem::take(&mut self.output_moved) {
+            self.last_output = now;
+        }
+    }
+
+    fn idle_expired(&self, now: Instant) -> bool {
+        now >= self.last_upstream + self.idle_timeout
+    }
+
+    fn keepalive_due(&self, now: Instant) -> bool {
+        self.keepalive
+            .is_some_and(|every| now >= self.last_output + every)
+    }
+
+    /// The earlier of the idle deadline and the next keep-alive.
+    fn next(&self) -> Instant {
+        let idle = self.last_upstream + self.idle_timeout;
+        match self.keepalive {
+            Some(every) => idle.min(self.last_output + every),
+            None => idle,
+        }
+    }
+}
+
+pin_project! {
+    /// What wakes a stream whose upstream is quiet: its next deadline, or the cut.
+    struct Wakeups {
+        #[pin]
+        timer: Sleep,
+        cut: CancellationToken,
+        #[pin]
+        cut_wait: WaitForCancellationFutureOwned,
+    }
+}
+
+impl Wakeups {
+    fn new(deadline: Instant, cut: CancellationToken) -> Self {
+        Wakeups {
+            timer: tokio::time::sleep_until(deadline),
+            cut_wait: cut.clone().cancelled_owned(),
+            cut,
+        }
+    }
+
+    fn is_cut(&self) -> bool {
+        self.cut.is_cancelled()
+    }
+
+    /// Ready once `deadline` has passed or the stream is cut; until then the task is woken
+    /// for either.
+    fn poll_until(self: Pin<&mut Self>, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        // Deadlines only move later while a stream flows, so the timer is reset only when it
+        // must fire sooner or has fired: an early wake-up just comes back here and sets the
+        // real deadline, once per period instead of per event.
+        if deadline < this.timer.deadline() || this.timer.is_elapsed() {
+            this.timer.as_mut().reset(deadline);
+        }
+        if this.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.cut_wait.poll(cx)
     }
 }
 
