@@ -968,4 +968,50 @@ mod tests {
             assert_eq!((frames, end), (expected, Some(StreamEnd::Truncated)));
         }
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_error_event_then_done_ends_as_an_upstream_error_event() {
+        let error: &[u8] = b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n";
+        let upstream = Upstream::new([Step::Chunk(error), Step::Chunk(DONE)]);
+        let body = SseBody::new(upstream, settings(EventMode::Passthru, true));
+        let (frames, end) = play(body).await;
+        let expected = [(secs(0), text(error)), (secs(0), text(DONE))];
+        assert_eq!(
+            (frames, end),
+            (expected.to_vec(), Some(StreamEnd::UpstreamErrorEvent))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stream_is_not_over_until_its_last_piece_is_out() {
+        // An event completed only by the end of the stream (its blank line a lone `\r`),
+        // wrapped into three pieces: the outcome is known before they are all out.
+        let upstream = Upstream::new([Step::Chunk(b"data: {\"id\":\"c1\",\"choices\":[]}\r\r")]);
+        let mut body = std::pin::pin!(SseBody::new(upstream, settings(EventMode::Wrap, false)));
+        assert!(!body.is_end_stream());
+        let mut seen = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let data = frame.unwrap().into_data().unwrap();
+            let hint = body.size_hint();
+            assert_eq!((hint.lower(), hint.upper()), (0, None));
+            seen.push((
+                String::from_utf8(data.to_vec()).unwrap(),
+                body.is_end_stream(),
+            ));
+            assert!(seen.len() < 100, "a runaway stream: {seen:?}");
+        }
+        let expected = [
+            (
+                r#"data: {"success":true,"code":"200","message":"successful","data":"#,
+                false,
+            ),
+            (r#"{"id":"c1","choices":[]}"#, false),
+            ("}", false),
+            // The line endings as received.
+            ("\r\r", true),
+        ];
+        let expected: Vec<_> = expected.map(|(s, end)| (s.to_string(), end)).into();
+        assert_eq!(seen, expected);
+        assert_eq!(body.stream_end(), Some(StreamEnd::Complete));
+    }
 }
