@@ -507,6 +507,8 @@ mod tests {
     struct Upstream {
         steps: VecDeque<Step>,
         wait: Option<Pin<Box<Sleep>>>,
+        /// Polls so far: a body that spins on its upstream fails the test instead of hanging it.
+        polls: usize,
     }
 
     impl Upstream {
@@ -514,6 +516,7 @@ mod tests {
             Upstream {
                 steps: steps.into_iter().collect(),
                 wait: None,
+                polls: 0,
             }
         }
     }
@@ -526,6 +529,11 @@ mod tests {
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.polls += 1;
+            assert!(
+                self.polls < 1000,
+                "the body polls its upstream in a busy loop"
+            );
             loop {
                 if let Some(wait) = self.wait.as_mut() {
                     std::task::ready!(wait.as_mut().poll(cx));
