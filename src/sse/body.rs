@@ -177,7 +177,7 @@ where
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => this.state.on_frame(frame),
                 Poll::Ready(Some(Err(error))) => this.state.on_upstream_error(error.into()),
-                Poll::Ready(None) => this.state.upstream_ended = true,
+                Poll::Ready(None) => this.state.on_upstream_end(),
                 Poll::Pending => {
                     if let Some(deadline) = this.state.on_quiet(Instant::now()) {
                         ready!(this.wakeups.as_mut().poll_until(deadline, cx));
@@ -234,7 +234,7 @@ impl StreamState {
     /// The next piece for the client, if one is ready.
     fn next_output(&mut self) -> Option<Bytes> {
         let piece = self.out.pop_front()?;
-        self.deadlines.output_moved = true;
+        self.deadlines.output_moved();
         Some(piece)
     }
 
@@ -250,7 +250,7 @@ impl StreamState {
 
     /// A frame from the upstream.
     fn on_frame(&mut self, frame: Frame<Bytes>) {
-        self.deadlines.upstream_moved = true;
+        self.deadlines.upstream_moved();
         // Trailers carry nothing a client of an event stream can use.
         if let Ok(data) = frame.into_data() {
             self.framer.push(data);
@@ -273,6 +273,12 @@ impl StreamState {
         let FramerError::EventTooLarge { limit } = error;
         let message = format!("the upstream sent an event larger than {limit} bytes");
         self.end_with_error(StreamEnd::EventTooLarge, message);
+    }
+
+    /// The upstream body ended: what the framer still holds goes out before [`Self::finish`]
+    /// decides how the stream ended.
+    fn on_upstream_end(&mut self) {
+        self.upstream_ended = true;
     }
 
     /// The upstream body failed (a transport error).
@@ -387,6 +393,14 @@ impl Deadlines {
             upstream_moved: false,
             output_moved: false,
         }
+    }
+
+    fn upstream_moved(&mut self) {
+        self.upstream_moved = true;
+    }
+
+    fn output_moved(&mut self) {
+        self.output_moved = true;
     }
 
     /// Moves `last_*` to `now` for the bytes that moved since the last wait.
