@@ -1,7 +1,7 @@
 //! The access log and the per-request metrics, recorded when a request really ends.
 //!
 //! A [`RequestRecord`] is created when a request arrives. It rides inside the response body
-//! ([`ObservedBody`]), so it sees the first byte (time to first byte), every byte, and the
+//! (`response_body.rs`), so it sees the first byte (time to first byte), every byte, and the
 //! end: the last frame, a broken body, or the body being dropped early (the client went
 //! away). If the request ends before there is a response at all (the client left while the
 //! upstream was thinking), dropping the record says so. Either way exactly one line is
@@ -13,22 +13,16 @@
 //! spaces, raw UTF-8 such as bidi overrides) and `"` and `\` become `\xHH`, so a path can
 //! neither forge a line nor reorder what a terminal shows.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Method};
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 
-use crate::body::ProxyBody;
 use crate::dialect::Dialect;
-use crate::error::{BoxError, ErrorCode};
+use crate::error::ErrorCode;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::sse::body::StreamEnd;
 
@@ -37,7 +31,7 @@ const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// How the response body ended, as the client saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyEnd {
+pub(crate) enum BodyEnd {
     Complete,
     /// The body failed while being sent (a pass-through upstream body broke).
     Broken,
@@ -141,7 +135,8 @@ impl RequestRecord {
         self.client_aborted = true;
     }
 
-    fn on_data(&mut self, len: usize) {
+    /// A frame of `len` bytes was handed to the client.
+    pub(crate) fn on_data(&mut self, len: usize) {
         if self.first_byte.is_none() {
             let elapsed = self.start.elapsed();
             self.first_byte = Some(elapsed);
@@ -155,7 +150,9 @@ impl RequestRecord {
         }
     }
 
-    fn complete(&mut self, end: BodyEnd, stream_end: Option<StreamEnd>) {
+    /// The response body ended as `end` says; the first call writes the line, later ones
+    /// do nothing.
+    pub(crate) fn complete(&mut self, end: BodyEnd, stream_end: Option<StreamEnd>) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
@@ -324,77 +321,6 @@ fn escape_path(path: &str) -> String {
 
 fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e4).round() / 10.0
-}
-
-pin_project! {
-    /// The response body sent to clients: [`ProxyBody`] plus the request's record.
-    pub struct ObservedBody {
-        #[pin]
-        inner: ProxyBody,
-        record: Option<RequestRecord>,
-    }
-
-    impl PinnedDrop for ObservedBody {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(mut record) = this.record.take() {
-                // hyper does not poll a body that says it is empty; that is a complete one.
-                let end = if this.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Cancelled };
-                record.complete(end, this.inner.stream_end());
-            }
-        }
-    }
-}
-
-impl ObservedBody {
-    pub fn new(inner: ProxyBody, record: Option<RequestRecord>) -> Self {
-        Self { inner, record }
-    }
-
-    /// The body is being dropped because the client took nothing for `--client-write-timeout`.
-    pub fn client_stalled(self: Pin<&mut Self>) {
-        let this = self.project();
-        if let Some(mut record) = this.record.take() {
-            record.complete(BodyEnd::Stalled, this.inner.stream_end());
-        }
-    }
-}
-
-impl Body for ObservedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        if let Some(record) = this.record.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        record.on_data(data.len());
-                    }
-                }
-                Poll::Ready(Some(Err(_))) => record.complete(BodyEnd::Broken, None),
-                Poll::Ready(None) => {
-                    let stream_end = this.inner.stream_end();
-                    record.complete(BodyEnd::Complete, stream_end);
-                }
-                Poll::Pending => {}
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]

@@ -108,46 +108,6 @@ impl Body for ProxyBody {
     }
 }
 
-pin_project! {
-    /// A body that keeps `guard` (a concurrency permit) alive until the body is dropped,
-    /// which for a stream is when it ends or the client leaves.
-    pub struct Held<B, G> {
-        #[pin]
-        inner: B,
-        guard: G,
-    }
-}
-
-impl<B, G> Held<B, G> {
-    pub fn new(inner: B, guard: G) -> Self {
-        Self { inner, guard }
-    }
-
-    pub fn inner_pin_mut(self: Pin<&mut Self>) -> Pin<&mut B> {
-        self.project().inner
-    }
-}
-
-impl<B: Body, G> Body for Held<B, G> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@ pub mod request_body;
 pub mod request_head;
 pub mod request_id;
 pub mod request_target;
+pub mod response_body;
 pub mod server;
 pub mod sse;
 pub mod synthetic;

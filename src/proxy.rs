@@ -15,15 +15,15 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Limited;
 use hyper::body::Incoming;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::access_log::{ClientAborted, ObservedBody, RequestRecord};
+use crate::access_log::{ClientAborted, RequestRecord};
 use crate::auth::{self, ClientKeys, KeyError, UpstreamKey};
-use crate::body::{Held, ProxyBody};
+use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::dialect::{route, Dialect, Route};
+use crate::dialect::{self, route, Dialect, Route};
 use crate::error::{ApiError, ErrorCode};
 use crate::headers;
 use crate::metrics::{self, Metrics};
@@ -32,6 +32,7 @@ use crate::request_body::ClientBody;
 use crate::request_head;
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::request_target;
+use crate::response_body::{unobserved, ResponseBody};
 use crate::sse::{EventMode, StreamSettings};
 use crate::synthetic::{
     broken_request_body, error_response, overloaded, shutting_down, text_response, unauthorized,
@@ -91,7 +92,7 @@ pub enum SetupError {
 
 /// A request's response: observed for the access log and metrics, holding its concurrency
 /// permit until the body is done.
-pub type ProxyResponse = Response<Held<ObservedBody, Option<OwnedSemaphorePermit>>>;
+pub type ProxyResponse = Response<ResponseBody>;
 
 impl Proxy {
     pub fn new(
@@ -207,10 +208,10 @@ impl Proxy {
             if let Route::Proxy { client, .. } = route(path) {
                 record.set_client(client);
             }
-            return unheld(observed(
-                error_response(dialect_of(path), &error, None),
+            return observed(
+                error_response(dialect::asked_by(path), &error, None),
                 record,
-            ));
+            );
         }
         // The operational endpoints live on the admin listener when there is one.
         let operational = match role {
@@ -218,15 +219,13 @@ impl Proxy {
             Role::Public => self.config.admin_listen.is_none(),
         };
         match route(path) {
-            Route::Healthz if operational => {
-                unheld(unobserved(text_response(StatusCode::OK, "ok\n")))
-            }
-            Route::Readyz if operational => unheld(unobserved(self.readyz())),
+            Route::Healthz if operational => unobserved(text_response(StatusCode::OK, "ok\n")),
+            Route::Readyz if operational => unobserved(self.readyz()),
             Route::Metrics if operational => {
                 if may_read_metrics(&request, role, self.client_keys.as_ref()) {
-                    unheld(unobserved(self.metrics_response()))
+                    unobserved(self.metrics_response())
                 } else {
-                    unheld(unobserved(unauthorized(Dialect::Bare)))
+                    unobserved(unauthorized(Dialect::Bare))
                 }
             }
             Route::Proxy {
@@ -239,10 +238,10 @@ impl Proxy {
             }
             _ => {
                 let record = self.record(&request, request_id);
-                unheld(observed(
+                observed(
                     unknown_route(request.method(), request.uri().path()),
                     record,
-                ))
+                )
             }
         }
     }
@@ -259,23 +258,20 @@ impl Proxy {
         let mut record = self.record(&request, request_id);
         record.set_client(dialect);
         if let Err(error) = request_target::check_proxied_path(request.uri().path()) {
-            return unheld(observed(error_response(dialect, &error, None), record));
+            return observed(error_response(dialect, &error, None), record);
         }
         if let Some(keys) = &self.client_keys {
             if !keys.allows(request.headers()) {
-                return unheld(observed(unauthorized(dialect), record));
+                return observed(unauthorized(dialect), record);
             }
         }
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            return unheld(observed(
-                overloaded(dialect, Limit::ConcurrentRequests),
-                record,
-            ));
+            return observed(overloaded(dialect, Limit::ConcurrentRequests), record);
         };
         let response = self
             .forward(request, dialect, rest, client, request_id)
             .await;
-        observed(response, record).map(|body| Held::new(body, Some(permit)))
+        observed(response, record).map(|body| body.holding(permit))
     }
 
     fn record<B>(&self, request: &Request<B>, request_id: &HeaderValue) -> RequestRecord {
@@ -444,15 +440,8 @@ fn head_keeps_length(exchange: &Exchange, response: &Response<ProxyBody>) -> boo
         && !headers::is_event_stream(response.headers())
 }
 
-fn unobserved(response: Response<ProxyBody>) -> Response<ObservedBody> {
-    response.map(|body| ObservedBody::new(body, None))
-}
-
 /// Attaches the request's record to its response, with what the response says about itself.
-fn observed(
-    mut response: Response<ProxyBody>,
-    mut record: RequestRecord,
-) -> Response<ObservedBody> {
+fn observed(mut response: Response<ProxyBody>, mut record: RequestRecord) -> ProxyResponse {
     let extensions = response.extensions_mut();
     let upstream_status = extensions.remove::<UpstreamStatus>().map(|s| s.0.as_u16());
     let error_code = extensions.remove::<ErrorCode>();
@@ -467,12 +456,7 @@ fn observed(
         translated,
         response.body().is_stream(),
     );
-    response.map(|body| ObservedBody::new(body, Some(record)))
-}
-
-/// A response that holds no permit (answered by the proxy itself).
-fn unheld(response: Response<ObservedBody>) -> ProxyResponse {
-    response.map(|body| Held::new(body, None))
+    response.map(|body| ResponseBody::observed(body, record))
 }
 
 /// SIGHUP re-reads the key files through the reload registry.
@@ -488,15 +472,6 @@ impl Reloadable for Proxy {
         } else {
             Err(errors.join("; "))
         }
-    }
-}
-
-/// The dialect a path asks for, for refusals issued before routing.
-fn dialect_of(path: &str) -> Dialect {
-    if path.starts_with("/api/") {
-        Dialect::Envelope
-    } else {
-        Dialect::Bare
     }
 }
 

@@ -41,15 +41,15 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::access_log::ObservedBody;
-use crate::body::{Held, ProxyBody};
+use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::dialect::{route, Dialect, Route};
+use crate::dialect;
 use crate::listener::{Inherited, ListenAddr, Listener, Stream};
 use crate::metrics::{Metrics, Refusal};
-use crate::progress::{Abandon, Action, Limits, Tracker};
+use crate::progress::{Action, Limits, Tracker};
 use crate::proxy::{ClientInfo, Proxy, Role, SetupError};
 use crate::reload::Reload;
+use crate::response_body;
 use crate::synthetic::{overloaded, Limit};
 use crate::systemd;
 use crate::tls::{self, CertFiles};
@@ -472,14 +472,6 @@ impl Refusals {
     }
 }
 
-/// A response body the progress tracker may abandon: the access log then says
-/// `client_stalled`.
-impl<G> Abandon for Held<ObservedBody, G> {
-    fn abandon(self: Pin<&mut Self>) {
-        self.inner_pin_mut().client_stalled();
-    }
-}
-
 /// Runs a connection until it ends, closing it gracefully when the server drains or the
 /// tracker says so, and dropping it (closing the socket) when the tracker says so. `slot` is
 /// released before the socket is closed, so a client that saw the close finds it free.
@@ -600,63 +592,41 @@ impl Accepted {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let tracker = Arc::clone(&self.tracker);
-        let slot = self.permit;
-        if slot.refused {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let open = tracker.request_started(request.version());
-                let response = over_connection_limit(&request);
-                drop(open);
-                std::future::ready(Ok::<_, Infallible>(response))
-            });
-            let conn = self
-                .builder
-                .serve_connection(TokioIo::new(io), service)
-                .into_owned();
-            drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                slot,
-                &self.tracker,
-                &self.drain,
-            )
-            .await;
-        } else {
-            let role = self.role;
-            let service = service_fn(move |request: Request<Incoming>| {
-                let proxy = Arc::clone(&self.proxy);
-                let open = tracker.request_started(request.version());
-                // Boxed per request: hyper keeps an HTTP/1 connection's service future slot for
-                // the connection's whole life (and an HTTP/2 stream's for the stream's), so
-                // unboxed every open stream held the full ~4.6 KB request future after its head
-                // was sent.
-                Box::pin(async move {
-                    let response = proxy.handle(request, client, role).await;
-                    Ok::<_, Infallible>(response.map(|body| open.watch(body)))
-                })
-            });
-            let conn = self
-                .builder
-                .serve_connection(TokioIo::new(io), service)
-                .into_owned();
-            drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                slot,
-                &self.tracker,
-                &self.drain,
-            )
-            .await;
-        }
+        let proxy = Arc::clone(&self.proxy);
+        let (role, refused) = (self.role, self.permit.refused);
+        let service = service_fn(move |request: Request<Incoming>| {
+            let proxy = Arc::clone(&proxy);
+            let open = tracker.request_started(request.version());
+            // Boxed per request: hyper keeps an HTTP/1 connection's service future slot for
+            // the connection's whole life (and an HTTP/2 stream's for the stream's), so unboxed
+            // every open stream would hold the whole request future after its head was sent.
+            Box::pin(async move {
+                let response = if refused {
+                    response_body::unobserved(over_connection_limit(&request))
+                } else {
+                    proxy.handle(request, client, role).await
+                };
+                Ok::<_, Infallible>(response.map(|body| open.watch(body)))
+            })
+        });
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            self.permit,
+            &self.tracker,
+            &self.drain,
+        )
+        .await;
     }
 }
 
 /// The answer on a connection over `--max-connections`, in the dialect its path asks for.
 fn over_connection_limit(request: &Request<Incoming>) -> Response<ProxyBody> {
-    let dialect = match route(request.uri().path()) {
-        Route::Proxy { client, .. } => client,
-        _ => Dialect::Bare,
-    };
-    overloaded(dialect, Limit::Connections)
+    overloaded(dialect::asked_by(request.uri().path()), Limit::Connections)
 }
 
 /// Accepts on one public listener until `stop`; dropping the listener on return closes it.

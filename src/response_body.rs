@@ -1,0 +1,121 @@
+//! The guard around every response body the proxy sends: the body itself, the request's
+//! [`RequestRecord`] (access log and metrics) and its concurrency permit.
+//!
+//! The record sees the first byte, every byte and the end: the last frame, a broken body, the
+//! body dropped early (the client went away) or abandoned for a stalled client ([`Abandon`]).
+//! The permit is let go when the body is dropped, which for a stream is when it ends or the
+//! client leaves, and only after the record has been written.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::access_log::{BodyEnd, RequestRecord};
+use crate::body::ProxyBody;
+use crate::error::BoxError;
+use crate::progress::Abandon;
+
+pin_project! {
+    /// A response body with what must last exactly as long as it: see the module docs.
+    pub struct ResponseBody {
+        #[pin]
+        inner: ProxyBody,
+        // `None` for the operational endpoints, which are not logged; taken when written.
+        record: Option<RequestRecord>,
+        // `None` for responses the proxy answers itself. Declared last: released last.
+        permit: Option<OwnedSemaphorePermit>,
+    }
+
+    impl PinnedDrop for ResponseBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(mut record) = this.record.take() {
+                // hyper does not poll a body that says it is empty; that is a complete one.
+                let end = if this.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Cancelled };
+                record.complete(end, this.inner.stream_end());
+            }
+        }
+    }
+}
+
+impl ResponseBody {
+    /// A body with neither a record nor a permit (the operational endpoints).
+    pub fn unobserved(inner: ProxyBody) -> Self {
+        Self {
+            inner,
+            record: None,
+            permit: None,
+        }
+    }
+
+    /// A body whose end `record` writes.
+    pub fn observed(inner: ProxyBody, record: RequestRecord) -> Self {
+        Self {
+            inner,
+            record: Some(record),
+            permit: None,
+        }
+    }
+
+    /// Keeps `permit` until the body is dropped.
+    pub fn holding(mut self, permit: OwnedSemaphorePermit) -> Self {
+        self.permit = Some(permit);
+        self
+    }
+}
+
+/// A response the proxy answered itself, with nothing to log (the operational endpoints, and
+/// the answer on a connection over its limit).
+pub fn unobserved(response: Response<ProxyBody>) -> Response<ResponseBody> {
+    response.map(ResponseBody::unobserved)
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        if let Some(record) = this.record.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        record.on_data(data.len());
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => record.complete(BodyEnd::Broken, None),
+                Poll::Ready(None) => record.complete(BodyEnd::Complete, this.inner.stream_end()),
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The progress tracker drops a body its client took nothing of for `--client-write-timeout`;
+/// the access log then says `client_stalled`.
+impl Abandon for ResponseBody {
+    fn abandon(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let Some(mut record) = this.record.take() {
+            record.complete(BodyEnd::Stalled, this.inner.stream_end());
+        }
+    }
+}
