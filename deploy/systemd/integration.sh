@@ -194,7 +194,8 @@ fi
 missing=""
 for f in /usr/bin/envelope-proxy /lib/systemd/system/envelope-proxy.service \
     /lib/systemd/system/envelope-proxy.socket /etc/envelope-proxy/envelope-proxy.env \
-    /usr/share/doc/envelope-proxy/README.md /usr/share/doc/envelope-proxy/copyright; do
+    /usr/share/doc/envelope-proxy/README.md /usr/share/doc/envelope-proxy/docs/configuration.md \
+    /usr/share/doc/envelope-proxy/copyright; do
     sb test -f "$f" || missing="$missing $f"
 done
 check "package files in place (binary, units, env file, docs)" "" "$missing"
