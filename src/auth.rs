@@ -22,10 +22,6 @@ use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use ring::digest::{digest, SHA256};
 use subtle::ConstantTimeEq;
 
-/// The systemd credential names read from `$CREDENTIALS_DIRECTORY` when no flag names a file.
-pub const CLIENT_KEYS_CREDENTIAL: &str = "api-keys";
-pub const UPSTREAM_KEY_CREDENTIAL: &str = "upstream-api-key";
-
 /// Why keys could not be loaded. Never contains key material.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -40,14 +36,6 @@ pub enum KeyError {
     NotRegularFile { path: PathBuf },
     #[error("{path}: a key contains characters not allowed in an HTTP header")]
     InvalidCharacters { path: PathBuf },
-}
-
-/// The file to use: the flag's, else the systemd credential if one was passed to the service.
-pub fn resolve_key_file(flag: Option<&Path>, credential: &str) -> Option<PathBuf> {
-    if let Some(path) = flag {
-        return Some(path.to_path_buf());
-    }
-    crate::credentials::find(credential)
 }
 
 fn read(path: &Path) -> Result<String, KeyError> {

@@ -12,6 +12,7 @@ use clap::{Parser, ValueEnum};
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
+use crate::credentials::{self, FlagsGiven, SourceError, Sources};
 use crate::dialect::Dialect;
 use crate::listener::ListenAddr;
 use crate::tls::UpstreamTls;
@@ -234,10 +235,19 @@ impl Config {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             _ => Some((
-                crate::credentials::find("tls-cert")?,
-                crate::credentials::find("tls-key")?,
+                credentials::find(credentials::TLS_CERT_CREDENTIAL)?,
+                credentials::find(credentials::TLS_KEY_CREDENTIAL)?,
             )),
         }
+    }
+
+    /// Where each secret comes from: its flag, else its systemd credential, else nowhere.
+    pub fn secret_sources(&self) -> Result<Sources, SourceError> {
+        Sources::resolve(FlagsGiven {
+            upstream_key: self.upstream_api_key_file.is_some(),
+            client_keys: self.api_keys_file.is_some(),
+            tls_key: self.tls_key.is_some(),
+        })
     }
 
     pub fn upstream_tls(&self) -> UpstreamTls {

@@ -12,11 +12,12 @@
 
 use std::fmt;
 use std::io::ErrorKind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::auth::{CLIENT_KEYS_CREDENTIAL, UPSTREAM_KEY_CREDENTIAL};
-use crate::config::Config;
-
+/// The client keys file (`--api-keys-file`).
+pub const CLIENT_KEYS_CREDENTIAL: &str = "api-keys";
+/// The upstream key file (`--upstream-api-key-file`).
+pub const UPSTREAM_KEY_CREDENTIAL: &str = "upstream-api-key";
 pub const TLS_CERT_CREDENTIAL: &str = "tls-cert";
 pub const TLS_KEY_CREDENTIAL: &str = "tls-key";
 
@@ -42,6 +43,14 @@ pub fn find(name: &str) -> Option<PathBuf> {
     match path.symlink_metadata() {
         Err(error) if error.kind() == ErrorKind::NotFound => None,
         _ => Some(path),
+    }
+}
+
+/// The file to use: the flag's, else the credential `name` if one was passed to the service.
+pub fn flag_or_credential(flag: Option<&Path>, name: &str) -> Option<PathBuf> {
+    match flag {
+        Some(path) => Some(path.to_path_buf()),
+        None => find(name),
     }
 }
 
@@ -84,9 +93,17 @@ pub enum SourceError {
     },
 }
 
+/// Which secrets' flags were given (`Config::secret_sources` fills it in).
+#[derive(Debug, Clone, Copy)]
+pub struct FlagsGiven {
+    pub upstream_key: bool,
+    pub client_keys: bool,
+    pub tls_key: bool,
+}
+
 impl Sources {
     /// Resolves each secret: its flag first, else its credential, else none.
-    pub fn resolve(config: &Config) -> Result<Self, SourceError> {
+    pub fn resolve(flags: FlagsGiven) -> Result<Self, SourceError> {
         let pick = |flag: bool, flag_name, credential| {
             if flag {
                 Source::Flag(flag_name)
@@ -97,18 +114,14 @@ impl Sources {
             }
         };
         let upstream_key = pick(
-            config.upstream_api_key_file.is_some(),
+            flags.upstream_key,
             "--upstream-api-key-file",
             UPSTREAM_KEY_CREDENTIAL,
         );
-        let client_keys = pick(
-            config.api_keys_file.is_some(),
-            "--api-keys-file",
-            CLIENT_KEYS_CREDENTIAL,
-        );
+        let client_keys = pick(flags.client_keys, "--api-keys-file", CLIENT_KEYS_CREDENTIAL);
         // clap requires --tls-cert and --tls-key together; the credentials must pair up too,
         // or a half-configured HTTPS listener would silently serve plain HTTP.
-        let tls_key = if config.tls_key.is_some() {
+        let tls_key = if flags.tls_key {
             Source::Flag("--tls-key")
         } else {
             match (find(TLS_CERT_CREDENTIAL), find(TLS_KEY_CREDENTIAL)) {

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     if let Some(warning) = credentials::none_found_warning() {
         tracing::warn!("{warning}");
     }
-    let secrets = match Sources::resolve(&config) {
+    let secrets = match config.secret_sources() {
         Ok(secrets) => secrets,
         Err(error) => return fail(&error.to_string()),
     };

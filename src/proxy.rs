@@ -23,6 +23,7 @@ use crate::access_log::{ClientAborted, RequestRecord};
 use crate::auth::{self, ClientKeys, KeyError, UpstreamKey};
 use crate::body::ProxyBody;
 use crate::config::Config;
+use crate::credentials;
 use crate::dialect::{self, route, Dialect, Route};
 use crate::error::{ApiError, ErrorCode};
 use crate::headers;
@@ -103,15 +104,15 @@ impl Proxy {
         if upstreams.is_empty() {
             return Err(SetupError::NoUpstream);
         }
-        let client_keys = auth::resolve_key_file(
+        let client_keys = credentials::flag_or_credential(
             config.api_keys_file.as_deref(),
-            auth::CLIENT_KEYS_CREDENTIAL,
+            credentials::CLIENT_KEYS_CREDENTIAL,
         )
         .map(|path| ClientKeys::load(&path))
         .transpose()?;
-        let upstream_key = auth::resolve_key_file(
+        let upstream_key = credentials::flag_or_credential(
             config.upstream_api_key_file.as_deref(),
-            auth::UPSTREAM_KEY_CREDENTIAL,
+            credentials::UPSTREAM_KEY_CREDENTIAL,
         )
         .map(|path| UpstreamKey::load(&path))
         .transpose()?;
