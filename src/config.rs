@@ -12,9 +12,9 @@ use clap::{Parser, ValueEnum};
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
-use crate::credentials::{self, FlagsGiven, SourceError, Sources};
 use crate::dialect::Dialect;
-use crate::listener::ListenAddr;
+use crate::listen::sockets::ListenAddr;
+use crate::ops::credentials::{self, FlagsGiven, SourceError, Sources};
 use crate::tls::UpstreamTls;
 
 /// envelope-proxy: a reverse proxy that translates between the bare OpenAI response dialect

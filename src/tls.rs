@@ -21,7 +21,7 @@ use rustls::SignatureScheme;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::reload::Reloadable;
+use crate::ops::reload::Reloadable;
 
 /// The one crypto provider: ring builds with only a C compiler.
 pub fn provider() -> Arc<CryptoProvider> {

@@ -28,7 +28,7 @@ use crate::error::BoxError;
 use crate::error::{ApiError, ErrorCode};
 
 /// The request body sent upstream: the client's body, streamed, with the size limit applied.
-pub type UpstreamRequestBody = Limited<crate::request_body::ClientBody>;
+pub type UpstreamRequestBody = Limited<crate::proxy::request_body::ClientBody>;
 
 type HttpsClient = Client<ConnectDeadline<HttpsConnector<HttpConnector>>, UpstreamRequestBody>;
 

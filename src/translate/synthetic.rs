@@ -9,9 +9,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
-use crate::body::ProxyBody;
 use crate::dialect::Dialect;
 use crate::error::{ApiError, ErrorCode};
+use crate::translate::body::ProxyBody;
 
 /// An error in `dialect`. `upstream_headers`, when given, keep the retry and rate-limit
 /// headers the SDKs act on.

@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::error::BoxError;
-use crate::sse::body::StreamEnd;
-use crate::sse::SseBody;
+use crate::translate::sse::body::StreamEnd;
+use crate::translate::sse::SseBody;
 
 pin_project! {
     /// A response body: pass-through, a few in-memory pieces, or a translated event stream.

@@ -9,8 +9,8 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::envelope::{self, Classified};
 use crate::error::{error_type_for, status_line, ApiError};
+use crate::translate::envelope::{self, Classified};
 
 /// Reads any upstream error body into an [`ApiError`] with `status`.
 ///

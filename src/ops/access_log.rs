@@ -23,8 +23,8 @@ use tracing::Level;
 
 use crate::dialect::Dialect;
 use crate::error::ErrorCode;
-use crate::metrics::{Metrics, UpstreamErrorKind};
-use crate::sse::body::StreamEnd;
+use crate::ops::metrics::{Metrics, UpstreamErrorKind};
+use crate::translate::sse::body::StreamEnd;
 
 /// The status logged for a request the client abandoned before any response (as nginx does).
 const CLIENT_CLOSED_REQUEST: u16 = 499;

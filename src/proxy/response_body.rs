@@ -15,10 +15,10 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::access_log::{BodyEnd, RequestRecord};
-use crate::body::ProxyBody;
 use crate::error::BoxError;
-use crate::progress::Abandon;
+use crate::listen::progress::Abandon;
+use crate::ops::access_log::{BodyEnd, RequestRecord};
+use crate::translate::body::ProxyBody;
 
 pin_project! {
     /// A response body with what must last exactly as long as it: see the module docs.

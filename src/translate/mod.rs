@@ -26,6 +26,12 @@
 //! A body the proxy has to read is read whole (bounded by `--max-response-body`); if the
 //! upstream cuts it short, the client gets a 502 in its dialect, never a partial body.
 
+pub mod body;
+pub mod envelope;
+pub mod error_body;
+pub mod sse;
+pub mod synthetic;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::response::Parts;
@@ -33,14 +39,13 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
-use crate::body::ProxyBody;
 use crate::dialect::Dialect;
-use crate::envelope::{self, Classified, Verdict};
 use crate::error::{ApiError, ErrorCode};
-use crate::error_body;
 use crate::headers;
-use crate::sse::{EventMode, SseBody, StreamSettings};
-use crate::synthetic::{error_response, set_json_headers};
+use body::ProxyBody;
+use envelope::{Classified, Verdict};
+use sse::{EventMode, SseBody, StreamSettings};
+use synthetic::{error_response, set_json_headers};
 use tokio_util::sync::CancellationToken;
 
 /// What the response path needs to know about one exchange.
@@ -249,7 +254,7 @@ async fn read_body(exchange: &Exchange, body: Incoming) -> Result<Bytes, ApiErro
         )),
         Err(error) => {
             // The cause (often an OS error) is for the log; the client gets what it means.
-            let cause = crate::upstream::describe_chain(error.as_ref());
+            let cause = crate::proxy::upstream::describe_chain(error.as_ref());
             tracing::warn!(%cause, "upstream response body was cut short");
             Err(ApiError::proxy(
                 ErrorCode::UpstreamTruncated,

@@ -6,7 +6,7 @@
 //!
 //! ```
 //! # use std::sync::Arc;
-//! # use envelope_proxy::reload::{Reload, Reloadable};
+//! # use envelope_proxy::ops::reload::{Reload, Reloadable};
 //! struct KeyFile;
 //! impl Reloadable for KeyFile {
 //!     fn name(&self) -> &'static str { "api keys" }

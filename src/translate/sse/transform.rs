@@ -20,9 +20,9 @@ use serde_json::Value;
 use super::framer::SseEvent;
 use crate::config::StreamEnvelope;
 use crate::dialect::Dialect;
-use crate::envelope::{self, Classified, Verdict};
 use crate::error::ApiError;
-use crate::error_body;
+use crate::translate::envelope::{self, Classified, Verdict};
+use crate::translate::error_body;
 
 /// What happens to each event's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +238,7 @@ fn stream_error(data: &[u8]) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sse::framer::SseFramer;
+    use crate::translate::sse::framer::SseFramer;
 
     fn run(mode: EventMode, upstream: Dialect, input: &[u8]) -> (String, Vec<EventKind>) {
         let mut framer = SseFramer::new(1 << 20);

@@ -7,6 +7,14 @@
 //! listener that serves them, and attaches a [`RequestRecord`] to every other response, so
 //! the access log and the metrics see how each request ends.
 
+pub mod auth;
+pub mod request_body;
+pub mod request_head;
+pub mod request_id;
+pub mod request_target;
+pub mod response_body;
+pub mod upstream;
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,28 +27,26 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::access_log::{ClientAborted, RequestRecord};
-use crate::auth::{self, ClientKeys, KeyError, UpstreamKey};
-use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::credentials;
 use crate::dialect::{self, route, Dialect, Route};
 use crate::error::{ApiError, ErrorCode};
 use crate::headers;
-use crate::metrics::{self, Metrics};
-use crate::reload::Reloadable;
-use crate::request_body::ClientBody;
-use crate::request_head;
-use crate::request_id::{self, X_REQUEST_ID};
-use crate::request_target;
-use crate::response_body::{unobserved, ResponseBody};
-use crate::sse::{EventMode, StreamSettings};
-use crate::synthetic::{
+use crate::ops::access_log::{ClientAborted, RequestRecord};
+use crate::ops::credentials;
+use crate::ops::metrics::{self, Metrics};
+use crate::ops::reload::Reloadable;
+use crate::translate::body::ProxyBody;
+use crate::translate::sse::{EventMode, StreamSettings};
+use crate::translate::synthetic::{
     broken_request_body, error_response, overloaded, shutting_down, text_response, unauthorized,
     unknown_route, Limit,
 };
 use crate::translate::{self, Exchange, Translated};
-use crate::upstream::Upstream;
+use auth::{ClientKeys, KeyError, UpstreamKey};
+use request_body::ClientBody;
+use request_id::X_REQUEST_ID;
+use response_body::{unobserved, ResponseBody};
+use upstream::Upstream;
 
 /// Where a request came from, as the listener saw it.
 #[derive(Debug, Clone, Copy)]
