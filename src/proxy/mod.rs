@@ -6,8 +6,14 @@
 //! It also answers the operational endpoints (`/healthz`, `/readyz`, `/metrics`) on the
 //! listener that serves them, and attaches a [`RequestRecord`] to every other response, so
 //! the access log and the metrics see how each request ends.
+//!
+//! In order along a request: `request_id`, then (this file) the route and the checks —
+//! `request_target`, `request_head`, `auth` (client keys), the concurrency permit — then
+//! `forward` (the upstream request, with `request_body` watching the client's upload and
+//! `upstream` the client pool), and `response_body`, the guard every response is sent in.
 
 pub mod auth;
+mod forward;
 pub mod request_body;
 pub mod request_head;
 pub mod request_id;
@@ -20,8 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Limited;
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -29,21 +34,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dialect::{self, route, Dialect, Route};
-use crate::error::{ApiError, ErrorCode};
-use crate::headers;
+use crate::error::ErrorCode;
 use crate::ops::access_log::{ClientAborted, RequestRecord};
 use crate::ops::credentials;
 use crate::ops::metrics::{self, Metrics};
 use crate::ops::reload::Reloadable;
 use crate::translate::body::ProxyBody;
-use crate::translate::sse::{EventMode, StreamSettings};
 use crate::translate::synthetic::{
-    broken_request_body, error_response, overloaded, shutting_down, text_response, unauthorized,
-    unknown_route, Limit,
+    error_response, overloaded, text_response, unauthorized, unknown_route, Limit,
 };
-use crate::translate::{self, Exchange, Translated};
+use crate::translate::Translated;
 use auth::{ClientKeys, KeyError, UpstreamKey};
-use request_body::ClientBody;
+use forward::UpstreamStatus;
 use request_id::X_REQUEST_ID;
 use response_body::{unobserved, ResponseBody};
 use upstream::Upstream;
@@ -68,10 +70,6 @@ pub enum Role {
     /// `--admin-listen`: `/healthz`, `/readyz`, `/metrics` only.
     Admin,
 }
-
-/// Response extension: the status the upstream answered with.
-#[derive(Debug, Clone, Copy)]
-struct UpstreamStatus(StatusCode);
 
 /// Shared by every connection.
 pub struct Proxy {
@@ -318,113 +316,6 @@ impl Proxy {
         );
         response
     }
-
-    async fn forward(
-        &self,
-        request: Request<Incoming>,
-        dialect: Dialect,
-        rest: &str,
-        client: ClientInfo,
-        request_id: &HeaderValue,
-    ) -> Response<ProxyBody> {
-        let config = &self.config;
-        let exchange = Exchange {
-            client: dialect,
-            upstream: config.upstream_shape,
-            head: request.method() == Method::HEAD,
-            max_response_body: config.max_response_body,
-            deadline: Instant::now() + config.request_timeout,
-            request_timeout: config.request_timeout,
-            stream: StreamSettings {
-                mode: EventMode::select(dialect, config.upstream_shape, config.stream_envelope),
-                client: dialect,
-                upstream: config.upstream_shape,
-                // Only (chat) completions promise `[DONE]`.
-                require_done: config.require_done && rest.ends_with("completions"),
-                idle_timeout: config.stream_idle_timeout,
-                keepalive: (!config.sse_keepalive.is_zero()).then_some(config.sse_keepalive),
-                max_event_bytes: config.max_sse_event,
-            },
-            cut: self.cut.clone(),
-        };
-        if let Some(length) = declared_length(&request) {
-            if length > config.max_request_body {
-                return error_response(
-                    dialect,
-                    &ApiError::request_too_large(config.max_request_body),
-                    None,
-                );
-            }
-        }
-
-        let (mut parts, body) = request.into_parts();
-        let uri = match config.upstream.join(rest, parts.uri.query()) {
-            Ok(uri) => uri,
-            Err(_) => {
-                let error =
-                    ApiError::new(StatusCode::BAD_REQUEST, "request path is not a valid URI");
-                return error_response(dialect, &error, None);
-            }
-        };
-        // HTTP/2 names the host in `:authority`: it becomes `X-Forwarded-Host` like HTTP/1's Host.
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(authority) = parts.uri.authority() {
-                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                    parts.headers.insert(header::HOST, host);
-                }
-            }
-        }
-        headers::prepare_upstream_request(&mut parts.headers, client.ip, client.proto);
-        parts.uri = uri;
-        // The upstream connection picks its own HTTP version (ALPN or HTTP/1.1).
-        parts.version = http::Version::HTTP_11;
-        auth::upstream_authorization(
-            &mut parts.headers,
-            self.upstream_key.as_ref(),
-            self.client_keys.is_some(),
-        );
-        let (body, client_body) = ClientBody::new(body);
-        let upstream_request =
-            Request::from_parts(parts, Limited::new(body, config.max_request_body as usize));
-
-        let upstream = &self.upstreams[client.worker % self.upstreams.len()];
-        let sent = tokio::time::timeout_at(exchange.deadline, upstream.send(upstream_request));
-        let sent = tokio::select! {
-            sent = sent => sent,
-            () = self.cut.cancelled() => return error_response(dialect, &shutting_down(), None),
-        };
-        let Ok(sent) = sent else {
-            return error_response(
-                dialect,
-                &ApiError::request_timeout(config.request_timeout),
-                None,
-            );
-        };
-        match sent {
-            Ok(response) => {
-                let status = response.status();
-                let mut response = translate::respond(&exchange, response).await;
-                if exchange.head && !head_keeps_length(&exchange, &response) {
-                    // The upstream's length is that of its own body, not the one a GET would get.
-                    response.headers_mut().remove(header::CONTENT_LENGTH);
-                }
-                response.extensions_mut().insert(UpstreamStatus(status));
-                response
-            }
-            Err(error) if client_body.happened() => {
-                let request_id = request_id.to_str().unwrap_or("-");
-                tracing::debug!(request_id, %error, "client request body failed");
-                let mut response = error_response(dialect, &broken_request_body(), None);
-                response.extensions_mut().insert(ClientAborted);
-                response
-            }
-            Err(error) => {
-                let request_id = request_id.to_str().unwrap_or("-");
-                tracing::warn!(request_id, kind = error.kind(), %error, "upstream request failed");
-                error_response(dialect, &error.to_api_error(config.max_request_body), None)
-            }
-        }
-    }
 }
 
 /// The single place that decides who may read `/metrics` on a listener.
@@ -436,15 +327,6 @@ fn may_read_metrics<B>(request: &Request<B>, role: Role, keys: Option<&ClientKey
         (Role::Admin, _) | (Role::Public, None) => true,
         (Role::Public, Some(keys)) => keys.allows(request.headers()),
     }
-}
-
-/// True when a GET would pass the upstream's body through untouched, so the upstream's
-/// `Content-Length` on a HEAD is the one the client would get: same dialects, no error to
-/// normalise, no event stream.
-fn head_keeps_length(exchange: &Exchange, response: &Response<ProxyBody>) -> bool {
-    exchange.client == exchange.upstream
-        && response.status().as_u16() < 400
-        && !headers::is_event_stream(response.headers())
 }
 
 /// Attaches the request's record to its response, with what the response says about itself.
@@ -480,15 +362,4 @@ impl Reloadable for Proxy {
             Err(errors.join("; "))
         }
     }
-}
-
-fn declared_length<B>(request: &Request<B>) -> Option<u64> {
-    request
-        .headers()
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
