@@ -13,7 +13,7 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 use crate::dialect::Dialect;
-use crate::listen::sockets::ListenAddr;
+use crate::listen::ListenAddr;
 use crate::ops::credentials::{self, FlagsGiven, SourceError, Sources};
 use crate::tls::UpstreamTls;
 
@@ -231,7 +231,7 @@ pub struct Config {
 impl Config {
     /// The inbound certificate and key: the flags, else systemd credentials `tls-cert` and
     /// `tls-key` when both were passed with `LoadCredential=`.
-    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+    pub(crate) fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             _ => Some((
@@ -250,7 +250,7 @@ impl Config {
         })
     }
 
-    pub fn upstream_tls(&self) -> UpstreamTls {
+    pub(crate) fn upstream_tls(&self) -> UpstreamTls {
         UpstreamTls {
             ca: self.upstream_ca.clone(),
             client_cert: self
@@ -330,7 +330,7 @@ impl UpstreamUrl {
             .build()
     }
 
-    pub fn is_https(&self) -> bool {
+    pub(crate) fn is_https(&self) -> bool {
         self.scheme == Scheme::HTTPS
     }
 }

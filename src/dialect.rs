@@ -76,7 +76,7 @@ pub fn route(path: &str) -> Route<'_> {
 
 /// The dialect a path asks for, for answers given before routing (a refused target or head,
 /// a connection over its limit): `/api/…` is an envelope client's, anything else bare.
-pub fn asked_by(path: &str) -> Dialect {
+pub(crate) fn asked_by(path: &str) -> Dialect {
     if path.starts_with("/api/") {
         Dialect::Envelope
     } else {

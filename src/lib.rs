@@ -12,15 +12,17 @@
 //! Shared by all: `config` (flags), `dialect`, `error` (the error model), `headers`, `tls`.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
+// The docs are for maintainers (`cargo doc --document-private-items`): they link freely.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod config;
-pub mod dialect;
+mod dialect;
 pub mod error;
-pub mod headers;
+mod headers;
 pub mod listen;
 pub mod ops;
 pub mod proxy;
-pub mod tls;
+mod tls;
 pub mod translate;
 
 pub use config::Config;

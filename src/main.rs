@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     };
 
     // Before any thread exists: this unsets LISTEN_FDS/LISTEN_PID.
-    let inherited = match listen::sockets::take_inherited() {
+    let inherited = match listen::take_inherited() {
         Ok(sockets) => sockets,
         Err(error) => return fail(&error.to_string()),
     };

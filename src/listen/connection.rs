@@ -27,12 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dialect;
-use crate::proxy::response_body;
+use crate::proxy::response_body::{self, ResponseBody};
 use crate::proxy::{ClientInfo, Proxy, Role};
 use crate::translate::body::ProxyBody;
 use crate::translate::synthetic::{overloaded, Limit};
 
-use super::progress::{Action, Tracker};
+use super::progress::{Abandon, Action, Tracker};
 use super::sockets::Stream;
 
 /// How long an HTTP/2 client has to answer a keep-alive ping (hyper's default).
@@ -222,6 +222,14 @@ impl Accepted {
             &self.drain,
         )
         .await;
+    }
+}
+
+/// A response body the progress tracker may abandon: the access log then says
+/// `client_stalled`.
+impl Abandon for ResponseBody {
+    fn abandon(self: Pin<&mut Self>) {
+        self.client_stalled();
     }
 }
 

@@ -13,13 +13,14 @@
 
 mod connection;
 mod handle;
-pub mod progress;
+mod progress;
 mod serve;
-pub mod sockets;
-pub mod workers;
+mod sockets;
+mod workers;
 
 pub use handle::RunningServer;
-pub use sockets::{Inherited, ListenAddr, Listener, Stream};
+use sockets::Listener;
+pub use sockets::{take_inherited, Inherited, ListenAddr};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,7 +157,7 @@ impl Server {
     }
 
     /// The public listeners' addresses, in order.
-    pub fn public_addrs(&self) -> Vec<ListenAddr> {
+    pub(crate) fn public_addrs(&self) -> Vec<ListenAddr> {
         self.public
             .iter()
             .filter_map(|l| l.local_addr().ok())

@@ -56,14 +56,14 @@ use tokio::time::Instant;
 use crate::error::BoxError;
 
 /// How long a connection told to shut down may take to go, once it has no open request.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The most a response body hands hyper at once. hyper asks for the next frame only once the
 /// client has taken (nearly) all of the last one, so a whole translated body in one frame
 /// (megabytes of embeddings) would leave a slow but reading client no sign of progress for as
 /// long as it takes to read it all. In pieces this size (sliced, not copied), a client that
 /// takes at least this much per `--client-write-timeout` is never cut off.
-pub const MAX_HANDED: usize = 64 * 1024;
+pub(crate) const MAX_HANDED: usize = 64 * 1024;
 
 /// The deadlines, from the configuration. A zero `idle` or `client_write` means none.
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +75,7 @@ pub struct Limits {
 
 /// What the connection's task must do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Close gracefully: GOAWAY on HTTP/2, close when idle on HTTP/1.1.
     Shutdown,
     /// Drop the connection (close the socket) now.
@@ -83,13 +83,13 @@ pub enum Action {
 }
 
 /// A body that can be told it is being abandoned because its client stopped reading.
-pub trait Abandon {
+pub(crate) trait Abandon {
     /// Called once, just before the body is dropped for a stalled client.
     fn abandon(self: Pin<&mut Self>);
 }
 
 /// One connection's progress: see the module docs.
-pub struct Tracker {
+pub(crate) struct Tracker {
     limits: Limits,
     /// Over `--max-connections`: shut down once the first answer is out.
     answer_once: bool,
@@ -138,7 +138,7 @@ impl Tracker {
 
     /// A request head is complete: the request is open until the returned guard is dropped
     /// (with its response body, or with the request if it never gets one).
-    pub fn request_started(self: &Arc<Self>, version: Version) -> OpenRequest {
+    pub(crate) fn request_started(self: &Arc<Self>, version: Version) -> OpenRequest {
         let mut state = self.lock();
         state.served = true;
         state.http1 = version < Version::HTTP_2;
@@ -150,7 +150,7 @@ impl Tracker {
 
     /// Waits until the connection must shut down or close; pending for as long as it makes
     /// progress. Abandons stalled responses on the way. Cancel-safe.
-    pub async fn next_action(&self) -> Action {
+    pub(crate) async fn next_action(&self) -> Action {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -251,7 +251,7 @@ impl Tracker {
 }
 
 /// A request in flight on a tracked connection; see [`Tracker::request_started`].
-pub struct OpenRequest(Arc<Tracker>);
+pub(crate) struct OpenRequest(Arc<Tracker>);
 
 impl OpenRequest {
     /// Wraps a response body so that a client that stops taking it is noticed.
@@ -338,14 +338,14 @@ impl<B: Abandon + Send> Stall for Slot<B> {
 }
 
 /// A response body watched for client progress; see the module docs.
-pub struct Watched<B> {
+pub(crate) struct Watched<B> {
     slot: Arc<Slot<B>>,
 }
 
 /// The error hyper gets when it polls a body abandoned for a stalled client.
 #[derive(Debug, thiserror::Error)]
 #[error("the client took no response bytes for --client-write-timeout; response abandoned")]
-pub struct ClientStalled;
+pub(crate) struct ClientStalled;
 
 impl<B> Body for Watched<B>
 where

@@ -94,7 +94,7 @@ pub fn take_inherited() -> io::Result<Vec<Inherited>> {
 
 /// A listening socket.
 #[derive(Debug)]
-pub enum Listener {
+pub(crate) enum Listener {
     Tcp(TcpListener),
     Unix {
         listener: UnixListener,
@@ -104,7 +104,7 @@ pub enum Listener {
 }
 
 /// An accepted connection.
-pub enum Stream {
+pub(crate) enum Stream {
     Tcp(TcpStream, SocketAddr),
     Unix(UnixStream),
 }
@@ -114,7 +114,7 @@ impl Stream {
     /// on one runtime and served on another would otherwise have each of its readiness events
     /// dispatched by the accepting thread and forwarded to the serving one (an eventfd write
     /// and a wake-up per event).
-    pub fn into_current_runtime(self) -> io::Result<Self> {
+    pub(crate) fn into_current_runtime(self) -> io::Result<Self> {
         Ok(match self {
             Stream::Tcp(tcp, remote) => Stream::Tcp(TcpStream::from_std(tcp.into_std()?)?, remote),
             Stream::Unix(unix) => Stream::Unix(UnixStream::from_std(unix.into_std()?)?),
@@ -142,7 +142,7 @@ impl Listener {
     }
 
     /// Registers an inherited socket with the runtime.
-    pub fn from_inherited(socket: Inherited) -> io::Result<Self> {
+    pub(crate) fn from_inherited(socket: Inherited) -> io::Result<Self> {
         match socket {
             Inherited::Tcp(tcp) => {
                 tcp.set_nonblocking(true)?;
@@ -184,7 +184,7 @@ impl Listener {
         }
     }
 
-    pub fn is_tcp(&self) -> bool {
+    pub(crate) fn is_tcp(&self) -> bool {
         matches!(self, Listener::Tcp(_))
     }
 }

@@ -26,7 +26,7 @@ const TIMER_ANCHOR: Duration = Duration::from_secs(1);
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 
 /// The running workers; dropping this stops them (their remaining tasks are dropped).
-pub struct Workers {
+pub(crate) struct Workers {
     workers: Vec<Worker>,
 }
 
@@ -75,16 +75,8 @@ impl Workers {
         Ok(Self { workers })
     }
 
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
     /// Runs a connection on the least loaded worker, in `set`. `serve` gets the worker's index.
-    pub fn spawn_connection<F, Fut>(&self, set: &mut JoinSet<()>, serve: F)
+    pub(crate) fn spawn_connection<F, Fut>(&self, set: &mut JoinSet<()>, serve: F)
     where
         F: FnOnce(usize) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
@@ -106,13 +98,14 @@ impl Workers {
         );
     }
 
-    /// The counters behind [`Self::open_connections`], for `/metrics`.
-    pub fn open_counters(&self) -> Vec<Arc<AtomicUsize>> {
+    /// Open connections per worker, in worker order, for `/metrics`.
+    pub(crate) fn open_counters(&self) -> Vec<Arc<AtomicUsize>> {
         self.workers.iter().map(|w| Arc::clone(&w.open)).collect()
     }
 
     /// Open connections per worker, in worker order.
-    pub fn open_connections(&self) -> Vec<usize> {
+    #[cfg(test)]
+    pub(crate) fn open_connections(&self) -> Vec<usize> {
         self.workers
             .iter()
             .map(|w| w.open.load(Ordering::Relaxed))

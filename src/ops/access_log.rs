@@ -46,10 +46,10 @@ pub(crate) enum BodyEnd {
 /// Response extension: the client broke its own request (its body failed mid-upload). Logged
 /// and counted as a client cancellation, whatever the response says, never as an upstream error.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAborted;
+pub(crate) struct ClientAborted;
 
 /// Everything the log line and the metrics need about one request.
-pub struct RequestRecord {
+pub(crate) struct RequestRecord {
     metrics: Arc<Metrics>,
     start: Instant,
     request_id: HeaderValue,
@@ -102,12 +102,12 @@ impl RequestRecord {
         }
     }
 
-    pub fn set_client(&mut self, client: Dialect) {
+    pub(crate) fn set_client(&mut self, client: Dialect) {
         self.client = Some(client);
     }
 
     /// What the response says about itself; called once the response head is known.
-    pub fn set_response(
+    pub(crate) fn set_response(
         &mut self,
         status: u16,
         upstream_status: Option<u16>,
@@ -126,12 +126,12 @@ impl RequestRecord {
     }
 
     /// The token cancelled when the shutdown grace runs out (see [`BodyEnd::Cut`]).
-    pub fn set_cut(&mut self, cut: CancellationToken) {
+    pub(crate) fn set_cut(&mut self, cut: CancellationToken) {
         self.cut = Some(cut);
     }
 
     /// See [`ClientAborted`].
-    pub fn set_client_aborted(&mut self) {
+    pub(crate) fn set_client_aborted(&mut self) {
         self.client_aborted = true;
     }
 

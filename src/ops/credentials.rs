@@ -15,14 +15,14 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 /// The client keys file (`--api-keys-file`).
-pub const CLIENT_KEYS_CREDENTIAL: &str = "api-keys";
+pub(crate) const CLIENT_KEYS_CREDENTIAL: &str = "api-keys";
 /// The upstream key file (`--upstream-api-key-file`).
-pub const UPSTREAM_KEY_CREDENTIAL: &str = "upstream-api-key";
-pub const TLS_CERT_CREDENTIAL: &str = "tls-cert";
-pub const TLS_KEY_CREDENTIAL: &str = "tls-key";
+pub(crate) const UPSTREAM_KEY_CREDENTIAL: &str = "upstream-api-key";
+pub(crate) const TLS_CERT_CREDENTIAL: &str = "tls-cert";
+pub(crate) const TLS_KEY_CREDENTIAL: &str = "tls-key";
 
 /// Every credential name the proxy reads, in the order they are reported.
-pub const KNOWN: [&str; 4] = [
+pub(crate) const KNOWN: [&str; 4] = [
     UPSTREAM_KEY_CREDENTIAL,
     CLIENT_KEYS_CREDENTIAL,
     TLS_CERT_CREDENTIAL,
@@ -47,7 +47,7 @@ pub fn find(name: &str) -> Option<PathBuf> {
 }
 
 /// The file to use: the flag's, else the credential `name` if one was passed to the service.
-pub fn flag_or_credential(flag: Option<&Path>, name: &str) -> Option<PathBuf> {
+pub(crate) fn flag_or_credential(flag: Option<&Path>, name: &str) -> Option<PathBuf> {
     match flag {
         Some(path) => Some(path.to_path_buf()),
         None => find(name),
@@ -95,7 +95,7 @@ pub enum SourceError {
 
 /// Which secrets' flags were given (`Config::secret_sources` fills it in).
 #[derive(Debug, Clone, Copy)]
-pub struct FlagsGiven {
+pub(crate) struct FlagsGiven {
     pub upstream_key: bool,
     pub client_keys: bool,
     pub tls_key: bool,
@@ -103,7 +103,7 @@ pub struct FlagsGiven {
 
 impl Sources {
     /// Resolves each secret: its flag first, else its credential, else none.
-    pub fn resolve(flags: FlagsGiven) -> Result<Self, SourceError> {
+    pub(crate) fn resolve(flags: FlagsGiven) -> Result<Self, SourceError> {
         let pick = |flag: bool, flag_name, credential| {
             if flag {
                 Source::Flag(flag_name)

@@ -16,11 +16,11 @@ use crate::translate::sse::body::StreamEnd;
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub use crate::error::UpstreamErrorKind;
+pub(crate) use crate::error::UpstreamErrorKind;
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Over `--max-connections`: answered with a 503 (GOAWAY on HTTP/2), then closed.
     MaxConnections,
     /// Over `--max-overflow-connections` as well: closed at once.
@@ -124,12 +124,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn request_started(&self) {
+    pub(crate) fn request_started(&self) {
         self.active_requests.fetch_add(1, Relaxed);
     }
 
     /// A proxied request finished (its response fully sent, or abandoned).
-    pub fn request_finished(
+    pub(crate) fn request_finished(
         &self,
         client: Dialect,
         upstream: Dialect,
@@ -143,7 +143,7 @@ impl Metrics {
     }
 
     /// A request that was not proxied (health, metrics, unknown path) still ends.
-    pub fn request_abandoned(&self) {
+    pub(crate) fn request_abandoned(&self) {
         self.active_requests.fetch_sub(1, Relaxed);
     }
 
@@ -152,11 +152,11 @@ impl Metrics {
         self.active_requests.load(Relaxed)
     }
 
-    pub fn first_byte(&self, client: Dialect, elapsed: Duration) {
+    pub(crate) fn first_byte(&self, client: Dialect, elapsed: Duration) {
         self.time_to_first_byte[dialect_index(client)].observe(elapsed);
     }
 
-    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+    pub(crate) fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind as usize].fetch_add(1, Relaxed);
     }
 
@@ -165,11 +165,11 @@ impl Metrics {
         self.translations[dialect_index(upstream)].fetch_add(1, Relaxed);
     }
 
-    pub fn stream_started(&self) {
+    pub(crate) fn stream_started(&self) {
         self.active_streams.fetch_add(1, Relaxed);
     }
 
-    pub fn stream_finished(&self, end: StreamEnd) {
+    pub(crate) fn stream_finished(&self, end: StreamEnd) {
         self.active_streams.fetch_sub(1, Relaxed);
         if let Some(slot) = STREAM_ENDS.iter().position(|e| *e == end) {
             self.streams[slot].fetch_add(1, Relaxed);
@@ -184,7 +184,7 @@ impl Metrics {
         self.client_cancellations.fetch_add(1, Relaxed);
     }
 
-    pub fn connection_refused(&self, reason: Refusal) {
+    pub(crate) fn connection_refused(&self, reason: Refusal) {
         self.connections_refused[reason as usize].fetch_add(1, Relaxed);
     }
 
@@ -193,7 +193,7 @@ impl Metrics {
     }
 
     /// Exports the workers' open-connection counts (set once, when the workers start).
-    pub fn watch_workers(&self, open: Vec<Arc<AtomicUsize>>) {
+    pub(crate) fn watch_workers(&self, open: Vec<Arc<AtomicUsize>>) {
         let _ = self.worker_connections.set(open);
     }
 

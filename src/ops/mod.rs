@@ -6,7 +6,7 @@
 //! - [`reload`]: SIGHUP re-reads keys and certificates;
 //! - [`credentials`]: where each secret comes from (flag or systemd credential).
 
-pub mod access_log;
+pub(crate) mod access_log;
 pub mod credentials;
 pub mod metrics;
 pub mod reload;

@@ -20,12 +20,9 @@
 //! The contract for a [`Reloadable`]: read and validate the new material completely, then swap
 //! it in; on any error return it and keep serving with the old material. Connections already
 //! open keep what they started with (a TLS session keeps its certificate). SIGHUP calls
-//! [`Reload::reload_all`], which logs each outcome and bumps a generation counter that
-//! anyone can watch ([`Reload::subscribe`]) — the tests and the metrics use it.
+//! [`Reload::reload_all`], which logs each outcome and returns the failures.
 
 use std::sync::{Arc, Mutex};
-
-use tokio::sync::watch;
 
 /// Something re-read from disk on SIGHUP.
 pub trait Reloadable: Send + Sync {
@@ -36,14 +33,9 @@ pub trait Reloadable: Send + Sync {
 }
 
 /// The registry SIGHUP goes through; cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Reload {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    items: Mutex<Vec<Arc<dyn Reloadable>>>,
-    generation: watch::Sender<u64>,
+    items: Arc<Mutex<Vec<Arc<dyn Reloadable>>>>,
 }
 
 /// One failed reload: what, and why.
@@ -51,17 +43,6 @@ struct Inner {
 pub struct ReloadFailure {
     pub name: &'static str,
     pub error: String,
-}
-
-impl Default for Reload {
-    fn default() -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                items: Mutex::new(Vec::new()),
-                generation: watch::Sender::new(0),
-            }),
-        }
-    }
 }
 
 impl Reload {
@@ -86,19 +67,12 @@ impl Reload {
                 }
             }
         }
-        self.inner.generation.send_modify(|g| *g += 1);
         failures
-    }
-
-    /// Changes once per completed [`Reload::reload_all`].
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.generation.subscribe()
     }
 
     fn items(&self) -> std::sync::MutexGuard<'_, Vec<Arc<dyn Reloadable>>> {
         // A panic in another reload must not disable reloading.
-        self.inner
-            .items
+        self.items
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -132,7 +106,6 @@ mod tests {
             calls: AtomicUsize::new(0),
         });
         reload.register(flaky.clone());
-        let generation = reload.subscribe();
         assert_eq!(reload.reload_all(), []);
         assert_eq!(
             reload.reload_all(),
@@ -142,6 +115,5 @@ mod tests {
             }]
         );
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
-        assert_eq!(*generation.borrow(), 2);
     }
 }

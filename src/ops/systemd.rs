@@ -24,7 +24,7 @@ pub fn ready(status: &str) {
 }
 
 /// The drain has started.
-pub fn stopping(status: &str) {
+pub(crate) fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);
 }
 
@@ -34,10 +34,6 @@ pub fn reloading() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(_) => send(&[NotifyState::Reloading]),
     }
-}
-
-pub fn status(status: &str) {
-    send(&[NotifyState::Status(status)]);
 }
 
 /// The interval at which to ping the watchdog, when the service manager asked for pings.

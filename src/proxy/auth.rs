@@ -57,7 +57,7 @@ fn read(path: &Path) -> Result<String, KeyError> {
 type Digest = [u8; 32];
 
 /// The keys clients must present as `Authorization: Bearer <key>`.
-pub struct ClientKeys {
+pub(crate) struct ClientKeys {
     path: PathBuf,
     digests: RwLock<Arc<Vec<Digest>>>,
 }
@@ -90,7 +90,7 @@ impl ClientKeys {
     }
 
     /// True when the request carries `Authorization: Bearer <one of the keys>`.
-    pub fn allows(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn allows(&self, headers: &HeaderMap) -> bool {
         let Some(token) = bearer_token(headers) else {
             return false;
         };
@@ -146,7 +146,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 // === impl UpstreamKey ===
 
 /// The key the proxy sends upstream in place of the client's.
-pub struct UpstreamKey {
+pub(crate) struct UpstreamKey {
     path: PathBuf,
     header: RwLock<HeaderValue>,
 }
@@ -188,7 +188,7 @@ impl UpstreamKey {
 
 /// Sets the `Authorization` the upstream gets: the upstream key when there is one; none when
 /// client keys are in use (what the client sent was its proxy key); else the client's own.
-pub fn upstream_authorization(
+pub(crate) fn upstream_authorization(
     headers: &mut HeaderMap,
     upstream_key: Option<&UpstreamKey>,
     client_keys_in_use: bool,

@@ -12,14 +12,14 @@
 //! `forward` (the upstream request, with `request_body` watching the client's upload and
 //! `upstream` the client pool), and `response_body`, the guard every response is sent in.
 
-pub mod auth;
+mod auth;
 mod forward;
-pub mod request_body;
-pub mod request_head;
-pub mod request_id;
-pub mod request_target;
-pub mod response_body;
-pub mod upstream;
+mod request_body;
+mod request_head;
+mod request_id;
+mod request_target;
+pub(crate) mod response_body;
+pub(crate) mod upstream;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,7 +52,7 @@ use upstream::Upstream;
 
 /// Where a request came from, as the listener saw it.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientInfo {
+pub(crate) struct ClientInfo {
     /// `None` on a Unix socket.
     pub ip: Option<IpAddr>,
     /// "http" or "https", for `X-Forwarded-Proto`.
@@ -64,7 +64,7 @@ pub struct ClientInfo {
 
 /// Which listener a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// `--listen`: proxied routes, plus health and metrics unless `--admin-listen` is set.
     Public,
     /// `--admin-listen`: `/healthz`, `/readyz`, `/metrics` only.
@@ -97,10 +97,10 @@ pub enum SetupError {
 
 /// A request's response: observed for the access log and metrics, holding its concurrency
 /// permit until the body is done.
-pub type ProxyResponse = Response<ResponseBody>;
+pub(crate) type ProxyResponse = Response<ResponseBody>;
 
 impl Proxy {
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<Config>,
         upstreams: Vec<Upstream>,
         metrics: Arc<Metrics>,
@@ -134,7 +134,7 @@ impl Proxy {
     }
 
     /// True when key files are in use (and so worth reloading on SIGHUP).
-    pub fn has_key_files(&self) -> bool {
+    pub(crate) fn has_key_files(&self) -> bool {
         self.client_keys.is_some() || self.upstream_key.is_some()
     }
 
@@ -156,23 +156,23 @@ impl Proxy {
         errors
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
     /// From now on `/readyz` answers 503.
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
 
     /// The grace period is over: open streams end with a `shutting_down` error event and
     /// requests still waiting for the upstream get a 503.
-    pub fn cut_remaining(&self) {
+    pub(crate) fn cut_remaining(&self) {
         self.cut.cancel();
     }
 
     /// Serves one request; never fails (every problem is a response in the client's dialect).
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         mut request: Request<Incoming>,
         client: ClientInfo,
@@ -293,7 +293,7 @@ impl Proxy {
 
     /// After the remaining connections were dropped: waits (at most `limit`) until every
     /// request has written its access-log line on its worker, so none is lost at exit.
-    pub async fn records_settled(&self, limit: std::time::Duration) {
+    pub(crate) async fn records_settled(&self, limit: std::time::Duration) {
         let deadline = Instant::now() + limit;
         while self.metrics.active_requests() > 0 && Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

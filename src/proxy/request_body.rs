@@ -17,7 +17,7 @@ use pin_project_lite::pin_project;
 
 pin_project! {
     /// The client's body, streamed as it is; remembers whether reading it failed.
-    pub struct ClientBody {
+    pub(crate) struct ClientBody {
         #[pin]
         inner: Incoming,
         failed: Arc<AtomicBool>,
@@ -26,7 +26,7 @@ pin_project! {
 
 /// Tells, after the upstream request ended, whether the client's body was the one that broke.
 #[derive(Debug, Clone)]
-pub struct ClientBodyFailure(Arc<AtomicBool>);
+pub(crate) struct ClientBodyFailure(Arc<AtomicBool>);
 
 impl ClientBodyFailure {
     pub fn happened(&self) -> bool {

@@ -14,7 +14,11 @@ use crate::error::{ApiError, ErrorCode};
 
 /// Checks the header fields of a request; `fields` is how many the client sent (the proxy may
 /// have added its `x-request-id` since).
-pub fn check_head(headers: &HeaderMap, fields: usize, max_headers: usize) -> Result<(), ApiError> {
+pub(crate) fn check_head(
+    headers: &HeaderMap,
+    fields: usize,
+    max_headers: usize,
+) -> Result<(), ApiError> {
     if fields > max_headers {
         return Err(ApiError::proxy(
             ErrorCode::TooManyHeaders,

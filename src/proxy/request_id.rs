@@ -11,10 +11,10 @@ use std::sync::OnceLock;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Returns the request's id, generating one (and setting the header) when it has no usable one.
-pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
+pub(crate) fn ensure(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(value) = headers.get(&X_REQUEST_ID) {
         if is_usable(value) {
             return value.clone();

@@ -14,7 +14,7 @@ use http::{Method, Uri, Version};
 use crate::error::{ApiError, ErrorCode};
 
 /// Checks the method and the target's form, for every request. `Err` carries the reason.
-pub fn check_target(method: &Method, uri: &Uri, version: Version) -> Result<(), ApiError> {
+pub(crate) fn check_target(method: &Method, uri: &Uri, version: Version) -> Result<(), ApiError> {
     if method == Method::CONNECT {
         return Err(refuse(
             "CONNECT is not supported: envelope-proxy is not a forward proxy",
@@ -32,7 +32,7 @@ pub fn check_target(method: &Method, uri: &Uri, version: Version) -> Result<(), 
 const DECODE_ROUNDS: usize = 3;
 
 /// Checks a request's path, for every request before it is routed.
-pub fn check_path(path: &str) -> Result<(), ApiError> {
+pub(crate) fn check_path(path: &str) -> Result<(), ApiError> {
     if path.contains('\\') {
         return Err(refuse("the path must not contain backslashes"));
     }
@@ -49,7 +49,7 @@ pub fn check_path(path: &str) -> Result<(), ApiError> {
 }
 
 /// The extra rule for a path about to be proxied: no trailing empty segment either.
-pub fn check_proxied_path(path: &str) -> Result<(), ApiError> {
+pub(crate) fn check_proxied_path(path: &str) -> Result<(), ApiError> {
     if path.ends_with('/') {
         return Err(refuse("the path must not contain empty segments"));
     }

@@ -2,7 +2,7 @@
 //! [`RequestRecord`] (access log and metrics) and its concurrency permit.
 //!
 //! The record sees the first byte, every byte and the end: the last frame, a broken body, the
-//! body dropped early (the client went away) or abandoned for a stalled client ([`Abandon`]).
+//! body dropped early (the client went away) or abandoned for a stalled client.
 //! The permit is let go when the body is dropped, which for a stream is when it ends or the
 //! client leaves, and only after the record has been written.
 
@@ -16,13 +16,12 @@ use pin_project_lite::pin_project;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::BoxError;
-use crate::listen::progress::Abandon;
 use crate::ops::access_log::{BodyEnd, RequestRecord};
 use crate::translate::body::ProxyBody;
 
 pin_project! {
     /// A response body with what must last exactly as long as it: see the module docs.
-    pub struct ResponseBody {
+    pub(crate) struct ResponseBody {
         #[pin]
         inner: ProxyBody,
         // `None` for the operational endpoints, which are not logged; taken when written.
@@ -45,7 +44,7 @@ pin_project! {
 
 impl ResponseBody {
     /// A body with neither a record nor a permit (the operational endpoints).
-    pub fn unobserved(inner: ProxyBody) -> Self {
+    pub(crate) fn unobserved(inner: ProxyBody) -> Self {
         Self {
             inner,
             record: None,
@@ -54,7 +53,7 @@ impl ResponseBody {
     }
 
     /// A body whose end `record` writes.
-    pub fn observed(inner: ProxyBody, record: RequestRecord) -> Self {
+    pub(crate) fn observed(inner: ProxyBody, record: RequestRecord) -> Self {
         Self {
             inner,
             record: Some(record),
@@ -71,7 +70,7 @@ impl ResponseBody {
 
 /// A response the proxy answered itself, with nothing to log (the operational endpoints, and
 /// the answer on a connection over its limit).
-pub fn unobserved(response: Response<ProxyBody>) -> Response<ResponseBody> {
+pub(crate) fn unobserved(response: Response<ProxyBody>) -> Response<ResponseBody> {
     response.map(ResponseBody::unobserved)
 }
 
@@ -109,10 +108,10 @@ impl Body for ResponseBody {
     }
 }
 
-/// The progress tracker drops a body its client took nothing of for `--client-write-timeout`;
-/// the access log then says `client_stalled`.
-impl Abandon for ResponseBody {
-    fn abandon(self: Pin<&mut Self>) {
+impl ResponseBody {
+    /// The body is about to be dropped because its client took nothing for
+    /// `--client-write-timeout`: the access log says `client_stalled`.
+    pub fn client_stalled(self: Pin<&mut Self>) {
         let this = self.project();
         if let Some(mut record) = this.record.take() {
             record.complete(BodyEnd::Stalled, this.inner.stream_end());

@@ -28,7 +28,7 @@ use crate::error::BoxError;
 use crate::error::{ApiError, ErrorCode};
 
 /// The request body sent upstream: the client's body, streamed, with the size limit applied.
-pub type UpstreamRequestBody = Limited<crate::proxy::request_body::ClientBody>;
+pub(crate) type UpstreamRequestBody = Limited<crate::proxy::request_body::ClientBody>;
 
 type HttpsClient = Client<ConnectDeadline<HttpsConnector<HttpConnector>>, UpstreamRequestBody>;
 
@@ -43,7 +43,7 @@ pub struct Upstream {
 /// A connector whose every connection attempt (resolve, connect, TLS handshake) must finish
 /// within `limit`; else it fails with an `io::ErrorKind::TimedOut` error.
 #[derive(Clone)]
-pub struct ConnectDeadline<C> {
+pub(crate) struct ConnectDeadline<C> {
     inner: C,
     limit: Duration,
 }
@@ -128,7 +128,7 @@ impl Upstream {
 /// Why the upstream did not produce response headers. `Display` is the log's text, with the
 /// full cause; clients get [`UpstreamError::to_api_error`].
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("upstream unreachable: {detail}")]
     Connect {
         /// What the client is told, e.g. "the connection was refused".
@@ -200,7 +200,7 @@ impl UpstreamError {
 
     /// What the client is told: the status, a code and a message without OS error details
     /// (those are in the log, from `Display`).
-    pub fn to_api_error(&self, max_request_body: u64) -> ApiError {
+    pub(crate) fn to_api_error(&self, max_request_body: u64) -> ApiError {
         let (code, message) = match self {
             UpstreamError::Connect { reason, .. } => (
                 ErrorCode::UpstreamUnreachable,
@@ -247,7 +247,7 @@ impl UpstreamError {
 
 /// What a client may be told about a response body the upstream broke: the kind of failure,
 /// without the OS error text (log [`describe_chain`] for that).
-pub fn body_failure(error: &(dyn StdError + 'static)) -> &'static str {
+pub(crate) fn body_failure(error: &(dyn StdError + 'static)) -> &'static str {
     let mut source = Some(error);
     while let Some(current) = source {
         if let Some(io_error) = current.downcast_ref::<io::Error>() {
@@ -272,7 +272,7 @@ pub fn body_failure(error: &(dyn StdError + 'static)) -> &'static str {
 }
 
 /// The error's chain of causes on one line, without hyper-util's generic wrapper text.
-pub fn describe_chain(error: &(dyn StdError + 'static)) -> String {
+pub(crate) fn describe_chain(error: &(dyn StdError + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut source = error.source();
     while let Some(current) = source {

@@ -45,7 +45,8 @@ impl ProxyBody {
         ProxyBody::Parts { parts, next: 0 }
     }
 
-    pub fn empty() -> Self {
+    #[cfg(test)]
+    pub(crate) fn empty() -> Self {
         Self::full(Bytes::new())
     }
 
@@ -58,7 +59,7 @@ impl ProxyBody {
     }
 
     /// How an event stream ended (`None` for other bodies, and while a stream runs).
-    pub fn stream_end(&self) -> Option<StreamEnd> {
+    pub(crate) fn stream_end(&self) -> Option<StreamEnd> {
         match self {
             ProxyBody::Sse { inner } => inner.stream_end(),
             _ => None,

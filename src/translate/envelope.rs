@@ -20,10 +20,10 @@ use serde_json::Value;
 use crate::error::{error_type_for, ApiError, ErrorCode};
 
 /// `{"success":true,"code":"200","message":"successful","data":` — the payload follows.
-pub const SUCCESS_PREFIX: Bytes =
+pub(crate) const SUCCESS_PREFIX: Bytes =
     Bytes::from_static(br#"{"success":true,"code":"200","message":"successful","data":"#);
 /// Closes the object opened by [`SUCCESS_PREFIX`].
-pub const SUCCESS_SUFFIX: Bytes = Bytes::from_static(b"}");
+pub(crate) const SUCCESS_SUFFIX: Bytes = Bytes::from_static(b"}");
 
 /// The three pieces of a success envelope around `payload`, in order.
 pub fn wrap_success(payload: Bytes) -> [Bytes; 3] {
@@ -212,7 +212,7 @@ impl<'a> Envelope<'a> {
     ///
     /// Status: the envelope code when it is 400–599, else the HTTP status when ≥ 400, else 502.
     /// An inner `error` object (as envelope-proxy itself writes) supplies type, param and code.
-    pub fn into_error(self, http_status: StatusCode) -> ApiError {
+    pub(crate) fn into_error(self, http_status: StatusCode) -> ApiError {
         if let Some(member) = self.duplicate {
             return duplicated(member, http_status);
         }

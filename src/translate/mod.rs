@@ -30,7 +30,7 @@ pub mod body;
 pub mod envelope;
 pub mod error_body;
 pub mod sse;
-pub mod synthetic;
+pub(crate) mod synthetic;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};

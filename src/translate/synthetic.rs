@@ -15,7 +15,7 @@ use crate::translate::body::ProxyBody;
 
 /// An error in `dialect`. `upstream_headers`, when given, keep the retry and rate-limit
 /// headers the SDKs act on.
-pub fn error_response(
+pub(crate) fn error_response(
     dialect: Dialect,
     error: &ApiError,
     upstream_headers: Option<HeaderMap>,
@@ -46,7 +46,7 @@ pub(crate) fn set_json_headers(headers: &mut HeaderMap) {
 }
 
 /// A `text/plain` answer of an operational endpoint.
-pub fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+pub(crate) fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -57,7 +57,7 @@ pub fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBo
 }
 
 /// 401 with the `WWW-Authenticate` challenge: no client key, or one this proxy does not accept.
-pub fn unauthorized(dialect: Dialect) -> Response<ProxyBody> {
+pub(crate) fn unauthorized(dialect: Dialect) -> Response<ProxyBody> {
     let error = ApiError::proxy(
         ErrorCode::InvalidApiKey,
         "Missing or invalid API key: send `Authorization: Bearer <key>` with a key this proxy accepts.",
@@ -71,7 +71,7 @@ pub fn unauthorized(dialect: Dialect) -> Response<ProxyBody> {
 
 /// Which of the proxy's limits a request ran into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
+pub(crate) enum Limit {
     /// `--max-concurrent-requests`: the request is refused, the connection stays.
     ConcurrentRequests,
     /// `--max-connections`: the one request is answered, then the connection closes.
@@ -114,7 +114,7 @@ pub fn shutting_down() -> ApiError {
 }
 
 /// 400 when the client's upload broke (it ended early or its chunked framing was invalid).
-pub fn broken_request_body() -> ApiError {
+pub(crate) fn broken_request_body() -> ApiError {
     ApiError::proxy(
         ErrorCode::InvalidRequestBody,
         "the request body could not be read: it ended before it was complete or its chunked encoding is invalid",

@@ -55,7 +55,7 @@ pub struct StreamSettings {
 
 /// How a stream ended, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamEnd {
+pub(crate) enum StreamEnd {
     /// The upstream finished (with `[DONE]`, or without it when not required), with every
     /// event whole.
     Complete,
@@ -88,7 +88,7 @@ impl StreamEnd {
 
     /// The code of the error event the proxy ends the stream with; `None` when the stream
     /// ended whole, with the upstream's own error event, or without a client to tell.
-    pub fn error_code(self) -> Option<ErrorCode> {
+    pub(crate) fn error_code(self) -> Option<ErrorCode> {
         match self {
             StreamEnd::Complete | StreamEnd::UpstreamErrorEvent | StreamEnd::ClientCancelled => {
                 None
@@ -138,7 +138,7 @@ impl<B> SseBody<B> {
     }
 
     /// `cut` ends the stream with a `shutting_down` error event when cancelled.
-    pub fn with_cut(inner: B, settings: StreamSettings, cut: CancellationToken) -> Self {
+    pub(crate) fn with_cut(inner: B, settings: StreamSettings, cut: CancellationToken) -> Self {
         let now = Instant::now();
         Self {
             inner,
@@ -162,7 +162,7 @@ impl<B> SseBody<B> {
     }
 
     /// How the stream ended; `None` while it runs (and when the client left before the end).
-    pub fn stream_end(&self) -> Option<StreamEnd> {
+    pub(crate) fn stream_end(&self) -> Option<StreamEnd> {
         self.outcome
     }
 }

@@ -55,7 +55,7 @@ impl SseEvent {
         &self.raw
     }
 
-    pub fn into_raw(self) -> Bytes {
+    pub(crate) fn into_raw(self) -> Bytes {
         self.raw
     }
 
@@ -115,7 +115,7 @@ impl SseEvent {
     ///   others are left out, which needs a copy; its lines then all end with `\n`, because
     ///   removing a line could otherwise join a lone `\r` and a `\n` into one CRLF and so
     ///   lose the event's blank line.
-    pub fn around_data(&self) -> Option<(Bytes, Bytes)> {
+    pub(crate) fn around_data(&self) -> Option<(Bytes, Bytes)> {
         let body = self.raw.get(self.start..).unwrap_or_default();
         let mut data_lines = lines(body).filter(|(_, line)| data_value(line).is_some());
         let (at, line) = data_lines.next()?;

@@ -65,7 +65,7 @@ impl EventMode {
 
     /// Error events take the form of the events around them: envelope when the client
     /// receives wrapped events, bare otherwise.
-    pub fn error_form(self, client: Dialect, upstream: Dialect) -> Dialect {
+    pub(crate) fn error_form(self, client: Dialect, upstream: Dialect) -> Dialect {
         match self {
             EventMode::Wrap => Dialect::Envelope,
             EventMode::Unwrap => Dialect::Bare,
