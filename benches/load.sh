@@ -3,7 +3,7 @@
 # straight to the upstream, side by side in one run, with the on-CPU time each server spends
 # per response. See BENCHMARKS.md for the method.
 #
-#   benches/load.sh            full run (~18 minutes)
+#   benches/load.sh            full run (~18 minutes, estimated from the steps)
 #   benches/load.sh --smoke    seconds-long run of every step (CI): debug build, tiny counts
 #
 # Where oha is not on PATH, both install oha $OHA_VERSION with cargo (Debian does not package
