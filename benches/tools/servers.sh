@@ -87,7 +87,7 @@ EOF
   PIDS+=("$master")
   printf -v "PID_$name" '%s' "$master"
   printf -v "PORT_$name" '%s' "$port"
-  wait_port "$port"
+  wait_port "$port" || { cat "$dir/logs/stdout.log" "$dir/logs/error.log" >&2 2>/dev/null; return 1; }
   # The workers are forked after the master listens: wait for them (CPU and RSS are theirs).
   for _ in $(seq 1 100); do
     (($(pgrep -c -P "$master" || true) >= workers)) && break
@@ -135,7 +135,7 @@ EOF
   PIDS+=($!)
   printf -v "PID_$name" '%s' "$!"
   printf -v "PORT_$name" '%s' "$port"
-  wait_port "$port"
+  wait_port "$port" || { cat "$dir/haproxy.log" >&2; return 1; }
 }
 
 # nginx_workers NAME -> the worker pids of that nginx, comma-separated
