@@ -13,7 +13,7 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 use crate::dialect::Dialect;
-use crate::listen::ListenAddr;
+use crate::listen::sockets::ListenAddr;
 use crate::ops::credentials::{self, FlagsGiven, SourceError, Sources};
 use crate::tls::UpstreamTls;
 

@@ -14,7 +14,11 @@
 //!   (the inner `error` member keeps everything the bare form has, so nothing is lost).
 //!
 //! Reading an upstream's error body into an [`ApiError`] is `error_body`'s job.
+//!
+//! Errors below the HTTP layer (a connection reset, a TLS failure) are described here too:
+//! [`describe_chain`] for the log, [`body_failure`] for what a client may be told.
 
+use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -458,6 +462,49 @@ struct EnvelopeError<'a> {
     message: &'a str,
     data: (),
     error: InnerError<'a>,
+}
+
+/// What a client may be told about a response body the upstream broke: the kind of failure,
+/// without the OS error text (log [`describe_chain`] for that).
+pub(crate) fn body_failure(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut source = Some(error);
+    while let Some(current) = source {
+        if let Some(io_error) = current.downcast_ref::<io::Error>() {
+            if matches!(
+                io_error.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            ) {
+                return "the upstream reset the connection";
+            }
+        }
+        if current
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return "the upstream sent invalid framing";
+        }
+        source = current.source();
+    }
+    "the upstream connection ended early"
+}
+
+/// The error's chain of causes on one line, without hyper-util's generic wrapper text.
+pub(crate) fn describe_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = error.source();
+    while let Some(current) = source {
+        let text = current.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = current.source();
+    }
+    if parts.is_empty() {
+        parts.push(error.to_string());
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]

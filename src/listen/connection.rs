@@ -131,8 +131,8 @@ impl Accepted {
             }
         };
         // Each kind's connection future is boxed here, on the worker: the task then holds only
-        // the one this connection needs (unboxed, every plain TCP connection paid for the TLS
-        // arm's size: ~6 KB per task, moved and resident; BENCHMARKS.md).
+        // the one this connection needs (unboxed, every plain TCP connection would pay for the
+        // TLS arm's size, moved and resident; BENCHMARKS.md has the measurement).
         match (stream, tls) {
             (Stream::Tcp(tcp, remote), Some(tls)) => {
                 let client = ClientInfo {

@@ -15,7 +15,7 @@ mod connection;
 mod handle;
 mod progress;
 mod serve;
-mod sockets;
+pub(crate) mod sockets;
 mod workers;
 
 pub use handle::RunningServer;

@@ -4,7 +4,7 @@
 //! HTTP state, its requests, their upstream connections (each worker has its own pool, see
 //! [`crate::proxy::ClientInfo::worker`]) and their timers. Nothing on the request path crosses a
 //! thread, so there are no cross-thread wake-ups and no work stealing per request; tokio's
-//! multi-thread scheduler gave 0.77× nginx's throughput with 2 workers each (BENCHMARKS.md).
+//! multi-thread scheduler measured slower (BENCHMARKS.md).
 //!
 //! Accepting stays on the caller's runtime; each accepted connection goes to the worker with the
 //! fewest open connections (like Envoy's exact connection balancing), so long-lived keep-alive

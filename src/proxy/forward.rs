@@ -18,11 +18,8 @@ use crate::translate::synthetic::{broken_request_body, error_response, shutting_
 use crate::translate::{self, Exchange};
 
 use super::request_body::ClientBody;
+use super::response_body::UpstreamStatus;
 use super::{auth, ClientInfo, Proxy};
-
-/// Response extension: the status the upstream answered with.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct UpstreamStatus(pub(super) StatusCode);
 
 impl Proxy {
     pub(super) async fn forward(

@@ -34,8 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dialect::{self, route, Dialect, Route};
-use crate::error::ErrorCode;
-use crate::ops::access_log::{ClientAborted, RequestRecord};
+use crate::ops::access_log::RequestRecord;
 use crate::ops::credentials;
 use crate::ops::metrics::{self, Metrics};
 use crate::ops::reload::Reloadable;
@@ -43,11 +42,9 @@ use crate::translate::body::ProxyBody;
 use crate::translate::synthetic::{
     error_response, overloaded, text_response, unauthorized, unknown_route, Limit,
 };
-use crate::translate::Translated;
 use auth::{ClientKeys, KeyError, UpstreamKey};
-use forward::UpstreamStatus;
 use request_id::X_REQUEST_ID;
-use response_body::{unobserved, ResponseBody};
+use response_body::{observed, unobserved, ResponseBody};
 use upstream::Upstream;
 
 /// Where a request came from, as the listener saw it.
@@ -327,25 +324,6 @@ fn may_read_metrics<B>(request: &Request<B>, role: Role, keys: Option<&ClientKey
         (Role::Admin, _) | (Role::Public, None) => true,
         (Role::Public, Some(keys)) => keys.allows(request.headers()),
     }
-}
-
-/// Attaches the request's record to its response, with what the response says about itself.
-fn observed(mut response: Response<ProxyBody>, mut record: RequestRecord) -> ProxyResponse {
-    let extensions = response.extensions_mut();
-    let upstream_status = extensions.remove::<UpstreamStatus>().map(|s| s.0.as_u16());
-    let error_code = extensions.remove::<ErrorCode>();
-    let translated = extensions.remove::<Translated>().is_some();
-    if extensions.remove::<ClientAborted>().is_some() {
-        record.set_client_aborted();
-    }
-    record.set_response(
-        response.status().as_u16(),
-        upstream_status,
-        error_code,
-        translated,
-        response.body().is_stream(),
-    );
-    response.map(|body| ResponseBody::observed(body, record))
 }
 
 /// SIGHUP re-reads the key files through the reload registry.

@@ -1,6 +1,7 @@
-//! The client side: one pooled connection to the configured upstream.
+//! The client side: the pooled connections to the configured upstream.
 //!
-//! hyper-util's pooled client with keep-alive; `https://` upstreams use rustls with ALPN
+//! One hyper-util pooled client with keep-alive per worker thread (`listen/workers.rs`), so a
+//! pooled connection is only ever used on the thread that opened it; `https://` upstreams use rustls with ALPN
 //! (HTTP/2 when the upstream offers it, else HTTP/1.1), `http://` upstreams HTTP/1.1.
 //! `--connect-timeout` bounds the whole connection set-up — DNS, TCP and the TLS handshake —
 //! so an upstream that accepts TCP and then stays silent is a connect timeout, not a
@@ -24,7 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Config;
-use crate::error::BoxError;
+use crate::error::{describe_chain, BoxError};
 use crate::error::{ApiError, ErrorCode};
 
 /// The request body sent upstream: the client's body, streamed, with the size limit applied.
@@ -243,47 +244,4 @@ impl UpstreamError {
             UpstreamError::Other(_) => "reset",
         }
     }
-}
-
-/// What a client may be told about a response body the upstream broke: the kind of failure,
-/// without the OS error text (log [`describe_chain`] for that).
-pub(crate) fn body_failure(error: &(dyn StdError + 'static)) -> &'static str {
-    let mut source = Some(error);
-    while let Some(current) = source {
-        if let Some(io_error) = current.downcast_ref::<io::Error>() {
-            if matches!(
-                io_error.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-            ) {
-                return "the upstream reset the connection";
-            }
-        }
-        if current
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_parse)
-        {
-            return "the upstream sent invalid framing";
-        }
-        source = current.source();
-    }
-    "the upstream connection ended early"
-}
-
-/// The error's chain of causes on one line, without hyper-util's generic wrapper text.
-pub(crate) fn describe_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut source = error.source();
-    while let Some(current) = source {
-        let text = current.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = current.source();
-    }
-    if parts.is_empty() {
-        parts.push(error.to_string());
-    }
-    parts.join(": ")
 }

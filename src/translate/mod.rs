@@ -254,7 +254,7 @@ async fn read_body(exchange: &Exchange, body: Incoming) -> Result<Bytes, ApiErro
         )),
         Err(error) => {
             // The cause (often an OS error) is for the log; the client gets what it means.
-            let cause = crate::proxy::upstream::describe_chain(error.as_ref());
+            let cause = crate::error::describe_chain(error.as_ref());
             tracing::warn!(%cause, "upstream response body was cut short");
             Err(ApiError::proxy(
                 ErrorCode::UpstreamTruncated,

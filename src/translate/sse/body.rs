@@ -274,9 +274,9 @@ where
                     }
                     let error = error.into();
                     // The OS error text is for the log; the client is told what kind of failure.
-                    let cause = crate::proxy::upstream::describe_chain(error.as_ref());
+                    let cause = crate::error::describe_chain(error.as_ref());
                     tracing::warn!(%cause, "upstream event stream broke");
-                    let failure = crate::proxy::upstream::body_failure(error.as_ref());
+                    let failure = crate::error::body_failure(error.as_ref());
                     let message = format!("the upstream stream broke before it finished ({failure}); the answer is incomplete");
                     end_with_error(
                         this.out,
