@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use envelope_proxy::sse::{EventMode, SseBody, StreamSettings};
+use envelope_proxy::translate::sse::{EventMode, SseBody, StreamSettings};
 use envelope_proxy::{Config, Dialect, RunningServer};
 use http::{Request, Response};
 use http_body::{Body, Frame};

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use envelope_proxy::api_error;
-use envelope_proxy::envelope::{self, Classified, Verdict};
+use envelope_proxy::translate::envelope::{self, Classified, Verdict};
+use envelope_proxy::translate::error_body;
 use envelope_proxy::Dialect;
 use http::StatusCode;
 use serde::de::IgnoredAny;
@@ -88,7 +88,7 @@ fn bench_json(c: &mut Criterion) {
             &error,
             |b, body| {
                 b.iter(|| {
-                    api_error::normalise(
+                    error_body::normalise(
                         StatusCode::BAD_REQUEST,
                         Some("application/json"),
                         black_box(body),
@@ -103,7 +103,7 @@ fn bench_json(c: &mut Criterion) {
             &html,
             |b, body| {
                 b.iter(|| {
-                    api_error::normalise(
+                    error_body::normalise(
                         StatusCode::BAD_GATEWAY,
                         Some("text/html"),
                         black_box(body),

@@ -4,9 +4,10 @@
 # bounded in time. `syscalls` and `faults` need perf (apt-get install linux-perf).
 #
 #   benches/profile.sh cpu          CPU per request at saturation, 1 KiB: envelope-proxy wrap and
-#                                   pass-through vs nginx, 1 worker each, and how busy each was
-#   benches/profile.sh syscalls     syscalls per request at 1,000 req/s (ours vs nginx), and per
-#                                   event of 200-event streams
+#                                   pass-through vs nginx and haproxy (where installed), 1 worker
+#                                   each, and how busy each was
+#   benches/profile.sh syscalls     syscalls per request at 1,000 req/s (ours vs nginx and
+#                                   haproxy), and per event of 200-event streams
 #   benches/profile.sh rss [N]      RSS per open stream, N streams (default 2000) over HTTP/1.1
 #                                   and over HTTP/2 client connections, fresh 2-worker proxy
 #   benches/profile.sh faults [N]   which code first touches the resident pages while N streams
@@ -46,9 +47,11 @@ case "$WHAT" in
 cpu)
   start_proxy p1 1 "$SERVER_CPU"
   command -v nginx >/dev/null && start_nginx n1 1 "$SERVER_CPU"
+  command -v haproxy >/dev/null && start_haproxy h1 1 "$SERVER_CPU"
   targets=("wrap $PID_p1 http://127.0.0.1:$PORT_p1/api/v1/bench/json/1024"
     "pass $PID_p1 http://127.0.0.1:$PORT_p1/v1/bench/json/1024")
   command -v nginx >/dev/null && targets+=("nginx $(nginx_workers n1) http://127.0.0.1:$PORT_n1/v1/bench/json/1024")
+  command -v haproxy >/dev/null && targets+=("haproxy $PID_h1 http://127.0.0.1:$PORT_h1/v1/bench/json/1024")
   for target in "${targets[@]}"; do
     read -r name pid url <<<"$target"
     before=$(cpu_ns "$pid")
@@ -61,10 +64,13 @@ syscalls)
   need_perf
   start_proxy p1 1 "$SERVER_CPU"
   command -v nginx >/dev/null && start_nginx n1 1 "$SERVER_CPU"
-  events=syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_getsockopt
+  command -v haproxy >/dev/null && start_haproxy h1 1 "$SERVER_CPU"
+  # haproxy writes with sendto where nginx and envelope-proxy use writev.
+  events=syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_getsockopt
   count() { awk '$1 ~ /^[0-9,]+$/ {gsub(",", "", $1); printf " %s=%.2f", $2, $1 / '"$2"'}' "$1" | sed 's/syscalls:sys_enter_//g'; }
   targets=("ours $PID_p1 http://127.0.0.1:$PORT_p1/api/v1/bench/json/1024")
   command -v nginx >/dev/null && targets+=("nginx $(nginx_workers n1) http://127.0.0.1:$PORT_n1/v1/bench/json/1024")
+  command -v haproxy >/dev/null && targets+=("haproxy $PID_h1 http://127.0.0.1:$PORT_h1/v1/bench/json/1024")
   for target in "${targets[@]}"; do
     read -r name pid url <<<"$target"
     perf stat -e "$events" -p "$pid" -o "$OUT/$name.perf" -- sleep 5 &
@@ -110,7 +116,7 @@ faults)
   echo "full report: $OUT/faults.txt"
   ;;
 *)
-  sed -n '2,15p' "$0" >&2
+  sed -n '2,16p' "$0" >&2
   exit 2
   ;;
 esac

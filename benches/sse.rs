@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use envelope_proxy::sse::{EventMode, SseBody, StreamSettings};
+use envelope_proxy::translate::sse::{EventMode, SseBody, StreamSettings};
 use envelope_proxy::Dialect;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;

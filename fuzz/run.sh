@@ -7,7 +7,7 @@
 #
 # No sanitizer: envelope-proxy forbids unsafe code, so the findings are panics (assertions,
 # overflow and debug assertions, index errors), timeouts and memory blow-ups, which libFuzzer
-# reports without one. For AddressSanitizer use cargo fuzz (see README, "Fuzzing").
+# reports without one. For AddressSanitizer use cargo fuzz (see docs/development.md, "Fuzzing").
 #
 # Exit status: 0 when every target ran clean and executed at least one input; also 0 when this
 # machine cannot fuzz (a "fuzz: skipped: <why>" line says why) or SECONDS is 0, unless

@@ -13,7 +13,8 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 use crate::dialect::Dialect;
-use crate::listener::ListenAddr;
+use crate::listen::sockets::ListenAddr;
+use crate::ops::credentials::{self, FlagsGiven, SourceError, Sources};
 use crate::tls::UpstreamTls;
 
 /// envelope-proxy: a reverse proxy that translates between the bare OpenAI response dialect
@@ -230,17 +231,26 @@ pub struct Config {
 impl Config {
     /// The inbound certificate and key: the flags, else systemd credentials `tls-cert` and
     /// `tls-key` when both were passed with `LoadCredential=`.
-    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+    pub(crate) fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             _ => Some((
-                crate::credentials::find("tls-cert")?,
-                crate::credentials::find("tls-key")?,
+                credentials::find(credentials::TLS_CERT_CREDENTIAL)?,
+                credentials::find(credentials::TLS_KEY_CREDENTIAL)?,
             )),
         }
     }
 
-    pub fn upstream_tls(&self) -> UpstreamTls {
+    /// Where each secret comes from: its flag, else its systemd credential, else nowhere.
+    pub fn secret_sources(&self) -> Result<Sources, SourceError> {
+        Sources::resolve(FlagsGiven {
+            upstream_key: self.upstream_api_key_file.is_some(),
+            client_keys: self.api_keys_file.is_some(),
+            tls_key: self.tls_key.is_some(),
+        })
+    }
+
+    pub(crate) fn upstream_tls(&self) -> UpstreamTls {
         UpstreamTls {
             ca: self.upstream_ca.clone(),
             client_cert: self
@@ -320,7 +330,7 @@ impl UpstreamUrl {
             .build()
     }
 
-    pub fn is_https(&self) -> bool {
+    pub(crate) fn is_https(&self) -> bool {
         self.scheme == Scheme::HTTPS
     }
 }

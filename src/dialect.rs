@@ -74,6 +74,16 @@ pub fn route(path: &str) -> Route<'_> {
     Route::Proxy { client, rest }
 }
 
+/// The dialect a path asks for, for answers given before routing (a refused target or head,
+/// a connection over its limit): `/api/…` is an envelope client's, anything else bare.
+pub(crate) fn asked_by(path: &str) -> Dialect {
+    if path.starts_with("/api/") {
+        Dialect::Envelope
+    } else {
+        Dialect::Bare
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,11 @@
 //!   (the inner `error` member keeps everything the bare form has, so nothing is lost).
 //!
 //! Reading an upstream's error body into an [`ApiError`] is `error_body`'s job.
+//!
+//! Errors below the HTTP layer (a connection reset, a TLS failure) are described here too:
+//! [`describe_chain`] for the log, [`body_failure`] for what a client may be told.
 
+use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,7 +42,7 @@ pub enum Form {
 
 /// Why an exchange with the upstream failed: the `kind` label of the upstream error metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
+pub(crate) enum UpstreamErrorKind {
     Connect,
     Timeout,
     Tls,
@@ -49,7 +53,7 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
-    pub const ALL: [UpstreamErrorKind; 5] = [
+    pub(crate) const ALL: [UpstreamErrorKind; 5] = [
         UpstreamErrorKind::Connect,
         UpstreamErrorKind::Timeout,
         UpstreamErrorKind::Tls,
@@ -67,16 +71,17 @@ impl UpstreamErrorKind {
         }
     }
 
-    /// The kind behind one of the proxy's own error codes (see the README's table); `None`
-    /// for anything else, e.g. an error the upstream itself reported.
-    pub fn from_code(code: &str) -> Option<Self> {
+    /// The kind behind one of the proxy's own error codes (docs/errors.md); `None` for
+    /// anything else, e.g. an error the upstream itself reported.
+    #[cfg(test)]
+    pub(crate) fn from_code(code: &str) -> Option<Self> {
         ErrorCode::parse(code).and_then(ErrorCode::metric_kind)
     }
 }
 
-/// Every error code the proxy itself produces (the README's table).
+/// Every error code the proxy itself produces (the table in docs/errors.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
+pub(crate) enum ErrorCode {
     // The client's request was refused before reaching the upstream.
     InvalidRequestTarget,
     TooManyHeaders,
@@ -109,7 +114,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 25] = [
+    pub(crate) const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidRequestTarget,
         ErrorCode::TooManyHeaders,
         ErrorCode::UnsupportedTransferCoding,
@@ -241,7 +246,7 @@ impl ErrorCode {
     /// The upstream error metric this code counts in; `None` when the upstream is not to
     /// blame (a refused request, the proxy's own state) or the failure is counted elsewhere
     /// (a truncated stream is a stream outcome only).
-    pub fn metric_kind(self) -> Option<UpstreamErrorKind> {
+    pub(crate) fn metric_kind(self) -> Option<UpstreamErrorKind> {
         match self {
             ErrorCode::UpstreamUnreachable => Some(UpstreamErrorKind::Connect),
             ErrorCode::UpstreamConnectTimeout
@@ -282,8 +287,8 @@ impl ErrorCode {
     }
 }
 
-/// The OpenAI `type` for a status, used when the upstream named none (documented in the README).
-pub fn error_type_for(status: StatusCode) -> &'static str {
+/// The OpenAI `type` for a status, used when the upstream named none (docs/errors.md).
+pub(crate) fn error_type_for(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 | 413 | 415 | 422 => "invalid_request_error",
         401 => "authentication_error",
@@ -321,7 +326,7 @@ impl ApiError {
     }
 
     /// One of the proxy's own errors: status, type and code all follow from `code`.
-    pub fn proxy(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn proxy(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status: code.status(),
             message: message.into(),
@@ -333,7 +338,7 @@ impl ApiError {
 
     /// An error event that ends an event stream: the response status was sent long ago, so
     /// the event says `502`, the upstream's failure.
-    pub fn mid_stream(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn mid_stream(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_GATEWAY,
             error_type: "upstream_error".to_string(),
@@ -361,7 +366,7 @@ impl ApiError {
     }
 
     /// Builds an error from loosely typed fields, keeping param and code as they came.
-    pub fn from_fields(
+    pub(crate) fn from_fields(
         status: StatusCode,
         message: Option<&Value>,
         error_type: Option<&Value>,
@@ -382,7 +387,7 @@ impl ApiError {
         error
     }
 
-    pub fn with_status(mut self, status: StatusCode) -> Self {
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
     }
@@ -398,7 +403,7 @@ impl ApiError {
     }
 
     /// The proxy's own code this error carries, if any (for logs and metrics).
-    pub fn proxy_code(&self) -> Option<ErrorCode> {
+    pub(crate) fn proxy_code(&self) -> Option<ErrorCode> {
         match &self.code {
             Value::String(code) => ErrorCode::parse(code),
             _ => None,
@@ -429,7 +434,7 @@ impl ApiError {
 }
 
 /// `502 Bad Gateway`, or the bare number for a status without a reason phrase.
-pub fn status_line(status: StatusCode) -> String {
+pub(crate) fn status_line(status: StatusCode) -> String {
     match status.canonical_reason() {
         Some(reason) => format!("{} {reason}", status.as_u16()),
         None => status.as_u16().to_string(),
@@ -457,6 +462,49 @@ struct EnvelopeError<'a> {
     message: &'a str,
     data: (),
     error: InnerError<'a>,
+}
+
+/// What a client may be told about a response body the upstream broke: the kind of failure,
+/// without the OS error text (log [`describe_chain`] for that).
+pub(crate) fn body_failure(error: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut source = Some(error);
+    while let Some(current) = source {
+        if let Some(io_error) = current.downcast_ref::<io::Error>() {
+            if matches!(
+                io_error.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            ) {
+                return "the upstream reset the connection";
+            }
+        }
+        if current
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return "the upstream sent invalid framing";
+        }
+        source = current.source();
+    }
+    "the upstream connection ended early"
+}
+
+/// The error's chain of causes on one line, without hyper-util's generic wrapper text.
+pub(crate) fn describe_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = error.source();
+    while let Some(current) = source {
+        let text = current.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = current.source();
+    }
+    if parts.is_empty() {
+        parts.push(error.to_string());
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers, including any header the `Connection` header names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Names listed in Connection are hop-by-hop for this message too.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -49,7 +49,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// which for a pass-through body is the length hyper enforced while reading it, so a body that
 /// ends early breaks the client's response instead of ending it. A bodiless response (HEAD,
 /// 204, 304) keeps the length it declares for the representation.
-pub fn strip_upstream_framing(headers: &mut HeaderMap, bodiless: bool) {
+pub(crate) fn strip_upstream_framing(headers: &mut HeaderMap, bodiless: bool) {
     if !bodiless || headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -66,7 +66,7 @@ pub fn strip_upstream_framing(headers: &mut HeaderMap, bodiless: bool) {
 /// always asked for an uncompressed body (`Accept-Encoding: identity`): on every route the proxy
 /// may have to read the response (event streams, error bodies, translations), and coded bytes
 /// cannot be read.
-pub fn prepare_upstream_request(
+pub(crate) fn prepare_upstream_request(
     headers: &mut HeaderMap,
     client_ip: Option<IpAddr>,
     client_proto: &'static str,
@@ -109,7 +109,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
 }
 
 /// The media type of a `Content-Type` header, lower-cased, without parameters.
-pub fn media_type(headers: &HeaderMap) -> Option<Cow<'_, str>> {
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     let media = value.split(';').next()?.trim();
     if media.is_empty() {
@@ -125,7 +125,7 @@ pub fn media_type(headers: &HeaderMap) -> Option<Cow<'_, str>> {
 
 /// True for `application/json`, `application/*+json` and a missing content type
 /// (many model servers omit it on JSON bodies).
-pub fn is_json_or_unspecified(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json_or_unspecified(headers: &HeaderMap) -> bool {
     match media_type(headers) {
         None => true,
         Some(media) => {
@@ -135,12 +135,12 @@ pub fn is_json_or_unspecified(headers: &HeaderMap) -> bool {
     }
 }
 
-pub fn is_event_stream(headers: &HeaderMap) -> bool {
+pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
     media_type(headers).as_deref() == Some("text/event-stream")
 }
 
 /// True when the body carries a content coding other than identity.
-pub fn is_content_encoded(headers: &HeaderMap) -> bool {
+pub(crate) fn is_content_encoded(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

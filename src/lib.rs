@@ -1,46 +1,30 @@
 //! envelope-proxy: a reverse proxy that translates between the bare OpenAI response dialect and
 //! the envelope dialect.
 //!
-//! Data flows one way: `listener` / `server` (accept) → `workers` (one runtime per thread;
-//! TLS, HTTP) → `dialect::route` → `proxy`
-//! (upstream request) → `upstream` (client) → `translate` / `sse` (body transform) →
-//! `access_log` (the body that records the request's end) → client.
+//! One request flows through the folders in order (ARCHITECTURE.md walks through it):
+//! - `listen/`: sockets, TLS handshakes, worker threads, serving one connection, the progress
+//!   deadlines, accept and drain;
+//! - `proxy/`: route, request checks, client keys, the upstream request, the response guard;
+//! - `translate/`: the upstream's response in the client's dialect (JSON bodies, error bodies,
+//!   event streams), and the responses the proxy makes itself;
+//! - `ops/` beside them: metrics, the access log, systemd, reload, credentials.
 //!
-//! Client progress deadlines (first request head, idle, stalled readers): `progress`.
-//! Operations: `systemd` (notify, watchdog), `reload` (SIGHUP), `tls`, `credentials`,
-//! `metrics`, `request_id`.
+//! Shared by all: `config` (flags), `dialect`, `error` (the error model), `headers`, `tls`.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
+// The docs are for maintainers (`cargo doc --document-private-items`): they link freely.
+#![allow(rustdoc::private_intra_doc_links)]
 
-pub mod access_log;
-pub mod api_error;
-pub mod auth;
-pub mod body;
 pub mod config;
-pub mod credentials;
-pub mod dialect;
-pub mod envelope;
+mod dialect;
 pub mod error;
-pub mod error_body;
-pub mod headers;
-pub mod listener;
-pub mod metrics;
-pub mod progress;
+mod headers;
+pub mod listen;
+pub mod ops;
 pub mod proxy;
-pub mod reload;
-pub mod request_body;
-pub mod request_head;
-pub mod request_id;
-pub mod request_target;
-pub mod server;
-pub mod sse;
-pub mod synthetic;
-pub mod systemd;
-pub mod tls;
+mod tls;
 pub mod translate;
-pub mod upstream;
-pub mod workers;
 
 pub use config::Config;
 pub use dialect::Dialect;
-pub use server::{RunningServer, Server};
+pub use listen::{RunningServer, Server};

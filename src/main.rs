@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use envelope_proxy::config::{Config, LogFormat};
-use envelope_proxy::credentials::{self, Sources};
-use envelope_proxy::reload::Reload;
-use envelope_proxy::{listener, systemd, Server};
+use envelope_proxy::listen::{self, Server};
+use envelope_proxy::ops::credentials::{self, Sources};
+use envelope_proxy::ops::reload::Reload;
+use envelope_proxy::ops::systemd;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
@@ -23,13 +24,13 @@ fn main() -> ExitCode {
     if let Some(warning) = credentials::none_found_warning() {
         tracing::warn!("{warning}");
     }
-    let secrets = match Sources::resolve(&config) {
+    let secrets = match config.secret_sources() {
         Ok(secrets) => secrets,
         Err(error) => return fail(&error.to_string()),
     };
 
     // Before any thread exists: this unsets LISTEN_FDS/LISTEN_PID.
-    let inherited = match listener::take_inherited() {
+    let inherited = match listen::take_inherited() {
         Ok(sockets) => sockets,
         Err(error) => return fail(&error.to_string()),
     };
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
     runtime.block_on(run(config, secrets, inherited))
 }
 
-async fn run(config: Config, secrets: Sources, inherited: Vec<listener::Inherited>) -> ExitCode {
+async fn run(config: Config, secrets: Sources, inherited: Vec<listen::Inherited>) -> ExitCode {
     // Handlers first: a signal that arrives right after READY=1 must not kill the process.
     let (mut term, mut int, mut hangup) = match (
         signal(SignalKind::terminate()),

@@ -21,7 +21,7 @@ use rustls::SignatureScheme;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::reload::Reloadable;
+use crate::ops::reload::Reloadable;
 
 /// The one crypto provider: ring builds with only a C compiler.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -29,7 +29,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A certificate chain and its private key, read from two PEM files and re-read on reload.
-pub struct CertFiles {
+pub(crate) struct CertFiles {
     what: &'static str,
     cert: PathBuf,
     key: PathBuf,
@@ -130,7 +130,7 @@ fn read_certified_key(
 }
 
 /// Every certificate in a PEM file; at least one.
-pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{}: cannot read PEM certificates ({e})", path.display()))?;
@@ -144,7 +144,7 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 }
 
 /// The inbound TLS configuration: TLS 1.2+, ALPN h2 then http/1.1, the certificate from `files`.
-pub fn server_config(
+pub(crate) fn server_config(
     files: Arc<CertFiles>,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -159,7 +159,7 @@ pub fn server_config(
 
 /// What the upstream connection trusts and presents.
 #[derive(Debug, Clone, Default)]
-pub struct UpstreamTls {
+pub(crate) struct UpstreamTls {
     /// Trust only these CA certificates instead of the system roots.
     pub ca: Option<PathBuf>,
     /// Client certificate and key for mTLS.
@@ -167,7 +167,7 @@ pub struct UpstreamTls {
 }
 
 /// The upstream TLS configuration, and the client certificate to register for reload.
-pub fn client_config(
+pub(crate) fn client_config(
     settings: &UpstreamTls,
     provider: Arc<CryptoProvider>,
 ) -> Result<(rustls::ClientConfig, Option<Arc<CertFiles>>), String> {

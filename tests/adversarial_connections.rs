@@ -151,7 +151,7 @@ async fn a_silent_socket_on_the_admin_listener_is_closed_too() {
         ],
     )
     .await;
-    let Some(envelope_proxy::listener::ListenAddr::Tcp(admin)) = h.proxy.admin.clone() else {
+    let Some(envelope_proxy::listen::ListenAddr::Tcp(admin)) = h.proxy.admin.clone() else {
         panic!("an admin TCP listener");
     };
     let mut silent = TcpStream::connect(admin).await.unwrap();

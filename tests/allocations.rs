@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use envelope_proxy::config::StreamEnvelope;
-use envelope_proxy::sse::SseBody;
+use envelope_proxy::translate::sse::SseBody;
 use envelope_proxy::Dialect;
 use http_body::Body;
 

@@ -150,7 +150,7 @@ fn first_event_len() -> usize {
 #[tokio::test]
 async fn admin_listen_moves_health_and_metrics_and_readyz_turns_503_while_draining() {
     let mut h = start(Shape::Bare, &["--admin-listen", "127.0.0.1:0"]).await;
-    let Some(envelope_proxy::listener::ListenAddr::Tcp(admin)) = h.proxy.admin.clone() else {
+    let Some(envelope_proxy::listen::ListenAddr::Tcp(admin)) = h.proxy.admin.clone() else {
         panic!("an admin TCP listener");
     };
     for path in ["/healthz", "/readyz", "/metrics"] {

@@ -4,12 +4,13 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use envelope_proxy::api_error::{normalise, ApiError};
 use envelope_proxy::config::StreamEnvelope;
-use envelope_proxy::envelope::{
+use envelope_proxy::error::ApiError;
+use envelope_proxy::translate::envelope::{
     classify, is_json, slice_payload, wrap_success, Classified, Verdict,
 };
-use envelope_proxy::sse::SseBody;
+use envelope_proxy::translate::error_body::normalise;
+use envelope_proxy::translate::sse::SseBody;
 use envelope_proxy::Dialect;
 use http::StatusCode;
 use http_body_util::BodyExt;

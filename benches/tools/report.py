@@ -2,6 +2,9 @@
 """Turns benches/load.sh's results.jsonl into the markdown tables and a latency SVG.
 
 usage: report.py results.jsonl latency.svg
+First the comparison with the peers (CPU per request of envelope-proxy, nginx, haproxy and
+direct at saturation, time to first event, and the gap to the best peer), then every oha run,
+the stream steps, and the targets.
 Medians are taken over the rounds of each measurement; differences (added latency) are
 taken per round first (proxy and direct measured back to back), then the median.
 
@@ -58,68 +61,139 @@ if os.environ.get("SMOKE") == "1":
     out.append("")
 machine = (by_kind("machine") or [{}])[0]
 after = (by_kind("machine_after") or [{}])[0]
+config = (by_kind("config") or [{}])[0]
+conns = config.get("conns", "?")
 out.append(
     f"Machine: {machine.get('cpus')} CPUs ({machine.get('cpu', '?')}); load average "
-    f"before {machine.get('load')}, after {after.get('load')}."
+    f"before {machine.get('load')}, after {after.get('load')}. Peers: nginx {config.get('nginx', 'none')}, "
+    f"haproxy {config.get('haproxy', 'none')}."
 )
+
+
+def cpu_med(label):
+    """Median over rounds of the server's CPU µs per response, or None."""
+    vals = [r["cpu_us_per_req"] for r in oha.get(label, []) if r.get("cpu_us_per_req") is not None]
+    return statistics.median(vals) if vals else None
+
+
+def us(v, digits=1):
+    return "—" if v is None else f"{v:,.{digits}f} µs"
+
+
+def signed_us(v):
+    return "—" if v is None else f"{v:+,.0f} µs"
+
+
+WORKLOADS = (("1024", "1 KiB JSON"), ("65536", "64 KiB JSON"), ("sse", "200-event SSE stream (61 KB)"))
+PEERS = ("nginx", "haproxy")
+ttfe = {r["target"]: r for r in by_kind("ttfe")}
+
+
+def ttfe_added(key):
+    if key in ttfe and "direct" in ttfe and not ttfe[key].get("failed", 0):
+        return ttfe[key]["p50"] - ttfe["direct"]["p50"]
+    return None
+
+
+# --- the comparison (issue 16): CPU per request, one worker each, and time to first event -----
+# Each row: (name, ours, {peer: value}, direct column, gap to the best peer, ours <= best).
+comparison = []
+for size, size_name in WORKLOADS:
+    variants = [("wrap1", "wrapped for `/api/v1`" if size != "sse" else "wrapped per event for `/api/v1`"),
+                ("pass1", "pass-through")]
+    if size == "sse":
+        variants.append(("unwrap1", "unwrapped per event from an envelope upstream"))
+    for variant, variant_name in variants:
+        if f"sat-{size}-{variant}" not in oha:
+            continue
+        ours = cpu_med(f"sat-{size}-{variant}")
+        peers = {p: cpu_med(f"sat-{size}-{p}1") for p in PEERS}
+        best = min((v for v in peers.values() if v), default=None)
+        gap = f"{ours / best:.2f}×" if ours and best else "—"
+        comparison.append((f"{size_name}, {variant_name}", us(ours), {p: us(v) for p, v in peers.items()},
+                           us(cpu_med(f"sat-{size}-direct")), gap,
+                           ours <= best if ours is not None and best else None))
+for key, key_name in (("pass", "pass-through"), ("wrap", "wrapped")):
+    if key not in ttfe:
+        continue
+    ours = ttfe_added(key)
+    peers = {p: ttfe_added(p) for p in PEERS}
+    best = min((v for v in peers.values() if v is not None), default=None)
+    gap = signed_us(ours - best) if ours is not None and best is not None else "—"
+    base = f"{ttfe['direct']['p50']:,.1f} µs (the base)" if "direct" in ttfe else "—"
+    comparison.append((f"added time to first event, dripping stream, {key_name}", signed_us(ours),
+                       {p: signed_us(v) for p, v in peers.items()}, base, gap,
+                       ours <= best + 20 if ours is not None and best is not None else None))
 out.append("")
-out.append("| scenario | target | req/s | p50 µs | p99 µs | added p50 / p99 µs vs direct | ratio vs nginx |")
-out.append("|---|---|---:|---:|---:|---:|---:|")
+out.append(f"CPU per request: the on-CPU time (utime + stime from /proc, all threads) of the server's "
+           f"processes over a saturation run, ÷ its responses; one worker each, {conns} connections, "
+           f"median over rounds. The direct column is the upstream's own. Time to first event: p50 "
+           f"minus direct's. Gap to the best: ours ÷ the best of nginx and haproxy (time to first "
+           f"event: ours minus the best).")
+out.append("")
+out.append("| workload | direct to upstream | envelope-proxy | nginx | haproxy (`http-no-delay`) | gap to the best |")
+out.append("|---|---:|---:|---:|---:|---:|")
+for name, ours, peers, direct, gap, _ in comparison:
+    out.append(f"| {name} | {direct} | {ours} | {peers['nginx']} | {peers['haproxy']} | {gap} |")
 
-rate_labels = [("rate-direct", "direct to upstream"), ("rate-wrap", "envelope-proxy, wrap"),
-               ("rate-pass", "envelope-proxy, pass-through"), ("rate-nginx", "nginx, pass-through")]
-for label, name in rate_labels:
-    if label not in oha:
-        continue
-    added = "—" if label == "rate-direct" else (
-        f"{fmt(med_diff(label, 'rate-direct', 'p50_us'))} / {fmt(med_diff(label, 'rate-direct', 'p99_us'))}")
-    ratio = "—"
-    if label != "rate-nginx" and "rate-nginx" in oha and label != "rate-direct":
-        ratio = f"p50 {med(label, 'p50_us') / med('rate-nginx', 'p50_us'):.2f}×"
-    out.append(f"| fixed rate, 1 KiB | {name} | {fmt(med(label, 'rps'))} | {fmt(med(label, 'p50_us'))} | "
-               f"{fmt(med(label, 'p99_us'))} | {added} | {ratio} |")
+# --- every oha run ----------------------------------------------------------------------------
+out.append("")
+out.append("| scenario | target | req/s | p50 µs | p99 µs | added p50 / p99 µs vs direct | CPU µs per request (busy) | ratio vs peers |")
+out.append("|---|---|---:|---:|---:|---:|---:|---:|")
 
-spin_labels = [("spin-direct", "direct to upstream"), ("spin-wrap", "envelope-proxy, wrap"),
-               ("spin-nginx", "nginx, pass-through")]
-for label, name in spin_labels:
-    if label not in oha:
-        continue
-    added = "—" if label == "spin-direct" else (
-        f"{fmt(med_diff(label, 'spin-direct', 'p50_us'))} / {fmt(med_diff(label, 'spin-direct', 'p99_us'))}")
-    ratio = "—"
-    if label == "spin-wrap" and "spin-nginx" in oha:
-        ratio = f"p50 {med(label, 'p50_us') / med('spin-nginx', 'p50_us'):.2f}×"
-    out.append(f"| fixed rate, 1 KiB, server CPU kept awake | {name} | {fmt(med(label, 'rps'))} | "
-               f"{fmt(med(label, 'p50_us'))} | {fmt(med(label, 'p99_us'))} | {added} | {ratio} |")
 
-for size, size_name in (("1024", "1 KiB"), ("65536", "64 KiB")):
-    direct = f"sat-{size}-direct"
-    if direct in oha:
-        out.append(f"| saturation, {size_name} | direct to upstream | {fmt(med(direct, 'rps'))} | "
-                   f"{fmt(med(direct, 'p50_us'))} | {fmt(med(direct, 'p99_us'))} | — | — |")
-    for w in (1, 2):
-        ours, ng = f"sat-{size}-ours{w}", f"sat-{size}-nginx{w}"
+def cpu_cell(label):
+    busy = [r["busy_pct"] for r in oha.get(label, []) if r.get("busy_pct") is not None]
+    v = cpu_med(label)
+    return "—" if v is None else f"{v:,.1f} ({statistics.median(busy):.0f} %)"
+
+
+def row(scenario, label, name, direct, ratio):
+    added = "—" if label == direct or direct not in oha else (
+        f"{fmt(med_diff(label, direct, 'p50_us'))} / {fmt(med_diff(label, direct, 'p99_us'))}")
+    out.append(f"| {scenario} | {name} | {fmt(med(label, 'rps'))} | {fmt(med(label, 'p50_us'))} | "
+               f"{fmt(med(label, 'p99_us'))} | {added} | {cpu_cell(label)} | {ratio} |")
+
+
+for prefix, scenario in (("rate", "fixed rate, 1 KiB"), ("spin", "fixed rate, 1 KiB, server CPU kept awake")):
+    for key, name in (("direct", "direct to upstream"), ("wrap", "envelope-proxy, wrap"),
+                      ("pass", "envelope-proxy, pass-through"), ("nginx", "nginx, pass-through")):
+        label = f"{prefix}-{key}"
+        if label not in oha:
+            continue
         ratio = "—"
-        if ng in oha:
-            ratio = f"**{med(ours, 'rps') / med(ng, 'rps'):.2f}×** req/s"
-        out.append(f"| saturation, {size_name} | envelope-proxy wrap, {w} worker{'s' if w > 1 else ''} | "
-                   f"{fmt(med(ours, 'rps'))} | {fmt(med(ours, 'p50_us'))} | {fmt(med(ours, 'p99_us'))} | "
-                   f"{fmt(med_diff(ours, direct, 'p50_us'))} / {fmt(med_diff(ours, direct, 'p99_us'))} | {ratio} |")
-        if ng in oha:
-            out.append(f"| saturation, {size_name} | nginx pass-through, {w} worker{'s' if w > 1 else ''} | "
-                       f"{fmt(med(ng, 'rps'))} | {fmt(med(ng, 'p50_us'))} | {fmt(med(ng, 'p99_us'))} | "
-                       f"{fmt(med_diff(ng, direct, 'p50_us'))} / {fmt(med_diff(ng, direct, 'p99_us'))} | 1.00× |")
+        if key in ("wrap", "pass") and f"{prefix}-nginx" in oha:
+            ratio = f"p50 nginx {med(label, 'p50_us') / med(f'{prefix}-nginx', 'p50_us'):.2f}×"
+        row(scenario, label, name, f"{prefix}-direct", ratio)
+
+SAT_TARGETS = (("direct", "direct to upstream"), ("wrap1", "envelope-proxy wrap, 1 worker"),
+               ("pass1", "envelope-proxy pass-through, 1 worker"),
+               ("unwrap1", "envelope-proxy unwrap (envelope upstream), 1 worker"),
+               ("nginx1", "nginx pass-through, 1 worker"), ("haproxy1", "haproxy pass-through, 1 thread"),
+               ("wrap2", "envelope-proxy wrap, 2 workers"), ("nginx2", "nginx pass-through, 2 workers"),
+               ("haproxy2", "haproxy pass-through, 2 threads"))
+for size, size_name in WORKLOADS:
+    for key, name in SAT_TARGETS:
+        label = f"sat-{size}-{key}"
+        if label not in oha:
+            continue
+        ratio = "—"
+        if key[:-1] in ("wrap", "pass", "unwrap"):
+            ratios = [f"{p} **{med(label, 'rps') / med(f'sat-{size}-{p}{key[-1]}', 'rps'):.2f}×**"
+                      for p in PEERS if f"sat-{size}-{p}{key[-1]}" in oha]
+            ratio = ", ".join(ratios) + " req/s" if ratios else "—"
+        row(f"saturation, {size_name}, {conns} conns", label, name, f"sat-{size}-direct", ratio)
 
 bad = sum(r.get("bad", 0) for r in by_kind("oha"))
 out.append("")
 out.append(f"Non-2xx responses or errors across all oha runs: {bad}.")
 
-ttfe = {r["target"]: r for r in by_kind("ttfe")}
 out.append("")
 out.append("| stream | p50 µs | p99 µs | added p50 µs vs direct |")
 out.append("|---|---:|---:|---:|")
 names = {"direct": "direct to upstream", "pass": "envelope-proxy, pass-through",
-         "wrap": "envelope-proxy, wrap", "nginx": "nginx, proxy_buffering off"}
+         "wrap": "envelope-proxy, wrap", "nginx": "nginx, proxy_buffering off",
+         "haproxy": "haproxy, http-no-delay"}
 names.update({f"spin-{k}": f"{v}, server CPU kept awake" for k, v in list(names.items())})
 for key, name in names.items():
     if key in ttfe:
@@ -130,7 +204,7 @@ for key, name in names.items():
 cpu = {(r["mode"], r["events"]): r["cpu_us_per_stream"] for r in by_kind("ssecpu")}
 per_event = {}
 for mode, name in (("pass", "envelope-proxy, pass-through"), ("wrap", "envelope-proxy, wrap"),
-                   ("nginx", "nginx worker, pass-through")):
+                   ("nginx", "nginx worker, pass-through"), ("haproxy", "haproxy, pass-through")):
     if (mode, 1) in cpu and (mode, 200) in cpu:
         per_event[mode] = (cpu[(mode, 200)] - cpu[(mode, 1)]) / 199
         out.append(f"| CPU per event, {name} (200-event minus 1-event streams, /199) | "
@@ -153,16 +227,24 @@ def target(name, goal, value, ok):
     out.append(f"| {name} | {goal} | {value} | {verdict(ok) if ok is not None else '—'} |")
 
 
+for (name, ours, peers, _, gap, ok) in comparison:
+    if all(v == "—" for v in peers.values()):
+        continue  # no peer installed: nothing to judge against
+    goal = "≤ the best peer + 20 µs" if name.startswith("added time") else "≤ the best of nginx and haproxy"
+    what = name if name.startswith("added time") else f"CPU per request, {name}"
+    target(what, goal, f"{ours} (nginx {peers['nginx']}, haproxy {peers['haproxy']}; gap {gap})", ok)
 a50, a99 = med_diff("rate-wrap", "rate-direct", "p50_us"), med_diff("rate-wrap", "rate-direct", "p99_us")
 if a50 is not None:
     target("added latency p50, 1 KiB wrap, fixed rate", "≤ 50 µs", f"{a50:.0f} µs", a50 <= 50)
     target("added latency p99, 1 KiB wrap, fixed rate", "≤ 250 µs", f"{a99:.0f} µs", a99 <= 250)
-for size, size_name in (("1024", "1 KiB"), ("65536", "64 KiB")):
+for size, size_name in WORKLOADS[:2]:
     for w in (1, 2):
-        ours, ng = med(f"sat-{size}-ours{w}", "rps"), med(f"sat-{size}-nginx{w}", "rps")
+        ours, ng = med(f"sat-{size}-wrap{w}", "rps"), med(f"sat-{size}-nginx{w}", "rps")
+        hp = med(f"sat-{size}-haproxy{w}", "rps")
         if ours and ng:
+            also = f"; haproxy {hp:,.0f} ({ours / hp:.2f}×)" if hp else ""
             target(f"throughput {size_name} wrap, {w} vs {w} worker{'s' if w > 1 else ''}", "≥ nginx",
-                   f"{ours:,.0f} vs {ng:,.0f} req/s ({ours / ng:.2f}×)", ours >= ng)
+                   f"{ours:,.0f} vs {ng:,.0f} req/s ({ours / ng:.2f}×){also}", ours >= ng)
 if "pass" in ttfe and "direct" in ttfe:
     for key in ("pass", "wrap"):
         if key in ttfe:
@@ -174,16 +256,16 @@ if "pass" in ttfe and "direct" in ttfe:
             else:
                 target(f"added time to first event, {key}", "≤ 100 µs", f"{added:.0f} µs", added <= 100)
 for mode, v in per_event.items():
-    if mode != "nginx":
-        ref = f" (nginx {per_event['nginx']:.2f} µs)" if "nginx" in per_event else ""
+    if mode in ("pass", "wrap"):
+        ref = "".join(f" ({p} {per_event[p]:.2f} µs)" for p in PEERS if p in per_event)
         target(f"CPU per event, 200-event stream, {mode}", "≤ 5 µs", f"{v:.2f} µs{ref}", v <= 5)
 for many in many_runs:
     rss_mb = many.get("rss_peak_kb", 0) / 1024
     detail = (f"{many.get('completed')} completed, {many.get('dropped')} dropped, peak RSS {rss_mb:.1f} MB "
               f"({many.get('rss_peak_kb', 0) / max(many.get('n', 1), 1):.1f} KB/stream)")
-    if many.get("server") == "nginx":
-        # The baseline: nginx's workers on the same streams; not judged against the target.
-        target(f"{many.get('n')} concurrent streams through nginx (baseline), clients over h1",
+    if many.get("server") in PEERS:
+        # A baseline: the peer on the same streams; not judged against the target.
+        target(f"{many.get('n')} concurrent streams through {many['server']} (baseline), clients over h1",
                "—", detail, None)
         continue
     target(f"{many.get('n')} concurrent streams, clients over {many.get('proto', 'h1')}",
@@ -217,15 +299,13 @@ for r in by_kind("ssecpu"):
                         f"{r.get('ok')} of {r.get('streams', '?')} streams completed")
 for r in many_runs:
     if r.get("dropped", 0) or r.get("completed", 0) != r.get("n"):
-        who = "nginx" if r.get("server") == "nginx" else "envelope-proxy"
-        failures.append(f"{r.get('n')} concurrent streams through {who} over {r.get('proto', 'h1')}: "
-                        f"{r.get('completed')} completed, {r.get('dropped')} dropped")
+        failures.append(f"{r.get('n')} concurrent streams through {r.get('server', 'envelope-proxy')} over "
+                        f"{r.get('proto', 'h1')}: {r.get('completed')} completed, {r.get('dropped')} dropped")
 out.append("")
 if failures:
     out.extend(f"load: FAILED: {f}" for f in failures)
 else:
     out.append("Every request and stream of every step succeeded.")
-
 print("\n".join(out))
 
 # --- latency SVG: percentile curves at the fixed rate (median over rounds), log scale -----

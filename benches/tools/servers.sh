@@ -29,12 +29,14 @@ start_upstream() {
   wait_port "$UP_PORT"
 }
 
-# start_proxy NAME WORKERS CPUS -> sets PORT_<NAME>, PID_<NAME>
+# start_proxy NAME WORKERS CPUS [FLAG...] -> sets PORT_<NAME>, PID_<NAME>
+# Extra flags (e.g. --upstream-shape envelope) go to envelope-proxy as they are.
 start_proxy() {
   local name=$1 workers=$2 cpus=$3 port
+  shift 3
   port=$("$TOOL" free-port)
   taskset -c "$cpus" "$PROXY_BIN" --listen "127.0.0.1:$port" --upstream "$UP/v1" \
-    --worker-threads "$workers" --stream-envelope wrap --log-level warn \
+    --worker-threads "$workers" --stream-envelope wrap --log-level warn "$@" \
     >"$OUT/proxy-$name.log" 2>&1 &
   PIDS+=($!)
   printf -v "PID_$name" '%s' "$!"
@@ -46,7 +48,7 @@ start_proxy() {
 # A plain pass-through reverse proxy to the same upstream: keep-alive both ways, no access log,
 # no buffering for the SSE location.
 start_nginx() {
-  local name=$1 workers=$2 cpus=$3 port dir
+  local name=$1 workers=$2 cpus=$3 port dir master
   port=$("$TOOL" free-port)
   dir="$OUT/nginx-$name"
   mkdir -p "$dir/logs"
@@ -81,10 +83,59 @@ http {
 }
 EOF
   taskset -c "$cpus" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/logs/stdout.log" 2>&1 &
+  master=$!
+  PIDS+=("$master")
+  printf -v "PID_$name" '%s' "$master"
+  printf -v "PORT_$name" '%s' "$port"
+  wait_port "$port" || { cat "$dir/logs/stdout.log" "$dir/logs/error.log" >&2 2>/dev/null; return 1; }
+  # The workers are forked after the master listens: wait for them (CPU and RSS are theirs).
+  for _ in $(seq 1 100); do
+    (($(pgrep -c -P "$master" || true) >= workers)) && break
+    sleep 0.05
+  done
+}
+
+# start_haproxy NAME THREADS CPUS -> sets PORT_<NAME>, PID_<NAME> (one process, no master)
+# The second baseline: a plain pass-through reverse proxy to the same upstream, set up for
+# latency: `option http-no-delay` (no MSG_MORE: what it has is sent at once), keep-alive both
+# ways with idle upstream connections reused by any request (`http-reuse always`, like nginx's
+# keepalive pool), no logging, default buffers (tune.bufsize 16 KiB). haproxy does not buffer
+# responses, so event streams flow as they arrive. maxconn follows the open-file limit (each
+# proxied connection holds two descriptors), at most 30,000 like nginx's worker_connections.
+start_haproxy() {
+  local name=$1 threads=$2 cpus=$3 port dir maxconn
+  port=$("$TOOL" free-port)
+  dir="$OUT/haproxy-$name"
+  mkdir -p "$dir"
+  maxconn=$((($(ulimit -n) - 100) / 2))
+  ((maxconn > 30000)) && maxconn=30000
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread $threads
+  maxconn $maxconn
+  pidfile $dir/haproxy.pid
+defaults
+  mode http
+  option http-no-delay
+  http-reuse always
+  maxconn $maxconn
+  timeout connect 5s
+  timeout http-request 10s
+  timeout http-keep-alive 120s
+  timeout client 120s
+  timeout server 120s
+frontend bench
+  bind 127.0.0.1:$port
+  default_backend up
+backend up
+  server up 127.0.0.1:$UP_PORT
+EOF
+  # -db: in the foreground and without a master process, so PID_<NAME> does the work.
+  taskset -c "$cpus" haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
   PIDS+=($!)
   printf -v "PID_$name" '%s' "$!"
   printf -v "PORT_$name" '%s' "$port"
-  wait_port "$port"
+  wait_port "$port" || { cat "$dir/haproxy.log" >&2; return 1; }
 }
 
 # nginx_workers NAME -> the worker pids of that nginx, comma-separated
@@ -92,6 +143,28 @@ nginx_workers() {
   local master_var="PID_$1"
   pgrep -d, -P "${!master_var}"
 }
+
+# server_pids PID -> PID and its children, comma-separated: every process of a server (nginx's
+# master and workers; envelope-proxy and haproxy are one process each)
+server_pids() {
+  local children
+  children=$(pgrep -d, -P "$1" || true)
+  echo "$1${children:+,$children}"
+}
+
+# cpu_ticks PID[,PID...] -> on-CPU time so far, utime + stime in clock ticks (CLK_TCK a
+# second), summed over those processes; /proc/PID/stat counts all of a process's threads, the
+# ended ones too
+cpu_ticks() {
+  local pid total=0 t
+  for pid in ${1//,/ }; do
+    # After "(comm) ": state is field 1, utime field 12, stime field 13.
+    t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
 
 # cpu_ns PID -> CPU time used so far by all threads of PID (schedstat), in ns
 cpu_ns() { awk '{s += $1} END {print s}' /proc/"$1"/task/*/schedstat; }

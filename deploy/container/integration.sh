@@ -135,7 +135,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-# As the README says: owned by the image's user, 0400.
+# As the README's Install says: owned by the image's user, 0400.
 install -m 0400 -o 65532 -g 65532 /dev/stdin "$work/upstream-api-key" <<<"sk-container-key"
 start() { # start NAME BUNDLE: the image, read-only, its upstream by name over TLS
     names+=("$1")

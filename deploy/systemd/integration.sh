@@ -194,7 +194,8 @@ fi
 missing=""
 for f in /usr/bin/envelope-proxy /lib/systemd/system/envelope-proxy.service \
     /lib/systemd/system/envelope-proxy.socket /etc/envelope-proxy/envelope-proxy.env \
-    /usr/share/doc/envelope-proxy/README.md /usr/share/doc/envelope-proxy/copyright; do
+    /usr/share/doc/envelope-proxy/README.md /usr/share/doc/envelope-proxy/docs/configuration.md \
+    /usr/share/doc/envelope-proxy/copyright; do
     sb test -f "$f" || missing="$missing $f"
 done
 check "package files in place (binary, units, env file, docs)" "" "$missing"
@@ -204,7 +205,7 @@ check "installing starts nothing: service inactive" "inactive" "$(sb systemctl i
 check "installing enables nothing" "disabled disabled" \
     "$(sb systemctl is-enabled envelope-proxy.service) $(sb systemctl is-enabled envelope-proxy.socket)"
 
-# ---------------------------------------------------------------- operator setup, as in the README
+# ---------------------------------------------------------------- operator setup, as in the README's Install
 sb sh -c 'echo ENVELOPE_PROXY_UPSTREAM=http://127.0.0.1:9000/v1 >>/etc/envelope-proxy/envelope-proxy.env'
 sb sh -c 'umask 077; echo sk-integration-one >/etc/envelope-proxy/upstream-api-key'
 if [ "$credentials" = no ]; then
@@ -245,7 +246,7 @@ fi
 
 # ---------------------------------------------------------------- 4. reload with a rotated key file
 # LoadCredential= copies the key at start, so a rotation by reload needs a key file the service
-# reads itself: root-owned, readable through a group (the README's recipe).
+# reads itself: root-owned, readable through a group (the recipe in docs/operations.md, Reload).
 sb groupadd --system envelope-proxy-keys
 sb sh -c 'umask 027; echo sk-integration-two >/etc/envelope-proxy/upstream-api-key.rotating'
 sb chgrp envelope-proxy-keys /etc/envelope-proxy/upstream-api-key.rotating

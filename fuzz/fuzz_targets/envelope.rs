@@ -14,8 +14,9 @@
 #![no_main]
 
 use bytes::Bytes;
-use envelope_proxy::api_error::{normalise, ApiError};
-use envelope_proxy::envelope::{
+use envelope_proxy::error::ApiError;
+use envelope_proxy::translate::error_body::normalise;
+use envelope_proxy::translate::envelope::{
     classify, is_json, slice_payload, wrap_success, Classified, Verdict,
 };
 use envelope_proxy::Dialect;

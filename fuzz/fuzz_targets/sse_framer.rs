@@ -22,7 +22,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use envelope_proxy::sse::framer::{FramerError, SseEvent, SseFramer};
+use envelope_proxy::translate::sse::framer::{FramerError, SseEvent, SseFramer};
 use libfuzzer_sys::fuzz_target;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";

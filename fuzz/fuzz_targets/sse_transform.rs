@@ -15,9 +15,9 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use bytes::Bytes;
-use envelope_proxy::envelope::{classify, is_json, Classified, Verdict};
-use envelope_proxy::sse::framer::{SseEvent, SseFramer};
-use envelope_proxy::sse::transform::{EventKind, EventMode};
+use envelope_proxy::translate::envelope::{classify, is_json, Classified, Verdict};
+use envelope_proxy::translate::sse::framer::{SseEvent, SseFramer};
+use envelope_proxy::translate::sse::transform::{EventKind, EventMode};
 use envelope_proxy::Dialect;
 use http::StatusCode;
 use libfuzzer_sys::fuzz_target;

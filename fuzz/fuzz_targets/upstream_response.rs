@@ -35,10 +35,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use envelope_proxy::config::StreamEnvelope;
-use envelope_proxy::envelope::{classify, Classified, Verdict};
-use envelope_proxy::sse::framer::{SseEvent, SseFramer};
-use envelope_proxy::sse::transform::{EventKind, EventMode};
-use envelope_proxy::sse::StreamSettings;
+use envelope_proxy::translate::envelope::{classify, Classified, Verdict};
+use envelope_proxy::translate::sse::framer::{SseEvent, SseFramer};
+use envelope_proxy::translate::sse::transform::{EventKind, EventMode};
+use envelope_proxy::translate::sse::StreamSettings;
 use envelope_proxy::translate::{respond, Exchange};
 use envelope_proxy::Dialect;
 use http::{Request, StatusCode};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use envelope_proxy::config::StreamEnvelope;
-use envelope_proxy::sse::{EventMode, StreamSettings};
+use envelope_proxy::translate::sse::{EventMode, StreamSettings};
 use envelope_proxy::Dialect;
 use http_body::{Body, Frame};
 

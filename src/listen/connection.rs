@@ -1,0 +1,243 @@
+//! Serving one accepted connection: the TLS handshake, HTTP/1.1 or HTTP/2 with the configured
+//! limits, and the loop that closes it when the server drains or its [`Tracker`] says so.
+//!
+//! Every connection runs beside its [`Tracker`] (`progress.rs`): from accept to its first
+//! request head it has `--header-read-timeout`, with no request open it has `--idle-timeout`,
+//! and a response its client stops taking is abandoned after `--client-write-timeout`.
+//!
+//! A connection over `--max-connections` (its [`Slot`] says `refused`) is still read, so that
+//! its first request gets a 503 in its own dialect instead of a hang, and is then closed
+//! (`Connection: close` on HTTP/1.1, GOAWAY on HTTP/2).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::dialect;
+use crate::proxy::response_body::{self, ResponseBody};
+use crate::proxy::{ClientInfo, Proxy, Role};
+use crate::translate::body::ProxyBody;
+use crate::translate::synthetic::{overloaded, Limit};
+
+use super::progress::{Abandon, Action, Tracker};
+use super::sockets::Stream;
+
+/// How long an HTTP/2 client has to answer a keep-alive ping (hyper's default).
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// HTTP/1.1 and HTTP/2 with the configured header limits and the slowloris guard.
+pub(super) fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_headers(config.max_headers)
+        .max_buf_size(config.max_header_bytes as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.max_header_bytes)
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .keep_alive_interval((!config.idle_timeout.is_zero()).then_some(config.idle_timeout))
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+    builder
+}
+
+/// A connection's place under the limits, held until it closes.
+pub(super) struct Slot {
+    /// `None` on the admin listener, which has no connection limit.
+    pub(super) permit: Option<OwnedSemaphorePermit>,
+    /// Over `--max-connections` (within `--max-overflow-connections`): answered with a 503,
+    /// then closed.
+    pub(super) refused: bool,
+}
+
+impl Slot {
+    /// Gives the place back before the connection is closed.
+    fn release(&mut self) {
+        self.permit = None;
+    }
+}
+
+/// Runs a connection until it ends, closing it gracefully when the server drains or the
+/// tracker says so, and dropping it (closing the socket) when the tracker says so. `slot` is
+/// released before the socket is closed, so a client that saw the close finds it free.
+async fn drive<C, E>(
+    conn: C,
+    shutdown: fn(Pin<&mut C>),
+    slot: Slot,
+    tracker: &Tracker,
+    drain: &CancellationToken,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = &mut conn => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                break;
+            }
+            () = drain.cancelled(), if !draining => {
+                draining = true;
+                shutdown(conn.as_mut());
+            }
+            action = tracker.next_action() => match action {
+                Action::Shutdown => shutdown(conn.as_mut()),
+                Action::Close => break,
+            },
+        }
+    }
+    drop(slot);
+}
+
+/// What an accepted connection needs from the server (a public one is handed to its worker).
+pub(super) struct Accepted {
+    pub(super) proxy: Arc<Proxy>,
+    pub(super) builder: auto::Builder<TokioExecutor>,
+    pub(super) permit: Slot,
+    pub(super) tracker: Arc<Tracker>,
+    /// Cancelled when the server starts draining (the admin listener: when it stops).
+    pub(super) drain: CancellationToken,
+    pub(super) role: Role,
+}
+
+impl Accepted {
+    /// Runs on the connection's worker: moves the socket to the worker's reactor, then serves it.
+    pub(super) async fn serve(self, stream: Stream, tls: Option<TlsAcceptor>, worker: usize) {
+        let stream = match stream.into_current_runtime() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "cannot move an accepted connection to its worker");
+                return;
+            }
+        };
+        // Each kind's connection future is boxed here, on the worker: the task then holds only
+        // the one this connection needs (unboxed, every plain TCP connection would pay for the
+        // TLS arm's size, moved and resident; BENCHMARKS.md has the measurement).
+        match (stream, tls) {
+            (Stream::Tcp(tcp, remote), Some(tls)) => {
+                let client = ClientInfo {
+                    ip: Some(remote.ip()),
+                    proto: "https",
+                    worker,
+                };
+                Box::pin(self.serve_tls(tls, tcp, client)).await;
+            }
+            (Stream::Tcp(tcp, remote), None) => {
+                let client = ClientInfo {
+                    ip: Some(remote.ip()),
+                    proto: "http",
+                    worker,
+                };
+                Box::pin(self.serve_http(tcp, client)).await;
+            }
+            (Stream::Unix(unix), _) => {
+                let client = ClientInfo {
+                    ip: None,
+                    proto: "http",
+                    worker,
+                };
+                Box::pin(self.serve_http(unix, client)).await;
+            }
+        }
+    }
+
+    /// The TLS handshake (within the first request head's deadline, which counts from
+    /// accept), then as [`Self::serve_http`].
+    async fn serve_tls(mut self, tls: TlsAcceptor, tcp: tokio::net::TcpStream, client: ClientInfo) {
+        let tracker = Arc::clone(&self.tracker);
+        let slot = &mut self.permit;
+        let tls_stream = tokio::select! {
+            accepted = tls.accept(tcp) => match accepted {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, client = ?client.ip, "TLS handshake failed");
+                    return;
+                }
+            },
+            // Before the first request, whatever is due means closing. The slot is released
+            // inside this branch's future: `select!` drops the handshake, which owns (and so
+            // closes) the socket, only after a branch completes, so a client that saw the
+            // close finds the slot free (as in `drive`).
+            () = async {
+                tracker.next_action().await;
+                slot.release();
+            } => return,
+        };
+        self.serve_http(tls_stream, client).await;
+    }
+
+    /// Served by the proxy while it holds a connection permit, else answered with a 503 and
+    /// closed.
+    pub(super) async fn serve_http<I>(self, io: I, client: ClientInfo)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let tracker = Arc::clone(&self.tracker);
+        let proxy = Arc::clone(&self.proxy);
+        let (role, refused) = (self.role, self.permit.refused);
+        let service = service_fn(move |request: Request<Incoming>| {
+            let proxy = Arc::clone(&proxy);
+            let open = tracker.request_started(request.version());
+            // Boxed per request: hyper keeps an HTTP/1 connection's service future slot for
+            // the connection's whole life (and an HTTP/2 stream's for the stream's), so unboxed
+            // every open stream would hold the whole request future after its head was sent.
+            Box::pin(async move {
+                let response = if refused {
+                    response_body::unobserved(over_connection_limit(&request))
+                } else {
+                    proxy.handle(request, client, role).await
+                };
+                Ok::<_, Infallible>(response.map(|body| open.watch(body)))
+            })
+        });
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            self.permit,
+            &self.tracker,
+            &self.drain,
+        )
+        .await;
+    }
+}
+
+/// A response body the progress tracker may abandon: the access log then says
+/// `client_stalled`.
+impl Abandon for ResponseBody {
+    fn abandon(self: Pin<&mut Self>) {
+        self.client_stalled();
+    }
+}
+
+/// The answer on a connection over `--max-connections`, in the dialect its path asks for.
+fn over_connection_limit(request: &Request<Incoming>) -> Response<ProxyBody> {
+    overloaded(dialect::asked_by(request.uri().path()), Limit::Connections)
+}
+
+/// A byte stream of either kind (the admin listener is not worth monomorphising twice).
+pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}

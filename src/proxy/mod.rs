@@ -1,0 +1,343 @@
+//! The request path: request id → route → checks → upstream request → send → response path.
+//!
+//! [`Proxy::handle`] never fails: every problem becomes a response in the client's dialect
+//! (400/431/501 refused targets and heads, 400 a broken upload, 404 unknown path, 413 body too
+//! large, 502 unreachable or broken upstream, 504 timeouts).
+//! It also answers the operational endpoints (`/healthz`, `/readyz`, `/metrics`) on the
+//! listener that serves them, and attaches a [`RequestRecord`] to every other response, so
+//! the access log and the metrics see how each request ends.
+//!
+//! In order along a request: `request_id`, then (this file) the route and the checks —
+//! `request_target`, `request_head`, `auth` (client keys), the concurrency permit — then
+//! `forward` (the upstream request, with `request_body` watching the client's upload and
+//! `upstream` the client pool), and `response_body`, the guard every response is sent in.
+
+mod auth;
+mod forward;
+mod request_body;
+mod request_head;
+mod request_id;
+mod request_target;
+pub(crate) mod response_body;
+pub(crate) mod upstream;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::dialect::{self, route, Dialect, Route};
+use crate::ops::access_log::RequestRecord;
+use crate::ops::credentials;
+use crate::ops::metrics::{self, Metrics};
+use crate::ops::reload::Reloadable;
+use crate::translate::body::ProxyBody;
+use crate::translate::synthetic::{
+    error_response, overloaded, text_response, unauthorized, unknown_route, Limit,
+};
+use auth::{ClientKeys, KeyError, UpstreamKey};
+use request_id::X_REQUEST_ID;
+use response_body::{observed, unobserved, ResponseBody};
+use upstream::Upstream;
+
+/// Where a request came from, as the listener saw it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientInfo {
+    /// `None` on a Unix socket.
+    pub ip: Option<IpAddr>,
+    /// "http" or "https", for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+    /// The worker thread serving the connection: its requests use that worker's upstream pool,
+    /// whose connections live on the same thread.
+    pub worker: usize,
+}
+
+/// Which listener a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// `--listen`: proxied routes, plus health and metrics unless `--admin-listen` is set.
+    Public,
+    /// `--admin-listen`: `/healthz`, `/readyz`, `/metrics` only.
+    Admin,
+}
+
+/// Shared by every connection.
+pub struct Proxy {
+    config: Arc<Config>,
+    /// One per worker thread (see [`ClientInfo::worker`]); never empty.
+    upstreams: Box<[Upstream]>,
+    client_keys: Option<ClientKeys>,
+    upstream_key: Option<UpstreamKey>,
+    /// One permit per request in flight (streams hold theirs until they end).
+    in_flight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    /// Cancelled when the shutdown grace period runs out.
+    cut: CancellationToken,
+}
+
+/// Why the proxy could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("no upstream client was built")]
+    NoUpstream,
+}
+
+/// A request's response: observed for the access log and metrics, holding its concurrency
+/// permit until the body is done.
+pub(crate) type ProxyResponse = Response<ResponseBody>;
+
+impl Proxy {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        upstreams: Vec<Upstream>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SetupError> {
+        if upstreams.is_empty() {
+            return Err(SetupError::NoUpstream);
+        }
+        let client_keys = credentials::flag_or_credential(
+            config.api_keys_file.as_deref(),
+            credentials::CLIENT_KEYS_CREDENTIAL,
+        )
+        .map(|path| ClientKeys::load(&path))
+        .transpose()?;
+        let upstream_key = credentials::flag_or_credential(
+            config.upstream_api_key_file.as_deref(),
+            credentials::UPSTREAM_KEY_CREDENTIAL,
+        )
+        .map(|path| UpstreamKey::load(&path))
+        .transpose()?;
+        let in_flight = Arc::new(Semaphore::new(config.max_concurrent_requests));
+        Ok(Self {
+            config,
+            upstreams: upstreams.into_boxed_slice(),
+            client_keys,
+            upstream_key,
+            in_flight,
+            metrics,
+            draining: AtomicBool::new(false),
+            cut: CancellationToken::new(),
+        })
+    }
+
+    /// True when key files are in use (and so worth reloading on SIGHUP).
+    pub(crate) fn has_key_files(&self) -> bool {
+        self.client_keys.is_some() || self.upstream_key.is_some()
+    }
+
+    /// Re-reads the key files (SIGHUP). A file that fails keeps its old keys; the error says why.
+    pub fn reload_keys(&self) -> Vec<KeyError> {
+        let mut errors = Vec::new();
+        if let Some(keys) = &self.client_keys {
+            match keys.reload() {
+                Ok(count) => tracing::info!(keys = count, "client keys reloaded"),
+                Err(error) => errors.push(error),
+            }
+        }
+        if let Some(key) = &self.upstream_key {
+            match key.reload() {
+                Ok(()) => tracing::info!("upstream key reloaded"),
+                Err(error) => errors.push(error),
+            }
+        }
+        errors
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// From now on `/readyz` answers 503.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The grace period is over: open streams end with a `shutting_down` error event and
+    /// requests still waiting for the upstream get a 503.
+    pub(crate) fn cut_remaining(&self) {
+        self.cut.cancel();
+    }
+
+    /// Serves one request; never fails (every problem is a response in the client's dialect).
+    pub(crate) async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        client: ClientInfo,
+        role: Role,
+    ) -> ProxyResponse {
+        // Counted before the proxy adds its own `x-request-id` (`--max-headers` is the client's).
+        let fields = request.headers().len();
+        let request_id = request_id::ensure(request.headers_mut());
+        let mut response = self
+            .dispatch(request, fields, client, role, &request_id)
+            .await;
+        // The upstream's own id, when it sent one, is what the SDKs report; else ours.
+        if !response.headers().contains_key(&X_REQUEST_ID) {
+            response.headers_mut().insert(X_REQUEST_ID, request_id);
+        }
+        response
+    }
+
+    async fn dispatch(
+        &self,
+        request: Request<Incoming>,
+        fields: usize,
+        client: ClientInfo,
+        role: Role,
+        request_id: &HeaderValue,
+    ) -> ProxyResponse {
+        let path = request.uri().path();
+        // Before routing: `//v1/models` is a bad path, not an unknown route; a head with too
+        // many fields, a foreign transfer coding or two `Authorization`s is refused everywhere.
+        let checked =
+            request_target::check_target(request.method(), request.uri(), request.version())
+                .and_then(|()| request_target::check_path(path))
+                .and_then(|()| {
+                    request_head::check_head(request.headers(), fields, self.config.max_headers)
+                });
+        if let Err(error) = checked {
+            let mut record = self.record(&request, request_id);
+            if let Route::Proxy { client, .. } = route(path) {
+                record.set_client(client);
+            }
+            return observed(
+                error_response(dialect::asked_by(path), &error, None),
+                record,
+            );
+        }
+        // The operational endpoints live on the admin listener when there is one.
+        let operational = match role {
+            Role::Admin => true,
+            Role::Public => self.config.admin_listen.is_none(),
+        };
+        match route(path) {
+            Route::Healthz if operational => unobserved(text_response(StatusCode::OK, "ok\n")),
+            Route::Readyz if operational => unobserved(self.readyz()),
+            Route::Metrics if operational => {
+                if may_read_metrics(&request, role, self.client_keys.as_ref()) {
+                    unobserved(self.metrics_response())
+                } else {
+                    unobserved(unauthorized(Dialect::Bare))
+                }
+            }
+            Route::Proxy {
+                client: dialect,
+                rest,
+            } if role == Role::Public => {
+                let rest = rest.to_owned();
+                self.proxied(request, dialect, &rest, client, request_id)
+                    .await
+            }
+            _ => {
+                let record = self.record(&request, request_id);
+                observed(
+                    unknown_route(request.method(), request.uri().path()),
+                    record,
+                )
+            }
+        }
+    }
+
+    /// A proxied route: no trailing slash, client key, concurrency permit, then the upstream.
+    async fn proxied(
+        &self,
+        request: Request<Incoming>,
+        dialect: Dialect,
+        rest: &str,
+        client: ClientInfo,
+        request_id: &HeaderValue,
+    ) -> ProxyResponse {
+        let mut record = self.record(&request, request_id);
+        record.set_client(dialect);
+        if let Err(error) = request_target::check_proxied_path(request.uri().path()) {
+            return observed(error_response(dialect, &error, None), record);
+        }
+        if let Some(keys) = &self.client_keys {
+            if !keys.allows(request.headers()) {
+                return observed(unauthorized(dialect), record);
+            }
+        }
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            return observed(overloaded(dialect, Limit::ConcurrentRequests), record);
+        };
+        let response = self
+            .forward(request, dialect, rest, client, request_id)
+            .await;
+        observed(response, record).map(|body| body.holding(permit))
+    }
+
+    fn record<B>(&self, request: &Request<B>, request_id: &HeaderValue) -> RequestRecord {
+        let mut record = RequestRecord::start(
+            Arc::clone(&self.metrics),
+            request_id.clone(),
+            request.method(),
+            request.uri().path(),
+            self.config.upstream_shape,
+        );
+        record.set_cut(self.cut.clone());
+        record
+    }
+
+    /// After the remaining connections were dropped: waits (at most `limit`) until every
+    /// request has written its access-log line on its worker, so none is lost at exit.
+    pub(crate) async fn records_settled(&self, limit: std::time::Duration) {
+        let deadline = Instant::now() + limit;
+        while self.metrics.active_requests() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    fn readyz(&self) -> Response<ProxyBody> {
+        if self.draining.load(Ordering::SeqCst) {
+            text_response(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else {
+            text_response(StatusCode::OK, "ready\n")
+        }
+    }
+
+    fn metrics_response(&self) -> Response<ProxyBody> {
+        let mut response = Response::new(ProxyBody::full(self.metrics.render().into()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        response
+    }
+}
+
+/// The single place that decides who may read `/metrics` on a listener.
+/// (The public listener will ask for a client key here once inbound keys exist.)
+/// `/metrics` is open on the admin listener; on the public one it needs a client key when
+/// keys are configured (issue: security, access control).
+fn may_read_metrics<B>(request: &Request<B>, role: Role, keys: Option<&ClientKeys>) -> bool {
+    match (role, keys) {
+        (Role::Admin, _) | (Role::Public, None) => true,
+        (Role::Public, Some(keys)) => keys.allows(request.headers()),
+    }
+}
+
+/// SIGHUP re-reads the key files through the reload registry.
+impl Reloadable for Proxy {
+    fn name(&self) -> &'static str {
+        "API key files"
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        let errors: Vec<String> = self.reload_keys().iter().map(ToString::to_string).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}

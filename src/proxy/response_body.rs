@@ -1,0 +1,147 @@
+//! The guard around every response body the proxy sends: the body itself, the request's
+//! [`RequestRecord`] (access log and metrics) and its concurrency permit.
+//!
+//! The record sees the first byte, every byte and the end: the last frame, a broken body, the
+//! body dropped early (the client went away) or abandoned for a stalled client.
+//! The permit is let go when the body is dropped, which for a stream is when it ends or the
+//! client leaves, and only after the record has been written.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::error::{BoxError, ErrorCode};
+use crate::ops::access_log::{BodyEnd, ClientAborted, RequestRecord};
+use crate::translate::body::ProxyBody;
+use crate::translate::Translated;
+
+pin_project! {
+    /// A response body with what must last exactly as long as it: see the module docs.
+    pub(crate) struct ResponseBody {
+        #[pin]
+        inner: ProxyBody,
+        // `None` for the operational endpoints, which are not logged; taken when written.
+        record: Option<RequestRecord>,
+        // `None` for responses the proxy answers itself. Declared last: released last.
+        permit: Option<OwnedSemaphorePermit>,
+    }
+
+    impl PinnedDrop for ResponseBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(mut record) = this.record.take() {
+                // hyper does not poll a body that says it is empty; that is a complete one.
+                let end = if this.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Cancelled };
+                record.complete(end, this.inner.stream_end());
+            }
+        }
+    }
+}
+
+impl ResponseBody {
+    /// A body with neither a record nor a permit (the operational endpoints).
+    pub(crate) fn unobserved(inner: ProxyBody) -> Self {
+        Self {
+            inner,
+            record: None,
+            permit: None,
+        }
+    }
+
+    /// A body whose end `record` writes.
+    pub(crate) fn observed(inner: ProxyBody, record: RequestRecord) -> Self {
+        Self {
+            inner,
+            record: Some(record),
+            permit: None,
+        }
+    }
+
+    /// Keeps `permit` until the body is dropped.
+    pub fn holding(mut self, permit: OwnedSemaphorePermit) -> Self {
+        self.permit = Some(permit);
+        self
+    }
+}
+
+/// Response extension: the status the upstream answered with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamStatus(pub(crate) StatusCode);
+
+/// Attaches the request's record to its response, with what the response says about itself.
+pub(crate) fn observed(
+    mut response: Response<ProxyBody>,
+    mut record: RequestRecord,
+) -> Response<ResponseBody> {
+    let extensions = response.extensions_mut();
+    let upstream_status = extensions.remove::<UpstreamStatus>().map(|s| s.0.as_u16());
+    let error_code = extensions.remove::<ErrorCode>();
+    let translated = extensions.remove::<Translated>().is_some();
+    if extensions.remove::<ClientAborted>().is_some() {
+        record.set_client_aborted();
+    }
+    record.set_response(
+        response.status().as_u16(),
+        upstream_status,
+        error_code,
+        translated,
+        response.body().is_stream(),
+    );
+    response.map(|body| ResponseBody::observed(body, record))
+}
+
+/// A response the proxy answered itself, with nothing to log (the operational endpoints, and
+/// the answer on a connection over its limit).
+pub(crate) fn unobserved(response: Response<ProxyBody>) -> Response<ResponseBody> {
+    response.map(ResponseBody::unobserved)
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        if let Some(record) = this.record.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        record.on_data(data.len());
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => record.complete(BodyEnd::Broken, None),
+                Poll::Ready(None) => record.complete(BodyEnd::Complete, this.inner.stream_end()),
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl ResponseBody {
+    /// The body is about to be dropped because its client took nothing for
+    /// `--client-write-timeout`: the access log says `client_stalled`.
+    pub fn client_stalled(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let Some(mut record) = this.record.take() {
+            record.complete(BodyEnd::Stalled, this.inner.stream_end());
+        }
+    }
+}

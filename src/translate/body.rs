@@ -1,0 +1,129 @@
+//! The response body the proxy sends to clients.
+//!
+//! One enum, so the service has one concrete type (no boxing per request): a `Passthru`
+//! variant that forwards the upstream body untouched — the common case pays nothing — beside
+//! the variants that carry rewritten bodies.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use crate::error::BoxError;
+use crate::translate::sse::body::StreamEnd;
+use crate::translate::sse::SseBody;
+
+pin_project! {
+    /// A response body: pass-through, a few in-memory pieces, or a translated event stream.
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        /// The upstream's body, frame for frame.
+        Passthru { #[pin] inner: Incoming },
+        /// Up to three pieces sent in order (prefix, payload, suffix), with an exact length.
+        Parts { parts: [Bytes; 3], next: usize },
+        /// An SSE stream re-framed and translated event by event.
+        Sse { #[pin] inner: SseBody<Incoming> },
+    }
+}
+
+impl ProxyBody {
+    pub fn passthru(inner: Incoming) -> Self {
+        ProxyBody::Passthru { inner }
+    }
+
+    pub fn full(bytes: Bytes) -> Self {
+        ProxyBody::Parts {
+            parts: [bytes, Bytes::new(), Bytes::new()],
+            next: 0,
+        }
+    }
+
+    pub fn parts(parts: [Bytes; 3]) -> Self {
+        ProxyBody::Parts { parts, next: 0 }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+
+    pub fn sse(inner: SseBody<Incoming>) -> Self {
+        ProxyBody::Sse { inner }
+    }
+
+    pub fn is_stream(&self) -> bool {
+        matches!(self, ProxyBody::Sse { .. })
+    }
+
+    /// How an event stream ended (`None` for other bodies, and while a stream runs).
+    pub(crate) fn stream_end(&self) -> Option<StreamEnd> {
+        match self {
+            ProxyBody::Sse { inner } => inner.stream_end(),
+            _ => None,
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ProxyBodyProj::Passthru { inner } => inner.poll_frame(cx).map_err(Into::into),
+            ProxyBodyProj::Parts { parts, next } => {
+                while let Some(part) = parts.get_mut(*next) {
+                    *next += 1;
+                    if !part.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(std::mem::take(part)))));
+                    }
+                }
+                Poll::Ready(None)
+            }
+            ProxyBodyProj::Sse { inner } => inner.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Passthru { inner } => inner.is_end_stream(),
+            ProxyBody::Parts { parts, next } => parts.iter().skip(*next).all(Bytes::is_empty),
+            ProxyBody::Sse { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Passthru { inner } => inner.size_hint(),
+            ProxyBody::Parts { parts, next } => {
+                SizeHint::with_exact(parts.iter().skip(*next).map(|p| p.len() as u64).sum())
+            }
+            ProxyBody::Sse { inner } => inner.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn parts_are_sent_in_order_with_an_exact_length() {
+        let body = ProxyBody::parts([
+            Bytes::from_static(b"{\"data\":"),
+            Bytes::from_static(b"[1]"),
+            Bytes::from_static(b"}"),
+        ]);
+        assert_eq!(body.size_hint().exact(), Some(12));
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"{\"data\":[1]}");
+        assert!(ProxyBody::empty().is_end_stream());
+    }
+}

@@ -1,0 +1,329 @@
+//! The response path: from the upstream's response to the client's, in the client's dialect.
+//!
+//! | upstream response                      | client dialect = upstream | client dialect ≠ upstream        |
+//! |----------------------------------------|---------------------------|----------------------------------|
+//! | 2xx JSON                               | passed through, streamed  | read, wrapped / unwrapped        |
+//! | 2xx empty                              | passed through            | `data: null` / empty             |
+//! | 2xx non-JSON (audio, files)            | passed through            | passed through                   |
+//! | 2xx `text/event-stream`                | event stream, see `sse`   | event stream, see `sse`          |
+//! | 3xx (any body)                         | passed through            | passed through                   |
+//! | 101                                    | 502                       | 502                              |
+//! | ≥ 400 JSON error                       | passed through            | normalised into client's dialect |
+//! | ≥ 400 non-JSON (HTML, text, empty)     | normalised                | normalised                       |
+//!
+//! Beside that table, upstream responses are never trusted blindly:
+//! - framing: the upstream's `Content-Length` is never forwarded with a body; every body the
+//!   proxy sends carries its own exact length (pass-through bodies: the length hyper checked
+//!   while reading), so a stale length beside `Transfer-Encoding` cannot cut a body short, and
+//!   a pass-through body that ends early breaks the client's response instead of ending it;
+//! - content coding: the upstream is always asked for `identity`; a coded body it sends all
+//!   the same is never framed, parsed or appended to: an event stream that needs no
+//!   rewriting, or a JSON error between equal dialects, passes untouched; anything else is
+//!   replaced, unread, by an error;
+//! - status: 2xx statuses are relayed (an envelope's `code` is that status), 3xx responses are
+//!   relayed as they are, never wrapped or unwrapped, and an unrequested `101` is a 502.
+//!
+//! A body the proxy has to read is read whole (bounded by `--max-response-body`); if the
+//! upstream cuts it short, the client gets a 502 in its dialect, never a partial body.
+
+pub mod body;
+pub mod envelope;
+pub mod error_body;
+pub mod sse;
+pub(crate) mod synthetic;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::response::Parts;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::dialect::Dialect;
+use crate::error::{ApiError, ErrorCode};
+use crate::headers;
+use body::ProxyBody;
+use envelope::{Classified, Verdict};
+use sse::{EventMode, SseBody, StreamSettings};
+use synthetic::{error_response, set_json_headers};
+use tokio_util::sync::CancellationToken;
+
+/// What the response path needs to know about one exchange.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub client: Dialect,
+    pub upstream: Dialect,
+    /// A HEAD request: the response has no body to translate.
+    pub head: bool,
+    pub max_response_body: u64,
+    /// When a body the proxy reads must be complete, and the `--request-timeout` behind it.
+    pub deadline: tokio::time::Instant,
+    pub request_timeout: std::time::Duration,
+    /// How event streams are handled (its mode already follows from the two dialects).
+    pub stream: StreamSettings,
+    /// Cancelled when the shutdown grace period runs out: open streams end with an error event.
+    pub cut: CancellationToken,
+}
+
+/// Response extension: the body was rewritten from the upstream's dialect into the client's.
+#[derive(Debug, Clone, Copy)]
+pub struct Translated;
+
+fn translated(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response.extensions_mut().insert(Translated);
+    response
+}
+
+/// Turns the upstream's response into the client's.
+pub async fn respond(exchange: &Exchange, response: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    let status = parts.status;
+    // Nothing asked for an upgrade (Upgrade is never forwarded): a 101 answers no request.
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return error_response(exchange.client, &unexpected_upgrade(), None);
+    }
+    let bodiless = exchange.head || has_no_body(status);
+    headers::strip_upstream_framing(&mut parts.headers, bodiless);
+    headers::remove_hop_by_hop(&mut parts.headers);
+
+    if bodiless {
+        return Response::from_parts(parts, ProxyBody::passthru(body));
+    }
+    let same_dialect = exchange.client == exchange.upstream;
+    let encoded = headers::is_content_encoded(&parts.headers);
+    if status.is_success() && headers::is_event_stream(&parts.headers) {
+        if encoded {
+            // Coded bytes cannot be cut into events: untouched, or refused if they need rewriting.
+            return if exchange.stream.mode == EventMode::Passthru {
+                Response::from_parts(parts, ProxyBody::passthru(body))
+            } else {
+                error_response(exchange.client, &encoded_body(&parts), Some(parts.headers))
+            };
+        }
+        return stream_response(exchange, parts, body);
+    }
+    // Redirects are relayed as they are: wrapping one would turn it into a success.
+    if status.is_redirection() {
+        return Response::from_parts(parts, ProxyBody::passthru(body));
+    }
+    if status.is_success() {
+        if same_dialect || !headers::is_json_or_unspecified(&parts.headers) {
+            return Response::from_parts(parts, ProxyBody::passthru(body));
+        }
+        if encoded {
+            return error_response(exchange.client, &encoded_body(&parts), Some(parts.headers));
+        }
+        let bytes = match read_body(exchange, body).await {
+            Ok(bytes) => bytes,
+            Err(error) => return error_response(exchange.client, &error, Some(parts.headers)),
+        };
+        return translate_success(exchange, parts, bytes);
+    }
+    translate_error(exchange, parts, body).await
+}
+
+/// 2xx `text/event-stream`: streamed event by event, never buffered.
+fn stream_response(exchange: &Exchange, mut parts: Parts, body: Incoming) -> Response<ProxyBody> {
+    let headers = &mut parts.headers;
+    // The length changes when events are rewritten or an error event is added.
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx (and compatible buffering proxies in front of us) not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let rewrites = exchange.stream.mode != EventMode::Passthru;
+    let body = SseBody::with_cut(body, exchange.stream, exchange.cut.clone());
+    let response = Response::from_parts(parts, ProxyBody::sse(body));
+    if rewrites {
+        translated(response)
+    } else {
+        response
+    }
+}
+
+/// 2xx JSON between different dialects.
+fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response<ProxyBody> {
+    match exchange.client {
+        Dialect::Envelope => {
+            // An empty success carries no payload: `data` is null.
+            let payload = if body.is_empty() {
+                Bytes::from_static(b"null")
+            } else if envelope::is_json(&body) {
+                // Validate, never rebuild: the payload goes out as the upstream wrote it.
+                body
+            } else {
+                return error_response(exchange.client, &invalid_json(&parts), Some(parts.headers));
+            };
+            translated(json_response(
+                parts.status,
+                parts.headers,
+                wrap_success(parts.status, payload),
+            ))
+        }
+        // An empty success has no payload to unwrap: it is relayed empty.
+        Dialect::Bare if body.is_empty() => json_response(
+            parts.status,
+            parts.headers,
+            [body, Bytes::new(), Bytes::new()],
+        ),
+        Dialect::Bare => match envelope::classify(&body) {
+            Classified::Envelope(env) => match env.verdict(parts.status) {
+                Verdict::Success(data) => {
+                    let payload = envelope::slice_payload(&body, data);
+                    translated(json_response(
+                        parts.status,
+                        parts.headers,
+                        [payload, Bytes::new(), Bytes::new()],
+                    ))
+                }
+                Verdict::Error(error) => {
+                    translated(error_response(exchange.client, &error, Some(parts.headers)))
+                }
+            },
+            // Already bare: an upstream that answers some endpoints without an envelope.
+            Classified::Json => json_response(
+                parts.status,
+                parts.headers,
+                [body, Bytes::new(), Bytes::new()],
+            ),
+            Classified::NotJson => {
+                error_response(exchange.client, &invalid_json(&parts), Some(parts.headers))
+            }
+        },
+    }
+}
+
+/// Status ≥ 400: JSON errors pass between equal dialects; everything else is normalised.
+async fn translate_error(
+    exchange: &Exchange,
+    mut parts: Parts,
+    body: Incoming,
+) -> Response<ProxyBody> {
+    let same_dialect = exchange.client == exchange.upstream;
+    let error = if headers::is_content_encoded(&parts.headers) {
+        // The upstream was asked for identity. A coded body cannot be inspected: a JSON error
+        // between equal dialects passes untouched (the client can decode it); anything else
+        // (HTML, text, or a body to translate) is replaced, unread, by a normalised error.
+        if same_dialect && headers::is_json_or_unspecified(&parts.headers) {
+            return Response::from_parts(parts, ProxyBody::passthru(body));
+        }
+        let encoding = parts.headers.remove(header::CONTENT_ENCODING);
+        ApiError::new(
+            parts.status,
+            format!(
+                "upstream returned HTTP {} with a {}-encoded body",
+                parts.status.as_u16(),
+                encoding
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("compressed")
+            ),
+        )
+    } else {
+        let bytes = match read_body(exchange, body).await {
+            Ok(bytes) => bytes,
+            Err(error) => return error_response(exchange.client, &error, Some(parts.headers)),
+        };
+        if same_dialect && envelope::is_json(&bytes) {
+            return Response::from_parts(parts, ProxyBody::full(bytes));
+        }
+        let content_type = headers::media_type(&parts.headers);
+        error_body::normalise(parts.status, content_type.as_deref(), &bytes)
+    };
+    let response = error_response(exchange.client, &error, Some(parts.headers));
+    if same_dialect {
+        response
+    } else {
+        translated(response)
+    }
+}
+
+/// Reads a body the proxy must inspect, bounded by `--max-response-body`.
+async fn read_body(exchange: &Exchange, body: Incoming) -> Result<Bytes, ApiError> {
+    let read = Limited::new(body, exchange.max_response_body as usize).collect();
+    let Ok(read) = tokio::time::timeout_at(exchange.deadline, read).await else {
+        return Err(ApiError::request_timeout(exchange.request_timeout));
+    };
+    match read {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::proxy(
+            ErrorCode::UpstreamBodyTooLarge,
+            format!(
+                "upstream response body exceeds the limit of {} bytes (--max-response-body)",
+                exchange.max_response_body
+            ),
+        )),
+        Err(error) => {
+            // The cause (often an OS error) is for the log; the client gets what it means.
+            let cause = crate::error::describe_chain(error.as_ref());
+            tracing::warn!(%cause, "upstream response body was cut short");
+            Err(ApiError::proxy(
+                ErrorCode::UpstreamTruncated,
+                "upstream response was cut short: the upstream connection ended before the body was complete",
+            ))
+        }
+    }
+}
+
+/// `{"success":true,"code":"<status>","message":"successful","data":<payload>}` in pieces.
+fn wrap_success(status: StatusCode, payload: Bytes) -> [Bytes; 3] {
+    if status == StatusCode::OK {
+        return envelope::wrap_success(payload);
+    }
+    let prefix = format!(
+        r#"{{"success":true,"code":"{}","message":"successful","data":"#,
+        status.as_u16()
+    );
+    [Bytes::from(prefix), payload, envelope::SUCCESS_SUFFIX]
+}
+
+/// A coded body where the proxy needs plain bytes (it asked for identity).
+fn encoded_body(parts: &Parts) -> ApiError {
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("compressed");
+    ApiError::proxy(
+        ErrorCode::UpstreamInvalidBody,
+        format!(
+            "upstream sent a {encoding}-encoded body under HTTP {} although it was asked for identity; it cannot be translated",
+            parts.status.as_u16()
+        ),
+    )
+}
+
+fn unexpected_upgrade() -> ApiError {
+    ApiError::proxy(
+        ErrorCode::UpstreamInvalidResponse,
+        "upstream answered HTTP 101 Switching Protocols to a request that asked for no upgrade",
+    )
+}
+
+fn invalid_json(parts: &Parts) -> ApiError {
+    ApiError::proxy(
+        ErrorCode::UpstreamInvalidBody,
+        format!(
+            "upstream sent a body that is not valid JSON under HTTP {}",
+            parts.status.as_u16()
+        ),
+    )
+}
+
+fn has_no_body(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// A JSON response from pieces, keeping the upstream's end-to-end headers.
+fn json_response(
+    status: StatusCode,
+    mut headers: HeaderMap,
+    pieces: [Bytes; 3],
+) -> Response<ProxyBody> {
+    set_json_headers(&mut headers);
+    let mut response = Response::new(ProxyBody::parts(pieces));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}

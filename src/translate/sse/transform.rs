@@ -1,0 +1,457 @@
+//! What one SSE event becomes for the client.
+//!
+//! A rewritten event is the upstream's event with only its `data` rewritten: every other line
+//! (`event:`, `id:`, `retry:`, comments) stays, in order and byte for byte (see
+//! [`SseEvent::around_data`]). It is assembled from static pieces and slices of the upstream's
+//! bytes (`<lines before>` + `data: ` + payload + `<line ending, lines after, blank line>`), so
+//! no payload is copied or re-serialised; only error events, which are rare, are rendered
+//! afresh, and a payload that came over several `data:` lines is copied once to go out over
+//! as many (see `data_lines`).
+
+use std::collections::VecDeque;
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::framer::SseEvent;
+use crate::config::StreamEnvelope;
+use crate::dialect::Dialect;
+use crate::error::ApiError;
+use crate::translate::envelope::{self, Classified, Verdict};
+use crate::translate::error_body;
+
+/// What happens to each event's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventMode {
+    /// Forwarded byte for byte (still framed, to watch for `[DONE]` and errors).
+    Passthru,
+    /// Envelope upstream → bare client: wrapped events are unwrapped, bare ones left alone.
+    Unwrap,
+    /// Bare upstream → envelope client with `--stream-envelope wrap`.
+    Wrap,
+}
+
+/// What an event meant for the stream as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Normal,
+    /// `data: [DONE]`: the upstream finished the answer.
+    Done,
+    /// An error the upstream reported in the stream: the answer already failed visibly.
+    Error,
+}
+
+const DATA_PREFIX: Bytes = Bytes::from_static(b"data: ");
+const WRAP_PREFIX: Bytes =
+    Bytes::from_static(br#"data: {"success":true,"code":"200","message":"successful","data":"#);
+const WRAP_CLOSE: Bytes = Bytes::from_static(b"}");
+/// The close of a wrapped event and its usual end, in one piece: one frame fewer per event.
+const WRAP_SUFFIX: Bytes = Bytes::from_static(b"}\n\n");
+
+impl EventMode {
+    pub fn select(client: Dialect, upstream: Dialect, stream_envelope: StreamEnvelope) -> Self {
+        match (upstream, client) {
+            (Dialect::Envelope, Dialect::Bare) => EventMode::Unwrap,
+            (Dialect::Bare, Dialect::Envelope) if stream_envelope == StreamEnvelope::Wrap => {
+                EventMode::Wrap
+            }
+            _ => EventMode::Passthru,
+        }
+    }
+
+    /// Error events take the form of the events around them: envelope when the client
+    /// receives wrapped events, bare otherwise.
+    pub(crate) fn error_form(self, client: Dialect, upstream: Dialect) -> Dialect {
+        match self {
+            EventMode::Wrap => Dialect::Envelope,
+            EventMode::Unwrap => Dialect::Bare,
+            EventMode::Passthru if client == Dialect::Envelope && upstream == Dialect::Envelope => {
+                Dialect::Envelope
+            }
+            EventMode::Passthru => Dialect::Bare,
+        }
+    }
+
+    /// Queues what `event` becomes and says what it meant.
+    pub fn apply(self, event: SseEvent, upstream: Dialect, out: &mut VecDeque<Bytes>) -> EventKind {
+        if event.is_done() {
+            out.push_back(event.into_raw());
+            return EventKind::Done;
+        }
+        let Some(data) = event.data().cloned() else {
+            out.push_back(event.into_raw());
+            return EventKind::Normal;
+        };
+        match self {
+            EventMode::Passthru => {
+                let kind = if upstream == Dialect::Envelope {
+                    envelope_kind(&data)
+                } else if is_bare_error(&data) {
+                    EventKind::Error
+                } else {
+                    EventKind::Normal
+                };
+                out.push_back(event.into_raw());
+                kind
+            }
+            EventMode::Unwrap => match envelope::classify(&data) {
+                Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
+                    Verdict::Success(payload) => {
+                        let payload = data_lines(envelope::slice_payload(&data, payload));
+                        rewrite(&event, [DATA_PREFIX, payload], None, out);
+                        EventKind::Normal
+                    }
+                    Verdict::Error(error) => {
+                        rewrite(
+                            &event,
+                            [DATA_PREFIX, error.to_body(Dialect::Bare)],
+                            None,
+                            out,
+                        );
+                        EventKind::Error
+                    }
+                },
+                _ => {
+                    let kind = if is_bare_error(&data) {
+                        EventKind::Error
+                    } else {
+                        EventKind::Normal
+                    };
+                    out.push_back(event.into_raw());
+                    kind
+                }
+            },
+            EventMode::Wrap => {
+                if is_bare_error(&data) {
+                    let error = stream_error(&data).to_body(Dialect::Envelope);
+                    rewrite(&event, [DATA_PREFIX, error], None, out);
+                    EventKind::Error
+                } else if envelope::is_json(&data) {
+                    rewrite(
+                        &event,
+                        [WRAP_PREFIX, data_lines(data)],
+                        Some(WRAP_CLOSE),
+                        out,
+                    );
+                    EventKind::Normal
+                } else {
+                    // Not JSON: nothing to wrap, so it goes through as the upstream sent it.
+                    out.push_back(event.into_raw());
+                    EventKind::Normal
+                }
+            }
+        }
+    }
+}
+
+/// Queues `event` with its `data` lines replaced by one `data` field: `value` (its `data: `
+/// prefix and the value ready for it), then `close` if given; every other line as received.
+fn rewrite(event: &SseEvent, value: [Bytes; 2], close: Option<Bytes>, out: &mut VecDeque<Bytes>) {
+    // `apply` rewrites only events with data, which always have a `data` line.
+    let Some((before, after)) = event.around_data() else {
+        out.push_back(event.raw().clone());
+        return;
+    };
+    if !before.is_empty() {
+        out.push_back(before);
+    }
+    out.extend(value);
+    match close {
+        Some(_) if after == b"\n\n"[..] => out.push_back(WRAP_SUFFIX),
+        Some(close) => out.extend([close, after]),
+        None => out.push_back(after),
+    }
+}
+
+/// `value` ready to follow a `data: ` prefix. An event with several `data:` lines has its
+/// values joined with `\n`, so its JSON may hold line breaks; each line then continues on a
+/// `data: ` line of its own, which a client joins back into exactly `value` (a bare line
+/// break would end the data there, or even the event). Without a line break (the usual
+/// case) `value` is returned as it is, uncopied.
+fn data_lines(value: Bytes) -> Bytes {
+    if memchr::memchr(b'\n', &value).is_none() {
+        return value;
+    }
+    let mut out = Vec::with_capacity(value.len() + 32);
+    for (i, line) in value.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\ndata: ");
+        }
+        out.extend_from_slice(line);
+    }
+    Bytes::from(out)
+}
+
+/// `data: <error JSON>\n\n` in `form`.
+pub fn error_event(error: &ApiError, form: Dialect) -> Bytes {
+    let json = error.to_body(form);
+    let mut event = Vec::with_capacity(json.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(&json);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+/// True for `{"error": …}` (OpenAI's mid-stream error). A substring check first keeps the
+/// common case to one fast scan; only candidates are parsed.
+fn is_bare_error(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        error: Option<IgnoredAny>,
+    }
+    // Built once: constructing a searcher per event cost more than the search itself.
+    static ERROR_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"error\""));
+    data.trim_ascii_start().first() == Some(&b'{')
+        && ERROR_KEY.find(data).is_some()
+        && serde_json::from_slice::<Probe>(data).is_ok_and(|probe| probe.error.is_some())
+}
+
+fn envelope_kind(data: &[u8]) -> EventKind {
+    match envelope::classify(data) {
+        Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
+            Verdict::Success(_) => EventKind::Normal,
+            Verdict::Error(_) => EventKind::Error,
+        },
+        _ if is_bare_error(data) => EventKind::Error,
+        _ => EventKind::Normal,
+    }
+}
+
+/// A bare error event read as an [`ApiError`]; its envelope code is the error's own HTTP-like
+/// code when it has one (llama.cpp sends integers), else 500.
+fn stream_error(data: &[u8]) -> ApiError {
+    let status = serde_json::from_slice::<Value>(data)
+        .ok()
+        .and_then(|v| v.pointer("/error/code").and_then(Value::as_u64))
+        .and_then(|code| u16::try_from(code).ok())
+        .filter(|code| (400..=599).contains(code))
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error_body::normalise(status, Some("application/json"), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::sse::framer::SseFramer;
+
+    fn run(mode: EventMode, upstream: Dialect, input: &[u8]) -> (String, Vec<EventKind>) {
+        let mut framer = SseFramer::new(1 << 20);
+        framer.push(Bytes::copy_from_slice(input));
+        let mut out = VecDeque::new();
+        let mut kinds = Vec::new();
+        while let Ok(Some(event)) = framer.next_event() {
+            kinds.push(mode.apply(event, upstream, &mut out));
+        }
+        let bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        (String::from_utf8(bytes).unwrap(), kinds)
+    }
+
+    #[test]
+    fn modes_follow_the_dialects() {
+        use Dialect::*;
+        assert_eq!(
+            EventMode::select(Bare, Envelope, StreamEnvelope::Bare),
+            EventMode::Unwrap
+        );
+        assert_eq!(
+            EventMode::select(Envelope, Bare, StreamEnvelope::Bare),
+            EventMode::Passthru
+        );
+        assert_eq!(
+            EventMode::select(Envelope, Bare, StreamEnvelope::Wrap),
+            EventMode::Wrap
+        );
+        assert_eq!(
+            EventMode::select(Bare, Bare, StreamEnvelope::Wrap),
+            EventMode::Passthru
+        );
+        assert_eq!(EventMode::Passthru.error_form(Envelope, Envelope), Envelope);
+        assert_eq!(EventMode::Passthru.error_form(Envelope, Bare), Bare);
+        assert_eq!(EventMode::Wrap.error_form(Envelope, Bare), Envelope);
+    }
+
+    #[test]
+    fn wrap_surrounds_each_chunk_and_leaves_done_alone() {
+        let (out, kinds) = run(
+            EventMode::Wrap,
+            Dialect::Bare,
+            b"data: {\"id\":\"c1\",\"choices\":[]}\n\n: ping\n\ndata: [DONE]\n\n",
+        );
+        assert_eq!(
+            out,
+            "data: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":{\"id\":\"c1\",\"choices\":[]}}\n\n: ping\n\ndata: [DONE]\n\n"
+        );
+        assert_eq!(
+            kinds,
+            [EventKind::Normal, EventKind::Normal, EventKind::Done]
+        );
+    }
+
+    #[test]
+    fn wrap_turns_a_bare_error_into_an_envelope_error() {
+        let (out, kinds) = run(
+            EventMode::Wrap,
+            Dialect::Bare,
+            b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n",
+        );
+        assert_eq!(
+            out,
+            "data: {\"success\":false,\"code\":\"500\",\"message\":\"overloaded\",\"data\":null,\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n"
+        );
+        assert_eq!(kinds, [EventKind::Error]);
+    }
+
+    #[test]
+    fn unwrap_is_decided_per_event() {
+        let (out, kinds) = run(
+            EventMode::Unwrap,
+            Dialect::Envelope,
+            b"data: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":{\"id\":\"a\"}}\n\ndata:{\"id\":\"b\"}\n\ndata: {\"success\":false,\"code\":\"500\",\"message\":\"model backend error\",\"data\":null}\n\n",
+        );
+        assert_eq!(
+            out,
+            "data: {\"id\":\"a\"}\n\ndata:{\"id\":\"b\"}\n\ndata: {\"error\":{\"message\":\"model backend error\",\"type\":\"server_error\",\"param\":null,\"code\":\"500\"}}\n\n"
+        );
+        assert_eq!(
+            kinds,
+            [EventKind::Normal, EventKind::Normal, EventKind::Error]
+        );
+    }
+
+    #[test]
+    fn multi_line_data_stays_whole_when_rewritten() {
+        // Found by the `sse_transform` fuzz target: JSON split over several `data:` lines
+        // (values joined with `\n`, empty ones included) used to be re-emitted after a
+        // single `data: `, so clients saw `{"x":[1,` and a stray blank line ended the event.
+        let input: &[u8] = b"data: {\"success\":true,\"code\":\"200\",\"data\":\ndata:\ndata: {\"x\":[1,\ndata:  2]}}\n\n";
+        let (out, kinds) = run(EventMode::Unwrap, Dialect::Envelope, input);
+        assert_eq!(out, "data: {\"x\":[1,\ndata:  2]}\n\n");
+        assert_eq!(kinds, [EventKind::Normal]);
+
+        let input: &[u8] = b"data: {\"id\":\ndata:\ndata: \"c1\"}\r\n\r\n";
+        let (out, _) = run(EventMode::Wrap, Dialect::Bare, input);
+        assert_eq!(
+            out,
+            "data: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":{\"id\":\ndata: \ndata: \"c1\"}}\n\n"
+        );
+        // Read back by a client: one event whose data is the JSON the upstream sent.
+        let mut framer = SseFramer::new(1 << 20);
+        framer.push(Bytes::from(out));
+        let event = framer.next_event().unwrap().unwrap();
+        let data = event.data().unwrap();
+        assert!(data.ends_with(b"\"data\":{\"id\":\n\n\"c1\"}}") && envelope::is_json(data));
+        assert_eq!(framer.finish(), Ok(None));
+    }
+
+    #[test]
+    fn rewritten_events_keep_their_other_lines_in_order() {
+        let wrapped = r#"{"success":true,"code":"200","message":"successful","data":{"id":"a"}}"#;
+        // Unwrap: `event:`, `id:`, `retry:`, comments and unknown fields stay where they were.
+        let input =
+            format!("event: chunk\nid: 7\ndata: {wrapped}\nretry: 1000\n: note\nx-y: z\n\n");
+        let (out, kinds) = run(EventMode::Unwrap, Dialect::Envelope, input.as_bytes());
+        assert_eq!(
+            out,
+            "event: chunk\nid: 7\ndata: {\"id\":\"a\"}\nretry: 1000\n: note\nx-y: z\n\n"
+        );
+        assert_eq!(kinds, [EventKind::Normal]);
+
+        // Wrap: CRLF line endings kept as they came.
+        let input = b"id: 1\r\nevent: message\r\ndata: {\"id\":\"c1\"}\r\n: x\r\n\r\n";
+        let (out, _) = run(EventMode::Wrap, Dialect::Bare, input);
+        assert_eq!(
+            out,
+            "id: 1\r\nevent: message\r\ndata: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":{\"id\":\"c1\"}}\r\n: x\r\n\r\n"
+        );
+        // The stream's BOM is not repeated inside a rewritten event.
+        let (out, _) = run(
+            EventMode::Wrap,
+            Dialect::Bare,
+            b"\xEF\xBB\xBFevent: e\ndata: 1\n\n",
+        );
+        assert_eq!(
+            out,
+            "event: e\ndata: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":1}\n\n"
+        );
+    }
+
+    #[test]
+    fn error_events_keep_their_other_lines_too() {
+        let (out, kinds) = run(
+            EventMode::Unwrap,
+            Dialect::Envelope,
+            b"event: error\nid: 9\ndata: {\"success\":false,\"code\":\"500\",\"message\":\"boom\",\"data\":null}\n\n",
+        );
+        assert_eq!(
+            out,
+            "event: error\nid: 9\ndata: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\",\"param\":null,\"code\":\"500\"}}\n\n"
+        );
+        assert_eq!(kinds, [EventKind::Error]);
+        let (out, kinds) = run(
+            EventMode::Wrap,
+            Dialect::Bare,
+            b"event: error\ndata: {\"error\":{\"message\":\"boom\"}}\nid: 9\n\n",
+        );
+        assert_eq!(
+            out,
+            "event: error\ndata: {\"success\":false,\"code\":\"500\",\"message\":\"boom\",\"data\":null,\"error\":{\"message\":\"boom\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\nid: 9\n\n"
+        );
+        assert_eq!(kinds, [EventKind::Error]);
+    }
+
+    #[test]
+    fn several_data_lines_become_one_field_among_the_other_lines() {
+        // Lone-CR endings, a comment and an id between and after the data lines: the data
+        // lines are replaced where the first one was; the rest end with `\n`, so removing a
+        // line cannot join a `\r` and a `\n` into one line ending.
+        let input: &[u8] =
+            b": a\rdata: {\"success\":true,\"code\":\"200\",\"data\":\r: mid\rdata: {\"x\":1}}\rid: 2\r\n\r\n";
+        let (out, _) = run(EventMode::Unwrap, Dialect::Envelope, input);
+        assert_eq!(out, ": a\rdata: {\"x\":1}\n: mid\nid: 2\n\n");
+        let mut framer = SseFramer::new(1 << 20);
+        framer.push(Bytes::from(out));
+        let event = framer.next_event().unwrap().unwrap();
+        assert_eq!(event.data().unwrap().as_ref(), b"{\"x\":1}");
+        assert_eq!(framer.finish(), Ok(None));
+        assert!(!framer.discarded_partial());
+    }
+
+    #[test]
+    fn rewriting_copies_no_upstream_bytes() {
+        let chunk = Bytes::from_static(
+            b"event: e\ndata: {\"success\":true,\"code\":\"200\",\"data\":{\"id\":\"a\"}}\nid: 1\n\n",
+        );
+        let mut framer = SseFramer::new(1 << 20);
+        framer.push(chunk.clone());
+        let event = framer.next_event().unwrap().unwrap();
+        let mut out = VecDeque::new();
+        EventMode::Unwrap.apply(event, Dialect::Envelope, &mut out);
+        let pieces: Vec<&[u8]> = out.iter().map(|p| p.as_ref()).collect();
+        assert_eq!(
+            pieces,
+            [
+                &b"event: e\n"[..],
+                b"data: ",
+                b"{\"id\":\"a\"}",
+                b"\nid: 1\n\n"
+            ]
+        );
+        // Every piece but the static prefix is a slice of the upstream's chunk.
+        let inside = |p: &Bytes| chunk.as_ptr_range().contains(&p.as_ptr());
+        assert!(inside(&out[0]) && !inside(&out[1]) && inside(&out[2]) && inside(&out[3]));
+    }
+
+    #[test]
+    fn passthru_notices_errors_without_touching_bytes() {
+        let input: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"error\\\"\"}}]}\r\n\r\ndata: {\"error\":{\"message\":\"x\"}}\n\n";
+        let (out, kinds) = run(EventMode::Passthru, Dialect::Bare, input);
+        assert_eq!(out.as_bytes(), input);
+        assert_eq!(kinds, [EventKind::Normal, EventKind::Error]);
+    }
+}
