@@ -257,6 +257,7 @@ async fn exchange(case: &Case<'_>) -> Option<Sent> {
         stream: settings,
         cut: CancellationToken::new(),
     };
+    let response = response.map(envelope_proxy::translate::upstream_body::UpstreamBody::from);
     let (parts, body) = respond(&exchange, response).await.into_parts();
     let hint = http_body::Body::size_hint(&body).exact();
     let stream = body.is_stream();

@@ -1,8 +1,16 @@
-//! The client side: the pooled connections to the configured upstream.
+//! The client side: the pooled connections to the configured upstream, one pool per worker
+//! thread (`listen/workers.rs`), so a pooled connection is only ever used on the thread that
+//! opened it.
 //!
-//! One hyper-util pooled client with keep-alive per worker thread (`listen/workers.rs`), so a
-//! pooled connection is only ever used on the thread that opened it; `https://` upstreams use rustls with ALPN
-//! (HTTP/2 when the upstream offers it, else HTTP/1.1), `http://` upstreams HTTP/1.1.
+//! - `http://` upstreams: HTTP/1.1 connections the worker owns ([`OwnPool`]). A request drives
+//!   its connection itself — while waiting for the response head here, then from its response
+//!   body (`translate/upstream_body.rs`) — so no task runs per connection and no channel hop
+//!   separates the socket from the response. A body that ended whole gives its connection back
+//!   for the next request (most recently used first); idle connections are checked before use
+//!   and dropped after 90 s.
+//! - `https://` upstreams: hyper-util's pooled client with rustls and ALPN (HTTP/2 when the
+//!   upstream offers it, else HTTP/1.1).
+//!
 //! `--connect-timeout` bounds the whole connection set-up — DNS, TCP and the TLS handshake —
 //! so an upstream that accepts TCP and then stays silent is a connect timeout, not a
 //! response timeout. Transport failures are classified once here into [`UpstreamError`]: its
@@ -16,29 +24,49 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body_util::{LengthLimitError, Limited};
-use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::{describe_chain, BoxError};
 use crate::error::{ApiError, ErrorCode};
+use crate::translate::upstream_body::{DriveConnection, UpstreamBody};
 
 /// The request body sent upstream: the client's body, streamed, with the size limit applied.
 pub(crate) type UpstreamRequestBody = Limited<crate::proxy::request_body::ClientBody>;
 
 type HttpsClient = Client<ConnectDeadline<HttpsConnector<HttpConnector>>, UpstreamRequestBody>;
 
-/// A handle to the upstream; cheap to clone (the pool is shared).
-#[derive(Clone)]
+/// How long an idle pooled connection is kept (hyper-util's default, kept for `https://`).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The most idle connections one worker keeps; the oldest go first.
+const MAX_IDLE: usize = 256;
+
+/// One worker's way to the upstream.
 pub struct Upstream {
-    client: HttpsClient,
+    client: UpstreamClient,
     connect_timeout: Duration,
     response_timeout: Duration,
+}
+
+enum UpstreamClient {
+    /// `http://`: HTTP/1.1 connections driven by the requests that use them.
+    Own(OwnPool),
+    /// `https://`: hyper-util's client, which runs a task per connection.
+    Shared(Box<HttpsClient>),
 }
 
 /// A connector whose every connection attempt (resolve, connect, TLS handshake) must finish
@@ -85,27 +113,11 @@ where
 impl Upstream {
     /// `tls` comes from [`crate::tls::client_config`] (system roots or `--upstream-ca`).
     pub fn new(config: &Config, tls: rustls::ClientConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let connector = ConnectDeadline {
-            inner: connector,
-            limit: config.connect_timeout,
+        let client = if config.upstream.is_https() {
+            UpstreamClient::Shared(Box::new(shared_client(config, tls)))
+        } else {
+            UpstreamClient::Own(OwnPool::new(config))
         };
-
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         Self {
             client,
             connect_timeout: config.connect_timeout,
@@ -117,15 +129,244 @@ impl Upstream {
     pub async fn send(
         &self,
         request: Request<UpstreamRequestBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(UpstreamError::classify(&error, self.connect_timeout)),
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let sent = async {
+            match &self.client {
+                UpstreamClient::Own(pool) => pool.send(request, self.connect_timeout).await,
+                UpstreamClient::Shared(client) => match client.request(request).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::from)),
+                    Err(error) => Err(UpstreamError::classify(
+                        &error,
+                        error.is_connect(),
+                        self.connect_timeout,
+                    )),
+                },
+            }
+        };
+        match tokio::time::timeout(self.response_timeout, sent).await {
+            Ok(result) => result,
             Err(_elapsed) => Err(UpstreamError::ResponseTimeout(self.response_timeout)),
         }
     }
 }
 
+/// hyper-util's pooled client for `https://` upstreams.
+fn shared_client(config: &Config, tls: rustls::ClientConfig) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let connector = ConnectDeadline {
+        inner: connector,
+        limit: config.connect_timeout,
+    };
+
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .build(connector)
+}
+
+type OwnConnection = Pin<Box<http1::Connection<TokioIo<TcpStream>, UpstreamRequestBody>>>;
+
+/// One worker's HTTP/1.1 connections to an `http://` upstream: see the module docs.
+struct OwnPool {
+    /// `host:port`, what the connection is made to.
+    address: String,
+    /// The `Host` header (the port only when it is not 80), as hyper-util sends it.
+    host: HeaderValue,
+    idle: Arc<Mutex<VecDeque<Idle>>>,
+}
+
+/// A connection waiting in the pool.
+struct Idle {
+    sender: http1::SendRequest<UpstreamRequestBody>,
+    connection: OwnConnection,
+    since: Instant,
+}
+
+impl OwnPool {
+    fn new(config: &Config) -> Self {
+        let authority = &config.upstream.authority;
+        let port = authority.port_u16().unwrap_or(80);
+        let host = match authority.port_u16() {
+            Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
+        Self {
+            address: format!("{}:{port}", authority.host()),
+            host: HeaderValue::try_from(host).unwrap_or_else(|_| HeaderValue::from_static("")),
+            idle: Arc::default(),
+        }
+    }
+
+    async fn send(
+        &self,
+        mut request: Request<UpstreamRequestBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        // Origin form and a Host header, as hyper-util's client sends HTTP/1.1 requests.
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(path);
+        if !request.headers().contains_key(header::HOST) {
+            request
+                .headers_mut()
+                .insert(header::HOST, self.host.clone());
+        }
+        loop {
+            let (mut used, pooled) = match self.checkout() {
+                Some(idle) => (idle, true),
+                None => (self.connect(connect_timeout).await?, false),
+            };
+            let sending = used.sender.try_send_request(request);
+            tokio::pin!(sending);
+            let mut connection = Some(used.connection);
+            // The request's own task drives the connection while it waits for the head.
+            let sent = std::future::poll_fn(|cx| {
+                if let Some(driven) = connection.as_mut() {
+                    if driven.as_mut().poll(cx).is_ready() {
+                        connection = None;
+                    }
+                }
+                sending.as_mut().poll(cx)
+            })
+            .await;
+            match sent {
+                Ok(response) => {
+                    let Some(connection) = connection else {
+                        // The connection already ended: nothing feeds the body but its channel.
+                        return Ok(response.map(UpstreamBody::from));
+                    };
+                    let driver = Box::new(InUse {
+                        sender: used.sender,
+                        connection,
+                        pool: Arc::clone(&self.idle),
+                    });
+                    return Ok(response.map(|body| UpstreamBody::driven(body, driver)));
+                }
+                Err(mut error) => match error.take_message() {
+                    // A pooled connection the upstream closed before the request went out:
+                    // the request is intact; try the next connection (or a new one).
+                    Some(unsent) if pooled => request = unsent,
+                    _ => {
+                        let error = error.into_error();
+                        return Err(UpstreamError::classify(&error, false, connect_timeout));
+                    }
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    fn checkout(&self) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while idle
+            .front()
+            .is_some_and(|oldest| oldest.since.elapsed() >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        while let Some(mut candidate) = idle.pop_back() {
+            // One poll lets the connection notice a close or a stray byte from the upstream
+            // (either ends it); the waker is not kept: the request polls it again.
+            let mut cx = Context::from_waker(Waker::noop());
+            if candidate.connection.as_mut().poll(&mut cx).is_ready() {
+                continue;
+            }
+            if candidate.sender.is_ready() {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+
+    /// A new connection: resolve, TCP, handshake, all within `--connect-timeout`.
+    async fn connect(&self, limit: Duration) -> Result<Idle, UpstreamError> {
+        let connecting = async {
+            let stream = TcpStream::connect(self.address.as_str()).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, io::Error>(stream)
+        };
+        let stream = match tokio::time::timeout(limit, connecting).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                let reason = match error.kind() {
+                    io::ErrorKind::ConnectionRefused => "the connection was refused",
+                    // getaddrinfo's failures have no kind of their own.
+                    _ if error.to_string().contains("lookup") => {
+                        "the host name could not be resolved"
+                    }
+                    _ => "the connection could not be established",
+                };
+                return Err(UpstreamError::Connect {
+                    reason,
+                    detail: format!("{}: {error}", self.address),
+                });
+            }
+            Err(_elapsed) => {
+                return Err(UpstreamError::ConnectTimeout {
+                    limit,
+                    detail: format!(
+                        "no connection (DNS and TCP) to {} within {}s",
+                        self.address,
+                        limit.as_secs_f64()
+                    ),
+                })
+            }
+        };
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| UpstreamError::classify(&error, true, limit))?;
+        Ok(Idle {
+            sender,
+            connection: Box::pin(connection),
+            since: Instant::now(),
+        })
+    }
+}
+
+/// A connection while a request uses it: driven by the response body, pooled again after it.
+struct InUse {
+    sender: http1::SendRequest<UpstreamRequestBody>,
+    connection: OwnConnection,
+    pool: Arc<Mutex<VecDeque<Idle>>>,
+}
+
+impl DriveConnection for InUse {
+    fn poll_connection(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.connection.as_mut().poll(cx).map(|_| ())
+    }
+
+    fn body_done(self: Box<Self>) {
+        let InUse {
+            sender,
+            connection,
+            pool,
+        } = *self;
+        let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= MAX_IDLE {
+            idle.pop_front();
+        }
+        idle.push_back(Idle {
+            sender,
+            connection,
+            since: Instant::now(),
+        });
+    }
+}
 /// Why the upstream did not produce response headers. `Display` is the log's text, with the
 /// full cause; clients get [`UpstreamError::to_api_error`].
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +390,11 @@ pub(crate) enum UpstreamError {
 }
 
 impl UpstreamError {
-    fn classify(error: &hyper_util::client::legacy::Error, connect_timeout: Duration) -> Self {
+    fn classify(
+        error: &(dyn StdError + 'static),
+        is_connect: bool,
+        connect_timeout: Duration,
+    ) -> Self {
         let chain = describe_chain(error);
         let mut connect_reason = "the connection could not be established";
         let mut source: Option<&(dyn StdError + 'static)> = Some(error);
@@ -173,7 +418,7 @@ impl UpstreamError {
                         .downcast_ref::<io::Error>()
                         .and_then(io::Error::get_ref);
                 }
-                if io_error.kind() == io::ErrorKind::TimedOut && error.is_connect() {
+                if io_error.kind() == io::ErrorKind::TimedOut && is_connect {
                     return UpstreamError::ConnectTimeout {
                         limit: connect_timeout,
                         detail: chain,
@@ -189,7 +434,7 @@ impl UpstreamError {
             }
             source = current.source();
         }
-        if error.is_connect() {
+        if is_connect {
             UpstreamError::Connect {
                 reason: connect_reason,
                 detail: chain,

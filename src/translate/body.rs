@@ -9,28 +9,28 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::error::BoxError;
 use crate::translate::sse::body::StreamEnd;
 use crate::translate::sse::SseBody;
+use crate::translate::upstream_body::UpstreamBody;
 
 pin_project! {
     /// A response body: pass-through, a few in-memory pieces, or a translated event stream.
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
         /// The upstream's body, frame for frame.
-        Passthru { #[pin] inner: Incoming },
+        Passthru { #[pin] inner: UpstreamBody },
         /// Up to three pieces sent in order (prefix, payload, suffix), with an exact length.
         Parts { parts: [Bytes; 3], next: usize },
         /// An SSE stream re-framed and translated event by event.
-        Sse { #[pin] inner: SseBody<Incoming> },
+        Sse { #[pin] inner: SseBody<UpstreamBody> },
     }
 }
 
 impl ProxyBody {
-    pub fn passthru(inner: Incoming) -> Self {
+    pub fn passthru(inner: UpstreamBody) -> Self {
         ProxyBody::Passthru { inner }
     }
 
@@ -50,7 +50,7 @@ impl ProxyBody {
         Self::full(Bytes::new())
     }
 
-    pub fn sse(inner: SseBody<Incoming>) -> Self {
+    pub fn sse(inner: SseBody<UpstreamBody>) -> Self {
         ProxyBody::Sse { inner }
     }
 

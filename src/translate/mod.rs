@@ -31,17 +31,18 @@ pub mod envelope;
 pub mod error_body;
 pub mod sse;
 pub(crate) mod synthetic;
+pub mod upstream_body;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::response::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
 
 use crate::dialect::Dialect;
 use crate::error::{ApiError, ErrorCode};
 use crate::headers;
+use crate::translate::upstream_body::UpstreamBody;
 use body::ProxyBody;
 use envelope::{Classified, Verdict};
 use sse::{EventMode, SseBody, StreamSettings};
@@ -75,7 +76,7 @@ fn translated(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
 }
 
 /// Turns the upstream's response into the client's.
-pub async fn respond(exchange: &Exchange, response: Response<Incoming>) -> Response<ProxyBody> {
+pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     let status = parts.status;
     // Nothing asked for an upgrade (Upgrade is never forwarded): a 101 answers no request.
@@ -123,7 +124,11 @@ pub async fn respond(exchange: &Exchange, response: Response<Incoming>) -> Respo
 }
 
 /// 2xx `text/event-stream`: streamed event by event, never buffered.
-fn stream_response(exchange: &Exchange, mut parts: Parts, body: Incoming) -> Response<ProxyBody> {
+fn stream_response(
+    exchange: &Exchange,
+    mut parts: Parts,
+    body: UpstreamBody,
+) -> Response<ProxyBody> {
     let headers = &mut parts.headers;
     // The length changes when events are rewritten or an error event is added.
     headers.remove(header::CONTENT_LENGTH);
@@ -196,7 +201,7 @@ fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response
 async fn translate_error(
     exchange: &Exchange,
     mut parts: Parts,
-    body: Incoming,
+    body: UpstreamBody,
 ) -> Response<ProxyBody> {
     let same_dialect = exchange.client == exchange.upstream;
     let error = if headers::is_content_encoded(&parts.headers) {
@@ -238,7 +243,7 @@ async fn translate_error(
 }
 
 /// Reads a body the proxy must inspect, bounded by `--max-response-body`.
-async fn read_body(exchange: &Exchange, body: Incoming) -> Result<Bytes, ApiError> {
+async fn read_body(exchange: &Exchange, body: UpstreamBody) -> Result<Bytes, ApiError> {
     let read = Limited::new(body, exchange.max_response_body as usize).collect();
     let Ok(read) = tokio::time::timeout_at(exchange.deadline, read).await else {
         return Err(ApiError::request_timeout(exchange.request_timeout));

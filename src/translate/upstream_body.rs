@@ -1,0 +1,143 @@
+//! The upstream's response body as the response path reads it.
+//!
+//! hyper delivers an upstream body through a channel filled by the task that drives the
+//! upstream connection. When that connection is driven by the request itself (the worker's
+//! own HTTP/1.1 pool, `proxy/upstream.rs`), the body carries the connection along: whenever
+//! the channel is empty, the body polls the connection, which reads and decodes more. So the
+//! chunks of one upstream read reach the client as fast as hyper can take them — without a
+//! task switch per chunk, and without a flush of the client's socket between them — and when
+//! the body has ended whole, the connection goes back to its pool.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// An upstream connection driven by the request that uses it.
+pub(crate) trait DriveConnection: Send + 'static {
+    /// Lets the connection make progress (read, decode, write the request body). `Ready` once
+    /// the connection has ended; it is not polled again after that.
+    fn poll_connection(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// The response body ended whole: the connection may serve another request.
+    fn body_done(self: Box<Self>);
+}
+
+/// An upstream response body, with the connection that feeds it when the request drives it.
+pub struct UpstreamBody {
+    inner: Incoming,
+    /// `None` when another task drives the connection, and once it has ended.
+    connection: Option<Box<dyn DriveConnection>>,
+    /// An error held back for one poll, so that what arrived before it is sent first.
+    held_error: Option<hyper::Error>,
+    /// The response head, or data, was handed out since the last `Pending`: the server may
+    /// not have flushed it yet.
+    unflushed: bool,
+}
+
+impl From<Incoming> for UpstreamBody {
+    /// A body whose connection another task drives.
+    fn from(inner: Incoming) -> Self {
+        Self {
+            inner,
+            connection: None,
+            held_error: None,
+            unflushed: true,
+        }
+    }
+}
+
+impl UpstreamBody {
+    /// A body fed by `connection`, which this body drives.
+    pub(crate) fn driven(inner: Incoming, connection: Box<dyn DriveConnection>) -> Self {
+        Self {
+            inner,
+            connection: Some(connection),
+            held_error: None,
+            unflushed: true,
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            connection.body_done();
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(error) = this.held_error.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        let mut drove = false;
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(None) => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    // A connection that broke its body is of no further use.
+                    this.connection = None;
+                    if !this.unflushed {
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                    // The error is right behind bytes the server may still hold: one Pending
+                    // lets it flush those (and the response head) first, so the client sees
+                    // its response break rather than never begin — as it did when another
+                    // task drove the connection and every chunk came after a Pending.
+                    this.held_error = Some(error);
+                    this.unflushed = false;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.unflushed = true;
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Pending => {}
+            }
+            // Nothing buffered: let the connection read (once per poll; if it made nothing
+            // available, it has registered for the socket and we wait).
+            let Some(connection) = this.connection.as_mut().filter(|_| !drove) else {
+                this.unflushed = false;
+                return Poll::Pending;
+            };
+            drove = true;
+            if connection.poll_connection(cx).is_ready() {
+                // Whatever the connection's end means for the body (its end or an error) is
+                // in the channel now.
+                this.connection = None;
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body that was empty from the start (HEAD, 204, 304) is never polled: it ended
+        // whole all the same. Any other body dropped early takes its connection down with it,
+        // which is what tells the upstream to stop generating.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The worker's own HTTP/1.1 connections to an `http://` upstream (`proxy/upstream.rs`): a
+//! connection whose response ended whole serves the next request, a bodiless response gives
+//! its connection back too, and a connection the upstream said it would close is not reused.
+//! A raw-socket upstream counts the connections it accepted.
+
+use test_support::{harness, raw_upstream};
+
+use bytes::Bytes;
+use envelope_proxy::RunningServer;
+use harness::{start_proxy, WAIT};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use raw_upstream::{response, RawUpstream, Step};
+
+const COMPLETION: &[u8] = br#"{"id":"chatcmpl-1","object":"chat.completion","choices":[]}"#;
+
+/// `method /v1/chat/completions` through `proxy` on a fresh client connection: the status and
+/// the body.
+async fn call(proxy: &RunningServer, method: Method) -> (StatusCode, Bytes) {
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}/v1/chat/completions", proxy.addr))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, harness::client().request(request))
+        .await
+        .expect("response headers within the wait bound")
+        .expect("the proxy answers");
+    let status = response.status();
+    let body = tokio::time::timeout(WAIT, response.into_body().collect())
+        .await
+        .expect("the body ends within the wait bound")
+        .expect("the body is whole")
+        .to_bytes();
+    (status, body)
+}
+
+fn ok_json() -> Vec<u8> {
+    response(
+        "200 OK",
+        &[
+            ("content-type", "application/json"),
+            ("content-length", &COMPLETION.len().to_string()),
+        ],
+        COMPLETION,
+    )
+}
+
+#[tokio::test]
+async fn a_connection_whose_response_ended_whole_serves_the_next_request() {
+    let up = RawUpstream::start(vec![
+        Step::ReadRequest,
+        Step::send(ok_json()),
+        Step::ReadRequest,
+        Step::send(ok_json()),
+        Step::Hold,
+    ])
+    .await;
+    let proxy = start_proxy(&up.url(), "bare", &["--worker-threads", "1"]).await;
+    for _ in 0..2 {
+        assert_eq!(
+            call(&proxy, Method::POST).await,
+            (StatusCode::OK, Bytes::from_static(COMPLETION))
+        );
+    }
+    assert_eq!(up.connections(), 1);
+    assert_eq!(up.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_bodiless_response_gives_its_connection_back() {
+    let up = RawUpstream::start(vec![
+        Step::ReadRequest,
+        Step::send(response("204 No Content", &[], b"")),
+        Step::ReadRequest,
+        Step::send(ok_json()),
+        Step::Hold,
+    ])
+    .await;
+    let proxy = start_proxy(&up.url(), "bare", &["--worker-threads", "1"]).await;
+    assert_eq!(
+        call(&proxy, Method::POST).await,
+        (StatusCode::NO_CONTENT, Bytes::new())
+    );
+    assert_eq!(
+        call(&proxy, Method::POST).await,
+        (StatusCode::OK, Bytes::from_static(COMPLETION))
+    );
+    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_said_it_closes_is_not_reused() {
+    let closing = response(
+        "200 OK",
+        &[
+            ("content-type", "application/json"),
+            ("content-length", &COMPLETION.len().to_string()),
+            ("connection", "close"),
+        ],
+        COMPLETION,
+    );
+    // Each connection answers once, says so, and then stays open: only the header tells.
+    let up = RawUpstream::start(vec![Step::ReadRequest, Step::send(closing), Step::Hold]).await;
+    let proxy = start_proxy(&up.url(), "bare", &["--worker-threads", "1"]).await;
+    for _ in 0..2 {
+        assert_eq!(
+            call(&proxy, Method::POST).await,
+            (StatusCode::OK, Bytes::from_static(COMPLETION))
+        );
+    }
+    assert_eq!(up.connections(), 2);
+}
