@@ -46,7 +46,11 @@ pub(super) fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_headers(config.max_headers)
-        .max_buf_size(config.max_header_bytes as usize);
+        .max_buf_size(config.max_header_bytes as usize)
+        // Frames are copied into one write buffer (flushed when full or when the body has
+        // nothing more at once) rather than queued for writev, which takes a limited number
+        // of pieces per write: the events of one upstream read go out in one write.
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -108,8 +108,6 @@ impl StreamEnd {
 }
 
 const KEEPALIVE_COMMENT: Bytes = Bytes::from_static(b": keep-alive\n\n");
-/// The most bytes gathered into one frame (see [`StreamState::gather`]).
-const MAX_GATHERED: usize = 64 * 1024;
 
 pin_project! {
     /// A response body that streams SSE events from `B`, translated per [`EventMode`].
@@ -159,7 +157,7 @@ where
         let mut this = self.project();
         loop {
             if let Some(piece) = this.state.next_output() {
-                return Poll::Ready(Some(Ok(Frame::data(this.state.gather(piece)))));
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
             }
             if this.state.outcome.is_some() {
                 return Poll::Ready(None);
@@ -238,32 +236,6 @@ impl StreamState {
         let piece = self.out.pop_front()?;
         self.deadlines.output_moved();
         Some(piece)
-    }
-
-    /// `first`, or, when more whole events than the current one are already here, `first`
-    /// and everything else ready to go out — the rest of `out` and those events — as one
-    /// frame of at most [`MAX_GATHERED`] bytes: the events of one upstream read then reach the
-    /// client in one write, not one each. The pieces of a lone event are not copied (the
-    /// server writes a few pieces in one go anyway).
-    fn gather(&mut self, first: Bytes) -> Bytes {
-        // After the end only `out` is left: the framer may repeat a final error.
-        if self.outcome.is_some() || !self.transform_next_event() {
-            return first;
-        }
-        let mut frame = BytesMut::with_capacity(MAX_GATHERED);
-        frame.put(first);
-        loop {
-            while let Some(piece) = self.out.pop_front() {
-                if frame.len() + piece.len() > MAX_GATHERED {
-                    self.out.push_front(piece);
-                    return frame.freeze();
-                }
-                frame.put(piece);
-            }
-            if self.outcome.is_some() || !self.transform_next_event() {
-                return frame.freeze();
-            }
-        }
     }
 
     /// Hands the next whole event the framer holds to the transform; false when it holds none.
@@ -1062,26 +1034,6 @@ mod tests {
         ];
         let expected: Vec<_> = expected.map(|(s, end)| (s.to_string(), end)).into();
         assert_eq!(seen, expected);
-        assert_eq!(body.stream_end(), Some(StreamEnd::Complete));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn events_that_arrived_together_go_out_in_frames_of_at_most_the_gather_limit() {
-        // Three whole events of 30 KiB each in one upstream chunk: two fit in one frame.
-        let event = format!("data: {}\n\n", "x".repeat(30 * 1024 - 8));
-        let chunk: &'static [u8] = event.repeat(3).into_bytes().leak();
-        let mut stream = settings(EventMode::Passthru, false);
-        stream.max_event_bytes = 64 * 1024;
-        let body = SseBody::new(Upstream::new([Step::Chunk(chunk)]), stream);
-        let mut body = std::pin::pin!(body);
-        let mut seen = Vec::new();
-        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            let data = frame.unwrap().into_data().unwrap();
-            seen.push((data.len(), body.is_end_stream()));
-            assert!(seen.len() < 100, "a runaway stream: {seen:?}");
-        }
-        // The upstream's end is learnt after the last frame.
-        assert_eq!(seen, [(2 * event.len(), false), (event.len(), false)]);
         assert_eq!(body.stream_end(), Some(StreamEnd::Complete));
     }
 }
