@@ -15,10 +15,10 @@
 
 use bytes::Bytes;
 use envelope_proxy::error::ApiError;
-use envelope_proxy::translate::error_body::normalise;
 use envelope_proxy::translate::envelope::{
     classify, is_json, slice_payload, wrap_success, Classified, Verdict,
 };
+use envelope_proxy::translate::error_body::normalise;
 use envelope_proxy::Dialect;
 use http::StatusCode;
 use libfuzzer_sys::fuzz_target;
