@@ -7,7 +7,14 @@
 //! no payload is copied or re-serialised; only error events, which are rare, are rendered
 //! afresh, and a payload that came over several `data:` lines is copied once to go out over
 //! as many (see `data_lines`).
+//!
+//! Beside that, each event is counted for the metrics ([`StreamStats`]): the events relayed,
+//! when the first token went out, and the usage the stream reports. The stats belong to the
+//! response body (`translate/body.rs`), which lends them to this module for the duration of
+//! each poll ([`observing`]): the body that drives the transform (`sse/body.rs`) need not
+//! carry them.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::LazyLock;
 
@@ -15,6 +22,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::framer::SseEvent;
@@ -23,6 +31,7 @@ use crate::dialect::Dialect;
 use crate::error::ApiError;
 use crate::translate::envelope::{self, Classified, Verdict};
 use crate::translate::error_body;
+use crate::translate::usage::{may_carry_usage, UsageReport};
 
 /// What happens to each event's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +87,7 @@ impl EventMode {
 
     /// Queues what `event` becomes and says what it meant.
     pub fn apply(self, event: SseEvent, upstream: Dialect, out: &mut VecDeque<Bytes>) -> EventKind {
+        note(|stats| stats.saw(&event, upstream));
         if event.is_done() {
             out.push_back(event.into_raw());
             return EventKind::Done;
@@ -233,6 +243,129 @@ fn stream_error(data: &[u8]) -> ApiError {
         .and_then(|code| StatusCode::from_u16(code).ok())
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     error_body::normalise(status, Some("application/json"), data)
+}
+
+/// What a stream's events said, for the metrics and the access log.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Events relayed from the upstream (comments not counted).
+    pub events: u64,
+    /// When the first event with content in a `choices[].delta` was queued for the client.
+    pub first_token: Option<tokio::time::Instant>,
+    /// The usage of the events that carried one, summed, and the model the last one named.
+    pub report: Option<UsageReport>,
+}
+
+impl StreamStats {
+    fn saw(&mut self, event: &SseEvent, upstream: Dialect) {
+        if event.is_comment() {
+            return;
+        }
+        self.events += 1;
+        let Some(data) = event.data() else {
+            return;
+        };
+        if self.first_token.is_none() && has_first_token(data) {
+            self.first_token = Some(tokio::time::Instant::now());
+        }
+        if may_carry_usage(data) {
+            // An envelope upstream may send bare events too.
+            let envelope = upstream == Dialect::Envelope;
+            let report = UsageReport::of(data, envelope)
+                .filter(|r| r.usage.is_some())
+                .or_else(|| envelope.then(|| UsageReport::of(data, false)).flatten());
+            if let Some(UsageReport {
+                model,
+                usage: Some(usage),
+            }) = report
+            {
+                let total = self.report.get_or_insert_with(UsageReport::default);
+                total.usage.get_or_insert_with(Default::default).add(&usage);
+                if model.is_some() {
+                    total.model = model;
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The stats of the stream being polled on this thread, lent by [`observing`].
+    static STATS: Cell<Option<StreamStats>> = const { Cell::new(None) };
+}
+
+/// Runs `poll` (a poll of a stream's body) with `stats` lent to [`EventMode::apply`].
+pub(crate) fn observing<R>(stats: &mut StreamStats, poll: impl FnOnce() -> R) -> R {
+    let previous = STATS.replace(Some(std::mem::take(stats)));
+    let result = poll();
+    if let Some(back) = STATS.replace(previous) {
+        *stats = back;
+    }
+    result
+}
+
+/// Updates the lent stats, if any (none outside [`observing`], as in unit tests).
+fn note(update: impl FnOnce(&mut StreamStats)) {
+    if let Some(mut stats) = STATS.take() {
+        update(&mut stats);
+        STATS.set(Some(stats));
+    }
+}
+
+/// True when a chunk (bare, or wrapped in an envelope's `data`) has a `choices[].delta` with
+/// non-empty `content`, `reasoning_content`, `refusal` or `tool_calls`. A substring check
+/// first; only candidates are parsed (borrowed, nothing copied).
+fn has_first_token(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Chunk<'a> {
+        #[serde(borrow, default)]
+        choices: Option<Vec<Choice<'a>>>,
+        #[serde(borrow, default)]
+        data: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow, default)]
+        delta: Option<Delta<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Delta<'a> {
+        #[serde(borrow, default)]
+        content: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        reasoning_content: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        refusal: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        tool_calls: Option<&'a RawValue>,
+    }
+    fn filled(value: Option<&RawValue>) -> bool {
+        value.is_some_and(|v| {
+            let v = v.get();
+            v != "\"\"" && !(v.starts_with('[') && v[1..].trim_start() == "]")
+        })
+    }
+    static DELTA: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"delta\""));
+    if DELTA.find(data).is_none() {
+        return false;
+    }
+    let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+        return false;
+    };
+    if let Some(inner) = chunk.data {
+        if has_first_token(inner.get().as_bytes()) {
+            return true;
+        }
+    }
+    chunk.choices.unwrap_or_default().iter().any(|choice| {
+        choice.delta.as_ref().is_some_and(|d| {
+            filled(d.content)
+                || filled(d.reasoning_content)
+                || filled(d.refusal)
+                || filled(d.tool_calls)
+        })
+    })
 }
 
 #[cfg(test)]
@@ -453,5 +586,78 @@ mod tests {
         let (out, kinds) = run(EventMode::Passthru, Dialect::Bare, input);
         assert_eq!(out.as_bytes(), input);
         assert_eq!(kinds, [EventKind::Normal, EventKind::Error]);
+    }
+
+    /// The stats of `input` run through `mode`, lent as the response body lends them.
+    fn stats(mode: EventMode, upstream: Dialect, input: &[u8]) -> StreamStats {
+        let mut stats = StreamStats::default();
+        observing(&mut stats, || run(mode, upstream, input));
+        stats
+    }
+
+    #[test]
+    fn stats_count_events_the_first_token_and_the_usage() {
+        let usage = crate::translate::usage::Usage {
+            prompt: Some(19),
+            completion: Some(10),
+            cached_prompt: Some(0),
+            reasoning: Some(0),
+        };
+        let bare: &[u8] = include_bytes!("../../../fixtures/bare/chat_completion_stream_usage.sse");
+        for mode in [EventMode::Passthru, EventMode::Wrap] {
+            let stats = stats(mode, Dialect::Bare, bare);
+            // Role chunk, 10 content chunks, the finish chunk, the usage chunk, [DONE].
+            assert_eq!(stats.events, 14, "{mode:?}");
+            assert!(stats.first_token.is_some());
+            assert_eq!(
+                stats.report,
+                Some(UsageReport {
+                    model: Some("gpt-4o-mini-2024-07-18".into()),
+                    usage: Some(usage),
+                })
+            );
+        }
+        // Wrapped events, unwrapped or passed; usage twice is summed.
+        let wrapped = b"data: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":{\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":2}}}\n\n: ping\n\ndata: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n";
+        for mode in [EventMode::Passthru, EventMode::Unwrap] {
+            let stats = stats(mode, Dialect::Envelope, wrapped);
+            assert_eq!(stats.events, 2, "{mode:?}");
+            assert_eq!(stats.first_token, None);
+            let report = stats.report.unwrap();
+            assert_eq!(report.model.as_deref(), Some("m"));
+            assert_eq!(report.usage.unwrap().prompt, Some(5));
+        }
+    }
+
+    #[test]
+    fn only_a_delta_with_content_is_a_first_token() {
+        for (data, token) in [
+            (
+                r#"{"choices":[{"delta":{"role":"assistant","content":"","refusal":null}}]}"#,
+                false,
+            ),
+            (r#"{"choices":[{"delta":{"tool_calls":[]}}]}"#, false),
+            (r#"{"choices":[{"delta":{}}],"x":"\"delta\""}"#, false),
+            (
+                r#"{"choices":[{"message":{"content":"hi"}}],"delta":1}"#,
+                false,
+            ),
+            (r#"{"choices":[{"delta":{"content":"Hi"}}]}"#, true),
+            (
+                r#"{"choices":[{"delta":{"reasoning_content":"So"}}]}"#,
+                true,
+            ),
+            (r#"{"choices":[{"delta":{"refusal":"No"}}]}"#, true),
+            (
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#,
+                true,
+            ),
+            (
+                r#"{"success":true,"code":"200","data":{"choices":[{"delta":{"content":"Hi"}}]}}"#,
+                true,
+            ),
+        ] {
+            assert_eq!(has_first_token(data.as_bytes()), token, "{data}");
+        }
     }
 }
