@@ -204,21 +204,7 @@ impl RequestRecord {
         let duration = self.start.elapsed();
         let outcome = self.outcome(end, stream_end);
         let metrics = &self.metrics;
-        match self.client {
-            Some(client) => metrics.request_finished(client, self.upstream, self.status, duration),
-            None => metrics.request_abandoned(),
-        }
-        if let Some(kind) = outcome.upstream_error {
-            metrics.upstream_error(kind);
-        }
-        // A stalled client is counted as a cancelling one; only the log tells them apart.
-        let cancelled = matches!(end, BodyEnd::Cancelled | BodyEnd::Stalled);
-        if self.translated && !cancelled && end != BodyEnd::Cut {
-            metrics.translated(self.upstream);
-        }
-        if cancelled {
-            metrics.client_cancelled();
-        }
+        // Before the request counts as finished: a reader that sees it finished sees these.
         // Tokens count from successes only: an error (the upstream's, or ours) reports none.
         let success = (200..300).contains(&self.status) && self.error_code.is_none();
         let usage = self
@@ -234,6 +220,21 @@ impl RequestRecord {
             if let Some(ttft) = self.first_token {
                 metrics.first_token(client, ttft);
             }
+        }
+        match self.client {
+            Some(client) => metrics.request_finished(client, self.upstream, self.status, duration),
+            None => metrics.request_abandoned(),
+        }
+        if let Some(kind) = outcome.upstream_error {
+            metrics.upstream_error(kind);
+        }
+        // A stalled client is counted as a cancelling one; only the log tells them apart.
+        let cancelled = matches!(end, BodyEnd::Cancelled | BodyEnd::Stalled);
+        if self.translated && !cancelled && end != BodyEnd::Cut {
+            metrics.translated(self.upstream);
+        }
+        if cancelled {
+            metrics.client_cancelled();
         }
         if self.stream {
             metrics.stream_finished(match end {

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -109,11 +109,20 @@ fn dialect_index(dialect: Dialect) -> usize {
     }
 }
 
-/// `envelope_proxy_tokens_total` by model, then by kind (in [`Usage::kinds`]' order).
+/// One model's token counts, by kind (in [`Usage::kinds`]' order); a kind never reported has
+/// no series (unknown is not zero).
+#[derive(Default)]
+struct Series {
+    counts: [AtomicU64; 4],
+    /// Bit `k`: kind `k` was reported at least once.
+    seen: AtomicU8,
+}
+
+/// `envelope_proxy_tokens_total` by model, then by kind.
 struct Tokens {
     max_models: usize,
-    models: RwLock<HashMap<Box<str>, [AtomicU64; 4]>>,
-    other: [AtomicU64; 4],
+    models: RwLock<HashMap<Box<str>, Series>>,
+    other: Series,
 }
 
 impl Tokens {
@@ -126,10 +135,11 @@ impl Tokens {
     }
 
     fn add(&self, model: &str, usage: &Usage) {
-        let add = |series: &[AtomicU64; 4]| {
-            for (slot, (_, count)) in series.iter().zip(usage.kinds()) {
+        let add = |series: &Series| {
+            for (k, (slot, (_, count))) in series.counts.iter().zip(usage.kinds()).enumerate() {
                 if let Some(count) = count {
                     slot.fetch_add(count, Relaxed);
+                    series.seen.fetch_or(1 << k, Relaxed);
                 }
             }
         };
@@ -154,8 +164,17 @@ impl Tokens {
             .into_iter()
             .filter_map(|name| Some((escape_label(name), models.get(name)?)))
             .chain([("other".to_string(), &self.other)]);
-        for (label, counts) in series {
-            for ((kind, _), count) in Usage::default().kinds().iter().zip(counts) {
+        for (label, series) in series {
+            let seen = series.seen.load(Relaxed);
+            for (k, ((kind, _), count)) in Usage::default()
+                .kinds()
+                .iter()
+                .zip(&series.counts)
+                .enumerate()
+            {
+                if seen & (1 << k) == 0 {
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "envelope_proxy_tokens_total{{model=\"{label}\",kind=\"{kind}\"}} {}",
@@ -602,7 +621,6 @@ mod tests {
         for line in [
             r#"envelope_proxy_tokens_total{model="a\"b\\c\nd",kind="prompt"} 6"#.to_string(),
             r#"envelope_proxy_tokens_total{model="a\"b\\c\nd",kind="completion"} 10"#.into(),
-            r#"envelope_proxy_tokens_total{model="a\"b\\c\nd",kind="cached_prompt"} 0"#.into(),
             r#"envelope_proxy_tokens_total{model="a\"b\\c\nd",kind="reasoning"} 2"#.into(),
             format!(r#"envelope_proxy_tokens_total{{model="{long}",kind="prompt"}} 3"#),
             r#"envelope_proxy_tokens_total{model="other",kind="prompt"} 3"#.into(),
@@ -611,6 +629,8 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
         assert!(!text.contains("third"));
+        // Never reported: no series, not a zero.
+        assert!(!text.contains("cached_prompt"), "{text}");
     }
 
     #[test]

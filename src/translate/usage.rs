@@ -7,7 +7,8 @@
 //! body and blind to how it is cut into frames. It looks only at the top-level `model` and
 //! `usage` members (inside `data` for an envelope): a `"usage"` inside a string or inside a
 //! nested object is not the response's usage. It does not validate the JSON; it reports only a
-//! body whose top-level object closed and had nothing but whitespace after it. Member names are
+//! body whose top-level object closed and had nothing but whitespace after it, and nothing for
+//! an envelope that says `"success":false` (an error, whatever its status). Member names are
 //! matched as written: a name spelt with escapes (`"us\u0061ge"`) is not recognised, which no
 //! API does.
 //!
@@ -99,6 +100,7 @@ pub(crate) fn may_carry_usage(data: &[u8]) -> bool {
 enum Key {
     Other,
     Data,
+    Success,
     Model,
     Usage,
     Prompt,
@@ -112,6 +114,7 @@ enum Key {
 fn key(name: &[u8]) -> Key {
     match name {
         b"data" => Key::Data,
+        b"success" => Key::Success,
         b"model" => Key::Model,
         b"usage" => Key::Usage,
         b"prompt_tokens" => Key::Prompt,
@@ -128,6 +131,8 @@ fn key(name: &[u8]) -> Key {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     None,
+    /// An envelope's `success`.
+    Success,
     Model,
     Usage,
     Prompt,
@@ -174,6 +179,8 @@ pub struct UsageScan {
     key_len: usize,
     model_raw: Vec<u8>,
     report: UsageReport,
+    /// An envelope that says `"success":false`.
+    failure: bool,
 }
 
 impl UsageScan {
@@ -189,6 +196,7 @@ impl UsageScan {
             key_len: 0,
             model_raw: Vec::new(),
             report: UsageReport::default(),
+            failure: false,
         }
     }
 
@@ -246,12 +254,12 @@ impl UsageScan {
 
     /// The report, if the body was a whole object.
     pub fn finish(self) -> Option<UsageReport> {
-        (self.state == State::Done).then_some(self.report)
+        (self.state == State::Done && !self.failure).then_some(self.report)
     }
 
     /// [`UsageScan::finish`] without giving up the scanner.
     pub fn report(&self) -> Option<&UsageReport> {
-        (self.state == State::Done).then_some(&self.report)
+        (self.state == State::Done && !self.failure).then_some(&self.report)
     }
 
     /// One byte outside any string.
@@ -325,6 +333,9 @@ impl UsageScan {
             b',' => self.expect_key = self.in_object(),
             _ if scalar => {
                 let target = self.target();
+                if target == Target::Success {
+                    self.failure = byte == b'f';
+                }
                 let number = match (target, byte) {
                     (
                         Target::Prompt | Target::Completion | Target::Cached | Target::Reasoning,
@@ -351,6 +362,9 @@ impl UsageScan {
             return Target::None;
         }
         let path = if self.envelope {
+            if d == 1 && self.keys[0] == Key::Success {
+                return Target::Success;
+            }
             if self.keys[0] != Key::Data {
                 return Target::None;
             }
@@ -535,6 +549,13 @@ mod tests {
         let expected = report("gpt-4o-mini-2024-07-18", Some(full()));
         assert_eq!(UsageReport::of(BARE, false), expected);
         assert_eq!(UsageReport::of(ENVELOPE, true), expected);
+        // An envelope that failed reports nothing, whatever its data says.
+        let failed = br#"{"success":false,"code":"500","message":"x","data":{"model":"m","usage":{"prompt_tokens":1}}}"#;
+        assert_eq!(UsageReport::of(failed, true), None);
+        assert_eq!(
+            UsageReport::of(&failed[..], false),
+            Some(UsageReport::default())
+        );
         // The wrong shape finds nothing.
         assert_eq!(UsageReport::of(BARE, true), Some(UsageReport::default()));
         assert_eq!(
