@@ -430,6 +430,7 @@ mod tests {
         assert_eq!(config.client_write_timeout, Duration::from_secs(60));
         assert_eq!(config.max_concurrent_streams, 128);
         assert_eq!(config.max_overflow_connections, 1024);
+        assert_eq!(config.metrics_max_models, 64);
     }
 
     #[test]
