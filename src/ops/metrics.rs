@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::dialect::Dialect;
 use crate::translate::sse::body::StreamEnd;
-use crate::translate::usage::{truncate, Usage, MAX_MODEL_BYTES};
+use crate::translate::usage::{cut, Usage, MAX_MODEL_BYTES};
 
 /// The default of `--metrics-max-models`.
 pub const DEFAULT_MAX_MODELS: usize = 64;
@@ -257,9 +257,8 @@ impl Metrics {
 
     /// Tokens a response reported; `model` as the response named it (`None`: `unknown`).
     pub(crate) fn tokens(&self, model: Option<&str>, usage: &Usage) {
-        let mut name = model.unwrap_or("unknown").to_string();
-        truncate(&mut name, MAX_MODEL_BYTES);
-        self.tokens.add(&name, usage);
+        self.tokens
+            .add(cut(model.unwrap_or("unknown"), MAX_MODEL_BYTES), usage);
     }
 
     pub(crate) fn first_token(&self, client: Dialect, elapsed: Duration) {

@@ -38,7 +38,7 @@ pin_project! {
             if let Some(mut record) = this.record.take() {
                 // hyper does not poll a body that says it is empty; that is a complete one.
                 let end = if this.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Cancelled };
-                finish(&mut record, &this.inner, end);
+                finish(&mut record, this.inner, end);
             }
         }
     }
@@ -71,11 +71,11 @@ impl ResponseBody {
 }
 
 /// Writes the record with what the body saw: its usage, its stream's stats, how it ended.
-fn finish(record: &mut RequestRecord, body: &ProxyBody, end: BodyEnd) {
-    if let Some(report) = body.usage_report() {
-        record.set_usage(report.clone());
+fn finish(record: &mut RequestRecord, mut body: Pin<&mut ProxyBody>, end: BodyEnd) {
+    if let Some(report) = body.as_mut().take_usage_report() {
+        record.set_usage(report);
     }
-    if let Some(stats) = body.stream_stats() {
+    if let Some(stats) = body.as_mut().take_stream_stats() {
         record.set_stream_stats(stats);
     }
     // A broken body's stream end is not read: the break is what ended it.
@@ -140,9 +140,9 @@ impl Body for ResponseBody {
                     }
                 }
                 Poll::Ready(Some(Err(_))) => {
-                    finish(record, &this.inner, BodyEnd::Broken);
+                    finish(record, this.inner.as_mut(), BodyEnd::Broken);
                 }
-                Poll::Ready(None) => finish(record, &this.inner, BodyEnd::Complete),
+                Poll::Ready(None) => finish(record, this.inner.as_mut(), BodyEnd::Complete),
                 Poll::Pending => {}
             }
         }
@@ -164,7 +164,7 @@ impl ResponseBody {
     pub fn client_stalled(self: Pin<&mut Self>) {
         let this = self.project();
         if let Some(mut record) = this.record.take() {
-            finish(&mut record, &this.inner, BodyEnd::Stalled);
+            finish(&mut record, this.inner, BodyEnd::Stalled);
         }
     }
 }

@@ -83,20 +83,21 @@ impl ProxyBody {
         }
     }
 
-    /// The `usage` and `model` a scanned pass-through body carried, once it was read whole.
-    pub(crate) fn usage_report(&self) -> Option<&UsageReport> {
-        match self {
-            ProxyBody::Passthru {
+    /// The `usage` and `model` a scanned pass-through body carried, once it was read whole
+    /// (moved out: asked once, when the body ends).
+    pub(crate) fn take_usage_report(self: Pin<&mut Self>) -> Option<UsageReport> {
+        match self.project() {
+            ProxyBodyProj::Passthru {
                 scan: Some(scan), ..
-            } => scan.report(),
+            } => scan.take_report(),
             _ => None,
         }
     }
 
-    /// What an event stream's events said so far.
-    pub(crate) fn stream_stats(&self) -> Option<&StreamStats> {
-        match self {
-            ProxyBody::Sse { stats, .. } => Some(stats),
+    /// What an event stream's events said (moved out: asked once, when the body ends).
+    pub(crate) fn take_stream_stats(self: Pin<&mut Self>) -> Option<StreamStats> {
+        match self.project() {
+            ProxyBodyProj::Sse { stats, .. } => Some(std::mem::take(stats)),
             _ => None,
         }
     }

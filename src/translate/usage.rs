@@ -257,9 +257,9 @@ impl UsageScan {
         (self.state == State::Done && !self.failure).then_some(self.report)
     }
 
-    /// [`UsageScan::finish`] without giving up the scanner.
-    pub fn report(&self) -> Option<&UsageReport> {
-        (self.state == State::Done && !self.failure).then_some(&self.report)
+    /// [`UsageScan::finish`] without giving up the scanner (its report is moved out).
+    pub fn take_report(&mut self) -> Option<UsageReport> {
+        (self.state == State::Done && !self.failure).then(|| std::mem::take(&mut self.report))
     }
 
     /// One byte outside any string.
@@ -499,13 +499,20 @@ fn unicode_escape(hex: &[u8]) -> Option<(char, &[u8])> {
 
 /// Cuts `s` to at most `max` bytes, on a character boundary.
 pub(crate) fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+    let len = cut(s, max).len();
+    s.truncate(len);
+}
+
+/// The longest start of `s` of at most `max` bytes that ends on a character boundary.
+pub(crate) fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
     }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[cfg(test)]

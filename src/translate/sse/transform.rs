@@ -295,7 +295,7 @@ thread_local! {
 }
 
 /// Runs `poll` (a poll of a stream's body) with `stats` lent to [`EventMode::apply`].
-pub(crate) fn observing<R>(stats: &mut StreamStats, poll: impl FnOnce() -> R) -> R {
+pub fn observing<R>(stats: &mut StreamStats, poll: impl FnOnce() -> R) -> R {
     let previous = STATS.replace(Some(std::mem::take(stats)));
     let result = poll();
     if let Some(back) = STATS.replace(previous) {
