@@ -87,13 +87,17 @@ impl UsageReport {
 pub(crate) fn may_carry_usage(data: &[u8]) -> bool {
     static USAGE: LazyLock<memchr::memmem::Finder<'static>> =
         LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
-    USAGE.find_iter(data).any(|at| {
-        let rest = data.get(at + 7..).unwrap_or_default().trim_ascii_start();
-        let Some(rest) = rest.strip_prefix(b":") else {
-            return true;
-        };
-        !rest.trim_ascii_start().starts_with(b"null")
-    })
+    USAGE
+        .find_iter(data)
+        .any(|at| not_null(data.get(at + 7..).unwrap_or_default()))
+}
+
+/// What follows a `"usage"`: true unless it is `: null` (a member whose value is null).
+fn not_null(rest: &[u8]) -> bool {
+    let Some(rest) = rest.trim_ascii_start().strip_prefix(b":") else {
+        return true;
+    };
+    !rest.trim_ascii_start().starts_with(b"null")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -87,15 +87,19 @@ impl EventMode {
 
     /// Queues what `event` becomes and says what it meant.
     pub fn apply(self, event: SseEvent, upstream: Dialect, out: &mut VecDeque<Bytes>) -> EventKind {
-        note(|stats| stats.saw(&event, upstream));
         if event.is_done() {
+            note(None, false, upstream);
             out.push_back(event.into_raw());
             return EventKind::Done;
         }
         let Some(data) = event.data().cloned() else {
+            if !event.is_comment() {
+                note(None, false, upstream);
+            }
             out.push_back(event.into_raw());
             return EventKind::Normal;
         };
+        note(Some(&data), usage_candidate(&data), upstream);
         match self {
             EventMode::Passthru => {
                 let kind = if upstream == Dialect::Envelope {
@@ -206,6 +210,24 @@ pub fn error_event(error: &ApiError, form: Dialect) -> Bytes {
     Bytes::from(event)
 }
 
+/// True when `data` may carry a non-null top-level `usage`, looking only after its last `]`:
+/// a chunk's `choices` array, which holds all its content, comes before the top-level `usage`
+/// in every API seen (OpenAI, Azure, vLLM, llama.cpp, Gemini; the usage chunk has
+/// `"choices":[]`), so the search costs the length of the chunk's tail, not of its content —
+/// a second search over every event would cost as much as the rest of the per-event work.
+fn usage_candidate(data: &[u8]) -> bool {
+    // The last `]` is usually a few bytes from the end: look there first, without the setup
+    // of a vector search.
+    let near = data.len().saturating_sub(64);
+    let from = match data[near..].iter().rposition(|&b| b == b']') {
+        Some(at) => near + at,
+        None => memchr::memrchr(b']', &data[..near]).unwrap_or(0),
+    };
+    let tail = data.get(from..).unwrap_or_default();
+    // Too short to hold `"usage"`: the common chunk ends `…]}`.
+    tail.len() >= 7 && may_carry_usage(tail)
+}
+
 /// True for `{"error": …}` (OpenAI's mid-stream error). A substring check first keeps the
 /// common case to one fast scan; only candidates are parsed.
 fn is_bare_error(data: &[u8]) -> bool {
@@ -257,59 +279,93 @@ pub struct StreamStats {
 }
 
 impl StreamStats {
-    fn saw(&mut self, event: &SseEvent, upstream: Dialect) {
-        if event.is_comment() {
-            return;
+    /// Adds the usage of an event (see [`EventMode::apply`]).
+    fn add(&mut self, report: UsageReport) {
+        let total = self.report.get_or_insert_with(UsageReport::default);
+        if let Some(usage) = report.usage {
+            total.usage.get_or_insert_with(Default::default).add(&usage);
         }
-        self.events += 1;
-        let Some(data) = event.data() else {
-            return;
-        };
-        if self.first_token.is_none() && has_first_token(data) {
-            self.first_token = Some(tokio::time::Instant::now());
-        }
-        if may_carry_usage(data) {
-            // An envelope upstream may send bare events too.
-            let envelope = upstream == Dialect::Envelope;
-            let report = UsageReport::of(data, envelope)
-                .filter(|r| r.usage.is_some())
-                .or_else(|| envelope.then(|| UsageReport::of(data, false)).flatten());
-            if let Some(UsageReport {
-                model,
-                usage: Some(usage),
-            }) = report
-            {
-                let total = self.report.get_or_insert_with(UsageReport::default);
-                total.usage.get_or_insert_with(Default::default).add(&usage);
-                if model.is_some() {
-                    total.model = model;
-                }
-            }
+        if report.model.is_some() {
+            total.model = report.model;
         }
     }
 }
 
+/// The part of the stats every event touches: plain data, so lending it costs two copies of
+/// a few words per poll (the usage, rare, is lent apart, see [`LENT_USAGE`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Set while a body lends its stats (see [`observing`]).
+    lent: bool,
+    events: u64,
+    first_token: Option<tokio::time::Instant>,
+    /// An event left its usage in [`LENT_USAGE`].
+    usage: bool,
+}
+
 thread_local! {
-    /// The stats of the stream being polled on this thread, lent by [`observing`].
-    static STATS: Cell<Option<StreamStats>> = const { Cell::new(None) };
+    /// The counts of the stream being polled on this thread, lent by [`observing`].
+    static LENT: Cell<Counts> = const { Cell::new(Counts { lent: false, events: 0, first_token: None, usage: false }) };
+    /// The usage events of that stream carried, taken back after the poll.
+    static LENT_USAGE: Cell<Option<UsageReport>> = const { Cell::new(None) };
 }
 
 /// Runs `poll` (a poll of a stream's body) with `stats` lent to [`EventMode::apply`].
 pub fn observing<R>(stats: &mut StreamStats, poll: impl FnOnce() -> R) -> R {
-    let previous = STATS.replace(Some(std::mem::take(stats)));
+    LENT.set(Counts {
+        lent: true,
+        events: stats.events,
+        first_token: stats.first_token,
+        usage: false,
+    });
     let result = poll();
-    if let Some(back) = STATS.replace(previous) {
-        *stats = back;
+    let counts = LENT.replace(Counts::default());
+    stats.events = counts.events;
+    stats.first_token = counts.first_token;
+    if counts.usage {
+        if let Some(report) = LENT_USAGE.take() {
+            stats.add(report);
+        }
     }
     result
 }
 
-/// Updates the lent stats, if any (none outside [`observing`], as in unit tests).
-fn note(update: impl FnOnce(&mut StreamStats)) {
-    if let Some(mut stats) = STATS.take() {
-        update(&mut stats);
-        STATS.set(Some(stats));
+/// An event went to the client; `data` and `usage` (it may carry usage, see [`usage_candidate`]) when
+/// it has data. Nothing outside [`observing`] (as in unit tests of the transform alone).
+fn note(data: Option<&[u8]>, usage: bool, upstream: Dialect) {
+    let mut counts = LENT.get();
+    if !counts.lent {
+        return;
     }
+    counts.events += 1;
+    if let Some(data) = data {
+        if counts.first_token.is_none() && has_first_token(data) {
+            counts.first_token = Some(tokio::time::Instant::now());
+        }
+        if usage {
+            if let Some(report) = usage_of(data, upstream) {
+                let mut lent = LENT_USAGE.take().unwrap_or_default();
+                if let Some(add) = report.usage {
+                    lent.usage.get_or_insert_with(Default::default).add(&add);
+                }
+                if report.model.is_some() {
+                    lent.model = report.model;
+                }
+                LENT_USAGE.set(Some(lent));
+                counts.usage = true;
+            }
+        }
+    }
+    LENT.set(counts);
+}
+
+/// The usage an event carries (an envelope upstream may send bare events too).
+fn usage_of(data: &[u8], upstream: Dialect) -> Option<UsageReport> {
+    let envelope = upstream == Dialect::Envelope;
+    UsageReport::of(data, envelope)
+        .filter(|r| r.usage.is_some())
+        .or_else(|| envelope.then(|| UsageReport::of(data, false)).flatten())
+        .filter(|r| r.usage.is_some())
 }
 
 /// True when a chunk (bare, or wrapped in an envelope's `data`) has a `choices[].delta` with
@@ -610,8 +666,8 @@ mod tests {
             assert_eq!(stats.events, 14, "{mode:?}");
             assert!(stats.first_token.is_some());
             assert_eq!(
-                stats.report,
-                Some(UsageReport {
+                stats.report.as_ref(),
+                Some(&UsageReport {
                     model: Some("gpt-4o-mini-2024-07-18".into()),
                     usage: Some(usage),
                 })
@@ -659,5 +715,30 @@ mod tests {
         ] {
             assert_eq!(has_first_token(data.as_bytes()), token, "{data}");
         }
+    }
+
+    #[test]
+    fn usage_is_looked_for_after_the_last_array() {
+        for (data, candidate) in [
+            (r#"{"choices":[],"usage":{"prompt_tokens":1}}"#, true),
+            (r#"{"usage":{"prompt_tokens":1}}"#, true),
+            (
+                r#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#,
+                false,
+            ),
+            (
+                r#"{"choices":[{"delta":{"content":"\"usage\": 1"}}]}"#,
+                false,
+            ),
+            // Documented limit: usage before the chunk's last array is not looked at.
+            (r#"{"usage":{"prompt_tokens":1},"choices":[]}"#, false),
+        ] {
+            assert_eq!(usage_candidate(data.as_bytes()), candidate, "{data}");
+        }
+        let long = format!(
+            r#"{{"choices":[],"usage":{{"prompt_tokens":1}},"pad":"{}"}}"#,
+            "x".repeat(100)
+        );
+        assert!(usage_candidate(long.as_bytes()));
     }
 }
