@@ -6,6 +6,10 @@
 //! - normalise: an upstream error body (OpenAI JSON, or an HTML page) into the client's
 //!   error, rendered in the envelope dialect.
 //!
+//! - usage-scan: what a pass-through success costs, its `usage` and `model` read as it goes
+//!   by (`translate::usage::UsageScan`, fed in 16 KiB frames); wrap and unwrap read theirs
+//!   from the payload they hold, as `translate_success` does.
+//!
 //! At 1 KiB, 64 KiB and 1 MiB; throughput in bytes of upstream body per second.
 
 use std::time::Duration;
@@ -14,6 +18,7 @@ use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use envelope_proxy::translate::envelope::{self, Classified, Verdict};
 use envelope_proxy::translate::error_body;
+use envelope_proxy::translate::usage::{UsageReport, UsageScan};
 use envelope_proxy::Dialect;
 use http::StatusCode;
 use serde::de::IgnoredAny;
@@ -52,13 +57,26 @@ fn html_error(size: usize) -> Bytes {
 
 fn wrap(body: &Bytes) -> [Bytes; 3] {
     assert!(serde_json::from_slice::<IgnoredAny>(body).is_ok());
+    black_box(UsageReport::of(body, false));
     envelope::wrap_success(body.clone())
+}
+
+fn scan(body: &Bytes) -> Option<UsageReport> {
+    let mut scan = UsageScan::new(false);
+    for frame in body.chunks(16 << 10) {
+        scan.feed(frame);
+    }
+    scan.finish()
 }
 
 fn unwrap(body: &Bytes) -> Bytes {
     match envelope::classify(body) {
         Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
-            Verdict::Success(data) => envelope::slice_payload(body, data),
+            Verdict::Success(data) => {
+                let payload = envelope::slice_payload(body, data);
+                black_box(UsageReport::of(&payload, false));
+                payload
+            }
             Verdict::Error(_) => unreachable!(),
         },
         _ => unreachable!(),
@@ -77,6 +95,11 @@ fn bench_json(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(bare.len() as u64));
         group.bench_with_input(BenchmarkId::new("wrap", label), &bare, |b, body| {
             b.iter(|| wrap(black_box(body)))
+        });
+        // The bodies carry usage: the scan measured is one that finds it.
+        assert!(scan(&bare).is_some_and(|r| r.usage.is_some()));
+        group.bench_with_input(BenchmarkId::new("usage-scan", label), &bare, |b, body| {
+            b.iter(|| scan(black_box(body)))
         });
         group.throughput(Throughput::Bytes(wrapped.len() as u64));
         group.bench_with_input(BenchmarkId::new("unwrap", label), &wrapped, |b, body| {

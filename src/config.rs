@@ -142,6 +142,11 @@ pub struct Config {
     #[arg(long, env = "ENVELOPE_PROXY_MAX_SSE_EVENT", default_value_t = 4 * 1024 * 1024)]
     pub max_sse_event: usize,
 
+    /// Models labelled by name in envelope_proxy_tokens_total: the first N distinct models
+    /// seen keep their own `model` label, later ones count under `model="other"`.
+    #[arg(long, env = "ENVELOPE_PROXY_METRICS_MAX_MODELS", default_value_t = 64)]
+    pub metrics_max_models: usize,
+
     /// File of client keys, one per line (`#` comments allowed); when set, every proxied request
     /// needs `Authorization: Bearer <key>`. Defaults to the systemd credential `api-keys`.
     #[arg(long, env = "ENVELOPE_PROXY_API_KEYS_FILE")]
@@ -425,6 +430,7 @@ mod tests {
         assert_eq!(config.client_write_timeout, Duration::from_secs(60));
         assert_eq!(config.max_concurrent_streams, 128);
         assert_eq!(config.max_overflow_connections, 1024);
+        assert_eq!(config.metrics_max_models, 64);
     }
 
     #[test]

@@ -392,6 +392,10 @@ async fn the_access_log_has_one_json_line_per_request_and_no_secrets() {
             "upstream_status": 200,
             "bytes": body.len(),
             "outcome": "ok",
+            // The response's own model and usage (issue 17).
+            "model": "gpt-4o-mini-2024-07-18",
+            "prompt_tokens": 27,
+            "completion_tokens": 86,
         })
     );
 }

@@ -93,7 +93,7 @@ impl Server {
         };
         let upstream_tls =
             upstream_tls_config(&config, provider, reload).map_err(StartError::Tls)?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(config.metrics_max_models));
         let config = Arc::new(config);
         let worker_count = config.worker_threads.map_or_else(
             || std::thread::available_parallelism().map_or(1, usize::from),

@@ -8,7 +8,9 @@
 //! written, to stderr through `tracing` (target `access`):
 //!
 //! `request_id method path dialect upstream_shape status upstream_status duration_ms ttfb_ms
-//! bytes outcome` — never a body, a query string, a key or an `Authorization` header. The path
+//! bytes outcome`, then when known `model prompt_tokens completion_tokens` (the response's own
+//! usage), `ttft_ms` (streams: time to the first event with content) and `trace_id` (from a
+//! valid W3C `traceparent`) — never a body, a query string, a key or an `Authorization` header. The path
 //! is escaped as nginx escapes its logs: bytes outside visible ASCII (control characters,
 //! spaces, raw UTF-8 such as bidi overrides) and `"` and `\` become `\xHH`, so a path can
 //! neither forge a line nor reorder what a terminal shows.
@@ -25,6 +27,8 @@ use crate::dialect::Dialect;
 use crate::error::ErrorCode;
 use crate::ops::metrics::{Metrics, UpstreamErrorKind};
 use crate::translate::sse::body::StreamEnd;
+use crate::translate::sse::transform::StreamStats;
+use crate::translate::usage::UsageReport;
 
 /// The status logged for a request the client abandoned before any response (as nginx does).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -69,6 +73,13 @@ pub(crate) struct RequestRecord {
     client_aborted: bool,
     /// Cancelled when the shutdown grace runs out: a body dropped after that was cut by us.
     cut: Option<CancellationToken>,
+    /// The response's `usage` and `model`, when it had them.
+    report: Option<UsageReport>,
+    /// Streams: events relayed, and the time to the first one with content.
+    events: u64,
+    first_token: Option<Duration>,
+    /// The trace-id of a valid W3C `traceparent`.
+    trace_id: Option<String>,
     done: bool,
 }
 
@@ -98,7 +109,32 @@ impl RequestRecord {
             bytes: 0,
             client_aborted: false,
             cut: None,
+            report: None,
+            events: 0,
+            first_token: None,
+            trace_id: None,
             done: false,
+        }
+    }
+
+    /// See [`trace_id`].
+    pub(crate) fn set_trace_id(&mut self, trace_id: Option<String>) {
+        self.trace_id = trace_id;
+    }
+
+    /// The `usage` and `model` of a body the proxy read whole, or scanned.
+    pub(crate) fn set_usage(&mut self, report: UsageReport) {
+        self.report = Some(report);
+    }
+
+    /// What a stream's events said (read when the body ends).
+    pub(crate) fn set_stream_stats(&mut self, stats: StreamStats) {
+        self.events = stats.events;
+        self.first_token = stats
+            .first_token
+            .map(|at| at.saturating_duration_since(self.start));
+        if stats.report.is_some() {
+            self.report = stats.report;
         }
     }
 
@@ -168,6 +204,23 @@ impl RequestRecord {
         let duration = self.start.elapsed();
         let outcome = self.outcome(end, stream_end);
         let metrics = &self.metrics;
+        // Before the request counts as finished: a reader that sees it finished sees these.
+        // Tokens count from successes only: an error (the upstream's, or ours) reports none.
+        let success = (200..300).contains(&self.status) && self.error_code.is_none();
+        let usage = self
+            .report
+            .as_ref()
+            .filter(|_| success)
+            .and_then(|r| Some((r.model.as_deref(), r.usage.as_ref()?)));
+        if let Some((model, usage)) = usage {
+            metrics.tokens(model, usage);
+        }
+        if let (Some(client), true) = (self.client, self.stream) {
+            metrics.stream_events(client, self.events);
+            if let Some(ttft) = self.first_token {
+                metrics.first_token(client, ttft);
+            }
+        }
         match self.client {
             Some(client) => metrics.request_finished(client, self.upstream, self.status, duration),
             None => metrics.request_abandoned(),
@@ -195,6 +248,11 @@ impl RequestRecord {
         let ttfb_ms = self.first_byte.map(millis);
         let request_id = self.request_id.to_str().unwrap_or("-");
         let dialect = self.client.map_or("-", Dialect::as_str);
+        let model = self.report.as_ref().and_then(|r| r.model.as_deref());
+        let prompt_tokens = usage.and_then(|(_, u)| u.prompt);
+        let completion_tokens = usage.and_then(|(_, u)| u.completion);
+        let ttft_ms = self.first_token.map(millis);
+        let trace_id = self.trace_id.as_deref();
         macro_rules! line {
             ($level:expr) => {
                 tracing::event!(
@@ -211,6 +269,11 @@ impl RequestRecord {
                     ttfb_ms,
                     bytes = self.bytes,
                     outcome = outcome.label,
+                    model,
+                    prompt_tokens,
+                    completion_tokens,
+                    ttft_ms,
+                    trace_id,
                     "request"
                 )
             };
@@ -305,6 +368,22 @@ impl Outcome {
     }
 }
 
+/// The trace-id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, version `00`, neither
+/// id all zeros), lower-case as the spec writes it; anything else has none.
+pub(crate) fn trace_id(traceparent: Option<&HeaderValue>) -> Option<String> {
+    let value = traceparent?.as_bytes();
+    let hex = |b: &[u8]| b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let zero = |b: &[u8]| b.iter().all(|&c| c == b'0');
+    if value.len() != 55 || !value.starts_with(b"00-") || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let (trace, parent, flags) = (&value[3..35], &value[36..52], &value[53..55]);
+    if !hex(trace) || !hex(parent) || !hex(flags) || zero(trace) || zero(parent) {
+        return None;
+    }
+    String::from_utf8(trace.to_vec()).ok()
+}
+
 /// The path as logged: see the module docs.
 fn escape_path(path: &str) -> String {
     use std::fmt::Write as _;
@@ -354,6 +433,29 @@ mod tests {
     ) -> (&'static str, Option<UpstreamErrorKind>, bool) {
         let o = record(error_code, upstream_status).outcome(end, stream_end);
         (o.label, o.upstream_error, o.warn)
+    }
+
+    #[test]
+    fn only_valid_traceparents_give_a_trace_id() {
+        let id = |v: &str| trace_id(Some(&HeaderValue::from_str(v).unwrap()));
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            id(&format!("00-{trace}-00f067aa0ba902b7-01")).as_deref(),
+            Some(trace)
+        );
+        for bad in [
+            format!("01-{trace}-00f067aa0ba902b7-01"),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{trace}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", trace.to_uppercase()),
+            format!("00-{trace}-00f067aa0ba902b7-01-x"),
+            format!("00-{trace}-00f067aa0ba902b7"),
+            format!("00-{trace}x00f067aa0ba902b7-01"),
+            format!("00-{trace}-00f067aa0ba902bg-01"),
+        ] {
+            assert_eq!(id(&bad), None, "{bad}");
+        }
+        assert_eq!(trace_id(None), None);
     }
 
     #[test]

@@ -4,14 +4,24 @@
 //! handful of error kinds and stream outcomes), so each series is a plain atomic in a fixed
 //! array: recording is one `fetch_add`, with no map, lock or allocation. [`Metrics::render`]
 //! writes the Prometheus text format (version 0.0.4) by hand.
+//!
+//! The one open label set is `model` on the token counters: the first `--metrics-max-models`
+//! models seen keep their own series, later ones count under `model="other"`, so the set stays
+//! bounded. Finding a model's series takes a read lock, once per response that reports usage
+//! (a write lock the first time a model is seen), never per event or per byte.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use crate::dialect::Dialect;
 use crate::translate::sse::body::StreamEnd;
+use crate::translate::usage::{cut, Usage, MAX_MODEL_BYTES};
+
+/// The default of `--metrics-max-models`.
+pub const DEFAULT_MAX_MODELS: usize = 64;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -99,8 +109,97 @@ fn dialect_index(dialect: Dialect) -> usize {
     }
 }
 
-/// Every series the proxy exports.
+/// One model's token counts, by kind (in [`Usage::kinds`]' order); a kind never reported has
+/// no series (unknown is not zero).
 #[derive(Default)]
+struct Series {
+    counts: [AtomicU64; 4],
+    /// Bit `k`: kind `k` was reported at least once.
+    seen: AtomicU8,
+}
+
+/// `envelope_proxy_tokens_total` by model, then by kind.
+struct Tokens {
+    max_models: usize,
+    models: RwLock<HashMap<Box<str>, Series>>,
+    other: Series,
+}
+
+impl Tokens {
+    fn new(max_models: usize) -> Self {
+        Self {
+            max_models,
+            models: RwLock::default(),
+            other: Default::default(),
+        }
+    }
+
+    fn add(&self, model: &str, usage: &Usage) {
+        let add = |series: &Series| {
+            for (k, (slot, (_, count))) in series.counts.iter().zip(usage.kinds()).enumerate() {
+                if let Some(count) = count {
+                    slot.fetch_add(count, Relaxed);
+                    series.seen.fetch_or(1 << k, Relaxed);
+                }
+            }
+        };
+        // A poisoned lock only means another thread panicked mid-insert: the map is whole.
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(series) = models.get(model) {
+            return add(series);
+        }
+        drop(models);
+        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        if models.len() >= self.max_models && !models.contains_key(model) {
+            return add(&self.other);
+        }
+        add(models.entry(model.into()).or_default());
+    }
+
+    fn render(&self, out: &mut String) {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<&str> = models.keys().map(AsRef::as_ref).collect();
+        names.sort_unstable();
+        let series = names
+            .into_iter()
+            .filter_map(|name| Some((escape_label(name), models.get(name)?)))
+            .chain([("other".to_string(), &self.other)]);
+        for (label, series) in series {
+            let seen = series.seen.load(Relaxed);
+            for (k, ((kind, _), count)) in Usage::default()
+                .kinds()
+                .iter()
+                .zip(&series.counts)
+                .enumerate()
+            {
+                if seen & (1 << k) == 0 {
+                    continue;
+                }
+                let _ = writeln!(
+                    out,
+                    "envelope_proxy_tokens_total{{model=\"{label}\",kind=\"{kind}\"}} {}",
+                    count.load(Relaxed)
+                );
+            }
+        }
+    }
+}
+
+/// A label value as the text format wants it: `\`, `"` and line feeds escaped.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    for ch in value.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            ch => out.push(ch),
+        }
+    }
+    out
+}
+
+/// Every series the proxy exports.
 pub struct Metrics {
     /// [client dialect][upstream shape][status class 1xx..5xx]
     requests: [[[AtomicU64; 5]; 2]; 2],
@@ -121,9 +220,55 @@ pub struct Metrics {
     connections_refused: [AtomicU64; 2],
     /// Each worker's open-connection count, in worker order (the workers keep them).
     worker_connections: OnceLock<Vec<Arc<AtomicUsize>>>,
+    tokens: Tokens,
+    /// By client dialect.
+    time_to_first_token: [Histogram; 2],
+    stream_events: [AtomicU64; 2],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_MODELS)
+    }
 }
 
 impl Metrics {
+    /// The metrics of a proxy that labels at most `max_models` models by name.
+    pub fn new(max_models: usize) -> Self {
+        Self {
+            requests: Default::default(),
+            duration: Default::default(),
+            time_to_first_byte: Default::default(),
+            upstream_errors: Default::default(),
+            translations: Default::default(),
+            active_requests: AtomicI64::default(),
+            active_streams: AtomicI64::default(),
+            streamed_bytes: AtomicU64::default(),
+            client_cancellations: AtomicU64::default(),
+            streams: Default::default(),
+            reloads: Default::default(),
+            connections_refused: Default::default(),
+            worker_connections: OnceLock::new(),
+            tokens: Tokens::new(max_models),
+            time_to_first_token: Default::default(),
+            stream_events: Default::default(),
+        }
+    }
+
+    /// Tokens a response reported; `model` as the response named it (`None`: `unknown`).
+    pub(crate) fn tokens(&self, model: Option<&str>, usage: &Usage) {
+        self.tokens
+            .add(cut(model.unwrap_or("unknown"), MAX_MODEL_BYTES), usage);
+    }
+
+    pub(crate) fn first_token(&self, client: Dialect, elapsed: Duration) {
+        self.time_to_first_token[dialect_index(client)].observe(elapsed);
+    }
+
+    pub(crate) fn stream_events(&self, client: Dialect, events: u64) {
+        self.stream_events[dialect_index(client)].fetch_add(events, Relaxed);
+    }
+
     pub(crate) fn request_started(&self) {
         self.active_requests.fetch_add(1, Relaxed);
     }
@@ -254,6 +399,43 @@ impl Metrics {
                 &mut out,
                 "envelope_proxy_time_to_first_byte_seconds",
                 &format!("dialect=\"{}\"", client.as_str()),
+            );
+        }
+
+        header(
+            &mut out,
+            "envelope_proxy_time_to_first_token_seconds",
+            "histogram",
+            "Streamed chat completions: from the request's arrival to the first event with content.",
+        );
+        for client in DIALECTS {
+            self.time_to_first_token[dialect_index(client)].render(
+                &mut out,
+                "envelope_proxy_time_to_first_token_seconds",
+                &format!("dialect=\"{}\"", client.as_str()),
+            );
+        }
+
+        header(
+            &mut out,
+            "envelope_proxy_tokens_total",
+            "counter",
+            "Tokens the upstream reported in usage objects, by the response's model and kind.",
+        );
+        self.tokens.render(&mut out);
+
+        header(
+            &mut out,
+            "envelope_proxy_stream_events_total",
+            "counter",
+            "Events relayed from the upstream to clients, by client dialect (comments not counted).",
+        );
+        for client in DIALECTS {
+            let _ = writeln!(
+                out,
+                "envelope_proxy_stream_events_total{{dialect=\"{}\"}} {}",
+                client.as_str(),
+                self.stream_events[dialect_index(client)].load(Relaxed)
             );
         }
 
@@ -418,6 +600,36 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+    }
+
+    #[test]
+    fn tokens_keep_the_first_models_then_other_escaped_and_capped() {
+        let metrics = Metrics::new(2);
+        let usage = Usage {
+            prompt: Some(3),
+            completion: Some(5),
+            cached_prompt: None,
+            reasoning: Some(1),
+        };
+        metrics.tokens(Some("a\"b\\c\nd"), &usage);
+        metrics.tokens(Some(&"é".repeat(100)), &usage);
+        metrics.tokens(Some("third"), &usage);
+        metrics.tokens(Some("a\"b\\c\nd"), &usage);
+        let text = metrics.render();
+        let long = "é".repeat(64);
+        for line in [
+            r#"envelope_proxy_tokens_total{model="a\"b\\c\nd",kind="prompt"} 6"#.to_string(),
+            r#"envelope_proxy_tokens_total{model="a\"b\\c\nd",kind="completion"} 10"#.into(),
+            r#"envelope_proxy_tokens_total{model="a\"b\\c\nd",kind="reasoning"} 2"#.into(),
+            format!(r#"envelope_proxy_tokens_total{{model="{long}",kind="prompt"}} 3"#),
+            r#"envelope_proxy_tokens_total{model="other",kind="prompt"} 3"#.into(),
+            r#"envelope_proxy_tokens_total{model="other",kind="reasoning"} 1"#.into(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        assert!(!text.contains("third"));
+        // Never reported: no series, not a zero.
+        assert!(!text.contains("cached_prompt"), "{text}");
     }
 
     #[test]

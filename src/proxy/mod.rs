@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dialect::{self, route, Dialect, Route};
-use crate::ops::access_log::RequestRecord;
+use crate::ops::access_log::{self, RequestRecord};
 use crate::ops::credentials;
 use crate::ops::metrics::{self, Metrics};
 use crate::ops::reload::Reloadable;
@@ -285,6 +285,8 @@ impl Proxy {
             self.config.upstream_shape,
         );
         record.set_cut(self.cut.clone());
+        // Logged only; the header itself is forwarded upstream as it came.
+        record.set_trace_id(access_log::trace_id(request.headers().get("traceparent")));
         record
     }
 

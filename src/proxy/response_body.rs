@@ -18,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::error::{BoxError, ErrorCode};
 use crate::ops::access_log::{BodyEnd, ClientAborted, RequestRecord};
 use crate::translate::body::ProxyBody;
+use crate::translate::usage::UsageReport;
 use crate::translate::Translated;
 
 pin_project! {
@@ -37,7 +38,7 @@ pin_project! {
             if let Some(mut record) = this.record.take() {
                 // hyper does not poll a body that says it is empty; that is a complete one.
                 let end = if this.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Cancelled };
-                record.complete(end, this.inner.stream_end());
+                finish(&mut record, this.inner, end);
             }
         }
     }
@@ -69,6 +70,23 @@ impl ResponseBody {
     }
 }
 
+/// Writes the record with what the body saw: its usage, its stream's stats, how it ended.
+fn finish(record: &mut RequestRecord, mut body: Pin<&mut ProxyBody>, end: BodyEnd) {
+    if let Some(report) = body.as_mut().take_usage_report() {
+        record.set_usage(report);
+    }
+    if let Some(stats) = body.as_mut().take_stream_stats() {
+        record.set_stream_stats(stats);
+    }
+    // A broken body's stream end is not read: the break is what ended it.
+    let stream_end = if end == BodyEnd::Broken {
+        None
+    } else {
+        body.stream_end()
+    };
+    record.complete(end, stream_end);
+}
+
 /// Response extension: the status the upstream answered with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct UpstreamStatus(pub(crate) StatusCode);
@@ -82,6 +100,9 @@ pub(crate) fn observed(
     let upstream_status = extensions.remove::<UpstreamStatus>().map(|s| s.0.as_u16());
     let error_code = extensions.remove::<ErrorCode>();
     let translated = extensions.remove::<Translated>().is_some();
+    if let Some(report) = extensions.remove::<UsageReport>() {
+        record.set_usage(report);
+    }
     if extensions.remove::<ClientAborted>().is_some() {
         record.set_client_aborted();
     }
@@ -118,8 +139,10 @@ impl Body for ResponseBody {
                         record.on_data(data.len());
                     }
                 }
-                Poll::Ready(Some(Err(_))) => record.complete(BodyEnd::Broken, None),
-                Poll::Ready(None) => record.complete(BodyEnd::Complete, this.inner.stream_end()),
+                Poll::Ready(Some(Err(_))) => {
+                    finish(record, this.inner.as_mut(), BodyEnd::Broken);
+                }
+                Poll::Ready(None) => finish(record, this.inner.as_mut(), BodyEnd::Complete),
                 Poll::Pending => {}
             }
         }
@@ -141,7 +164,7 @@ impl ResponseBody {
     pub fn client_stalled(self: Pin<&mut Self>) {
         let this = self.project();
         if let Some(mut record) = this.record.take() {
-            record.complete(BodyEnd::Stalled, this.inner.stream_end());
+            finish(&mut record, this.inner, BodyEnd::Stalled);
         }
     }
 }

@@ -3,6 +3,9 @@
 //! One enum, so the service has one concrete type (no boxing per request): a `Passthru`
 //! variant that forwards the upstream body untouched — the common case pays nothing — beside
 //! the variants that carry rewritten bodies.
+//!
+//! A pass-through JSON success is watched as it goes by ([`UsageScan`]: no copy, no buffer)
+//! for its `usage` and `model`; an event stream keeps its [`StreamStats`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,25 +16,36 @@ use pin_project_lite::pin_project;
 
 use crate::error::BoxError;
 use crate::translate::sse::body::StreamEnd;
+use crate::translate::sse::transform::{observing, StreamStats};
 use crate::translate::sse::SseBody;
 use crate::translate::upstream_body::UpstreamBody;
+use crate::translate::usage::{UsageReport, UsageScan};
 
 pin_project! {
     /// A response body: pass-through, a few in-memory pieces, or a translated event stream.
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
-        /// The upstream's body, frame for frame.
-        Passthru { #[pin] inner: UpstreamBody },
+        /// The upstream's body, frame for frame; `scan` watches a JSON success's frames.
+        Passthru { #[pin] inner: UpstreamBody, scan: Option<UsageScan> },
         /// Up to three pieces sent in order (prefix, payload, suffix), with an exact length.
         Parts { parts: [Bytes; 3], next: usize },
         /// An SSE stream re-framed and translated event by event.
-        Sse { #[pin] inner: SseBody<UpstreamBody> },
+        Sse { #[pin] inner: SseBody<UpstreamBody>, stats: StreamStats },
     }
 }
 
 impl ProxyBody {
     pub fn passthru(inner: UpstreamBody) -> Self {
-        ProxyBody::Passthru { inner }
+        ProxyBody::Passthru { inner, scan: None }
+    }
+
+    /// A pass-through JSON success whose `usage` and `model` are read on the way
+    /// (`envelope`: inside its `data`).
+    pub fn passthru_scanned(inner: UpstreamBody, envelope: bool) -> Self {
+        ProxyBody::Passthru {
+            inner,
+            scan: Some(UsageScan::new(envelope)),
+        }
     }
 
     pub fn full(bytes: Bytes) -> Self {
@@ -51,7 +65,10 @@ impl ProxyBody {
     }
 
     pub fn sse(inner: SseBody<UpstreamBody>) -> Self {
-        ProxyBody::Sse { inner }
+        ProxyBody::Sse {
+            inner,
+            stats: StreamStats::default(),
+        }
     }
 
     pub fn is_stream(&self) -> bool {
@@ -61,7 +78,26 @@ impl ProxyBody {
     /// How an event stream ended (`None` for other bodies, and while a stream runs).
     pub(crate) fn stream_end(&self) -> Option<StreamEnd> {
         match self {
-            ProxyBody::Sse { inner } => inner.stream_end(),
+            ProxyBody::Sse { inner, .. } => inner.stream_end(),
+            _ => None,
+        }
+    }
+
+    /// The `usage` and `model` a scanned pass-through body carried, once it was read whole
+    /// (moved out: asked once, when the body ends).
+    pub(crate) fn take_usage_report(self: Pin<&mut Self>) -> Option<UsageReport> {
+        match self.project() {
+            ProxyBodyProj::Passthru {
+                scan: Some(scan), ..
+            } => scan.take_report(),
+            _ => None,
+        }
+    }
+
+    /// What an event stream's events said (moved out: asked once, when the body ends).
+    pub(crate) fn take_stream_stats(self: Pin<&mut Self>) -> Option<StreamStats> {
+        match self.project() {
+            ProxyBodyProj::Sse { stats, .. } => Some(std::mem::take(stats)),
             _ => None,
         }
     }
@@ -76,7 +112,15 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            ProxyBodyProj::Passthru { inner } => inner.poll_frame(cx).map_err(Into::into),
+            ProxyBodyProj::Passthru { inner, scan } => {
+                let polled = inner.poll_frame(cx);
+                if let (Some(scan), Poll::Ready(Some(Ok(frame)))) = (scan.as_mut(), &polled) {
+                    if let Some(data) = frame.data_ref() {
+                        scan.feed(data);
+                    }
+                }
+                polled.map_err(Into::into)
+            }
             ProxyBodyProj::Parts { parts, next } => {
                 while let Some(part) = parts.get_mut(*next) {
                     *next += 1;
@@ -86,25 +130,25 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(None)
             }
-            ProxyBodyProj::Sse { inner } => inner.poll_frame(cx),
+            ProxyBodyProj::Sse { inner, stats } => observing(stats, || inner.poll_frame(cx)),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Passthru { inner } => inner.is_end_stream(),
+            ProxyBody::Passthru { inner, .. } => inner.is_end_stream(),
             ProxyBody::Parts { parts, next } => parts.iter().skip(*next).all(Bytes::is_empty),
-            ProxyBody::Sse { inner } => inner.is_end_stream(),
+            ProxyBody::Sse { inner, .. } => inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Passthru { inner } => inner.size_hint(),
+            ProxyBody::Passthru { inner, .. } => inner.size_hint(),
             ProxyBody::Parts { parts, next } => {
                 SizeHint::with_exact(parts.iter().skip(*next).map(|p| p.len() as u64).sum())
             }
-            ProxyBody::Sse { inner } => inner.size_hint(),
+            ProxyBody::Sse { inner, .. } => inner.size_hint(),
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod error_body;
 pub mod sse;
 pub(crate) mod synthetic;
 pub mod upstream_body;
+pub mod usage;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -64,6 +65,15 @@ pub struct Exchange {
     pub stream: StreamSettings,
     /// Cancelled when the shutdown grace period runs out: open streams end with an error event.
     pub cut: CancellationToken,
+}
+
+/// Response extension: the `usage` and `model` of a success the proxy read whole (pass-through
+/// bodies carry theirs in the body: see `body.rs`).
+fn with_usage(mut response: Response<ProxyBody>, payload: &[u8]) -> Response<ProxyBody> {
+    if let Some(report) = usage::UsageReport::of(payload, false) {
+        response.extensions_mut().insert(report);
+    }
+    response
 }
 
 /// Response extension: the body was rewritten from the upstream's dialect into the client's.
@@ -108,8 +118,17 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
         return Response::from_parts(parts, ProxyBody::passthru(body));
     }
     if status.is_success() {
-        if same_dialect || !headers::is_json_or_unspecified(&parts.headers) {
+        if !headers::is_json_or_unspecified(&parts.headers) {
             return Response::from_parts(parts, ProxyBody::passthru(body));
+        }
+        if same_dialect {
+            // Watched on the way for its usage: a coded body cannot be read.
+            let body = if encoded {
+                ProxyBody::passthru(body)
+            } else {
+                ProxyBody::passthru_scanned(body, exchange.upstream == Dialect::Envelope)
+            };
+            return Response::from_parts(parts, body);
         }
         if encoded {
             return error_response(exchange.client, &encoded_body(&parts), Some(parts.headers));
@@ -158,11 +177,13 @@ fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response
             } else {
                 return error_response(exchange.client, &invalid_json(&parts), Some(parts.headers));
             };
-            translated(json_response(
+            let report = payload.clone();
+            let response = translated(json_response(
                 parts.status,
                 parts.headers,
                 wrap_success(parts.status, payload),
-            ))
+            ));
+            with_usage(response, &report)
         }
         // An empty success has no payload to unwrap: it is relayed empty.
         Dialect::Bare if body.is_empty() => json_response(
@@ -174,22 +195,28 @@ fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response
             Classified::Envelope(env) => match env.verdict(parts.status) {
                 Verdict::Success(data) => {
                     let payload = envelope::slice_payload(&body, data);
-                    translated(json_response(
+                    let report = payload.clone();
+                    let response = translated(json_response(
                         parts.status,
                         parts.headers,
                         [payload, Bytes::new(), Bytes::new()],
-                    ))
+                    ));
+                    with_usage(response, &report)
                 }
                 Verdict::Error(error) => {
                     translated(error_response(exchange.client, &error, Some(parts.headers)))
                 }
             },
             // Already bare: an upstream that answers some endpoints without an envelope.
-            Classified::Json => json_response(
-                parts.status,
-                parts.headers,
-                [body, Bytes::new(), Bytes::new()],
-            ),
+            Classified::Json => {
+                let report = body.clone();
+                let response = json_response(
+                    parts.status,
+                    parts.headers,
+                    [body, Bytes::new(), Bytes::new()],
+                );
+                with_usage(response, &report)
+            }
             Classified::NotJson => {
                 error_response(exchange.client, &invalid_json(&parts), Some(parts.headers))
             }

@@ -7,7 +7,14 @@
 //! no payload is copied or re-serialised; only error events, which are rare, are rendered
 //! afresh, and a payload that came over several `data:` lines is copied once to go out over
 //! as many (see `data_lines`).
+//!
+//! Beside that, each event is counted for the metrics ([`StreamStats`]): the events relayed,
+//! when the first token went out, and the usage the stream reports. The stats belong to the
+//! response body (`translate/body.rs`), which lends them to this module for the duration of
+//! each poll ([`observing`]): the body that drives the transform (`sse/body.rs`) need not
+//! carry them.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::LazyLock;
 
@@ -15,6 +22,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::framer::SseEvent;
@@ -23,6 +31,7 @@ use crate::dialect::Dialect;
 use crate::error::ApiError;
 use crate::translate::envelope::{self, Classified, Verdict};
 use crate::translate::error_body;
+use crate::translate::usage::{may_carry_usage, UsageReport};
 
 /// What happens to each event's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,13 +88,18 @@ impl EventMode {
     /// Queues what `event` becomes and says what it meant.
     pub fn apply(self, event: SseEvent, upstream: Dialect, out: &mut VecDeque<Bytes>) -> EventKind {
         if event.is_done() {
+            note(None, false, upstream);
             out.push_back(event.into_raw());
             return EventKind::Done;
         }
         let Some(data) = event.data().cloned() else {
+            if !event.is_comment() {
+                note(None, false, upstream);
+            }
             out.push_back(event.into_raw());
             return EventKind::Normal;
         };
+        note(Some(&data), usage_candidate(&data), upstream);
         match self {
             EventMode::Passthru => {
                 let kind = if upstream == Dialect::Envelope {
@@ -196,6 +210,24 @@ pub fn error_event(error: &ApiError, form: Dialect) -> Bytes {
     Bytes::from(event)
 }
 
+/// True when `data` may carry a non-null top-level `usage`, looking only after its last `]`:
+/// a chunk's `choices` array, which holds all its content, comes before the top-level `usage`
+/// in every API seen (OpenAI, Azure, vLLM, llama.cpp, Gemini; the usage chunk has
+/// `"choices":[]`), so the search costs the length of the chunk's tail, not of its content —
+/// a second search over every event would cost as much as the rest of the per-event work.
+fn usage_candidate(data: &[u8]) -> bool {
+    // The last `]` is usually a few bytes from the end: look there first, without the setup
+    // of a vector search.
+    let near = data.len().saturating_sub(64);
+    let from = match data[near..].iter().rposition(|&b| b == b']') {
+        Some(at) => near + at,
+        None => memchr::memrchr(b']', &data[..near]).unwrap_or(0),
+    };
+    let tail = data.get(from..).unwrap_or_default();
+    // Too short to hold `"usage"`: the common chunk ends `…]}`.
+    tail.len() >= 7 && may_carry_usage(tail)
+}
+
 /// True for `{"error": …}` (OpenAI's mid-stream error). A substring check first keeps the
 /// common case to one fast scan; only candidates are parsed.
 fn is_bare_error(data: &[u8]) -> bool {
@@ -233,6 +265,163 @@ fn stream_error(data: &[u8]) -> ApiError {
         .and_then(|code| StatusCode::from_u16(code).ok())
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     error_body::normalise(status, Some("application/json"), data)
+}
+
+/// What a stream's events said, for the metrics and the access log.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Events relayed from the upstream (comments not counted).
+    pub events: u64,
+    /// When the first event with content in a `choices[].delta` was queued for the client.
+    pub first_token: Option<tokio::time::Instant>,
+    /// The usage of the events that carried one, summed, and the model the last one named.
+    pub report: Option<UsageReport>,
+}
+
+impl StreamStats {
+    /// Adds the usage of an event (see [`EventMode::apply`]).
+    fn add(&mut self, report: UsageReport) {
+        let total = self.report.get_or_insert_with(UsageReport::default);
+        if let Some(usage) = report.usage {
+            total.usage.get_or_insert_with(Default::default).add(&usage);
+        }
+        if report.model.is_some() {
+            total.model = report.model;
+        }
+    }
+}
+
+/// The part of the stats every event touches: plain data, so lending it costs two copies of
+/// a few words per poll (the usage, rare, is lent apart, see [`LENT_USAGE`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Set while a body lends its stats (see [`observing`]).
+    lent: bool,
+    events: u64,
+    first_token: Option<tokio::time::Instant>,
+    /// An event left its usage in [`LENT_USAGE`].
+    usage: bool,
+}
+
+thread_local! {
+    /// The counts of the stream being polled on this thread, lent by [`observing`].
+    static LENT: Cell<Counts> = const { Cell::new(Counts { lent: false, events: 0, first_token: None, usage: false }) };
+    /// The usage events of that stream carried, taken back after the poll.
+    static LENT_USAGE: Cell<Option<UsageReport>> = const { Cell::new(None) };
+}
+
+/// Runs `poll` (a poll of a stream's body) with `stats` lent to [`EventMode::apply`].
+pub fn observing<R>(stats: &mut StreamStats, poll: impl FnOnce() -> R) -> R {
+    LENT.set(Counts {
+        lent: true,
+        events: stats.events,
+        first_token: stats.first_token,
+        usage: false,
+    });
+    let result = poll();
+    let counts = LENT.replace(Counts::default());
+    stats.events = counts.events;
+    stats.first_token = counts.first_token;
+    if counts.usage {
+        if let Some(report) = LENT_USAGE.take() {
+            stats.add(report);
+        }
+    }
+    result
+}
+
+/// An event went to the client; `data` and `usage` (it may carry usage, see [`usage_candidate`]) when
+/// it has data. Nothing outside [`observing`] (as in unit tests of the transform alone).
+fn note(data: Option<&[u8]>, usage: bool, upstream: Dialect) {
+    let mut counts = LENT.get();
+    if !counts.lent {
+        return;
+    }
+    counts.events += 1;
+    if let Some(data) = data {
+        if counts.first_token.is_none() && has_first_token(data) {
+            counts.first_token = Some(tokio::time::Instant::now());
+        }
+        if usage {
+            if let Some(report) = usage_of(data, upstream) {
+                let mut lent = LENT_USAGE.take().unwrap_or_default();
+                if let Some(add) = report.usage {
+                    lent.usage.get_or_insert_with(Default::default).add(&add);
+                }
+                if report.model.is_some() {
+                    lent.model = report.model;
+                }
+                LENT_USAGE.set(Some(lent));
+                counts.usage = true;
+            }
+        }
+    }
+    LENT.set(counts);
+}
+
+/// The usage an event carries (an envelope upstream may send bare events too).
+fn usage_of(data: &[u8], upstream: Dialect) -> Option<UsageReport> {
+    let envelope = upstream == Dialect::Envelope;
+    UsageReport::of(data, envelope)
+        .filter(|r| r.usage.is_some())
+        .or_else(|| envelope.then(|| UsageReport::of(data, false)).flatten())
+        .filter(|r| r.usage.is_some())
+}
+
+/// True when a chunk (bare, or wrapped in an envelope's `data`) has a `choices[].delta` with
+/// non-empty `content`, `reasoning_content`, `refusal` or `tool_calls`. A substring check
+/// first; only candidates are parsed (borrowed, nothing copied).
+fn has_first_token(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Chunk<'a> {
+        #[serde(borrow, default)]
+        choices: Option<Vec<Choice<'a>>>,
+        #[serde(borrow, default)]
+        data: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow, default)]
+        delta: Option<Delta<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Delta<'a> {
+        #[serde(borrow, default)]
+        content: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        reasoning_content: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        refusal: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        tool_calls: Option<&'a RawValue>,
+    }
+    fn filled(value: Option<&RawValue>) -> bool {
+        value.is_some_and(|v| {
+            let v = v.get();
+            v != "\"\"" && !(v.starts_with('[') && v[1..].trim_start() == "]")
+        })
+    }
+    static DELTA: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"delta\""));
+    if DELTA.find(data).is_none() {
+        return false;
+    }
+    let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+        return false;
+    };
+    if let Some(inner) = chunk.data {
+        if has_first_token(inner.get().as_bytes()) {
+            return true;
+        }
+    }
+    chunk.choices.unwrap_or_default().iter().any(|choice| {
+        choice.delta.as_ref().is_some_and(|d| {
+            filled(d.content)
+                || filled(d.reasoning_content)
+                || filled(d.refusal)
+                || filled(d.tool_calls)
+        })
+    })
 }
 
 #[cfg(test)]
@@ -453,5 +642,103 @@ mod tests {
         let (out, kinds) = run(EventMode::Passthru, Dialect::Bare, input);
         assert_eq!(out.as_bytes(), input);
         assert_eq!(kinds, [EventKind::Normal, EventKind::Error]);
+    }
+
+    /// The stats of `input` run through `mode`, lent as the response body lends them.
+    fn stats(mode: EventMode, upstream: Dialect, input: &[u8]) -> StreamStats {
+        let mut stats = StreamStats::default();
+        observing(&mut stats, || run(mode, upstream, input));
+        stats
+    }
+
+    #[test]
+    fn stats_count_events_the_first_token_and_the_usage() {
+        let usage = crate::translate::usage::Usage {
+            prompt: Some(19),
+            completion: Some(10),
+            cached_prompt: Some(0),
+            reasoning: Some(0),
+        };
+        let bare: &[u8] = include_bytes!("../../../fixtures/bare/chat_completion_stream_usage.sse");
+        for mode in [EventMode::Passthru, EventMode::Wrap] {
+            let stats = stats(mode, Dialect::Bare, bare);
+            // Role chunk, 10 content chunks, the finish chunk, the usage chunk, [DONE].
+            assert_eq!(stats.events, 14, "{mode:?}");
+            assert!(stats.first_token.is_some());
+            assert_eq!(
+                stats.report.as_ref(),
+                Some(&UsageReport {
+                    model: Some("gpt-4o-mini-2024-07-18".into()),
+                    usage: Some(usage),
+                })
+            );
+        }
+        // Wrapped events, unwrapped or passed; usage twice is summed.
+        let wrapped = b"data: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":{\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":2}}}\n\n: ping\n\ndata: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n";
+        for mode in [EventMode::Passthru, EventMode::Unwrap] {
+            let stats = stats(mode, Dialect::Envelope, wrapped);
+            assert_eq!(stats.events, 2, "{mode:?}");
+            assert_eq!(stats.first_token, None);
+            let report = stats.report.unwrap();
+            assert_eq!(report.model.as_deref(), Some("m"));
+            assert_eq!(report.usage.unwrap().prompt, Some(5));
+        }
+    }
+
+    #[test]
+    fn only_a_delta_with_content_is_a_first_token() {
+        for (data, token) in [
+            (
+                r#"{"choices":[{"delta":{"role":"assistant","content":"","refusal":null}}]}"#,
+                false,
+            ),
+            (r#"{"choices":[{"delta":{"tool_calls":[]}}]}"#, false),
+            (r#"{"choices":[{"delta":{}}],"x":"\"delta\""}"#, false),
+            (
+                r#"{"choices":[{"message":{"content":"hi"}}],"delta":1}"#,
+                false,
+            ),
+            (r#"{"choices":[{"delta":{"content":"Hi"}}]}"#, true),
+            (
+                r#"{"choices":[{"delta":{"reasoning_content":"So"}}]}"#,
+                true,
+            ),
+            (r#"{"choices":[{"delta":{"refusal":"No"}}]}"#, true),
+            (
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#,
+                true,
+            ),
+            (
+                r#"{"success":true,"code":"200","data":{"choices":[{"delta":{"content":"Hi"}}]}}"#,
+                true,
+            ),
+        ] {
+            assert_eq!(has_first_token(data.as_bytes()), token, "{data}");
+        }
+    }
+
+    #[test]
+    fn usage_is_looked_for_after_the_last_array() {
+        for (data, candidate) in [
+            (r#"{"choices":[],"usage":{"prompt_tokens":1}}"#, true),
+            (r#"{"usage":{"prompt_tokens":1}}"#, true),
+            (
+                r#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#,
+                false,
+            ),
+            (
+                r#"{"choices":[{"delta":{"content":"\"usage\": 1"}}]}"#,
+                false,
+            ),
+            // Documented limit: usage before the chunk's last array is not looked at.
+            (r#"{"usage":{"prompt_tokens":1},"choices":[]}"#, false),
+        ] {
+            assert_eq!(usage_candidate(data.as_bytes()), candidate, "{data}");
+        }
+        let long = format!(
+            r#"{{"choices":[],"usage":{{"prompt_tokens":1}},"pad":"{}"}}"#,
+            "x".repeat(100)
+        );
+        assert!(usage_candidate(long.as_bytes()));
     }
 }

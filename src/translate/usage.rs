@@ -1,0 +1,665 @@
+//! What a response says it cost: its `usage` object and its `model`, found without copying
+//! or re-serialising the body.
+//!
+//! [`UsageScan`] reads a JSON body as it goes by, frame by frame: a small fixed state machine
+//! (a bit per nesting level for the first 64 levels, the member names on the path down to
+//! `usage.*_details.*`, and at most [`MODEL_RAW_BYTES`] of the `model` string), linear in the
+//! body and blind to how it is cut into frames. It looks only at the top-level `model` and
+//! `usage` members (inside `data` for an envelope): a `"usage"` inside a string or inside a
+//! nested object is not the response's usage. It does not validate the JSON; it reports only a
+//! body whose top-level object closed and had nothing but whitespace after it, and nothing for
+//! an envelope that says `"success":false` (an error, whatever its status). Member names are
+//! matched as written: a name spelt with escapes (`"us\u0061ge"`) is not recognised, which no
+//! API does.
+//!
+//! Bodies the proxy reads whole anyway (translated ones) and single stream events use the same
+//! scanner over the whole slice ([`UsageReport::of`]), so every route agrees on what counts.
+
+use std::sync::LazyLock;
+
+/// The longest model name kept, in bytes (cut on a character boundary).
+pub(crate) const MAX_MODEL_BYTES: usize = 128;
+/// The longest `model` string read as written (escapes included): enough for
+/// [`MAX_MODEL_BYTES`] of any characters spelt as `\u` escapes.
+const MODEL_RAW_BYTES: usize = 512;
+/// Member names longer than this are none of ours.
+const KEY_BYTES: usize = 32;
+/// The path depth that matters: `data.usage.completion_tokens_details.reasoning_tokens`.
+const PATH: usize = 4;
+
+/// Token counts from a `usage` object; a count the object does not carry is `None` (unknown
+/// is not zero).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: Option<u64>,
+    pub completion: Option<u64>,
+    /// `prompt_tokens_details.cached_tokens`
+    pub cached_prompt: Option<u64>,
+    /// `completion_tokens_details.reasoning_tokens`
+    pub reasoning: Option<u64>,
+}
+
+impl Usage {
+    /// The counts by their metric `kind`, in a fixed order.
+    pub fn kinds(&self) -> [(&'static str, Option<u64>); 4] {
+        [
+            ("prompt", self.prompt),
+            ("completion", self.completion),
+            ("cached_prompt", self.cached_prompt),
+            ("reasoning", self.reasoning),
+        ]
+    }
+
+    /// Adds `other`'s counts (a stream that reports usage more than once); unknown stays
+    /// unknown only when both are.
+    pub fn add(&mut self, other: &Usage) {
+        fn sum(a: &mut Option<u64>, b: Option<u64>) {
+            if let Some(b) = b {
+                *a = Some(a.unwrap_or(0).saturating_add(b));
+            }
+        }
+        sum(&mut self.prompt, other.prompt);
+        sum(&mut self.completion, other.completion);
+        sum(&mut self.cached_prompt, other.cached_prompt);
+        sum(&mut self.reasoning, other.reasoning);
+    }
+}
+
+/// A response's model and usage, each when it has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageReport {
+    /// At most [`MAX_MODEL_BYTES`] bytes.
+    pub model: Option<String>,
+    pub usage: Option<Usage>,
+}
+
+impl UsageReport {
+    /// The report of a whole JSON body (`envelope`: look inside its `data`).
+    pub fn of(body: &[u8], envelope: bool) -> Option<UsageReport> {
+        let mut scan = UsageScan::new(envelope);
+        scan.feed(body);
+        scan.finish()
+    }
+}
+
+/// True when `data` may carry a non-null `usage` member: some `"usage"` in it is not followed
+/// by `: null`. One fast search per event; only candidates are scanned.
+pub(crate) fn may_carry_usage(data: &[u8]) -> bool {
+    static USAGE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    USAGE
+        .find_iter(data)
+        .any(|at| not_null(data.get(at + 7..).unwrap_or_default()))
+}
+
+/// What follows a `"usage"`: true unless it is `: null` (a member whose value is null).
+fn not_null(rest: &[u8]) -> bool {
+    let Some(rest) = rest.trim_ascii_start().strip_prefix(b":") else {
+        return true;
+    };
+    !rest.trim_ascii_start().starts_with(b"null")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Other,
+    Data,
+    Success,
+    Model,
+    Usage,
+    Prompt,
+    Completion,
+    PromptDetails,
+    CompletionDetails,
+    Cached,
+    Reasoning,
+}
+
+fn key(name: &[u8]) -> Key {
+    match name {
+        b"data" => Key::Data,
+        b"success" => Key::Success,
+        b"model" => Key::Model,
+        b"usage" => Key::Usage,
+        b"prompt_tokens" => Key::Prompt,
+        b"completion_tokens" => Key::Completion,
+        b"prompt_tokens_details" => Key::PromptDetails,
+        b"completion_tokens_details" => Key::CompletionDetails,
+        b"cached_tokens" => Key::Cached,
+        b"reasoning_tokens" => Key::Reasoning,
+        _ => Key::Other,
+    }
+}
+
+/// What the value being read is to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    None,
+    /// An envelope's `success`.
+    Success,
+    Model,
+    Usage,
+    Prompt,
+    Completion,
+    Cached,
+    Reasoning,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Str {
+    Key,
+    Model,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between tokens.
+    Between,
+    /// Inside a string; `escaped`: the previous byte was a backslash.
+    InString { kind: Str, escaped: bool },
+    /// Inside a number or literal; `number` holds the integer read so far when it is one of
+    /// our counts and still a plain non-negative integer.
+    InScalar { target: Target, number: Option<u64> },
+    /// The top-level object closed.
+    Done,
+    /// Not an object, or broken: nothing to report.
+    Failed,
+}
+
+/// The streaming scanner: see the module docs.
+pub struct UsageScan {
+    envelope: bool,
+    state: State,
+    depth: u32,
+    /// Bit `d - 1` set: the container at depth `d` (≤ 64) is an array.
+    arrays: u64,
+    /// The current member name at depths 1..=PATH.
+    keys: [Key; PATH],
+    /// After `{` or `,` in an object: the next string is a member name.
+    expect_key: bool,
+    key: [u8; KEY_BYTES],
+    /// Bytes of the member name being read; more than `KEY_BYTES`: none of ours.
+    key_len: usize,
+    model_raw: Vec<u8>,
+    report: UsageReport,
+    /// An envelope that says `"success":false`.
+    failure: bool,
+}
+
+impl UsageScan {
+    pub fn new(envelope: bool) -> Self {
+        Self {
+            envelope,
+            state: State::Between,
+            depth: 0,
+            arrays: 0,
+            keys: [Key::Other; PATH],
+            expect_key: false,
+            key: [0; KEY_BYTES],
+            key_len: 0,
+            model_raw: Vec::new(),
+            report: UsageReport::default(),
+            failure: false,
+        }
+    }
+
+    /// Reads the next piece of the body.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.state {
+                State::Done => {
+                    if !bytes.trim_ascii().is_empty() {
+                        self.state = State::Failed;
+                    }
+                    return;
+                }
+                State::Failed => return,
+                State::InString { kind, escaped } => {
+                    let mut at = 0;
+                    if escaped {
+                        self.take(kind, &bytes[..1]);
+                        at = 1;
+                    }
+                    // The rest of the string is skipped in one search.
+                    match memchr::memchr2(b'"', b'\\', &bytes[at..]) {
+                        None => {
+                            self.take(kind, &bytes[at..]);
+                            self.state = State::InString {
+                                kind,
+                                escaped: false,
+                            };
+                            return;
+                        }
+                        Some(found) => {
+                            let end = at + found;
+                            self.take(kind, &bytes[at..end]);
+                            if bytes[end] == b'\\' {
+                                self.take(kind, &bytes[end..=end]);
+                                self.state = State::InString {
+                                    kind,
+                                    escaped: true,
+                                };
+                            } else {
+                                self.string_ended(kind);
+                            }
+                            bytes = &bytes[end + 1..];
+                        }
+                    }
+                }
+                State::Between | State::InScalar { .. } => {
+                    let byte = bytes[0];
+                    bytes = &bytes[1..];
+                    self.byte(byte);
+                }
+            }
+        }
+    }
+
+    /// The report, if the body was a whole object.
+    pub fn finish(self) -> Option<UsageReport> {
+        (self.state == State::Done && !self.failure).then_some(self.report)
+    }
+
+    /// [`UsageScan::finish`] without giving up the scanner (its report is moved out).
+    pub fn take_report(&mut self) -> Option<UsageReport> {
+        (self.state == State::Done && !self.failure).then(|| std::mem::take(&mut self.report))
+    }
+
+    /// One byte outside any string.
+    fn byte(&mut self, byte: u8) {
+        let scalar = matches!(byte, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'-' | b'+' | b'.');
+        if let State::InScalar { target, number } = self.state {
+            if scalar {
+                let number = match byte {
+                    b'0'..=b'9' => number
+                        .and_then(|n| n.checked_mul(10))
+                        .and_then(|n| n.checked_add(u64::from(byte - b'0'))),
+                    _ => None,
+                };
+                self.state = State::InScalar { target, number };
+                return;
+            }
+            self.scalar_ended(target, number);
+            self.state = State::Between;
+        }
+        if self.depth == 0 && byte != b'{' && !byte.is_ascii_whitespace() {
+            self.state = State::Failed;
+            return;
+        }
+        match byte {
+            b'"' => {
+                let kind = if self.expect_key {
+                    self.key_len = 0;
+                    Str::Key
+                } else if self.target() == Target::Model {
+                    self.model_raw.clear();
+                    Str::Model
+                } else {
+                    Str::Other
+                };
+                self.state = State::InString {
+                    kind,
+                    escaped: false,
+                };
+            }
+            b'{' | b'[' => {
+                if byte == b'{' && self.target() == Target::Usage {
+                    self.report.usage = Some(Usage::default());
+                }
+                self.depth += 1;
+                let d = self.depth;
+                if d <= 64 {
+                    let bit = 1u64 << (d - 1);
+                    if byte == b'[' {
+                        self.arrays |= bit;
+                    } else {
+                        self.arrays &= !bit;
+                    }
+                }
+                if let Some(key) = self.keys.get_mut(d as usize - 1) {
+                    *key = Key::Other;
+                }
+                self.expect_key = byte == b'{';
+            }
+            b'}' | b']' => {
+                self.expect_key = false;
+                match self.depth {
+                    0 => self.state = State::Failed,
+                    1 => {
+                        self.depth = 0;
+                        self.state = State::Done;
+                    }
+                    _ => self.depth -= 1,
+                }
+            }
+            b':' => self.expect_key = false,
+            b',' => self.expect_key = self.in_object(),
+            _ if scalar => {
+                let target = self.target();
+                if target == Target::Success {
+                    self.failure = byte == b'f';
+                }
+                let number = match (target, byte) {
+                    (
+                        Target::Prompt | Target::Completion | Target::Cached | Target::Reasoning,
+                        b'0'..=b'9',
+                    ) => Some(u64::from(byte - b'0')),
+                    _ => None,
+                };
+                self.state = State::InScalar { target, number };
+            }
+            _ => {}
+        }
+    }
+
+    fn in_object(&self) -> bool {
+        let d = self.depth;
+        d > 64 || (d >= 1 && self.arrays & (1 << (d - 1)) == 0)
+    }
+
+    /// What the value starting now is to us: the containers down to here must all be objects,
+    /// and the member names the path we look for.
+    fn target(&self) -> Target {
+        let d = self.depth as usize;
+        if d == 0 || d > PATH || self.arrays & ((1 << d) - 1) != 0 {
+            return Target::None;
+        }
+        let path = if self.envelope {
+            if d == 1 && self.keys[0] == Key::Success {
+                return Target::Success;
+            }
+            if self.keys[0] != Key::Data {
+                return Target::None;
+            }
+            &self.keys[1..d]
+        } else {
+            &self.keys[..d]
+        };
+        match path {
+            [Key::Model] => Target::Model,
+            [Key::Usage] => Target::Usage,
+            [Key::Usage, Key::Prompt] => Target::Prompt,
+            [Key::Usage, Key::Completion] => Target::Completion,
+            [Key::Usage, Key::PromptDetails, Key::Cached] => Target::Cached,
+            [Key::Usage, Key::CompletionDetails, Key::Reasoning] => Target::Reasoning,
+            _ => Target::None,
+        }
+    }
+
+    /// Keeps the string bytes we need (bounded).
+    fn take(&mut self, kind: Str, bytes: &[u8]) {
+        match kind {
+            Str::Other => {}
+            Str::Key => {
+                if let Some(room) = self.key.get_mut(self.key_len..) {
+                    let n = room.len().min(bytes.len());
+                    room[..n].copy_from_slice(&bytes[..n]);
+                }
+                self.key_len = self.key_len.saturating_add(bytes.len());
+            }
+            Str::Model => {
+                let room = MODEL_RAW_BYTES.saturating_sub(self.model_raw.len());
+                self.model_raw
+                    .extend_from_slice(&bytes[..room.min(bytes.len())]);
+            }
+        }
+    }
+
+    fn string_ended(&mut self, kind: Str) {
+        self.state = State::Between;
+        match kind {
+            Str::Other => {}
+            Str::Key => {
+                let d = self.depth as usize;
+                let name = self.key.get(..self.key_len).unwrap_or_default();
+                if let Some(slot) = self.keys.get_mut(d.wrapping_sub(1)) {
+                    *slot = key(name);
+                }
+            }
+            Str::Model => self.report.model = Some(model_name(&self.model_raw)),
+        }
+    }
+
+    fn scalar_ended(&mut self, target: Target, number: Option<u64>) {
+        let Some(usage) = self.report.usage.as_mut() else {
+            return;
+        };
+        let slot = match target {
+            Target::Prompt => &mut usage.prompt,
+            Target::Completion => &mut usage.completion,
+            Target::Cached => &mut usage.cached_prompt,
+            Target::Reasoning => &mut usage.reasoning,
+            _ => return,
+        };
+        *slot = number;
+    }
+}
+
+/// A JSON string's contents (as written, maybe cut short) decoded, at most
+/// [`MAX_MODEL_BYTES`] long. Stops at an escape it cannot read whole.
+fn model_name(raw: &[u8]) -> String {
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some((&byte, tail)) = rest.split_first() {
+        let (ch, tail): (Option<char>, &[u8]) = if byte == b'\\' {
+            match tail.split_first() {
+                Some((b'u', hex)) => match unicode_escape(hex) {
+                    Some((ch, tail)) => (Some(ch), tail),
+                    None => break,
+                },
+                Some((&e, tail)) => {
+                    let ch = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        _ => break,
+                    };
+                    (Some(ch), tail)
+                }
+                None => break,
+            }
+        } else {
+            // A run of plain bytes up to the next escape, kept as UTF-8 (lossy if it is not).
+            let end = memchr::memchr(b'\\', rest).unwrap_or(rest.len());
+            out.push_str(&String::from_utf8_lossy(&rest[..end]));
+            (None, &rest[end..])
+        };
+        if let Some(ch) = ch {
+            out.push(ch);
+        }
+        rest = tail;
+        if out.len() >= MAX_MODEL_BYTES {
+            break;
+        }
+    }
+    truncate(&mut out, MAX_MODEL_BYTES);
+    out
+}
+
+/// `XXXX` (and a low surrogate's `\uXXXX` after a high one) after `\u`.
+fn unicode_escape(hex: &[u8]) -> Option<(char, &[u8])> {
+    let unit = |h: &[u8]| -> Option<u32> {
+        let digits = std::str::from_utf8(h.get(..4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    let first = unit(hex)?;
+    let rest = &hex[4..];
+    if (0xD800..0xDC00).contains(&first) {
+        let low = rest.strip_prefix(b"\\u").and_then(unit);
+        if let Some(low @ 0xDC00..0xE000) = low {
+            let code = 0x10000 + ((first - 0xD800) << 10) + (low - 0xDC00);
+            return Some((char::from_u32(code)?, &rest[6..]));
+        }
+        return Some(('\u{FFFD}', rest));
+    }
+    Some((char::from_u32(first).unwrap_or('\u{FFFD}'), rest))
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+pub(crate) fn truncate(s: &mut String, max: usize) {
+    let len = cut(s, max).len();
+    s.truncate(len);
+}
+
+/// The longest start of `s` of at most `max` bytes that ends on a character boundary.
+pub(crate) fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const BARE: &[u8] = include_bytes!("../../fixtures/bare/chat_completion.json");
+    const ENVELOPE: &[u8] = include_bytes!("../../fixtures/envelope/chat_completion.json");
+
+    fn full() -> Usage {
+        Usage {
+            prompt: Some(27),
+            completion: Some(86),
+            cached_prompt: Some(0),
+            reasoning: Some(0),
+        }
+    }
+
+    fn report(model: &str, usage: Option<Usage>) -> Option<UsageReport> {
+        Some(UsageReport {
+            model: Some(model.to_string()),
+            usage,
+        })
+    }
+
+    /// The body fed in the pieces cut at `cuts`.
+    fn split(body: &[u8], envelope: bool, cuts: &[usize]) -> Option<UsageReport> {
+        let mut scan = UsageScan::new(envelope);
+        let mut at = 0;
+        for &cut in cuts {
+            scan.feed(&body[at..cut]);
+            at = cut;
+        }
+        scan.feed(&body[at..]);
+        scan.finish()
+    }
+
+    #[test]
+    fn finds_usage_and_model_in_bare_and_envelope_bodies() {
+        let expected = report("gpt-4o-mini-2024-07-18", Some(full()));
+        assert_eq!(UsageReport::of(BARE, false), expected);
+        assert_eq!(UsageReport::of(ENVELOPE, true), expected);
+        // An envelope that failed reports nothing, whatever its data says.
+        let failed = br#"{"success":false,"code":"500","message":"x","data":{"model":"m","usage":{"prompt_tokens":1}}}"#;
+        assert_eq!(UsageReport::of(failed, true), None);
+        assert_eq!(
+            UsageReport::of(&failed[..], false),
+            Some(UsageReport::default())
+        );
+        // The wrong shape finds nothing.
+        assert_eq!(UsageReport::of(BARE, true), Some(UsageReport::default()));
+        assert_eq!(
+            UsageReport::of(ENVELOPE, false),
+            Some(UsageReport::default())
+        );
+    }
+
+    #[test]
+    fn every_cut_gives_the_same_result() {
+        for (body, envelope) in [(BARE, false), (ENVELOPE, true)] {
+            let whole = UsageReport::of(body, envelope);
+            assert!(whole.as_ref().is_some_and(|r| r.usage.is_some()));
+            for cut in 0..=body.len() {
+                assert_eq!(split(body, envelope, &[cut]), whole, "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn usage_in_strings_and_nested_objects_is_not_the_responses() {
+        let body = br#"{"choices":[{"message":{"content":"\"usage\":{\"prompt_tokens\":5}","usage":{"prompt_tokens":7}}}],"x":{"usage":{"prompt_tokens":8}},"model":"m\"1","usage":{"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":2,"prompt_tokens":9}}}"#;
+        assert_eq!(
+            UsageReport::of(body, false),
+            report(
+                "m\"1",
+                Some(Usage {
+                    completion: Some(3),
+                    cached_prompt: Some(2),
+                    ..Usage::default()
+                })
+            )
+        );
+    }
+
+    #[test]
+    fn absent_null_and_odd_counts_are_unknown() {
+        assert_eq!(
+            UsageReport::of(br#"{"model":"m","usage":null}"#, false),
+            report("m", None)
+        );
+        assert_eq!(
+            UsageReport::of(
+                br#"{"usage":{"prompt_tokens":-1,"completion_tokens":1.5,"completion_tokens_details":{"reasoning_tokens":4}}}"#,
+                false
+            ),
+            Some(UsageReport {
+                model: None,
+                usage: Some(Usage {
+                    reasoning: Some(4),
+                    ..Usage::default()
+                })
+            })
+        );
+        // Not a whole object: nothing.
+        assert_eq!(
+            UsageReport::of(br#"{"usage":{"prompt_tokens":1}"#, false),
+            None
+        );
+        assert_eq!(UsageReport::of(br#"[{"usage":{}}]"#, false), None);
+        assert_eq!(UsageReport::of(br#"{"model":"m"} x"#, false), None);
+    }
+
+    #[test]
+    fn model_names_are_decoded_and_capped() {
+        let body = br#"{"model":"a\\b\n\u00e9\ud83d\ude00\/"}"#;
+        assert_eq!(UsageReport::of(body, false), report("a\\b\né😀/", None));
+        let long = format!(r#"{{"model":"{}é{}"}}"#, "x".repeat(127), "y".repeat(600));
+        let got = UsageReport::of(long.as_bytes(), false)
+            .unwrap()
+            .model
+            .unwrap();
+        assert_eq!(got, "x".repeat(127));
+    }
+
+    #[test]
+    fn candidates_for_stream_events() {
+        assert!(!may_carry_usage(br#"{"choices":[],"usage":null}"#));
+        assert!(!may_carry_usage(br#"{"choices":[]}"#));
+        assert!(may_carry_usage(br#"{"usage" : {"prompt_tokens":1}}"#));
+        assert!(may_carry_usage(br#"{"c":"\"usage\": null","usage":{}}"#));
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_gives_the_same_result(
+            cuts in proptest::collection::vec(0usize..=ENVELOPE.len(), 0..6),
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let bare: Vec<usize> = cuts.iter().map(|&c| c.min(BARE.len())).collect();
+            prop_assert_eq!(split(BARE, false, &bare), UsageReport::of(BARE, false));
+            prop_assert_eq!(split(ENVELOPE, true, &cuts), UsageReport::of(ENVELOPE, true));
+        }
+    }
+}
