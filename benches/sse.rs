@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use envelope_proxy::translate::sse::transform::{observing, StreamStats};
 use envelope_proxy::translate::sse::{EventMode, SseBody, StreamSettings};
 use envelope_proxy::Dialect;
 use http_body::{Body, Frame};
@@ -84,18 +83,14 @@ pub fn settings(mode: EventMode) -> StreamSettings {
 }
 
 /// Drives an [`SseBody`] over `chunks` to its end; returns the bytes sent to the client.
-/// Each poll lends the stream's stats, as the proxy's response body does (the per-event
-/// metrics work is part of what is measured).
+/// The per-event metrics work (the stream's stats) is part of what is measured.
 async fn drive(chunks: &[Bytes], mode: EventMode) -> usize {
     let mut body = std::pin::pin!(SseBody::new(
         Chunks(chunks.iter().cloned().collect()),
         settings(mode),
     ));
-    let mut stats = StreamStats::default();
     let mut sent = 0;
-    while let Some(frame) =
-        std::future::poll_fn(|cx| observing(&mut stats, || body.as_mut().poll_frame(cx))).await
-    {
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
         if let Ok(data) = frame.expect("no error").into_data() {
             sent += data.len();
         }

@@ -121,7 +121,12 @@ fn other_lines(raw: &[u8], bom: bool) -> Vec<&[u8]> {
 /// `first`: the event came first in the stream (so a BOM it starts with is the stream's BOM).
 fn check(event: &SseEvent, first: bool, mode: EventMode, upstream: Dialect) {
     let mut out = VecDeque::new();
-    let kind = mode.apply(event.clone(), upstream, &mut out);
+    let kind = mode.apply(
+        event.clone(),
+        upstream,
+        &mut out,
+        &mut envelope_proxy::translate::sse::transform::StreamStats::default(),
+    );
     let output: Vec<u8> = out.iter().flat_map(|piece| piece.iter().copied()).collect();
     let context = Context(mode, upstream, event.raw());
 

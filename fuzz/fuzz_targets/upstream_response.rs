@@ -359,7 +359,12 @@ fn upstream_events(meant: &[u8]) -> Vec<SseEvent> {
 /// What `apply` makes of `event`, and what the event meant.
 fn applied(mode: EventMode, upstream: Dialect, event: SseEvent) -> (Vec<u8>, EventKind) {
     let mut out = VecDeque::new();
-    let kind = mode.apply(event, upstream, &mut out);
+    let kind = mode.apply(
+        event,
+        upstream,
+        &mut out,
+        &mut envelope_proxy::translate::sse::transform::StreamStats::default(),
+    );
     (out.iter().flat_map(|p| p.iter().copied()).collect(), kind)
 }
 

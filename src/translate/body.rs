@@ -16,7 +16,7 @@ use pin_project_lite::pin_project;
 
 use crate::error::BoxError;
 use crate::translate::sse::body::StreamEnd;
-use crate::translate::sse::transform::{observing, StreamStats};
+use crate::translate::sse::transform::StreamStats;
 use crate::translate::sse::SseBody;
 use crate::translate::upstream_body::UpstreamBody;
 use crate::translate::usage::{UsageReport, UsageScan};
@@ -30,7 +30,7 @@ pin_project! {
         /// Up to three pieces sent in order (prefix, payload, suffix), with an exact length.
         Parts { parts: [Bytes; 3], next: usize },
         /// An SSE stream re-framed and translated event by event.
-        Sse { #[pin] inner: SseBody<UpstreamBody>, stats: StreamStats },
+        Sse { #[pin] inner: SseBody<UpstreamBody> },
     }
 }
 
@@ -65,10 +65,7 @@ impl ProxyBody {
     }
 
     pub fn sse(inner: SseBody<UpstreamBody>) -> Self {
-        ProxyBody::Sse {
-            inner,
-            stats: StreamStats::default(),
-        }
+        ProxyBody::Sse { inner }
     }
 
     pub fn is_stream(&self) -> bool {
@@ -97,7 +94,7 @@ impl ProxyBody {
     /// What an event stream's events said (moved out: asked once, when the body ends).
     pub(crate) fn take_stream_stats(self: Pin<&mut Self>) -> Option<StreamStats> {
         match self.project() {
-            ProxyBodyProj::Sse { stats, .. } => Some(std::mem::take(stats)),
+            ProxyBodyProj::Sse { inner } => Some(inner.take_stats()),
             _ => None,
         }
     }
@@ -130,7 +127,7 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(None)
             }
-            ProxyBodyProj::Sse { inner, stats } => observing(stats, || inner.poll_frame(cx)),
+            ProxyBodyProj::Sse { inner } => inner.poll_frame(cx),
         }
     }
 

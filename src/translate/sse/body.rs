@@ -38,7 +38,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::framer::{FramerError, SseEvent, SseFramer};
-use super::transform::{error_event, EventKind, EventMode};
+use super::transform::{error_event, EventKind, EventMode, StreamStats};
 use crate::dialect::Dialect;
 use crate::error::BoxError;
 use crate::error::{ApiError, ErrorCode};
@@ -136,6 +136,11 @@ impl<B> SseBody<B> {
         }
     }
 
+    /// What the events said so far (taken: the stream keeps counting from zero).
+    pub(crate) fn take_stats(self: Pin<&mut Self>) -> StreamStats {
+        std::mem::take(&mut self.project().state.stats)
+    }
+
     /// How the stream ended; `None` while it runs (and when the client left before the end).
     pub(crate) fn stream_end(&self) -> Option<StreamEnd> {
         self.state.outcome
@@ -213,6 +218,8 @@ struct StreamState {
     deadlines: Deadlines,
     /// How the stream ended; once set, only `out` is left to send.
     outcome: Option<StreamEnd>,
+    /// What the events said, for the metrics and the access log.
+    stats: StreamStats,
 }
 
 impl StreamState {
@@ -227,6 +234,7 @@ impl StreamState {
             upstream_ended: false,
             deadlines: Deadlines::new(&settings, now),
             outcome: None,
+            stats: StreamStats::default(),
             settings,
         }
     }
@@ -258,11 +266,12 @@ impl StreamState {
     }
 
     fn on_event(&mut self, event: SseEvent) {
-        match self
-            .settings
-            .mode
-            .apply(event, self.settings.upstream, &mut self.out)
-        {
+        match self.settings.mode.apply(
+            event,
+            self.settings.upstream,
+            &mut self.out,
+            &mut self.stats,
+        ) {
             EventKind::Done => self.saw_done = true,
             EventKind::Error => self.saw_error = true,
             EventKind::Normal => {}

@@ -9,12 +9,9 @@
 //! as many (see `data_lines`).
 //!
 //! Beside that, each event is counted for the metrics ([`StreamStats`]): the events relayed,
-//! when the first token went out, and the usage the stream reports. The stats belong to the
-//! response body (`translate/body.rs`), which lends them to this module for the duration of
-//! each poll ([`observing`]): the body that drives the transform (`sse/body.rs`) need not
-//! carry them.
+//! when the first token went out, and the usage the stream reports. The stats live with the
+//! stream (`sse/body.rs`), which hands them to [`EventMode::apply`] with each event.
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::LazyLock;
 
@@ -86,20 +83,26 @@ impl EventMode {
     }
 
     /// Queues what `event` becomes and says what it meant.
-    pub fn apply(self, event: SseEvent, upstream: Dialect, out: &mut VecDeque<Bytes>) -> EventKind {
+    pub fn apply(
+        self,
+        event: SseEvent,
+        upstream: Dialect,
+        out: &mut VecDeque<Bytes>,
+        stats: &mut StreamStats,
+    ) -> EventKind {
         if event.is_done() {
-            note(None, false, upstream);
+            stats.note(None, false, upstream);
             out.push_back(event.into_raw());
             return EventKind::Done;
         }
         let Some(data) = event.data().cloned() else {
             if !event.is_comment() {
-                note(None, false, upstream);
+                stats.note(None, false, upstream);
             }
             out.push_back(event.into_raw());
             return EventKind::Normal;
         };
-        note(Some(&data), usage_candidate(&data), upstream);
+        stats.note(Some(&data), usage_candidate(&data), upstream);
         match self {
             EventMode::Passthru => {
                 let kind = if upstream == Dialect::Envelope {
@@ -291,72 +294,21 @@ impl StreamStats {
     }
 }
 
-/// The part of the stats every event touches: plain data, so lending it costs two copies of
-/// a few words per poll (the usage, rare, is lent apart, see [`LENT_USAGE`]).
-#[derive(Debug, Clone, Copy, Default)]
-struct Counts {
-    /// Set while a body lends its stats (see [`observing`]).
-    lent: bool,
-    events: u64,
-    first_token: Option<tokio::time::Instant>,
-    /// An event left its usage in [`LENT_USAGE`].
-    usage: bool,
-}
-
-thread_local! {
-    /// The counts of the stream being polled on this thread, lent by [`observing`].
-    static LENT: Cell<Counts> = const { Cell::new(Counts { lent: false, events: 0, first_token: None, usage: false }) };
-    /// The usage events of that stream carried, taken back after the poll.
-    static LENT_USAGE: Cell<Option<UsageReport>> = const { Cell::new(None) };
-}
-
-/// Runs `poll` (a poll of a stream's body) with `stats` lent to [`EventMode::apply`].
-pub fn observing<R>(stats: &mut StreamStats, poll: impl FnOnce() -> R) -> R {
-    LENT.set(Counts {
-        lent: true,
-        events: stats.events,
-        first_token: stats.first_token,
-        usage: false,
-    });
-    let result = poll();
-    let counts = LENT.replace(Counts::default());
-    stats.events = counts.events;
-    stats.first_token = counts.first_token;
-    if counts.usage {
-        if let Some(report) = LENT_USAGE.take() {
-            stats.add(report);
-        }
-    }
-    result
-}
-
-/// An event went to the client; `data` and `usage` (it may carry usage, see [`usage_candidate`]) when
-/// it has data. Nothing outside [`observing`] (as in unit tests of the transform alone).
-fn note(data: Option<&[u8]>, usage: bool, upstream: Dialect) {
-    let mut counts = LENT.get();
-    if !counts.lent {
-        return;
-    }
-    counts.events += 1;
-    if let Some(data) = data {
-        if counts.first_token.is_none() && has_first_token(data) {
-            counts.first_token = Some(tokio::time::Instant::now());
+impl StreamStats {
+    /// An event went to the client; `data` and whether it may carry usage (see
+    /// [`usage_candidate`]) when it has data.
+    fn note(&mut self, data: Option<&[u8]>, usage: bool, upstream: Dialect) {
+        self.events += 1;
+        let Some(data) = data else { return };
+        if self.first_token.is_none() && has_first_token(data) {
+            self.first_token = Some(tokio::time::Instant::now());
         }
         if usage {
             if let Some(report) = usage_of(data, upstream) {
-                let mut lent = LENT_USAGE.take().unwrap_or_default();
-                if let Some(add) = report.usage {
-                    lent.usage.get_or_insert_with(Default::default).add(&add);
-                }
-                if report.model.is_some() {
-                    lent.model = report.model;
-                }
-                LENT_USAGE.set(Some(lent));
-                counts.usage = true;
+                self.add(report);
             }
         }
     }
-    LENT.set(counts);
 }
 
 /// The usage an event carries (an envelope upstream may send bare events too).
@@ -434,8 +386,9 @@ mod tests {
         framer.push(Bytes::copy_from_slice(input));
         let mut out = VecDeque::new();
         let mut kinds = Vec::new();
+        let mut stats = StreamStats::default();
         while let Ok(Some(event)) = framer.next_event() {
-            kinds.push(mode.apply(event, upstream, &mut out));
+            kinds.push(mode.apply(event, upstream, &mut out, &mut stats));
         }
         let bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
         (String::from_utf8(bytes).unwrap(), kinds)
@@ -620,7 +573,12 @@ mod tests {
         framer.push(chunk.clone());
         let event = framer.next_event().unwrap().unwrap();
         let mut out = VecDeque::new();
-        EventMode::Unwrap.apply(event, Dialect::Envelope, &mut out);
+        EventMode::Unwrap.apply(
+            event,
+            Dialect::Envelope,
+            &mut out,
+            &mut StreamStats::default(),
+        );
         let pieces: Vec<&[u8]> = out.iter().map(|p| p.as_ref()).collect();
         assert_eq!(
             pieces,
@@ -644,10 +602,14 @@ mod tests {
         assert_eq!(kinds, [EventKind::Normal, EventKind::Error]);
     }
 
-    /// The stats of `input` run through `mode`, lent as the response body lends them.
+    /// The stats of `input` run through `mode`.
     fn stats(mode: EventMode, upstream: Dialect, input: &[u8]) -> StreamStats {
-        let mut stats = StreamStats::default();
-        observing(&mut stats, || run(mode, upstream, input));
+        let mut framer = SseFramer::new(1 << 20);
+        framer.push(Bytes::copy_from_slice(input));
+        let (mut out, mut stats) = (VecDeque::new(), StreamStats::default());
+        while let Ok(Some(event)) = framer.next_event() {
+            mode.apply(event, upstream, &mut out, &mut stats);
+        }
         stats
     }
 
