@@ -1,7 +1,8 @@
 //! The worker's own HTTP/1.1 connections to an `http://` upstream (`proxy/upstream.rs`): a
 //! connection whose response ended whole serves the next request, a bodiless response gives
 //! its connection back too, and a connection the upstream said it would close is not reused.
-//! A raw-socket upstream counts the connections it accepted.
+//! A raw-socket upstream counts the connections it accepted; a listener whose accept queue is
+//! full makes a connect that makes no progress at all (--connect-timeout).
 
 use test_support::{harness, raw_upstream};
 
@@ -111,4 +112,54 @@ async fn a_connection_the_upstream_said_it_closes_is_not_reused() {
         );
     }
     assert_eq!(up.connections(), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_whose_accept_queue_is_full_is_a_connect_timeout() {
+    // A listener nobody accepts on: once its queue is full, the kernel drops new connection
+    // attempts, so a TCP connect makes no progress at all.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let mut queued = Vec::new();
+    // Long enough that only a full queue explains it (a loopback connect completes at once;
+    // a dropped attempt is retried after a second, and dropped again while nobody accepts).
+    let filler = std::time::Duration::from_secs(2);
+    loop {
+        match tokio::time::timeout(filler, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(error)) => panic!("filling the accept queue: {error}"),
+            // This attempt made no progress: the queue is full.
+            Err(_) => break,
+        }
+        assert!(queued.len() < 10_000, "the accept queue never filled");
+    }
+    let proxy = start_proxy(
+        &format!("http://{addr}/v1"),
+        "bare",
+        &["--connect-timeout", "0.3", "--response-timeout", "5"],
+    )
+    .await;
+    let request = Request::post(format!("http://{}/v1/chat/completions", proxy.addr))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, harness::client().request(request))
+        .await
+        .expect("an answer within the wait bound")
+        .expect("the proxy answers");
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(
+        json,
+        serde_json::json!({"error": {
+            "message": "upstream connect timed out: no connection within 0.3s (--connect-timeout)",
+            "type": "upstream_error", "param": null, "code": "upstream_connect_timeout"}})
+    );
+    drop(queued);
 }
