@@ -421,10 +421,16 @@ async fn ttfe(opts: &Opts) {
         for &i in &order {
             let uri = &uris[i];
             let started = Instant::now();
-            let response = senders[i]
-                .send_request(h1_request(uri))
-                .await
-                .expect("send");
+            let Ok(response) = senders[i].send_request(h1_request(uri)).await else {
+                // A failed send is a failed sample, not the end of the step: reconnect.
+                if round >= 20 {
+                    failed[i] += 1;
+                }
+                if let Ok(sender) = connect(uri).await {
+                    senders[i] = sender;
+                }
+                continue;
+            };
             let status = response.status();
             let mut first = None;
             let done = read_stream(response.into_body(), started, &mut first).await;
@@ -636,7 +642,13 @@ async fn sse_cpu(opts: &Opts) {
     let per_stream: Vec<String> = pids
         .iter()
         .zip(before)
-        .map(|(&p, b)| format!("{:.1}", (cpu_ns(p) - b) as f64 / done as f64 / 1e3))
+        // A process that exited reads as 0: no underflow, and no figure worth reading.
+        .map(|(&p, b)| {
+            format!(
+                "{:.1}",
+                cpu_ns(p).saturating_sub(b) as f64 / done as f64 / 1e3
+            )
+        })
         .collect();
     println!(
         "sse-cpu streams_ok={} wall_s={:.2} cpu_us_per_stream={}",
