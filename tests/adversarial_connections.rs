@@ -26,7 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use mock_upstream::Shape;
-use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir};
+use process::{ProxyProcess, TempDir};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -582,8 +582,6 @@ async fn spawn_proxy(
     upstream: SocketAddr,
     extra: &[&str],
 ) -> (ProxyProcess, SocketAddr) {
-    let notify = Notify::bind(dir);
-    let socket = notify.path.to_str().unwrap().to_owned();
     let upstream = format!("http://{upstream}/v1");
     let mut args = vec![
         "--listen",
@@ -594,10 +592,7 @@ async fn spawn_proxy(
         "json",
     ];
     args.extend_from_slice(extra);
-    let proxy = ProxyProcess::spawn(dir, BIN, &args, &[("NOTIFY_SOCKET", &socket)]);
-    let ready = notify.until("READY=1").await;
-    let addr = served_tcp_addr(field(&ready, "STATUS").unwrap());
-    (proxy, addr)
+    process::spawn_ready(dir, BIN, &args).await
 }
 
 /// The stall tests' proxy: two requests at once, one second to take response bytes.

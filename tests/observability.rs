@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use mock_upstream::Shape;
 use nix::sys::signal::Signal;
-use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir};
+use process::TempDir;
 use serde_json::{json, Value};
 
 /// The proxy binary built for this test target.
@@ -318,10 +318,8 @@ async fn a_unix_listener_serves_beside_tcp_with_its_mode_and_is_removed_on_stop(
 async fn the_access_log_has_one_json_line_per_request_and_no_secrets() {
     let mock = mock_upstream::start(Shape::Bare).await;
     let dir = TempDir::new("access");
-    let notify = Notify::bind(&dir);
-    let socket = notify.path.to_str().unwrap().to_owned();
     let upstream = mock.base_url();
-    let mut proxy = ProxyProcess::spawn(
+    let (mut proxy, addr) = process::spawn_ready(
         &dir,
         BIN,
         &[
@@ -332,10 +330,8 @@ async fn the_access_log_has_one_json_line_per_request_and_no_secrets() {
             "--log-format",
             "json",
         ],
-        &[("NOTIFY_SOCKET", &socket)],
-    );
-    let ready = notify.until("READY=1").await;
-    let addr = served_tcp_addr(field(&ready, "STATUS").unwrap());
+    )
+    .await;
 
     let request = Request::post(format!(
         "http://{addr}/api/v1/chat/completions?api_key=hidden-query"

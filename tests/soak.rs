@@ -14,7 +14,7 @@ use harness::{fixture, wrapped, WAIT};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mock_upstream::Shape;
-use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir};
+use process::TempDir;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -283,8 +283,6 @@ async fn a_minute_of_mixed_traffic_with_faults_loses_nothing_and_leaks_nothing()
         .unwrap_or(60);
     let mock = mock_upstream::start(Shape::Bare).await;
     let dir = TempDir::new("soak");
-    let notify = Notify::bind(&dir);
-    let socket = notify.path.to_str().expect("UTF-8 path").to_owned();
     let upstream = mock.base_url();
     let args = [
         "--listen",
@@ -296,9 +294,7 @@ async fn a_minute_of_mixed_traffic_with_faults_loses_nothing_and_leaks_nothing()
         "--log-level",
         "error",
     ];
-    let mut proxy = ProxyProcess::spawn(&dir, BIN, &args, &[("NOTIFY_SOCKET", &socket)]);
-    let ready = notify.until("READY=1").await;
-    let addr = served_tcp_addr(field(&ready, "STATUS").expect("STATUS"));
+    let (mut proxy, addr) = process::spawn_ready(&dir, BIN, &args).await;
 
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let warm_at = Instant::now() + Duration::from_secs(seconds / 6);

@@ -13,7 +13,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mock_upstream::Shape;
 use nix::sys::signal::Signal;
-use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir};
+use process::TempDir;
 use serde_json::{json, Value};
 
 const BIN: &str = test_support::proxy_bin!();
@@ -312,10 +312,8 @@ async fn models_past_the_cap_count_as_other_and_labels_are_escaped() {
 async fn the_access_log_names_the_model_its_tokens_ttft_and_a_valid_trace_id() {
     let mock = mock_upstream::start(Shape::Bare).await;
     let dir = TempDir::new("usage-log");
-    let notify = Notify::bind(&dir);
-    let socket = notify.path.to_str().unwrap().to_owned();
     let upstream = mock.base_url();
-    let mut proxy = ProxyProcess::spawn(
+    let (mut proxy, addr) = process::spawn_ready(
         &dir,
         BIN,
         &[
@@ -326,10 +324,8 @@ async fn the_access_log_names_the_model_its_tokens_ttft_and_a_valid_trace_id() {
             "--log-format",
             "json",
         ],
-        &[("NOTIFY_SOCKET", &socket)],
-    );
-    let ready = notify.until("READY=1").await;
-    let addr = served_tcp_addr(field(&ready, "STATUS").unwrap());
+    )
+    .await;
 
     let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let invalid = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";

@@ -103,6 +103,21 @@ pub struct ProxyProcess {
     exited: Option<ExitStatus>,
 }
 
+/// Runs `program args…` with a notify socket and waits for `READY=1`: the process, and the
+/// address of its first TCP listener (from the `STATUS=` line).
+pub async fn spawn_ready(
+    dir: &TempDir,
+    program: &str,
+    args: &[&str],
+) -> (ProxyProcess, std::net::SocketAddr) {
+    let notify = Notify::bind(dir);
+    let socket = notify.path.to_str().expect("UTF-8 path").to_owned();
+    let proxy = ProxyProcess::spawn(dir, program, args, &[("NOTIFY_SOCKET", &socket)]);
+    let ready = notify.until("READY=1").await;
+    let addr = served_tcp_addr(field(&ready, "STATUS").expect("STATUS"));
+    (proxy, addr)
+}
+
 impl ProxyProcess {
     /// Runs `program args…` (the proxy binary, or a wrapper that execs it) with `envs`,
     /// NOTIFY_SOCKET unset unless given.
