@@ -24,13 +24,15 @@
 //! it can send more: HTTP/1.1 once its write buffer has room (the socket took the earlier
 //! bytes), HTTP/2 once the frame it already holds got flow-control window (hyper 1.12's
 //! `PipeToSendStream` polls the next frame only after handing the previous one to h2, which
-//! needs at least one byte of stream window). So [`Watched`] notes when it hands hyper a frame:
+//! needs at least one byte of stream window). So [`Watched`] counts the frames it hands hyper:
 //! a body that handed one over (or has not been polled since its headers were sent) and is not
 //! polled again within `--client-write-timeout` has a client that takes nothing. A body that
 //! answered `Pending` is waiting for the upstream, not the client; it has no client deadline
-//! (the upstream's own timeouts apply). The tracker is not told of every frame (that would cost
-//! a wake-up per frame): it looks at bodies waiting for the upstream every quarter period, so a
-//! stall is acted on between 1 and 1.25 periods after the last frame the client took. Wrapping the socket to count written bytes would see
+//! (the upstream's own timeouts apply). The tracker is not told of every frame, nor is the
+//! time of each read (a wake-up or a clock read per frame cost more than the rest of the
+//! watching): it samples each response's count every quarter period and dates a count from
+//! the sample that first saw it, so a stall is acted on between 1 and 1.25 periods after the
+//! last frame the client took. Wrapping the socket to count written bytes would see
 //! HTTP/1.1 progress but not which HTTP/2 stream is stuck behind its window; the body poll
 //! sees both. Frames are handed over in pieces of at most [`MAX_HANDED`] bytes, so "progress"
 //! means the client took that much, whatever the size of the upstream's frames.
@@ -185,19 +187,20 @@ impl Tracker {
         // Slots are locked with the tracker unlocked: abandoning one drops its request guard,
         // which takes the tracker's lock.
         let mut stalled = false;
+        // Frames handed over are not announced, so every response is looked at again a
+        // quarter period later (see the module docs).
+        let sample_again = now + self.limits.client_write / 4;
         for response in responses {
-            let deadline = match response.handed_at() {
+            let deadline = match response.awaiting_client_since(now) {
                 None => continue,
-                Some(Some(handed)) => handed + self.limits.client_write,
-                // Waiting for the upstream: a frame handed over later is not announced (that
-                // would cost a wake-up per frame), so look again a quarter period later. A
-                // stall is thus noticed between 1 and 1.25 periods after its last frame.
-                Some(None) => now + self.limits.client_write / 4,
+                Some(Some(since)) => since + self.limits.client_write,
+                Some(None) => sample_again,
             };
             if deadline <= now {
                 response.abandon();
                 stalled = true;
             } else {
+                let deadline = deadline.min(sample_again);
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
             }
         }
@@ -264,7 +267,9 @@ impl OpenRequest {
             state: Mutex::new(SlotState {
                 body: Some(Box::pin(body)),
                 open: Some(self),
-                handed: Some(Instant::now()),
+                awaiting_client: true,
+                handed: 0,
+                sampled: (0, Instant::now()),
                 rest: Bytes::new(),
             }),
         });
@@ -289,9 +294,10 @@ impl Drop for OpenRequest {
 
 /// What the tracker asks of a response it watches.
 trait Stall: Send + Sync {
-    /// When the body last handed hyper a frame (or was created) and has not been polled since;
-    /// `Some(None)` while it waits for the upstream, `None` once it is done with.
-    fn handed_at(&self) -> Option<Option<Instant>>;
+    /// Since when (as far as the samples tell, `now` being one) the body's last frame (or its
+    /// headers) has waited for hyper to poll again; `Some(None)` while it waits for the
+    /// upstream, `None` once it is done with.
+    fn awaiting_client_since(&self, now: Instant) -> Option<Option<Instant>>;
     /// Drops the body for a stalled client.
     fn abandon(&self);
 }
@@ -304,8 +310,13 @@ struct SlotState<B> {
     /// `None` once finished with or abandoned.
     body: Option<Pin<Box<B>>>,
     open: Option<OpenRequest>,
-    /// `None` while the body waits for the upstream (it answered `Pending`) or is done.
-    handed: Option<Instant>,
+    /// The body handed hyper a frame (or its headers went out) and has not been polled since;
+    /// false while it waits for the upstream (it answered `Pending`) or is done.
+    awaiting_client: bool,
+    /// Frames handed to hyper so far.
+    handed: u64,
+    /// The tracker's last sample: `handed` then, and when a sample first saw that count.
+    sampled: (u64, Instant),
     /// The rest of a data frame larger than [`MAX_HANDED`], handed over piece by piece.
     rest: Bytes,
 }
@@ -319,15 +330,22 @@ impl<B> Slot<B> {
 }
 
 impl<B: Abandon + Send> Stall for Slot<B> {
-    fn handed_at(&self) -> Option<Option<Instant>> {
-        let state = self.lock();
-        state.body.as_ref().map(|_| state.handed)
+    fn awaiting_client_since(&self, now: Instant) -> Option<Option<Instant>> {
+        let mut state = self.lock();
+        state.body.as_ref()?;
+        if !state.awaiting_client {
+            return Some(None);
+        }
+        if state.sampled.0 != state.handed {
+            state.sampled = (state.handed, now);
+        }
+        Some(Some(state.sampled.1))
     }
 
     fn abandon(&self) {
         let (body, open) = {
             let mut state = self.lock();
-            state.handed = None;
+            state.awaiting_client = false;
             (state.body.take(), state.open.take())
         };
         if let Some(mut body) = body {
@@ -365,15 +383,14 @@ where
             return Poll::Ready(Some(Err(ClientStalled.into())));
         };
         if !state.rest.is_empty() {
-            state.handed = Some(Instant::now());
+            state.awaiting_client = true;
+            state.handed += 1;
             let piece = state.rest.split_to(state.rest.len().min(MAX_HANDED));
             return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
         let polled = body.as_mut().poll_frame(cx);
-        state.handed = match &polled {
-            Poll::Ready(Some(Ok(_))) => Some(Instant::now()),
-            _ => None,
-        };
+        state.awaiting_client = matches!(polled, Poll::Ready(Some(Ok(_))));
+        state.handed += u64::from(state.awaiting_client);
         match polled {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(mut data) if data.len() > MAX_HANDED => {

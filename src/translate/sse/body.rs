@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -109,6 +109,12 @@ impl StreamEnd {
 
 const KEEPALIVE_COMMENT: Bytes = Bytes::from_static(b": keep-alive\n\n");
 
+/// The most bytes gathered into one frame (see [`StreamState::next_output`]): the copy stays
+/// small beside the per-frame work it saves, and so does the buffer a stream keeps for it.
+const GATHER_LIMIT: usize = 4 * 1024;
+/// The most pieces queued ahead when gathering: bounds the queue whatever the events' size.
+const MAX_GATHERED_PIECES: usize = 64;
+
 pin_project! {
     /// A response body that streams SSE events from `B`, translated per [`EventMode`].
     pub struct SseBody<B> {
@@ -161,8 +167,8 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         loop {
-            if let Some(piece) = this.state.next_output() {
-                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            if let Some(data) = this.state.next_output() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             if this.state.outcome.is_some() {
                 return Poll::Ready(None);
@@ -210,6 +216,9 @@ struct StreamState {
     framer: SseFramer,
     /// Pieces ready for the client, in order.
     out: VecDeque<Bytes>,
+    /// Where small pieces are gathered into one frame (see [`StreamState::next_output`]);
+    /// reused, so gathering allocates nothing per event.
+    gathered: BytesMut,
     saw_done: bool,
     /// The upstream sent an error event of its own.
     saw_error: bool,
@@ -228,6 +237,7 @@ impl StreamState {
             framer: SseFramer::new(settings.max_event_bytes),
             // Room for a few rewritten events: allocated once per stream, not per event.
             out: VecDeque::with_capacity(8),
+            gathered: BytesMut::new(),
             error_form: settings.mode.error_form(settings.client, settings.upstream),
             saw_done: false,
             saw_error: false,
@@ -239,11 +249,39 @@ impl StreamState {
         }
     }
 
-    /// The next piece for the client, if one is ready.
+    /// What goes to the client next, if anything is ready: every event already buffered is
+    /// transformed first, and the queued pieces are handed over as one frame of up to
+    /// [`GATHER_LIMIT`] bytes. A rewritten event is three pieces and one upstream read often
+    /// holds several events; hyper's write buffer copies each frame anyway, and a frame per
+    /// piece cost more (a trip through every body layer and hyper's write loop) than copying
+    /// the small ones once more. A piece that does not fit goes alone, uncopied.
     fn next_output(&mut self) -> Option<Bytes> {
-        let piece = self.out.pop_front()?;
+        if self.out.is_empty() {
+            return None;
+        }
+        while self.outcome.is_none()
+            && self.out.len() < MAX_GATHERED_PIECES
+            && self.transform_next_event()
+        {}
         self.deadlines.output_moved();
-        Some(piece)
+        let (mut pieces, mut size) = (0, 0);
+        for piece in &self.out {
+            if size + piece.len() > GATHER_LIMIT {
+                break;
+            }
+            pieces += 1;
+            size += piece.len();
+        }
+        if pieces < 2 {
+            return self.out.pop_front();
+        }
+        // Reserved at once: the buffer grows to the largest frame gathered and is reused once
+        // hyper has let go of the last frame (always, over HTTP/1.1: it copies frames).
+        self.gathered.reserve(size);
+        for piece in self.out.drain(..pieces) {
+            self.gathered.extend_from_slice(&piece);
+        }
+        Some(self.gathered.split().freeze())
     }
 
     /// Hands the next whole event the framer holds to the transform; false when it holds none.
@@ -770,21 +808,14 @@ mod tests {
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
-    /// The frames that carry [`CHUNK`] to the client in `mode` (a wrapped event goes out in
-    /// three pieces, its payload uncopied), at `time`.
+    /// The frames that carry [`CHUNK`] to the client in `mode` (a wrapped event's three
+    /// pieces gathered into one), at `time`.
     fn chunk_frames(mode: EventMode, time: u64) -> Vec<(Duration, String)> {
-        let pieces = match mode {
-            EventMode::Wrap => vec![
-                r#"data: {"success":true,"code":"200","message":"successful","data":"#,
-                r#"{"id":"c1","choices":[]}"#,
-                "}\n\n",
-            ],
-            _ => vec![std::str::from_utf8(CHUNK).unwrap()],
+        let event = match mode {
+            EventMode::Wrap => WRAPPED_CHUNK,
+            _ => CHUNK,
         };
-        pieces
-            .into_iter()
-            .map(|piece| (secs(time), piece.to_string()))
-            .collect()
+        vec![(secs(time), String::from_utf8(event.to_vec()).unwrap())]
     }
 
     #[tokio::test(start_paused = true)]
@@ -1014,10 +1045,42 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn events_read_together_go_out_in_few_frames_within_the_gather_limit() {
+        // 200 events in one upstream read: 600 pieces once wrapped, 200 in pass-through.
+        let input = CHUNK.repeat(200).leak();
+        for (mode, event) in [
+            (EventMode::Wrap, WRAPPED_CHUNK),
+            (EventMode::Passthru, CHUNK),
+        ] {
+            let upstream = Upstream::new([Step::Chunk(input), Step::Chunk(b"data: [DONE]\n\n")]);
+            let (frames, end) = play(SseBody::new(upstream, settings(mode, true))).await;
+            assert_eq!(end, Some(StreamEnd::Complete), "{mode:?}");
+            let joined: String = frames.iter().map(|(_, frame)| frame.as_str()).collect();
+            let expected =
+                String::from_utf8([event.repeat(200), b"data: [DONE]\n\n".to_vec()].concat());
+            assert_eq!(joined, expected.unwrap(), "{mode:?}");
+            // Whole events (at most 64 pieces queued ahead), each frame within the limit; the
+            // `[DONE]` came in a read of its own.
+            let per_frame = match mode {
+                EventMode::Wrap => 64 / 3 + 1,
+                _ => 64,
+            };
+            assert!(event.len() * per_frame <= GATHER_LIMIT, "{mode:?}");
+            let mut expected = vec![event.len() * per_frame; 200 / per_frame];
+            expected.extend([event.len() * (200 % per_frame), 14]);
+            let sizes: Vec<usize> = frames.iter().map(|(_, frame)| frame.len()).collect();
+            assert_eq!(sizes, expected, "{mode:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_stream_is_not_over_until_its_last_piece_is_out() {
         // An event completed only by the end of the stream (its blank line a lone `\r`),
-        // wrapped into three pieces: the outcome is known before they are all out.
-        let upstream = Upstream::new([Step::Chunk(b"data: {\"id\":\"c1\",\"choices\":[]}\r\r")]);
+        // wrapped into pieces, its payload too large to be gathered with the others: the
+        // outcome is known before they are all out.
+        let payload = format!(r#"{{"id":"{}"}}"#, "x".repeat(GATHER_LIMIT));
+        let event = format!("data: {payload}\r\r").into_bytes().leak();
+        let upstream = Upstream::new([Step::Chunk(event)]);
         let mut body = std::pin::pin!(SseBody::new(upstream, settings(EventMode::Wrap, false)));
         assert!(!body.is_end_stream());
         let mut seen = Vec::new();
@@ -1036,10 +1099,9 @@ mod tests {
                 r#"data: {"success":true,"code":"200","message":"successful","data":"#,
                 false,
             ),
-            (r#"{"id":"c1","choices":[]}"#, false),
-            ("}", false),
+            (&payload, false),
             // The line endings as received.
-            ("\r\r", true),
+            ("}\r\r", true),
         ];
         let expected: Vec<_> = expected.map(|(s, end)| (s.to_string(), end)).into();
         assert_eq!(seen, expected);
