@@ -110,6 +110,17 @@ struct State {
     /// When [`Action::Shutdown`] was given.
     shutdown: bool,
     responses: Vec<Weak<dyn Stall>>,
+    /// When the tracker will look again by itself; `None` while it evaluates or waits for a
+    /// notification only. A change whose deadline is no sooner needs no wake-up (one per
+    /// request, on a busy keep-alive connection, cost more than the rest of the tracking).
+    wakes_at: Option<Instant>,
+}
+
+impl State {
+    /// True when the tracker must be woken to act by `deadline`.
+    fn must_wake_by(&self, deadline: Instant) -> bool {
+        self.wakes_at.is_none_or(|wakes_at| wakes_at > deadline)
+    }
 }
 
 impl Tracker {
@@ -126,6 +137,7 @@ impl Tracker {
                 idle_since: now,
                 shutdown: false,
                 responses: Vec::new(),
+                wakes_at: None,
             }),
             changed: Notify::new(),
         })
@@ -157,7 +169,9 @@ impl Tracker {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            match self.evaluate() {
+            let evaluated = self.evaluate();
+            self.lock().wakes_at = evaluated.ok().flatten();
+            match evaluated {
                 Err(action) => return action,
                 Ok(Some(deadline)) => {
                     tokio::select! {
@@ -175,6 +189,9 @@ impl Tracker {
         let now = Instant::now();
         let (mut next, responses, http1) = {
             let mut state = self.lock();
+            // Until the new deadline is known, every change wakes the tracker (the wake-up
+            // is kept for it: `changed` was enabled before this call).
+            state.wakes_at = None;
             let next = self.connection_deadline(&mut state, now)?;
             state.responses.retain(|r| r.strong_count() > 0);
             let responses: Vec<_> = if self.limits.client_write.is_zero() {
@@ -188,8 +205,11 @@ impl Tracker {
         // which takes the tracker's lock.
         let mut stalled = false;
         // Frames handed over are not announced, so every response is looked at again a
-        // quarter period later (see the module docs).
+        // quarter period later (see the module docs), until the last one is gone.
         let sample_again = now + self.limits.client_write / 4;
+        if !responses.is_empty() {
+            next = Some(next.map_or(sample_again, |n| n.min(sample_again)));
+        }
         for response in responses {
             let deadline = match response.awaiting_client_since(now) {
                 None => continue,
@@ -263,32 +283,55 @@ impl OpenRequest {
         B: Body + Abandon + Send + 'static,
     {
         let tracker = Arc::clone(&self.0);
+        let now = Instant::now();
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState {
                 body: Some(Box::pin(body)),
                 open: Some(self),
                 awaiting_client: true,
                 handed: 0,
-                sampled: (0, Instant::now()),
+                sampled: (0, now),
                 rest: Bytes::new(),
             }),
         });
         let weak: Weak<dyn Stall> = Arc::downgrade(&slot) as Weak<dyn Stall>;
-        tracker.lock().responses.push(weak);
-        tracker.changed.notify_one();
+        let mut state = tracker.lock();
+        state.responses.push(weak);
+        // Sampled from a quarter period on, like every response (see the module docs).
+        let wake = !tracker.limits.client_write.is_zero()
+            && state.must_wake_by(now + tracker.limits.client_write / 4);
+        drop(state);
+        if wake {
+            tracker.changed.notify_one();
+        }
         Watched { slot }
     }
 }
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
+        let tracker = &self.0;
+        let mut state = tracker.lock();
         state.open -= 1;
-        if state.open == 0 {
-            state.idle_since = Instant::now();
-        }
+        // Only the last request's end starts a deadline (idle, closing, the one answer).
+        let wake = state.open == 0 && {
+            let now = Instant::now();
+            state.idle_since = now;
+            let deadline = if tracker.answer_once {
+                now
+            } else if state.shutdown {
+                now + CLOSE_GRACE
+            } else if tracker.limits.idle.is_zero() {
+                return;
+            } else {
+                now + tracker.limits.idle
+            };
+            state.must_wake_by(deadline)
+        };
         drop(state);
-        self.0.changed.notify_one();
+        if wake {
+            tracker.changed.notify_one();
+        }
     }
 }
 

@@ -270,9 +270,9 @@ impl Proxy {
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
             return observed(overloaded(dialect, Limit::ConcurrentRequests), record);
         };
-        let response = self
-            .forward(request, dialect, rest, client, request_id)
-            .await;
+        // Boxed: the exchange's future is the largest part of a request's; inline, every
+        // enclosing future (and hyper's per-request box) would carry and move it.
+        let response = Box::pin(self.forward(request, dialect, rest, client, request_id)).await;
         observed(response, record).map(|body| body.holding(permit))
     }
 

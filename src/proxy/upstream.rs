@@ -228,7 +228,9 @@ impl OwnPool {
         loop {
             let (mut used, pooled) = match self.checkout() {
                 Some(idle) => (idle, true),
-                None => (self.connect(connect_timeout).await?, false),
+                // Boxed: only new connections pay for the connect future's size; inline, every
+                // request's future would carry (and move) it.
+                None => (Box::pin(self.connect(connect_timeout)).await?, false),
             };
             let sending = used.sender.try_send_request(request);
             tokio::pin!(sending);
