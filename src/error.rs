@@ -410,6 +410,19 @@ impl ApiError {
         }
     }
 
+    /// The OpenAI error object alone (`{"message","type","param","code"}`): what `$error`
+    /// stands for in an envelope template.
+    pub fn error_object(&self) -> Vec<u8> {
+        let inner = InnerError {
+            message: &self.message,
+            error_type: &self.error_type,
+            param: &self.param,
+            code: &self.code,
+        };
+        // Serialising it cannot fail: every key is a string and every value is JSON.
+        serde_json::to_vec(&inner).unwrap_or_default()
+    }
+
     /// The JSON body in `form`.
     pub fn to_body(&self, form: impl Into<Form>) -> Bytes {
         let inner = InnerError {

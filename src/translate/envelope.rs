@@ -30,6 +30,19 @@ pub fn wrap_success(payload: Bytes) -> [Bytes; 3] {
     [SUCCESS_PREFIX, payload, SUCCESS_SUFFIX]
 }
 
+/// `{"success":true,"code":"<status>","message":"successful","data":<payload>}` in pieces: a
+/// relayed 2xx status is the envelope's code.
+pub(crate) fn wrap_success_with(status: StatusCode, payload: Bytes) -> [Bytes; 3] {
+    if status == StatusCode::OK {
+        return wrap_success(payload);
+    }
+    let prefix = format!(
+        r#"{{"success":true,"code":"{}","message":"successful","data":"#,
+        status.as_u16()
+    );
+    [Bytes::from(prefix), payload, SUCCESS_SUFFIX]
+}
+
 /// True for a complete JSON text in UTF-8 (RFC 8259). serde skips the strings it ignores
 /// without checking their bytes, so UTF-8 is checked first, explicitly.
 pub fn is_json(body: &[u8]) -> bool {

@@ -31,6 +31,7 @@ pub mod envelope;
 pub mod error_body;
 pub mod sse;
 pub(crate) mod synthetic;
+pub mod template;
 pub mod upstream_body;
 pub mod usage;
 
@@ -181,7 +182,7 @@ fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response
             let response = translated(json_response(
                 parts.status,
                 parts.headers,
-                wrap_success(parts.status, payload),
+                envelope::wrap_success_with(parts.status, payload),
             ));
             with_usage(response, &report)
         }
@@ -294,18 +295,6 @@ async fn read_body(exchange: &Exchange, body: UpstreamBody) -> Result<Bytes, Api
             ))
         }
     }
-}
-
-/// `{"success":true,"code":"<status>","message":"successful","data":<payload>}` in pieces.
-fn wrap_success(status: StatusCode, payload: Bytes) -> [Bytes; 3] {
-    if status == StatusCode::OK {
-        return envelope::wrap_success(payload);
-    }
-    let prefix = format!(
-        r#"{{"success":true,"code":"{}","message":"successful","data":"#,
-        status.as_u16()
-    );
-    [Bytes::from(prefix), payload, envelope::SUCCESS_SUFFIX]
 }
 
 /// A coded body where the proxy needs plain bytes (it asked for identity).
