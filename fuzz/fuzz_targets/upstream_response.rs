@@ -39,6 +39,7 @@ use envelope_proxy::translate::envelope::{classify, Classified, Verdict};
 use envelope_proxy::translate::sse::framer::{SseEvent, SseFramer};
 use envelope_proxy::translate::sse::transform::{EventKind, EventMode};
 use envelope_proxy::translate::sse::StreamSettings;
+use envelope_proxy::translate::template::Envelopes;
 use envelope_proxy::translate::{respond, Exchange};
 use envelope_proxy::Dialect;
 use http::{Request, StatusCode};
@@ -256,6 +257,7 @@ async fn exchange(case: &Case<'_>) -> Option<Sent> {
         request_timeout: Duration::from_secs(60),
         stream: settings,
         cut: CancellationToken::new(),
+        envelopes: Envelopes::standard(),
     };
     let response = response.map(envelope_proxy::translate::upstream_body::UpstreamBody::from);
     let (parts, body) = respond(&exchange, response).await.into_parts();

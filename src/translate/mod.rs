@@ -46,9 +46,9 @@ use crate::error::{ApiError, ErrorCode};
 use crate::headers;
 use crate::translate::upstream_body::UpstreamBody;
 use body::ProxyBody;
-use envelope::{Classified, Verdict};
 use sse::{EventMode, SseBody, StreamSettings};
 use synthetic::{error_response, set_json_headers};
+use template::{Envelopes, Unwrapped};
 use tokio_util::sync::CancellationToken;
 
 /// What the response path needs to know about one exchange.
@@ -66,6 +66,25 @@ pub struct Exchange {
     pub stream: StreamSettings,
     /// Cancelled when the shutdown grace period runs out: open streams end with an error event.
     pub cut: CancellationToken,
+    /// The envelopes of both sides (`--envelope`, `--upstream-envelope`, the templates).
+    pub envelopes: Envelopes,
+}
+
+impl Exchange {
+    /// True when bodies pass between the two sides as they are: the same dialect, and for
+    /// envelopes the same envelope on both sides.
+    pub fn passes_through(&self) -> bool {
+        self.client == self.upstream && (self.client == Dialect::Bare || self.envelopes.same())
+    }
+
+    /// `error` as a response in the client's dialect and envelope.
+    pub(crate) fn error_response(
+        &self,
+        error: &ApiError,
+        headers: Option<HeaderMap>,
+    ) -> Response<ProxyBody> {
+        error_response(self.client, &self.envelopes, error, headers)
+    }
 }
 
 /// Response extension: the `usage` and `model` of a success the proxy read whole (pass-through
@@ -92,7 +111,7 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
     let status = parts.status;
     // Nothing asked for an upgrade (Upgrade is never forwarded): a 101 answers no request.
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        return error_response(exchange.client, &unexpected_upgrade(), None);
+        return exchange.error_response(&unexpected_upgrade(), None);
     }
     let bodiless = exchange.head || has_no_body(status);
     headers::strip_upstream_framing(&mut parts.headers, bodiless);
@@ -101,7 +120,7 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
     if bodiless {
         return Response::from_parts(parts, ProxyBody::passthru(body));
     }
-    let same_dialect = exchange.client == exchange.upstream;
+    let same_dialect = exchange.passes_through();
     let encoded = headers::is_content_encoded(&parts.headers);
     if status.is_success() && headers::is_event_stream(&parts.headers) {
         if encoded {
@@ -109,7 +128,7 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
             return if exchange.stream.mode == EventMode::Passthru {
                 Response::from_parts(parts, ProxyBody::passthru(body))
             } else {
-                error_response(exchange.client, &encoded_body(&parts), Some(parts.headers))
+                exchange.error_response(&encoded_body(&parts), Some(parts.headers))
             };
         }
         return stream_response(exchange, parts, body);
@@ -132,11 +151,11 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
             return Response::from_parts(parts, body);
         }
         if encoded {
-            return error_response(exchange.client, &encoded_body(&parts), Some(parts.headers));
+            return exchange.error_response(&encoded_body(&parts), Some(parts.headers));
         }
         let bytes = match read_body(exchange, body).await {
             Ok(bytes) => bytes,
-            Err(error) => return error_response(exchange.client, &error, Some(parts.headers)),
+            Err(error) => return exchange.error_response(&error, Some(parts.headers)),
         };
         return translate_success(exchange, parts, bytes);
     }
@@ -165,63 +184,64 @@ fn stream_response(
     }
 }
 
-/// 2xx JSON between different dialects.
+/// 2xx JSON between different dialects (or different envelopes): unwrapped from the
+/// upstream's envelope, then wrapped in the client's.
 fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response<ProxyBody> {
+    // An empty success has no payload to unwrap.
+    let (payload, unwrapped) = if exchange.upstream == Dialect::Envelope && !body.is_empty() {
+        match exchange.envelopes.upstream().unwrap(&body, parts.status) {
+            Unwrapped::Payload(payload) => (payload, true),
+            Unwrapped::Error(error) => {
+                return translated(exchange.error_response(&error, Some(parts.headers)))
+            }
+            // Already bare: an upstream that answers some endpoints without an envelope.
+            Unwrapped::Bare => (body, false),
+            Unwrapped::NotJson => {
+                return exchange.error_response(&invalid_json(&parts), Some(parts.headers))
+            }
+        }
+    } else {
+        (body, false)
+    };
     match exchange.client {
         Dialect::Envelope => {
             // An empty success carries no payload: `data` is null.
-            let payload = if body.is_empty() {
+            let payload = if payload.is_empty() {
                 Bytes::from_static(b"null")
-            } else if envelope::is_json(&body) {
+            } else if unwrapped || envelope::is_json(&payload) {
                 // Validate, never rebuild: the payload goes out as the upstream wrote it.
-                body
+                payload
             } else {
-                return error_response(exchange.client, &invalid_json(&parts), Some(parts.headers));
+                return exchange.error_response(&invalid_json(&parts), Some(parts.headers));
             };
             let report = payload.clone();
             let response = translated(json_response(
                 parts.status,
                 parts.headers,
-                envelope::wrap_success_with(parts.status, payload),
+                exchange.envelopes.client().wrap(parts.status, payload),
             ));
             with_usage(response, &report)
         }
-        // An empty success has no payload to unwrap: it is relayed empty.
-        Dialect::Bare if body.is_empty() => json_response(
+        // An empty success is relayed empty.
+        Dialect::Bare if payload.is_empty() => json_response(
             parts.status,
             parts.headers,
-            [body, Bytes::new(), Bytes::new()],
+            [payload, Bytes::new(), Bytes::new()],
         ),
-        Dialect::Bare => match envelope::classify(&body) {
-            Classified::Envelope(env) => match env.verdict(parts.status) {
-                Verdict::Success(data) => {
-                    let payload = envelope::slice_payload(&body, data);
-                    let report = payload.clone();
-                    let response = translated(json_response(
-                        parts.status,
-                        parts.headers,
-                        [payload, Bytes::new(), Bytes::new()],
-                    ));
-                    with_usage(response, &report)
-                }
-                Verdict::Error(error) => {
-                    translated(error_response(exchange.client, &error, Some(parts.headers)))
-                }
-            },
-            // Already bare: an upstream that answers some endpoints without an envelope.
-            Classified::Json => {
-                let report = body.clone();
-                let response = json_response(
-                    parts.status,
-                    parts.headers,
-                    [body, Bytes::new(), Bytes::new()],
-                );
-                with_usage(response, &report)
-            }
-            Classified::NotJson => {
-                error_response(exchange.client, &invalid_json(&parts), Some(parts.headers))
-            }
-        },
+        Dialect::Bare => {
+            let report = payload.clone();
+            let response = json_response(
+                parts.status,
+                parts.headers,
+                [payload, Bytes::new(), Bytes::new()],
+            );
+            let response = if unwrapped {
+                translated(response)
+            } else {
+                response
+            };
+            with_usage(response, &report)
+        }
     }
 }
 
@@ -231,7 +251,7 @@ async fn translate_error(
     mut parts: Parts,
     body: UpstreamBody,
 ) -> Response<ProxyBody> {
-    let same_dialect = exchange.client == exchange.upstream;
+    let same_dialect = exchange.passes_through();
     let error = if headers::is_content_encoded(&parts.headers) {
         // The upstream was asked for identity. A coded body cannot be inspected: a JSON error
         // between equal dialects passes untouched (the client can decode it); anything else
@@ -254,15 +274,16 @@ async fn translate_error(
     } else {
         let bytes = match read_body(exchange, body).await {
             Ok(bytes) => bytes,
-            Err(error) => return error_response(exchange.client, &error, Some(parts.headers)),
+            Err(error) => return exchange.error_response(&error, Some(parts.headers)),
         };
         if same_dialect && envelope::is_json(&bytes) {
             return Response::from_parts(parts, ProxyBody::full(bytes));
         }
         let content_type = headers::media_type(&parts.headers);
-        error_body::normalise(parts.status, content_type.as_deref(), &bytes)
+        let shape = (exchange.upstream == Dialect::Envelope).then(|| exchange.envelopes.upstream());
+        error_body::normalise_from(shape, parts.status, content_type.as_deref(), &bytes)
     };
-    let response = error_response(exchange.client, &error, Some(parts.headers));
+    let response = exchange.error_response(&error, Some(parts.headers));
     if same_dialect {
         response
     } else {
