@@ -479,3 +479,210 @@ async fn bad_templates_stop_startup_with_one_clear_line() {
         "{stderr}"
     );
 }
+
+// === Streams ===
+
+/// The events of an SSE text (`data: …` lines only, one per event).
+fn events(sse: &[u8]) -> Vec<String> {
+    text(sse)
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| e.strip_prefix("data: ").expect("a data event").to_string())
+        .collect()
+}
+
+fn sse(events: &[String]) -> String {
+    events.iter().map(|e| format!("data: {e}\n\n")).collect()
+}
+
+/// A stream served by the mock upstream: `body` as `text/event-stream`.
+async fn stream_reply(h: &Harness, path: &str, body: &str) -> harness::Reply {
+    h.chat(path, true)
+        .header("x-mock-body-pct", &pct(body.as_bytes()))
+        .header("x-mock-content-type", "text/event-stream")
+        .send()
+        .await
+}
+
+const TRUNCATED: &str =
+    "the upstream closed the stream early, before `data: [DONE]`; the answer may be incomplete";
+
+#[tokio::test]
+async fn a_bare_stream_is_wrapped_in_each_envelope_event_by_event() {
+    let upstream = fixture("bare/chat_completion_stream.sse");
+    let chunks = events(&upstream);
+    assert_eq!(chunks.last().map(String::as_str), Some("[DONE]"));
+    for case in cases() {
+        let mut flags = case.client.clone();
+        flags.push("--stream-envelope=wrap".into());
+        let h = proxy(Shape::Bare, &flags).await;
+        let reply = h
+            .chat("/api/v1/chat/completions", true)
+            .fixture("bare/chat_completion_stream.sse", 200)
+            .send()
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", case.name);
+        let expected: Vec<String> = chunks
+            .iter()
+            .map(|c| match c.as_str() {
+                "[DONE]" => c.clone(),
+                _ => format!("{}{c}{}", case.prefix, case.suffix),
+            })
+            .collect();
+        assert_eq!(text(&reply.body), sse(&expected), "{}", case.name);
+    }
+}
+
+#[tokio::test]
+async fn stream_errors_are_events_in_the_client_error_templates() {
+    let mid = "The server had an error while processing your request. Sorry about that!";
+    let inner = format!(r#"{{"message":"{mid}","type":"server_error","param":null,"code":null}}"#);
+    let cut = format!(
+        r#"{{"message":"{TRUNCATED}","type":"upstream_error","param":null,"code":"stream_truncated"}}"#
+    );
+    for case in cases() {
+        let mut flags = case.client.clone();
+        flags.push("--stream-envelope=wrap".into());
+        let h = proxy(Shape::Bare, &flags).await;
+        // The upstream's own error event (a 500).
+        let reply = h
+            .chat("/api/v1/chat/completions", true)
+            .fixture("bare/chat_completion_stream_mid_error.sse", 200)
+            .send()
+            .await;
+        let last = events(&reply.body).pop().expect("events");
+        let expected = match case.name {
+            "standard" => format!(
+                r#"{{"success":false,"code":"500","message":"{mid}","data":null,"error":{inner}}}"#
+            ),
+            "code-msg-data" => {
+                format!(r#"{{"code":500,"msg":"{mid}","data":null,"error":{inner}}}"#)
+            }
+            "jsend" => {
+                format!(r#"{{"status":"error","message":"{mid}","code":500,"data":{inner}}}"#)
+            }
+            _ => format!(r#"{{"ok":false,"retCode":"500","retMsg":"{mid}","err":{inner}}}"#),
+        };
+        assert_eq!(last, expected, "{}", case.name);
+        // The proxy's own error event: a stream without `[DONE]` (a 502).
+        let reply = h
+            .chat("/api/v1/chat/completions", true)
+            .fixture("bare/chat_completion_stream_no_done.sse", 200)
+            .send()
+            .await;
+        let last = events(&reply.body).pop().expect("events");
+        let expected = match case.name {
+            "standard" => format!(
+                r#"{{"success":false,"code":"502","message":"{TRUNCATED}","data":null,"error":{cut}}}"#
+            ),
+            "code-msg-data" => {
+                format!(r#"{{"code":502,"msg":"{TRUNCATED}","data":null,"error":{cut}}}"#)
+            }
+            "jsend" => {
+                format!(r#"{{"status":"error","message":"{TRUNCATED}","code":502,"data":{cut}}}"#)
+            }
+            _ => format!(r#"{{"ok":false,"retCode":"502","retMsg":"{TRUNCATED}","err":{cut}}}"#),
+        };
+        assert_eq!(last, expected, "{}", case.name);
+    }
+}
+
+#[tokio::test]
+async fn each_envelope_upstreams_stream_is_unwrapped_for_bare_clients() {
+    let chunks = [
+        r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#,
+        r#"{"id":"c1", "choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+    ];
+    for case in cases() {
+        let h = proxy(Shape::Envelope, &case.upstream).await;
+        let mut upstream: Vec<String> = chunks
+            .iter()
+            .map(|c| format!("{}{c}{}", case.prefix, case.suffix))
+            .collect();
+        upstream.push("[DONE]".into());
+        let reply = stream_reply(&h, "/v1/chat/completions", &sse(&upstream)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", case.name);
+        let mut expected: Vec<String> = chunks.iter().map(|c| c.to_string()).collect();
+        expected.push("[DONE]".into());
+        assert_eq!(text(&reply.body), sse(&expected), "{}", case.name);
+    }
+}
+
+#[tokio::test]
+async fn envelope_error_events_become_bare_error_events() {
+    let chunk = r#"{"id":"c1","choices":[]}"#;
+    let h = start(Shape::Envelope, &["--upstream-envelope=code-msg-data"]).await;
+    let upstream = sse(&[
+        format!(r#"{{"code":0,"msg":"success","data":{chunk}}}"#),
+        r#"{"code":99991663,"msg":"token invalid","data":{}}"#.to_string(),
+    ]);
+    let reply = stream_reply(&h, "/v1/chat/completions", &upstream).await;
+    assert_eq!(
+        text(&reply.body),
+        sse(&[
+            chunk.to_string(),
+            r#"{"error":{"message":"token invalid","type":"upstream_error","param":null,"code":"99991663"}}"#.to_string(),
+        ])
+    );
+    let h = start(Shape::Envelope, &["--upstream-envelope=jsend"]).await;
+    let upstream = sse(&[r#"{"status":"fail","data":{"message":"bad model"}}"#.to_string()]);
+    let reply = stream_reply(&h, "/v1/chat/completions", &upstream).await;
+    assert_eq!(
+        text(&reply.body),
+        sse(&[
+            r#"{"error":{"message":"bad model","type":"invalid_request_error","param":null,"code":null}}"#.to_string()
+        ])
+    );
+    // An event whose discriminator has another value is invalid; one without the
+    // discriminator goes on as it came (as bare events of the standard envelope do).
+    let upstream = sse(&[
+        chunk.to_string(),
+        r#"{"status":"maybe","data":{}}"#.to_string(),
+    ]);
+    let reply = stream_reply(&h, "/v1/chat/completions", &upstream).await;
+    assert_eq!(
+        text(&reply.body),
+        sse(&[
+            chunk.to_string(),
+            r#"{"error":{"message":"upstream sent a body that is not a valid envelope under HTTP 200: `status` is \"maybe\", neither success nor error","type":"upstream_error","param":null,"code":"upstream_invalid_body"}}"#.to_string(),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_stream_from_an_envelope_upstream_of_another_preset_is_rewrapped() {
+    let chunk = r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#;
+    let h = start(
+        Shape::Envelope,
+        &["--upstream-envelope=code-msg-data", "--envelope=jsend"],
+    )
+    .await;
+    let upstream = format!(
+        "event: chunk\ndata: {{\"code\":0,\"msg\":\"success\",\"data\":{chunk}}}\nid: 1\n\ndata: [DONE]\n\n"
+    );
+    let reply = stream_reply(&h, "/api/v1/chat/completions", &upstream).await;
+    assert_eq!(
+        text(&reply.body),
+        format!("event: chunk\ndata: {{\"status\":\"success\",\"data\":{chunk}}}\nid: 1\n\ndata: [DONE]\n\n")
+    );
+    let upstream = sse(&[
+        format!(r#"{{"code":"0","data":{chunk}}}"#),
+        r#"{"code":99991663,"msg":"token invalid","data":{}}"#.to_string(),
+    ]);
+    let reply = stream_reply(&h, "/api/v1/chat/completions", &upstream).await;
+    assert_eq!(
+        text(&reply.body),
+        sse(&[
+            format!(r#"{{"status":"success","data":{chunk}}}"#),
+            r#"{"status":"error","message":"token invalid","code":502,"data":{"message":"token invalid","type":"upstream_error","param":null,"code":"99991663"}}"#.to_string(),
+        ])
+    );
+    // The same envelope on both sides: the stream passes as it came.
+    let h = start(Shape::Envelope, &["--envelope=jsend"]).await;
+    let upstream = sse(&[
+        format!(r#"{{"status":"success", "data":{chunk}}}"#),
+        "[DONE]".into(),
+    ]);
+    let reply = stream_reply(&h, "/api/v1/chat/completions", &upstream).await;
+    assert_eq!(text(&reply.body), upstream);
+}

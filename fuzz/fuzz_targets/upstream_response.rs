@@ -247,6 +247,7 @@ async fn exchange(case: &Case<'_>) -> Option<Sent> {
         idle_timeout: Duration::from_secs(60),
         keepalive: None,
         max_event_bytes: MAX_EVENT,
+        envelopes: Envelopes::standard(),
     };
     let exchange = Exchange {
         client: case.client,
@@ -257,7 +258,6 @@ async fn exchange(case: &Case<'_>) -> Option<Sent> {
         request_timeout: Duration::from_secs(60),
         stream: settings,
         cut: CancellationToken::new(),
-        envelopes: Envelopes::standard(),
     };
     let response = response.map(envelope_proxy::translate::upstream_body::UpstreamBody::from);
     let (parts, body) = respond(&exchange, response).await.into_parts();
@@ -364,6 +364,7 @@ fn applied(mode: EventMode, upstream: Dialect, event: SseEvent) -> (Vec<u8>, Eve
     let kind = mode.apply(
         event,
         upstream,
+        Envelopes::standard(),
         &mut out,
         &mut envelope_proxy::translate::sse::transform::StreamStats::default(),
     );

@@ -39,7 +39,12 @@ impl Proxy {
             deadline: Instant::now() + config.request_timeout,
             request_timeout: config.request_timeout,
             stream: StreamSettings {
-                mode: EventMode::select(dialect, config.upstream_shape, config.stream_envelope),
+                mode: EventMode::select_with(
+                    dialect,
+                    config.upstream_shape,
+                    config.stream_envelope,
+                    self.envelopes,
+                ),
                 client: dialect,
                 upstream: config.upstream_shape,
                 // Only (chat) completions promise `[DONE]`.
@@ -47,9 +52,9 @@ impl Proxy {
                 idle_timeout: config.stream_idle_timeout,
                 keepalive: (!config.sse_keepalive.is_zero()).then_some(config.sse_keepalive),
                 max_event_bytes: config.max_sse_event,
+                envelopes: self.envelopes,
             },
             cut: self.cut.clone(),
-            envelopes: self.envelopes.clone(),
         };
         if let Some(length) = declared_length(&request) {
             if length > config.max_request_body {

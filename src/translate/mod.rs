@@ -62,19 +62,23 @@ pub struct Exchange {
     /// When a body the proxy reads must be complete, and the `--request-timeout` behind it.
     pub deadline: tokio::time::Instant,
     pub request_timeout: std::time::Duration,
-    /// How event streams are handled (its mode already follows from the two dialects).
+    /// How event streams are handled (its mode already follows from the two dialects); its
+    /// envelopes are those of every response of the exchange (see [`Exchange::envelopes`]).
     pub stream: StreamSettings,
     /// Cancelled when the shutdown grace period runs out: open streams end with an error event.
     pub cut: CancellationToken,
-    /// The envelopes of both sides (`--envelope`, `--upstream-envelope`, the templates).
-    pub envelopes: Envelopes,
 }
 
 impl Exchange {
+    /// The envelopes of both sides (`--envelope`, `--upstream-envelope`, the templates).
+    pub fn envelopes(&self) -> Envelopes {
+        self.stream.envelopes
+    }
+
     /// True when bodies pass between the two sides as they are: the same dialect, and for
     /// envelopes the same envelope on both sides.
     pub fn passes_through(&self) -> bool {
-        self.client == self.upstream && (self.client == Dialect::Bare || self.envelopes.same())
+        self.client == self.upstream && (self.client == Dialect::Bare || self.envelopes().same())
     }
 
     /// `error` as a response in the client's dialect and envelope.
@@ -83,7 +87,7 @@ impl Exchange {
         error: &ApiError,
         headers: Option<HeaderMap>,
     ) -> Response<ProxyBody> {
-        error_response(self.client, &self.envelopes, error, headers)
+        error_response(self.client, &self.envelopes(), error, headers)
     }
 }
 
@@ -189,7 +193,7 @@ fn stream_response(
 fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response<ProxyBody> {
     // An empty success has no payload to unwrap.
     let (payload, unwrapped) = if exchange.upstream == Dialect::Envelope && !body.is_empty() {
-        match exchange.envelopes.upstream().unwrap(&body, parts.status) {
+        match exchange.envelopes().upstream().unwrap(&body, parts.status) {
             Unwrapped::Payload(payload) => (payload, true),
             Unwrapped::Error(error) => {
                 return translated(exchange.error_response(&error, Some(parts.headers)))
@@ -218,7 +222,7 @@ fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response
             let response = translated(json_response(
                 parts.status,
                 parts.headers,
-                exchange.envelopes.client().wrap(parts.status, payload),
+                exchange.envelopes().client().wrap(parts.status, payload),
             ));
             with_usage(response, &report)
         }
@@ -280,7 +284,8 @@ async fn translate_error(
             return Response::from_parts(parts, ProxyBody::full(bytes));
         }
         let content_type = headers::media_type(&parts.headers);
-        let shape = (exchange.upstream == Dialect::Envelope).then(|| exchange.envelopes.upstream());
+        let shape =
+            (exchange.upstream == Dialect::Envelope).then(|| exchange.envelopes().upstream());
         error_body::normalise_from(shape, parts.status, content_type.as_deref(), &bytes)
     };
     let response = exchange.error_response(&error, Some(parts.headers));

@@ -18,7 +18,7 @@
 //! generic rules here (issue 18): see [`Shape::unwrap`] and [`Shape::read_error`].
 
 use std::borrow::Cow;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use clap::ValueEnum;
@@ -389,6 +389,9 @@ struct Wrapper {
     suffix: Bytes,
     /// True when `$status` appears: other statuses than 200 are filled in when wrapping.
     has_status: bool,
+    /// `data: ` + prefix, and the suffix with the usual end of an event (events say 200).
+    event_prefix: Bytes,
+    event_suffix_end: Bytes,
 }
 
 impl Wrapper {
@@ -406,11 +409,17 @@ impl Wrapper {
         let render = |range: &[Piece]| render_pieces(range, StatusCode::OK, None);
         let prefix = render(&pieces[..data_at]);
         let suffix = render(pieces.get(data_at + 1..).unwrap_or_default());
+        let mut event_prefix = b"data: ".to_vec();
+        event_prefix.extend_from_slice(&prefix);
+        let mut event_suffix_end = suffix.clone();
+        event_suffix_end.extend_from_slice(b"\n\n");
         Self {
             data_at,
             prefix: Bytes::from(prefix),
             suffix: Bytes::from(suffix),
             has_status,
+            event_prefix: Bytes::from(event_prefix),
+            event_suffix_end: Bytes::from(event_suffix_end),
             pieces,
         }
     }
@@ -520,6 +529,9 @@ struct Templates {
     reader: Result<Reader, String>,
 }
 
+/// `data: ` + the bytes before an event's payload, the bytes after it, and those with `\n\n`.
+pub(crate) type EventPieces = (Bytes, Bytes, Bytes);
+
 /// What an envelope upstream's success body held.
 #[derive(Debug)]
 pub enum Unwrapped {
@@ -570,6 +582,18 @@ impl Shape {
         }
     }
 
+    /// `data: ` and the bytes before the payload of a wrapped event; the bytes after it; the
+    /// bytes after it with the usual end of an event (`\n\n`). `None` for the standard envelope.
+    pub(crate) fn event_pieces(&self) -> Option<EventPieces> {
+        self.templates.as_ref().map(|t| {
+            (
+                t.wrapper.event_prefix.clone(),
+                t.wrapper.suffix.clone(),
+                t.wrapper.event_suffix_end.clone(),
+            )
+        })
+    }
+
     /// `error` as an envelope error body: the client-error template for a 4xx when there is
     /// one, else the error template.
     pub fn error_body(&self, error: &ApiError) -> Bytes {
@@ -601,9 +625,31 @@ impl Shape {
             Ok(reader) => match reader.read(body, http_status) {
                 Read::Success(data) => Unwrapped::Payload(body.slice_ref(data.get().as_bytes())),
                 Read::Error(error) => Unwrapped::Error(error),
-                Read::Invalid(why) => Unwrapped::Error(invalid(http_status, &why)),
+                Read::NotEnvelope(why) | Read::Invalid(why) => {
+                    Unwrapped::Error(invalid(http_status, &why))
+                }
             },
             Err(why) => Unwrapped::Error(invalid(http_status, why)),
+        }
+    }
+
+    /// Reads one event's data from an envelope upstream's stream. As for the standard
+    /// envelope, an event that is no envelope (not a JSON object, or without the
+    /// discriminator) is `Bare`: it goes on as it came.
+    pub fn unwrap_event(&self, data: &Bytes) -> Unwrapped {
+        let Some(t) = &self.templates else {
+            return self.unwrap(data, StatusCode::OK);
+        };
+        match &t.reader {
+            Ok(reader) => match reader.read(data, StatusCode::OK) {
+                Read::Success(payload) => {
+                    Unwrapped::Payload(data.slice_ref(payload.get().as_bytes()))
+                }
+                Read::Error(error) => Unwrapped::Error(error),
+                Read::NotEnvelope(_) => Unwrapped::Bare,
+                Read::Invalid(why) => Unwrapped::Error(invalid(StatusCode::OK, &why)),
+            },
+            Err(why) => Unwrapped::Error(invalid(StatusCode::OK, why)),
         }
     }
 
@@ -614,7 +660,7 @@ impl Shape {
         let reader = self.templates.as_ref()?.reader.as_ref().ok()?;
         match reader.read(body, http_status) {
             Read::Error(error) => Some(error),
-            Read::Success(_) | Read::Invalid(_) => None,
+            Read::Success(_) | Read::NotEnvelope(_) | Read::Invalid(_) => None,
         }
     }
 
@@ -650,6 +696,9 @@ fn invalid(http_status: StatusCode, why: &str) -> ApiError {
 enum Read<'a> {
     Success(&'a RawValue),
     Error(ApiError),
+    /// Rule 1: not a JSON object, or no discriminator.
+    NotEnvelope(String),
+    /// An envelope whose discriminator or payload is wrong.
     Invalid(String),
 }
 
@@ -731,10 +780,11 @@ impl Reader {
         // 1. A JSON object with the discriminator.
         let members = match Picked::parse(body, &self.names) {
             Ok(members) => members,
-            Err(why) => return Read::Invalid(why),
+            Err(Unpicked::NotObject(why)) => return Read::NotEnvelope(why),
+            Err(Unpicked::Duplicate(why)) => return Read::Invalid(why),
         };
         let Some(found) = members.get(&self.discriminator) else {
-            return Read::Invalid(format!("it has no member `{}`", self.discriminator));
+            return Read::NotEnvelope(format!("it has no member `{}`", self.discriminator));
         };
         let Ok(found) = serde_json::from_str::<Value>(found.get()) else {
             return Read::Invalid(format!("`{}` is not JSON", self.discriminator));
@@ -886,29 +936,26 @@ fn short(value: &Value) -> String {
 struct Picked<'a>(Vec<(String, &'a RawValue)>, Option<String>);
 
 impl<'a> Picked<'a> {
-    fn parse(body: &'a [u8], names: &[String]) -> Result<Self, String> {
+    fn parse(body: &'a [u8], names: &[String]) -> Result<Self, Unpicked> {
+        let not_object = |why: &str| Unpicked::NotObject(why.to_string());
         if std::str::from_utf8(body).is_err() {
-            return Err("it is not UTF-8".into());
+            return Err(not_object("it is not UTF-8"));
         }
         if body.trim_ascii_start().first() != Some(&b'{') {
             return Err(if serde_json::from_slice::<IgnoredAny>(body).is_ok() {
-                "it is not a JSON object".into()
+                not_object("it is not a JSON object")
             } else {
-                "it is not valid JSON".into()
+                not_object("it is not valid JSON")
             });
         }
         let mut de = serde_json::Deserializer::from_slice(body);
         let picked = serde::de::DeserializeSeed::deserialize(PickVisit { names }, &mut de)
             .and_then(|picked| de.end().map(|()| picked))
-            .map_err(|error| {
-                if error.is_data() {
-                    error.to_string()
-                } else {
-                    "it is not valid JSON".to_string()
-                }
-            })?;
+            .map_err(|_| not_object("it is not valid JSON"))?;
         match picked.1 {
-            Some(name) => Err(format!("the member `{name}` appears more than once")),
+            Some(name) => Err(Unpicked::Duplicate(format!(
+                "the member `{name}` appears more than once"
+            ))),
             None => Ok(picked),
         }
     }
@@ -916,6 +963,14 @@ impl<'a> Picked<'a> {
     fn get(&self, name: &str) -> Option<&'a RawValue> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
     }
+}
+
+/// Why a body's members were not picked.
+enum Unpicked {
+    /// Not a JSON object (rule 1).
+    NotObject(String),
+    /// A member the rules read appears twice.
+    Duplicate(String),
 }
 
 struct PickVisit<'n> {
@@ -958,8 +1013,12 @@ impl<'de> serde::de::Visitor<'de> for PickVisit<'_> {
 }
 
 /// The envelopes of both sides, built once at startup and shared by every request.
-#[derive(Debug, Clone)]
-pub struct Envelopes(Arc<Sides>);
+///
+/// A `'static` reference: built once per server and kept for the life of the process (a few
+/// hundred bytes, never freed), so the settings that carry it stay `Copy` and no request or
+/// event touches a reference count for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelopes(&'static Sides);
 
 #[derive(Debug)]
 struct Sides {
@@ -983,18 +1042,16 @@ impl SideFlags<'_> {
     }
 }
 
-static STANDARD: LazyLock<Envelopes> = LazyLock::new(|| {
-    Envelopes(Arc::new(Sides {
-        client: Shape::standard(),
-        upstream: Shape::standard(),
-        same: true,
-    }))
+static STANDARD: LazyLock<Sides> = LazyLock::new(|| Sides {
+    client: Shape::standard(),
+    upstream: Shape::standard(),
+    same: true,
 });
 
 impl Envelopes {
     /// The standard envelope on both sides (the default).
     pub fn standard() -> Self {
-        STANDARD.clone()
+        Self(LazyLock::force(&STANDARD))
     }
 
     /// Both sides from their flags. The upstream side defaults, template by template, to
@@ -1039,30 +1096,30 @@ impl Envelopes {
             }
         }
         let same = client_shape.same_as(&upstream_shape);
-        Ok(Self(Arc::new(Sides {
+        Ok(Self(Box::leak(Box::new(Sides {
             client: client_shape,
             upstream: upstream_shape,
             same,
-        })))
+        }))))
     }
 
     /// What envelope clients receive.
-    pub fn client(&self) -> &Shape {
+    pub fn client(self) -> &'static Shape {
         &self.0.client
     }
 
     /// What an envelope upstream sends.
-    pub fn upstream(&self) -> &Shape {
+    pub fn upstream(self) -> &'static Shape {
         &self.0.upstream
     }
 
     /// True when both sides use the same envelope: envelope bodies pass unchanged.
-    pub fn same(&self) -> bool {
+    pub fn same(self) -> bool {
         self.0.same
     }
 
     /// `error` as a body in `dialect` (envelope: the client's templates).
-    pub fn error_body(&self, dialect: Dialect, error: &ApiError) -> Bytes {
+    pub fn error_body(self, dialect: Dialect, error: &ApiError) -> Bytes {
         match dialect {
             Dialect::Bare => error.to_body(Form::Bare),
             Dialect::Envelope => self.client().error_body(error),
