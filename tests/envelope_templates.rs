@@ -685,4 +685,24 @@ async fn a_stream_from_an_envelope_upstream_of_another_preset_is_rewrapped() {
     ]);
     let reply = stream_reply(&h, "/api/v1/chat/completions", &upstream).await;
     assert_eq!(text(&reply.body), upstream);
+    // Its error events are read by that envelope: the stream failed visibly, so no
+    // truncation event follows although `[DONE]` never came.
+    let upstream = sse(&[
+        format!(r#"{{"status":"success","data":{chunk}}}"#),
+        r#"{"status":"error","message":"model crashed","code":500}"#.to_string(),
+    ]);
+    let reply = stream_reply(&h, "/api/v1/chat/completions", &upstream).await;
+    assert_eq!(text(&reply.body), upstream);
+    // Without the error event, the missing `[DONE]` ends it with one (in JSend).
+    let upstream = sse(&[format!(r#"{{"status":"success","data":{chunk}}}"#)]);
+    let reply = stream_reply(&h, "/api/v1/chat/completions", &upstream).await;
+    assert_eq!(
+        text(&reply.body),
+        format!(
+            "{upstream}{}",
+            sse(&[format!(
+                r#"{{"status":"error","message":"{TRUNCATED}","code":502,"data":{{"message":"{TRUNCATED}","type":"upstream_error","param":null,"code":"stream_truncated"}}}}"#
+            )])
+        )
+    );
 }

@@ -26,7 +26,7 @@ use super::framer::SseEvent;
 use crate::config::StreamEnvelope;
 use crate::dialect::Dialect;
 use crate::error::ApiError;
-use crate::translate::envelope;
+use crate::translate::envelope::{self, Classified, Verdict};
 use crate::translate::error_body;
 use crate::translate::template::{Envelopes, Shape, Unwrapped};
 use crate::translate::usage::{may_carry_usage, UsageReport};
@@ -287,6 +287,17 @@ fn is_bare_error(data: &[u8]) -> bool {
 
 /// What an envelope upstream's event means, read by its envelope (passed on unchanged).
 fn envelope_kind(data: &Bytes, shape: &Shape) -> EventKind {
+    if shape.is_standard() {
+        // The verdict alone: the payload is not needed.
+        return match envelope::classify(data) {
+            Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
+                Verdict::Success(_) => EventKind::Normal,
+                Verdict::Error(_) => EventKind::Error,
+            },
+            _ if is_bare_error(data) => EventKind::Error,
+            _ => EventKind::Normal,
+        };
+    }
     match shape.unwrap_event(data) {
         Unwrapped::Payload(_) => EventKind::Normal,
         Unwrapped::Error(_) => EventKind::Error,
