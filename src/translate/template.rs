@@ -1373,6 +1373,23 @@ mod tests {
                 .with_type("upstream_error")
                 .with_code("429"))
         );
+        // A code outside 400–599 is no status.
+        for (body, code) in [
+            (&br#"{"code":302,"msg":"moved","data":null}"#[..], "302"),
+            (br#"{"code":"700","msg":"moved","data":null}"#, "700"),
+            (br#"{"code":200,"msg":"moved","data":null}"#, "200"),
+        ] {
+            let body = Bytes::copy_from_slice(body);
+            let Unwrapped::Error(error) = cmd.unwrap(&body, StatusCode::OK) else {
+                panic!("{body:?}")
+            };
+            assert_eq!(
+                error,
+                ApiError::new(StatusCode::BAD_GATEWAY, "moved")
+                    .with_type("upstream_error")
+                    .with_code(code)
+            );
+        }
         // Else the upstream's own error status.
         assert_eq!(
             read(&cmd, br#"{"code":7,"data":null}"#, 403),
