@@ -13,6 +13,10 @@
 //! - envelope: `{"success":false,"code":"<status>","message":"<message>","data":null,"error":{…}}`
 //!   (the inner `error` member keeps everything the bare form has, so nothing is lost).
 //!
+//! That envelope is the standard one; other envelopes (`--envelope`, the error templates) are
+//! rendered by `translate::template` from the pieces this module gives: the message and
+//! [`ApiError::error_object`], the `$error` of a template.
+//!
 //! Reading an upstream's error body into an [`ApiError`] is `error_body`'s job.
 //!
 //! Errors below the HTTP layer (a connection reset, a TLS failure) are described here too:

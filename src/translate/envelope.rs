@@ -1,4 +1,6 @@
-//! Reading and writing the envelope dialect without re-serialising payloads.
+//! Reading and writing the standard envelope (`--envelope standard`, the default) without
+//! re-serialising payloads. Other envelopes are templates (`template.rs`), which come back here
+//! for the standard one.
 //!
 //! Wrapping puts static prefix and suffix bytes around the upstream's own payload bytes;
 //! unwrapping slices the `data` value out of the upstream body (`&RawValue` →

@@ -23,6 +23,10 @@
 //! - status: 2xx statuses are relayed (an envelope's `code` is that status), 3xx responses are
 //!   relayed as they are, never wrapped or unwrapped, and an unrequested `101` is a 502.
 //!
+//! "Dialect" here means dialect and envelope: two envelope sides with different envelopes
+//! (`--envelope`, `--upstream-envelope`) translate like two dialects, unwrapping by the
+//! upstream's templates and wrapping in the client's ([`Exchange::passes_through`]).
+//!
 //! A body the proxy has to read is read whole (bounded by `--max-response-body`); if the
 //! upstream cuts it short, the client gets a 502 in its dialect, never a partial body.
 

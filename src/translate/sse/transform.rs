@@ -8,6 +8,11 @@
 //! afresh, and a payload that came over several `data:` lines is copied once to go out over
 //! as many (see `data_lines`).
 //!
+//! Envelope events are read and written by the configured envelopes (`template.rs`): the
+//! standard one with the static pieces here, any other with the pieces its templates gave at
+//! startup, so a wrapped event is still a few shared `Bytes` around the upstream's payload.
+//! Between two different envelopes each event is rewrapped ([`EventMode::Rewrap`]).
+//!
 //! Beside that, each event is counted for the metrics ([`StreamStats`]): the events relayed,
 //! when the first token went out, and the usage the stream reports. The stats live with the
 //! stream (`sse/body.rs`), which hands them to [`EventMode::apply`] with each event.
