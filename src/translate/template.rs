@@ -1079,16 +1079,16 @@ impl Envelopes {
                 (upstream.preset.is_none()).then_some(client),
             )
         };
-        let upstream_shape = match upstream_shape.templates.as_ref() {
-            // The standard preset with no template flag keeps today's rules.
-            Some(_)
-                if upstream.preset.unwrap_or(client_preset) == Preset::Standard
-                    && !upstream.customised()
-                    && !client.customised() =>
-            {
-                Shape::standard()
-            }
-            _ => upstream_shape,
+        // The standard preset with no template flag (its own, or the client side's it
+        // defaults to) keeps today's rules.
+        let inherits = upstream.preset.is_none() && client.customised();
+        let upstream_shape = if upstream.preset.unwrap_or(client_preset) == Preset::Standard
+            && !upstream.customised()
+            && !inherits
+        {
+            Shape::standard()
+        } else {
+            upstream_shape
         };
         if reads_upstream {
             if let Some(Err(why)) = upstream_shape.templates.as_ref().map(|t| &t.reader) {
@@ -1627,6 +1627,20 @@ mod tests {
         )
         .unwrap();
         assert!(customised.same() && !customised.client().is_standard());
+        // An explicit `--upstream-envelope standard` does not inherit the client's templates.
+        let explicit = Envelopes::build(
+            &SideFlags {
+                error: Some(&custom_error),
+                ..SideFlags::default()
+            },
+            &SideFlags {
+                preset: Some(Preset::Standard),
+                ..SideFlags::default()
+            },
+            true,
+        )
+        .unwrap();
+        assert!(!explicit.same() && explicit.upstream().is_standard());
     }
 
     /// Any JSON value: scalars, and arrays and objects of them, two levels deep.
@@ -1649,7 +1663,68 @@ mod tests {
         })
     }
 
+    /// Bodies that are nearly envelopes: members from the templates' names, any values.
+    fn body_like() -> impl Strategy<Value = Vec<u8>> {
+        let name = prop_oneof![
+            Just("code"),
+            Just("status"),
+            Just("data"),
+            Just("msg"),
+            Just("ok"),
+            Just("message"),
+            Just("error"),
+            Just("result"),
+            Just("retCode"),
+            Just("c\\u006fde"),
+        ];
+        let value = prop_oneof![
+            json_value().prop_map(|v| v.to_string()),
+            Just("\"0\"".to_string()),
+            Just("0".to_string()),
+            Just("\"fail\"".to_string()),
+            Just("\"error\"".to_string()),
+            Just("true".to_string()),
+            Just("99991663".to_string()),
+            Just("\"429\"".to_string()),
+            Just("1e400".to_string()),
+            Just("{".to_string()),
+        ];
+        prop_oneof![
+            prop::collection::vec((name, value), 0..5).prop_map(|members| {
+                let inner: Vec<String> = members
+                    .iter()
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect();
+                format!("{{{}}}", inner.join(",")).into_bytes()
+            }),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn reading_any_body_never_panics(body in body_like(), status in 100u16..600) {
+            let body = Bytes::from(body);
+            let status = StatusCode::from_u16(status).unwrap();
+            for shape in [shape(Preset::CodeMsgData), shape(Preset::Jsend), custom()] {
+                match shape.unwrap(&body, status) {
+                    Unwrapped::Payload(p) => prop_assert!(envelope::is_json(&p)),
+                    Unwrapped::Error(e) => prop_assert!(e.status.as_u16() >= 400),
+                    other => prop_assert!(false, "{:?}", other),
+                }
+                let _ = shape.unwrap_event(&body);
+                if let Some(error) = shape.read_error(status, &body) {
+                    prop_assert!(error.status.as_u16() >= 400);
+                }
+            }
+        }
+
+        #[test]
+        fn parsing_any_template_never_panics(text in "[{}\\[\\]\":,$a-z0-9 \\\\]{0,40}") {
+            let _ = SuccessTemplate::parse(&text);
+            let _ = ErrorTemplate::parse(&text);
+        }
+
         #[test]
         fn wrap_then_unwrap_returns_the_payload_bytes(
             value in json_value(),
