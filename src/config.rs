@@ -135,18 +135,18 @@ pub struct Config {
     #[arg(long, env = "ENVELOPE_PROXY_ENVELOPE_CLIENT_ERROR", value_name = "TEMPLATE", value_parser = ErrorTemplate::parse)]
     pub envelope_client_error: Option<ErrorTemplate>,
 
-    /// The success template an envelope upstream sends (default: --envelope-success, else
-    /// the preset's).
+    /// The success template an envelope upstream sends (default: the --upstream-envelope
+    /// preset's when given, else the client side's).
     #[arg(long, env = "ENVELOPE_PROXY_UPSTREAM_ENVELOPE_SUCCESS", value_name = "TEMPLATE", value_parser = SuccessTemplate::parse)]
     pub upstream_envelope_success: Option<SuccessTemplate>,
 
-    /// The error template an envelope upstream sends (default: --envelope-error, else the
-    /// preset's).
+    /// The error template an envelope upstream sends (default: the --upstream-envelope
+    /// preset's when given, else the client side's).
     #[arg(long, env = "ENVELOPE_PROXY_UPSTREAM_ENVELOPE_ERROR", value_name = "TEMPLATE", value_parser = ErrorTemplate::parse)]
     pub upstream_envelope_error: Option<ErrorTemplate>,
 
-    /// The client-error template an envelope upstream sends for 4xx errors (default:
-    /// --envelope-client-error, else the preset's).
+    /// The client-error template an envelope upstream sends for 4xx errors (default: the
+    /// --upstream-envelope preset's when given, else the client side's).
     #[arg(long, env = "ENVELOPE_PROXY_UPSTREAM_ENVELOPE_CLIENT_ERROR", value_name = "TEMPLATE", value_parser = ErrorTemplate::parse)]
     pub upstream_envelope_client_error: Option<ErrorTemplate>,
 

@@ -7,7 +7,7 @@ use test_support::{harness, mock_upstream, process};
 use harness::{fixture, start, Harness};
 use http::StatusCode;
 use mock_upstream::Shape;
-use process::{ProxyProcess, TempDir};
+use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir};
 
 /// The proxy binary built for this test target.
 const BIN: &str = test_support::proxy_bin!();
@@ -393,6 +393,76 @@ async fn envelope_errors_under_http_200_become_bare_errors_with_a_real_status() 
     assert_eq!(
         text(&reply.body),
         r#"{"error":{"message":"quota exceeded","type":"upstream_error","param":null,"code":"E42"}}"#
+    );
+}
+
+// === The environment twins ===
+
+#[tokio::test]
+async fn the_envelope_flags_read_their_environment_variables() {
+    let mock = mock_upstream::start(Shape::Envelope).await;
+    let dir = TempDir::new("templates-env");
+    let notify = Notify::bind(&dir);
+    let socket = notify.path.to_str().expect("UTF-8 path").to_owned();
+    let upstream = mock.base_url();
+    let _proxy = ProxyProcess::spawn(
+        &dir,
+        BIN,
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("NOTIFY_SOCKET", &socket),
+            ("ENVELOPE_PROXY_UPSTREAM", &upstream),
+            ("ENVELOPE_PROXY_UPSTREAM_SHAPE", "envelope"),
+            ("ENVELOPE_PROXY_ENVELOPE", "jsend"),
+            ("ENVELOPE_PROXY_UPSTREAM_ENVELOPE", "code-msg-data"),
+            (
+                "ENVELOPE_PROXY_ENVELOPE_SUCCESS",
+                r#"{"ok":true,"result":$data}"#,
+            ),
+        ],
+    );
+    let ready = notify.until("READY=1").await;
+    let addr = served_tcp_addr(field(&ready, "STATUS").expect("STATUS"));
+    let client = harness::client();
+    let request = http::Request::get(format!("http://{addr}/api/v1/models"))
+        .header("x-mock-body", r#"{"code":"0","msg":"success","data":[1]}"#)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(harness::WAIT, client.request(request))
+        .await
+        .expect("an answer within the wait bound")
+        .expect("the proxy answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("a whole body")
+        .to_bytes();
+    // The custom success template, from code-msg-data.
+    assert_eq!(text(&body), r#"{"ok":true,"result":[1]}"#);
+    let request = http::Request::get(format!("http://{addr}/api/v1/models"))
+        .header("x-mock-body", r#"{"code":403,"msg":"denied","data":null}"#)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(harness::WAIT, client.request(request))
+        .await
+        .expect("an answer within the wait bound")
+        .expect("the proxy answers");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("a whole body")
+        .to_bytes();
+    // JSend's fail (the preset's client-error template).
+    assert_eq!(
+        text(&body),
+        r#"{"status":"fail","data":{"message":"denied","type":"upstream_error","param":null,"code":"403"}}"#
+    );
+    // An invalid preset in a variable is refused like the flag.
+    let (code, stderr) = refused(&[], &[("ENVELOPE_PROXY_ENVELOPE", "nope")]).await;
+    assert_eq!(code, 2);
+    assert_eq!(
+        stderr,
+        "envelope-proxy: invalid value 'nope' for '--envelope <ENVELOPE>' [possible values: standard, code-msg-data, jsend]\n"
     );
 }
 
