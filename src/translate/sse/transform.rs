@@ -125,11 +125,23 @@ impl EventMode {
             out.push_back(event.into_raw());
             return EventKind::Normal;
         };
-        stats.note(Some(&data), usage_candidate(&data), upstream);
+        // Another envelope than the standard one is read once, here: the stats look into its
+        // payload (which need not be under `data`), and the modes below use what was read.
+        let shape = envelopes.upstream();
+        let read = (upstream == Dialect::Envelope && !shape.is_standard())
+            .then(|| shape.unwrap_event(&data));
+        match &read {
+            Some(Unwrapped::Payload(payload)) => {
+                stats.note(Some(payload), usage_candidate(payload), Dialect::Bare)
+            }
+            _ => stats.note(Some(&data), usage_candidate(&data), upstream),
+        }
         match self {
             EventMode::Passthru => {
-                let kind = if upstream == Dialect::Envelope {
-                    envelope_kind(&data, envelopes.upstream())
+                let kind = if let Some(read) = read {
+                    read_kind(read, &data)
+                } else if upstream == Dialect::Envelope {
+                    envelope_kind(&data)
                 } else if is_bare_error(&data) {
                     EventKind::Error
                 } else {
@@ -139,7 +151,7 @@ impl EventMode {
                 kind
             }
             EventMode::Unwrap | EventMode::Rewrap => {
-                match envelopes.upstream().unwrap_event(&data) {
+                match read.unwrap_or_else(|| shape.unwrap_event(&data)) {
                     Unwrapped::Payload(payload) => {
                         if self == EventMode::Rewrap {
                             wrap(&event, data_lines(payload), envelopes.client(), out);
@@ -290,20 +302,22 @@ fn is_bare_error(data: &[u8]) -> bool {
         && serde_json::from_slice::<Probe>(data).is_ok_and(|probe| probe.error.is_some())
 }
 
-/// What an envelope upstream's event means, read by its envelope (passed on unchanged).
-fn envelope_kind(data: &Bytes, shape: &Shape) -> EventKind {
-    if shape.is_standard() {
-        // The verdict alone: the payload is not needed.
-        return match envelope::classify(data) {
-            Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
-                Verdict::Success(_) => EventKind::Normal,
-                Verdict::Error(_) => EventKind::Error,
-            },
-            _ if is_bare_error(data) => EventKind::Error,
-            _ => EventKind::Normal,
-        };
+/// What a standard envelope upstream's event means (passed on unchanged): the verdict alone,
+/// the payload is not needed.
+fn envelope_kind(data: &[u8]) -> EventKind {
+    match envelope::classify(data) {
+        Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
+            Verdict::Success(_) => EventKind::Normal,
+            Verdict::Error(_) => EventKind::Error,
+        },
+        _ if is_bare_error(data) => EventKind::Error,
+        _ => EventKind::Normal,
     }
-    match shape.unwrap_event(data) {
+}
+
+/// What another envelope's event means, once read by its templates.
+fn read_kind(read: Unwrapped, data: &[u8]) -> EventKind {
+    match read {
         Unwrapped::Payload(_) => EventKind::Normal,
         Unwrapped::Error(_) => EventKind::Error,
         _ if is_bare_error(data) => EventKind::Error,
@@ -775,6 +789,38 @@ mod tests {
             let report = stats.report.unwrap();
             assert_eq!(report.model.as_deref(), Some("m"));
             assert_eq!(report.usage.unwrap().prompt, Some(5));
+        }
+    }
+
+    #[test]
+    fn stats_read_the_payload_of_another_envelope() {
+        use crate::translate::template::{ErrorTemplate, SideFlags, SuccessTemplate};
+        let success = SuccessTemplate::parse(r#"{"ok":true,"result":$data}"#).unwrap();
+        let error = ErrorTemplate::parse(r#"{"ok":false,"msg":$message}"#).unwrap();
+        let envelopes = Envelopes::build(
+            &SideFlags {
+                success: Some(&success),
+                error: Some(&error),
+                ..SideFlags::default()
+            },
+            &SideFlags::default(),
+            true,
+        )
+        .unwrap();
+        let input = b"data: {\"ok\":true,\"result\":{\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}}\n\ndata: {\"ok\":true,\"result\":{\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1}}}\n\n";
+        for mode in [EventMode::Passthru, EventMode::Unwrap] {
+            let mut framer = SseFramer::new(1 << 20);
+            framer.push(Bytes::from_static(input));
+            let (mut out, mut stats) = (VecDeque::new(), StreamStats::default());
+            while let Ok(Some(event)) = framer.next_event() {
+                mode.apply(event, Dialect::Envelope, envelopes, &mut out, &mut stats);
+            }
+            assert_eq!(stats.events, 2, "{mode:?}");
+            assert!(stats.first_token.is_some(), "{mode:?}");
+            let report = stats.report.unwrap();
+            assert_eq!(report.model.as_deref(), Some("m"));
+            let usage = report.usage.unwrap();
+            assert_eq!((usage.prompt, usage.completion), (Some(2), Some(1)));
         }
     }
 
