@@ -22,6 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Parser;
 use envelope_proxy::translate::sse::{EventMode, SseBody, StreamSettings};
+use envelope_proxy::translate::template::Envelopes;
 use envelope_proxy::{Config, Dialect, RunningServer};
 use http::{Request, Response};
 use http_body::{Body, Frame};
@@ -210,6 +211,7 @@ fn settings(mode: EventMode) -> StreamSettings {
         EventMode::Passthru => (Dialect::Bare, Dialect::Bare),
         EventMode::Wrap => (Dialect::Envelope, Dialect::Bare),
         EventMode::Unwrap => (Dialect::Bare, Dialect::Envelope),
+        EventMode::Rewrap => (Dialect::Envelope, Dialect::Envelope),
     };
     StreamSettings {
         mode,
@@ -219,6 +221,7 @@ fn settings(mode: EventMode) -> StreamSettings {
         idle_timeout: Duration::from_secs(300),
         keepalive: None,
         max_event_bytes: 4 << 20,
+        envelopes: Envelopes::standard(),
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use envelope_proxy::translate::sse::{EventMode, SseBody, StreamSettings};
+use envelope_proxy::translate::template::Envelopes;
 use envelope_proxy::Dialect;
 use http_body::{Body, Frame};
 
@@ -70,6 +71,7 @@ pub fn settings(mode: EventMode) -> StreamSettings {
         EventMode::Passthru => (Dialect::Bare, Dialect::Bare),
         EventMode::Wrap => (Dialect::Envelope, Dialect::Bare),
         EventMode::Unwrap => (Dialect::Bare, Dialect::Envelope),
+        EventMode::Rewrap => (Dialect::Envelope, Dialect::Envelope),
     };
     StreamSettings {
         mode,
@@ -79,6 +81,7 @@ pub fn settings(mode: EventMode) -> StreamSettings {
         idle_timeout: Duration::from_secs(300),
         keepalive: None,
         max_event_bytes: 4 << 20,
+        envelopes: Envelopes::standard(),
     }
 }
 

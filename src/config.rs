@@ -16,6 +16,7 @@ use crate::dialect::Dialect;
 use crate::listen::sockets::ListenAddr;
 use crate::ops::credentials::{self, FlagsGiven, SourceError, Sources};
 use crate::tls::UpstreamTls;
+use crate::translate::template::{Envelopes, ErrorTemplate, Preset, SideFlags, SuccessTemplate};
 
 /// envelope-proxy: a reverse proxy that translates between the bare OpenAI response dialect
 /// (served under /v1/…) and the envelope dialect (served under /api/v1/…).
@@ -103,6 +104,51 @@ pub struct Config {
         default_value_t = StreamEnvelope::Bare
     )]
     pub stream_envelope: StreamEnvelope,
+
+    /// The envelope clients on /api/v1 receive: standard
+    /// ({"success","code","message","data"}), code-msg-data ({"code":0,"msg","data"}) or jsend
+    /// ({"status","data"}). The template flags below replace its templates one by one.
+    #[arg(
+        long,
+        env = "ENVELOPE_PROXY_ENVELOPE",
+        value_enum,
+        default_value_t = Preset::Standard
+    )]
+    pub envelope: Preset,
+
+    /// The envelope an `--upstream-shape envelope` upstream sends (default: the same as
+    /// --envelope, template flags included).
+    #[arg(long, env = "ENVELOPE_PROXY_UPSTREAM_ENVELOPE", value_enum)]
+    pub upstream_envelope: Option<Preset>,
+
+    /// The success template of envelope clients: a JSON object holding `$data` once, e.g.
+    /// {"ok":true,"result":$data}; `$status` and "$status" may appear too.
+    #[arg(long, env = "ENVELOPE_PROXY_ENVELOPE_SUCCESS", value_name = "TEMPLATE", value_parser = SuccessTemplate::parse)]
+    pub envelope_success: Option<SuccessTemplate>,
+
+    /// The error template of envelope clients: a JSON object with `$status`, "$status",
+    /// `$message` and `$error` where their values go.
+    #[arg(long, env = "ENVELOPE_PROXY_ENVELOPE_ERROR", value_name = "TEMPLATE", value_parser = ErrorTemplate::parse)]
+    pub envelope_error: Option<ErrorTemplate>,
+
+    /// The error template of envelope clients for 4xx errors, when it differs (JSend's fail).
+    #[arg(long, env = "ENVELOPE_PROXY_ENVELOPE_CLIENT_ERROR", value_name = "TEMPLATE", value_parser = ErrorTemplate::parse)]
+    pub envelope_client_error: Option<ErrorTemplate>,
+
+    /// The success template an envelope upstream sends (default: the --upstream-envelope
+    /// preset's when given, else the client side's).
+    #[arg(long, env = "ENVELOPE_PROXY_UPSTREAM_ENVELOPE_SUCCESS", value_name = "TEMPLATE", value_parser = SuccessTemplate::parse)]
+    pub upstream_envelope_success: Option<SuccessTemplate>,
+
+    /// The error template an envelope upstream sends (default: the --upstream-envelope
+    /// preset's when given, else the client side's).
+    #[arg(long, env = "ENVELOPE_PROXY_UPSTREAM_ENVELOPE_ERROR", value_name = "TEMPLATE", value_parser = ErrorTemplate::parse)]
+    pub upstream_envelope_error: Option<ErrorTemplate>,
+
+    /// The client-error template an envelope upstream sends for 4xx errors (default: the
+    /// --upstream-envelope preset's when given, else the client side's).
+    #[arg(long, env = "ENVELOPE_PROXY_UPSTREAM_ENVELOPE_CLIENT_ERROR", value_name = "TEMPLATE", value_parser = ErrorTemplate::parse)]
+    pub upstream_envelope_client_error: Option<ErrorTemplate>,
 
     /// Treat a chat stream that ends without `data: [DONE]` as truncated (true|false).
     #[arg(
@@ -253,6 +299,24 @@ impl Config {
             client_keys: self.api_keys_file.is_some(),
             tls_key: self.tls_key.is_some(),
         })
+    }
+
+    /// The envelopes of both sides, checked: an `--upstream-shape envelope` upstream's
+    /// templates must be readable. Built once, at startup.
+    pub fn envelopes(&self) -> Result<Envelopes, String> {
+        let client = SideFlags {
+            preset: Some(self.envelope),
+            success: self.envelope_success.as_ref(),
+            error: self.envelope_error.as_ref(),
+            client_error: self.envelope_client_error.as_ref(),
+        };
+        let upstream = SideFlags {
+            preset: self.upstream_envelope,
+            success: self.upstream_envelope_success.as_ref(),
+            error: self.upstream_envelope_error.as_ref(),
+            client_error: self.upstream_envelope_client_error.as_ref(),
+        };
+        Envelopes::build(&client, &upstream, self.upstream_shape == Dialect::Envelope)
     }
 
     pub(crate) fn upstream_tls(&self) -> UpstreamTls {
@@ -431,6 +495,63 @@ mod tests {
         assert_eq!(config.max_concurrent_streams, 128);
         assert_eq!(config.max_overflow_connections, 1024);
         assert_eq!(config.metrics_max_models, 64);
+        assert_eq!(config.envelope, Preset::Standard);
+        assert_eq!(config.upstream_envelope, None);
+        assert!(config.envelopes().unwrap().client().is_standard());
+        assert!(config.envelopes().unwrap().same());
+    }
+
+    #[test]
+    fn envelope_templates_are_checked_when_parsed() {
+        let message = |args: &[&str]| {
+            Config::try_parse_from(args)
+                .map(|_| ())
+                .unwrap_err()
+                .render()
+                .to_string()
+        };
+        let error = message(&[
+            "envelope-proxy",
+            "--envelope-success",
+            r#"{"a":$data,"b":$data}"#,
+        ]);
+        assert!(
+            error.starts_with(r#"error: invalid value '{"a":$data,"b":$data}' for '--envelope-success <TEMPLATE>': `$data` appears more than once; a success template holds it exactly once"#),
+            "{error}"
+        );
+        let error = message(&[
+            "envelope-proxy",
+            "--upstream-envelope-error",
+            r#"{"x":$foo}"#,
+        ]);
+        assert!(
+            error
+                .contains("for '--upstream-envelope-error <TEMPLATE>': unknown placeholder `$foo`"),
+            "{error}"
+        );
+        let config = Config::try_parse_from([
+            "envelope-proxy",
+            "--envelope=jsend",
+            "--upstream-envelope=code-msg-data",
+            "--upstream-shape=envelope",
+        ])
+        .unwrap();
+        assert_eq!(
+            (config.envelope, config.upstream_envelope),
+            (Preset::Jsend, Some(Preset::CodeMsgData))
+        );
+        assert!(!config.envelopes().unwrap().same());
+        // Unreadable upstream templates are refused once the upstream speaks envelope.
+        let config = Config::try_parse_from([
+            "envelope-proxy",
+            "--upstream-shape=envelope",
+            r#"--upstream-envelope-success={"data":$data}"#,
+        ])
+        .unwrap();
+        assert_eq!(
+            config.envelopes().map(|_| ()).unwrap_err(),
+            "the upstream envelope cannot be read: the success template has no member with a constant value (a discriminator) to tell success from error"
+        );
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //! - envelope: `{"success":false,"code":"<status>","message":"<message>","data":null,"error":{…}}`
 //!   (the inner `error` member keeps everything the bare form has, so nothing is lost).
 //!
+//! That envelope is the standard one; other envelopes (`--envelope`, the error templates) are
+//! rendered by `translate::template` from the pieces this module gives: the message and
+//! [`ApiError::error_object`], the `$error` of a template.
+//!
 //! Reading an upstream's error body into an [`ApiError`] is `error_body`'s job.
 //!
 //! Errors below the HTTP layer (a connection reset, a TLS failure) are described here too:
@@ -408,6 +412,19 @@ impl ApiError {
             Value::String(code) => ErrorCode::parse(code),
             _ => None,
         }
+    }
+
+    /// The OpenAI error object alone (`{"message","type","param","code"}`): what `$error`
+    /// stands for in an envelope template.
+    pub fn error_object(&self) -> Vec<u8> {
+        let inner = InnerError {
+            message: &self.message,
+            error_type: &self.error_type,
+            param: &self.param,
+            code: &self.code,
+        };
+        // Serialising it cannot fail: every key is a string and every value is JSON.
+        serde_json::to_vec(&inner).unwrap_or_default()
     }
 
     /// The JSON body in `form`.

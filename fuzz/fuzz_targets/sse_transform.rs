@@ -18,6 +18,7 @@ use bytes::Bytes;
 use envelope_proxy::translate::envelope::{classify, is_json, Classified, Verdict};
 use envelope_proxy::translate::sse::framer::{SseEvent, SseFramer};
 use envelope_proxy::translate::sse::transform::{EventKind, EventMode};
+use envelope_proxy::translate::template::Envelopes;
 use envelope_proxy::Dialect;
 use http::StatusCode;
 use libfuzzer_sys::fuzz_target;
@@ -124,6 +125,7 @@ fn check(event: &SseEvent, first: bool, mode: EventMode, upstream: Dialect) {
     let kind = mode.apply(
         event.clone(),
         upstream,
+        Envelopes::standard(),
         &mut out,
         &mut envelope_proxy::translate::sse::transform::StreamStats::default(),
     );

@@ -39,6 +39,7 @@ use envelope_proxy::translate::envelope::{classify, Classified, Verdict};
 use envelope_proxy::translate::sse::framer::{SseEvent, SseFramer};
 use envelope_proxy::translate::sse::transform::{EventKind, EventMode};
 use envelope_proxy::translate::sse::StreamSettings;
+use envelope_proxy::translate::template::Envelopes;
 use envelope_proxy::translate::{respond, Exchange};
 use envelope_proxy::Dialect;
 use http::{Request, StatusCode};
@@ -246,6 +247,7 @@ async fn exchange(case: &Case<'_>) -> Option<Sent> {
         idle_timeout: Duration::from_secs(60),
         keepalive: None,
         max_event_bytes: MAX_EVENT,
+        envelopes: Envelopes::standard(),
     };
     let exchange = Exchange {
         client: case.client,
@@ -362,6 +364,7 @@ fn applied(mode: EventMode, upstream: Dialect, event: SseEvent) -> (Vec<u8>, Eve
     let kind = mode.apply(
         event,
         upstream,
+        Envelopes::standard(),
         &mut out,
         &mut envelope_proxy::translate::sse::transform::StreamStats::default(),
     );

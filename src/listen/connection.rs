@@ -207,7 +207,7 @@ impl Accepted {
             // every open stream would hold the whole request future after its head was sent.
             Box::pin(async move {
                 let response = if refused {
-                    response_body::unobserved(over_connection_limit(&request))
+                    response_body::unobserved(over_connection_limit(&request, &proxy))
                 } else {
                     proxy.handle(request, client, role).await
                 };
@@ -238,8 +238,9 @@ impl Abandon for ResponseBody {
 }
 
 /// The answer on a connection over `--max-connections`, in the dialect its path asks for.
-fn over_connection_limit(request: &Request<Incoming>) -> Response<ProxyBody> {
-    overloaded(dialect::asked_by(request.uri().path()), Limit::Connections)
+fn over_connection_limit(request: &Request<Incoming>, proxy: &Proxy) -> Response<ProxyBody> {
+    let dialect = dialect::asked_by(request.uri().path());
+    overloaded(dialect, proxy.envelopes(), Limit::Connections)
 }
 
 /// A byte stream of either kind (the admin listener is not worth monomorphising twice).

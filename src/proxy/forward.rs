@@ -14,7 +14,7 @@ use crate::headers;
 use crate::ops::access_log::ClientAborted;
 use crate::translate::body::ProxyBody;
 use crate::translate::sse::{EventMode, StreamSettings};
-use crate::translate::synthetic::{broken_request_body, error_response, shutting_down};
+use crate::translate::synthetic::{broken_request_body, shutting_down};
 use crate::translate::{self, Exchange};
 
 use super::request_body::ClientBody;
@@ -39,7 +39,12 @@ impl Proxy {
             deadline: Instant::now() + config.request_timeout,
             request_timeout: config.request_timeout,
             stream: StreamSettings {
-                mode: EventMode::select(dialect, config.upstream_shape, config.stream_envelope),
+                mode: EventMode::select_with(
+                    dialect,
+                    config.upstream_shape,
+                    config.stream_envelope,
+                    self.envelopes,
+                ),
                 client: dialect,
                 upstream: config.upstream_shape,
                 // Only (chat) completions promise `[DONE]`.
@@ -47,16 +52,14 @@ impl Proxy {
                 idle_timeout: config.stream_idle_timeout,
                 keepalive: (!config.sse_keepalive.is_zero()).then_some(config.sse_keepalive),
                 max_event_bytes: config.max_sse_event,
+                envelopes: self.envelopes,
             },
             cut: self.cut.clone(),
         };
         if let Some(length) = declared_length(&request) {
             if length > config.max_request_body {
-                return error_response(
-                    dialect,
-                    &ApiError::request_too_large(config.max_request_body),
-                    None,
-                );
+                return exchange
+                    .error_response(&ApiError::request_too_large(config.max_request_body), None);
             }
         }
 
@@ -66,7 +69,7 @@ impl Proxy {
             Err(_) => {
                 let error =
                     ApiError::new(StatusCode::BAD_REQUEST, "request path is not a valid URI");
-                return error_response(dialect, &error, None);
+                return exchange.error_response(&error, None);
             }
         };
         // HTTP/2 names the host in `:authority`: it becomes `X-Forwarded-Host` like HTTP/1's Host.
@@ -94,14 +97,11 @@ impl Proxy {
         let sent = tokio::time::timeout_at(exchange.deadline, upstream.send(upstream_request));
         let sent = tokio::select! {
             sent = sent => sent,
-            () = self.cut.cancelled() => return error_response(dialect, &shutting_down(), None),
+            () = self.cut.cancelled() => return exchange.error_response(&shutting_down(), None),
         };
         let Ok(sent) = sent else {
-            return error_response(
-                dialect,
-                &ApiError::request_timeout(config.request_timeout),
-                None,
-            );
+            return exchange
+                .error_response(&ApiError::request_timeout(config.request_timeout), None);
         };
         match sent {
             Ok(response) => {
@@ -117,14 +117,14 @@ impl Proxy {
             Err(error) if client_body.happened() => {
                 let request_id = request_id.to_str().unwrap_or("-");
                 tracing::debug!(request_id, %error, "client request body failed");
-                let mut response = error_response(dialect, &broken_request_body(), None);
+                let mut response = exchange.error_response(&broken_request_body(), None);
                 response.extensions_mut().insert(ClientAborted);
                 response
             }
             Err(error) => {
                 let request_id = request_id.to_str().unwrap_or("-");
                 tracing::warn!(request_id, kind = error.kind(), %error, "upstream request failed");
-                error_response(dialect, &error.to_api_error(config.max_request_body), None)
+                exchange.error_response(&error.to_api_error(config.max_request_body), None)
             }
         }
     }
@@ -134,7 +134,7 @@ impl Proxy {
 /// `Content-Length` on a HEAD is the one the client would get: same dialects, no error to
 /// normalise, no event stream.
 fn head_keeps_length(exchange: &Exchange, response: &Response<ProxyBody>) -> bool {
-    exchange.client == exchange.upstream
+    exchange.passes_through()
         && response.status().as_u16() < 400
         && !headers::is_event_stream(response.headers())
 }

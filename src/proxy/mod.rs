@@ -42,6 +42,7 @@ use crate::translate::body::ProxyBody;
 use crate::translate::synthetic::{
     error_response, overloaded, text_response, unauthorized, unknown_route, Limit,
 };
+use crate::translate::template::Envelopes;
 use auth::{ClientKeys, KeyError, UpstreamKey};
 use request_id::X_REQUEST_ID;
 use response_body::{observed, unobserved, ResponseBody};
@@ -81,6 +82,8 @@ pub struct Proxy {
     draining: AtomicBool,
     /// Cancelled when the shutdown grace period runs out.
     cut: CancellationToken,
+    /// The envelopes of both sides, built once from the config.
+    envelopes: Envelopes,
 }
 
 /// Why the proxy could not be built.
@@ -90,6 +93,8 @@ pub enum SetupError {
     Keys(#[from] KeyError),
     #[error("no upstream client was built")]
     NoUpstream,
+    #[error("{0}")]
+    Envelope(String),
 }
 
 /// A request's response: observed for the access log and metrics, holding its concurrency
@@ -117,8 +122,10 @@ impl Proxy {
         )
         .map(|path| UpstreamKey::load(&path))
         .transpose()?;
+        let envelopes = config.envelopes().map_err(SetupError::Envelope)?;
         let in_flight = Arc::new(Semaphore::new(config.max_concurrent_requests));
         Ok(Self {
+            envelopes,
             config,
             upstreams: upstreams.into_boxed_slice(),
             client_keys,
@@ -151,6 +158,11 @@ impl Proxy {
             }
         }
         errors
+    }
+
+    /// The envelopes of both sides (for answers given outside `handle`).
+    pub(crate) fn envelopes(&self) -> &Envelopes {
+        &self.envelopes
     }
 
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
@@ -211,7 +223,7 @@ impl Proxy {
                 record.set_client(client);
             }
             return observed(
-                error_response(dialect::asked_by(path), &error, None),
+                error_response(dialect::asked_by(path), &self.envelopes, &error, None),
                 record,
             );
         }
@@ -227,7 +239,7 @@ impl Proxy {
                 if may_read_metrics(&request, role, self.client_keys.as_ref()) {
                     unobserved(self.metrics_response())
                 } else {
-                    unobserved(unauthorized(Dialect::Bare))
+                    unobserved(unauthorized(Dialect::Bare, &self.envelopes))
                 }
             }
             Route::Proxy {
@@ -260,15 +272,21 @@ impl Proxy {
         let mut record = self.record(&request, request_id);
         record.set_client(dialect);
         if let Err(error) = request_target::check_proxied_path(request.uri().path()) {
-            return observed(error_response(dialect, &error, None), record);
+            return observed(
+                error_response(dialect, &self.envelopes, &error, None),
+                record,
+            );
         }
         if let Some(keys) = &self.client_keys {
             if !keys.allows(request.headers()) {
-                return observed(unauthorized(dialect), record);
+                return observed(unauthorized(dialect, &self.envelopes), record);
             }
         }
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            return observed(overloaded(dialect, Limit::ConcurrentRequests), record);
+            return observed(
+                overloaded(dialect, &self.envelopes, Limit::ConcurrentRequests),
+                record,
+            );
         };
         // Boxed: the exchange's future is the largest part of a request's; inline, every
         // enclosing future (and hyper's per-request box) would carry and move it.

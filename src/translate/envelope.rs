@@ -1,4 +1,6 @@
-//! Reading and writing the envelope dialect without re-serialising payloads.
+//! Reading and writing the standard envelope (`--envelope standard`, the default) without
+//! re-serialising payloads. Other envelopes are templates (`template.rs`), which come back here
+//! for the standard one.
 //!
 //! Wrapping puts static prefix and suffix bytes around the upstream's own payload bytes;
 //! unwrapping slices the `data` value out of the upstream body (`&RawValue` →
@@ -28,6 +30,19 @@ pub(crate) const SUCCESS_SUFFIX: Bytes = Bytes::from_static(b"}");
 /// The three pieces of a success envelope around `payload`, in order.
 pub fn wrap_success(payload: Bytes) -> [Bytes; 3] {
     [SUCCESS_PREFIX, payload, SUCCESS_SUFFIX]
+}
+
+/// `{"success":true,"code":"<status>","message":"successful","data":<payload>}` in pieces: a
+/// relayed 2xx status is the envelope's code.
+pub(crate) fn wrap_success_with(status: StatusCode, payload: Bytes) -> [Bytes; 3] {
+    if status == StatusCode::OK {
+        return wrap_success(payload);
+    }
+    let prefix = format!(
+        r#"{{"success":true,"code":"{}","message":"successful","data":"#,
+        status.as_u16()
+    );
+    [Bytes::from(prefix), payload, SUCCESS_SUFFIX]
 }
 
 /// True for a complete JSON text in UTF-8 (RFC 8259). serde skips the strings it ignores

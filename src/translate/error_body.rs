@@ -3,7 +3,9 @@
 //! Upstreams report errors in many shapes (OpenAI, vLLM, llama.cpp, FastAPI, TGI, envelope
 //! platforms, HTML pages from load balancers, empty bodies). [`normalise`] reads any of them
 //! into an [`ApiError`], keeping `message`, `type`, `param` and `code` wherever the upstream had
-//! them; `error` renders it in the client's dialect.
+//! them; `error` renders it in the client's dialect. An envelope upstream with another envelope
+//! than the standard one has its error bodies read by its templates first ([`normalise_from`],
+//! `template.rs`).
 
 use http::StatusCode;
 use serde::Deserialize;
@@ -11,6 +13,20 @@ use serde_json::Value;
 
 use crate::error::{error_type_for, status_line, ApiError};
 use crate::translate::envelope::{self, Classified};
+use crate::translate::template::Shape;
+
+/// Reads an upstream error body into an [`ApiError`], first by the rules of `shape` (an
+/// envelope upstream's envelope, when it is not the standard one), then as [`normalise`] does.
+pub fn normalise_from(
+    shape: Option<&Shape>,
+    status: StatusCode,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> ApiError {
+    shape
+        .and_then(|shape| shape.read_error(status, body))
+        .unwrap_or_else(|| normalise(status, content_type, body))
+}
 
 /// Reads any upstream error body into an [`ApiError`] with `status`.
 ///

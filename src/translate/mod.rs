@@ -23,6 +23,10 @@
 //! - status: 2xx statuses are relayed (an envelope's `code` is that status), 3xx responses are
 //!   relayed as they are, never wrapped or unwrapped, and an unrequested `101` is a 502.
 //!
+//! "Dialect" here means dialect and envelope: two envelope sides with different envelopes
+//! (`--envelope`, `--upstream-envelope`) translate like two dialects, unwrapping by the
+//! upstream's templates and wrapping in the client's ([`Exchange::passes_through`]).
+//!
 //! A body the proxy has to read is read whole (bounded by `--max-response-body`); if the
 //! upstream cuts it short, the client gets a 502 in its dialect, never a partial body.
 
@@ -31,6 +35,7 @@ pub mod envelope;
 pub mod error_body;
 pub mod sse;
 pub(crate) mod synthetic;
+pub mod template;
 pub mod upstream_body;
 pub mod usage;
 
@@ -45,9 +50,9 @@ use crate::error::{ApiError, ErrorCode};
 use crate::headers;
 use crate::translate::upstream_body::UpstreamBody;
 use body::ProxyBody;
-use envelope::{Classified, Verdict};
 use sse::{EventMode, SseBody, StreamSettings};
 use synthetic::{error_response, set_json_headers};
+use template::{Envelopes, Unwrapped};
 use tokio_util::sync::CancellationToken;
 
 /// What the response path needs to know about one exchange.
@@ -61,10 +66,33 @@ pub struct Exchange {
     /// When a body the proxy reads must be complete, and the `--request-timeout` behind it.
     pub deadline: tokio::time::Instant,
     pub request_timeout: std::time::Duration,
-    /// How event streams are handled (its mode already follows from the two dialects).
+    /// How event streams are handled (its mode already follows from the two dialects); its
+    /// envelopes are those of every response of the exchange (see [`Exchange::envelopes`]).
     pub stream: StreamSettings,
     /// Cancelled when the shutdown grace period runs out: open streams end with an error event.
     pub cut: CancellationToken,
+}
+
+impl Exchange {
+    /// The envelopes of both sides (`--envelope`, `--upstream-envelope`, the templates).
+    pub fn envelopes(&self) -> Envelopes {
+        self.stream.envelopes
+    }
+
+    /// True when bodies pass between the two sides as they are: the same dialect, and for
+    /// envelopes the same envelope on both sides.
+    pub fn passes_through(&self) -> bool {
+        self.client == self.upstream && (self.client == Dialect::Bare || self.envelopes().same())
+    }
+
+    /// `error` as a response in the client's dialect and envelope.
+    pub(crate) fn error_response(
+        &self,
+        error: &ApiError,
+        headers: Option<HeaderMap>,
+    ) -> Response<ProxyBody> {
+        error_response(self.client, &self.envelopes(), error, headers)
+    }
 }
 
 /// Response extension: the `usage` and `model` of a success the proxy read whole (pass-through
@@ -91,7 +119,7 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
     let status = parts.status;
     // Nothing asked for an upgrade (Upgrade is never forwarded): a 101 answers no request.
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        return error_response(exchange.client, &unexpected_upgrade(), None);
+        return exchange.error_response(&unexpected_upgrade(), None);
     }
     let bodiless = exchange.head || has_no_body(status);
     headers::strip_upstream_framing(&mut parts.headers, bodiless);
@@ -100,7 +128,7 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
     if bodiless {
         return Response::from_parts(parts, ProxyBody::passthru(body));
     }
-    let same_dialect = exchange.client == exchange.upstream;
+    let same_dialect = exchange.passes_through();
     let encoded = headers::is_content_encoded(&parts.headers);
     if status.is_success() && headers::is_event_stream(&parts.headers) {
         if encoded {
@@ -108,7 +136,7 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
             return if exchange.stream.mode == EventMode::Passthru {
                 Response::from_parts(parts, ProxyBody::passthru(body))
             } else {
-                error_response(exchange.client, &encoded_body(&parts), Some(parts.headers))
+                exchange.error_response(&encoded_body(&parts), Some(parts.headers))
             };
         }
         return stream_response(exchange, parts, body);
@@ -131,11 +159,11 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
             return Response::from_parts(parts, body);
         }
         if encoded {
-            return error_response(exchange.client, &encoded_body(&parts), Some(parts.headers));
+            return exchange.error_response(&encoded_body(&parts), Some(parts.headers));
         }
         let bytes = match read_body(exchange, body).await {
             Ok(bytes) => bytes,
-            Err(error) => return error_response(exchange.client, &error, Some(parts.headers)),
+            Err(error) => return exchange.error_response(&error, Some(parts.headers)),
         };
         return translate_success(exchange, parts, bytes);
     }
@@ -164,63 +192,64 @@ fn stream_response(
     }
 }
 
-/// 2xx JSON between different dialects.
+/// 2xx JSON between different dialects (or different envelopes): unwrapped from the
+/// upstream's envelope, then wrapped in the client's.
 fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response<ProxyBody> {
+    // An empty success has no payload to unwrap.
+    let (payload, unwrapped) = if exchange.upstream == Dialect::Envelope && !body.is_empty() {
+        match exchange.envelopes().upstream().unwrap(&body, parts.status) {
+            Unwrapped::Payload(payload) => (payload, true),
+            Unwrapped::Error(error) => {
+                return translated(exchange.error_response(&error, Some(parts.headers)))
+            }
+            // Already bare: an upstream that answers some endpoints without an envelope.
+            Unwrapped::Bare => (body, false),
+            Unwrapped::NotJson => {
+                return exchange.error_response(&invalid_json(&parts), Some(parts.headers))
+            }
+        }
+    } else {
+        (body, false)
+    };
     match exchange.client {
         Dialect::Envelope => {
             // An empty success carries no payload: `data` is null.
-            let payload = if body.is_empty() {
+            let payload = if payload.is_empty() {
                 Bytes::from_static(b"null")
-            } else if envelope::is_json(&body) {
+            } else if unwrapped || envelope::is_json(&payload) {
                 // Validate, never rebuild: the payload goes out as the upstream wrote it.
-                body
+                payload
             } else {
-                return error_response(exchange.client, &invalid_json(&parts), Some(parts.headers));
+                return exchange.error_response(&invalid_json(&parts), Some(parts.headers));
             };
             let report = payload.clone();
             let response = translated(json_response(
                 parts.status,
                 parts.headers,
-                wrap_success(parts.status, payload),
+                exchange.envelopes().client().wrap(parts.status, payload),
             ));
             with_usage(response, &report)
         }
-        // An empty success has no payload to unwrap: it is relayed empty.
-        Dialect::Bare if body.is_empty() => json_response(
+        // An empty success is relayed empty.
+        Dialect::Bare if payload.is_empty() => json_response(
             parts.status,
             parts.headers,
-            [body, Bytes::new(), Bytes::new()],
+            [payload, Bytes::new(), Bytes::new()],
         ),
-        Dialect::Bare => match envelope::classify(&body) {
-            Classified::Envelope(env) => match env.verdict(parts.status) {
-                Verdict::Success(data) => {
-                    let payload = envelope::slice_payload(&body, data);
-                    let report = payload.clone();
-                    let response = translated(json_response(
-                        parts.status,
-                        parts.headers,
-                        [payload, Bytes::new(), Bytes::new()],
-                    ));
-                    with_usage(response, &report)
-                }
-                Verdict::Error(error) => {
-                    translated(error_response(exchange.client, &error, Some(parts.headers)))
-                }
-            },
-            // Already bare: an upstream that answers some endpoints without an envelope.
-            Classified::Json => {
-                let report = body.clone();
-                let response = json_response(
-                    parts.status,
-                    parts.headers,
-                    [body, Bytes::new(), Bytes::new()],
-                );
-                with_usage(response, &report)
-            }
-            Classified::NotJson => {
-                error_response(exchange.client, &invalid_json(&parts), Some(parts.headers))
-            }
-        },
+        Dialect::Bare => {
+            let report = payload.clone();
+            let response = json_response(
+                parts.status,
+                parts.headers,
+                [payload, Bytes::new(), Bytes::new()],
+            );
+            let response = if unwrapped {
+                translated(response)
+            } else {
+                response
+            };
+            with_usage(response, &report)
+        }
     }
 }
 
@@ -230,7 +259,7 @@ async fn translate_error(
     mut parts: Parts,
     body: UpstreamBody,
 ) -> Response<ProxyBody> {
-    let same_dialect = exchange.client == exchange.upstream;
+    let same_dialect = exchange.passes_through();
     let error = if headers::is_content_encoded(&parts.headers) {
         // The upstream was asked for identity. A coded body cannot be inspected: a JSON error
         // between equal dialects passes untouched (the client can decode it); anything else
@@ -253,15 +282,17 @@ async fn translate_error(
     } else {
         let bytes = match read_body(exchange, body).await {
             Ok(bytes) => bytes,
-            Err(error) => return error_response(exchange.client, &error, Some(parts.headers)),
+            Err(error) => return exchange.error_response(&error, Some(parts.headers)),
         };
         if same_dialect && envelope::is_json(&bytes) {
             return Response::from_parts(parts, ProxyBody::full(bytes));
         }
         let content_type = headers::media_type(&parts.headers);
-        error_body::normalise(parts.status, content_type.as_deref(), &bytes)
+        let shape =
+            (exchange.upstream == Dialect::Envelope).then(|| exchange.envelopes().upstream());
+        error_body::normalise_from(shape, parts.status, content_type.as_deref(), &bytes)
     };
-    let response = error_response(exchange.client, &error, Some(parts.headers));
+    let response = exchange.error_response(&error, Some(parts.headers));
     if same_dialect {
         response
     } else {
@@ -294,18 +325,6 @@ async fn read_body(exchange: &Exchange, body: UpstreamBody) -> Result<Bytes, Api
             ))
         }
     }
-}
-
-/// `{"success":true,"code":"<status>","message":"successful","data":<payload>}` in pieces.
-fn wrap_success(status: StatusCode, payload: Bytes) -> [Bytes; 3] {
-    if status == StatusCode::OK {
-        return envelope::wrap_success(payload);
-    }
-    let prefix = format!(
-        r#"{{"success":true,"code":"{}","message":"successful","data":"#,
-        status.as_u16()
-    );
-    [Bytes::from(prefix), payload, envelope::SUCCESS_SUFFIX]
 }
 
 /// A coded body where the proxy needs plain bytes (it asked for identity).

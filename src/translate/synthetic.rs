@@ -12,15 +12,17 @@ use http::{Method, Response, StatusCode};
 use crate::dialect::Dialect;
 use crate::error::{ApiError, ErrorCode};
 use crate::translate::body::ProxyBody;
+use crate::translate::template::Envelopes;
 
-/// An error in `dialect`. `upstream_headers`, when given, keep the retry and rate-limit
-/// headers the SDKs act on.
+/// An error in `dialect` (an envelope client's in the envelope of `envelopes`).
+/// `upstream_headers`, when given, keep the retry and rate-limit headers the SDKs act on.
 pub(crate) fn error_response(
     dialect: Dialect,
+    envelopes: &Envelopes,
     error: &ApiError,
     upstream_headers: Option<HeaderMap>,
 ) -> Response<ProxyBody> {
-    let body = error.to_body(dialect);
+    let body = envelopes.error_body(dialect, error);
     let mut headers = upstream_headers.unwrap_or_default();
     set_json_headers(&mut headers);
     let mut response = Response::new(ProxyBody::full(body));
@@ -57,12 +59,12 @@ pub(crate) fn text_response(status: StatusCode, text: &'static str) -> Response<
 }
 
 /// 401 with the `WWW-Authenticate` challenge: no client key, or one this proxy does not accept.
-pub(crate) fn unauthorized(dialect: Dialect) -> Response<ProxyBody> {
+pub(crate) fn unauthorized(dialect: Dialect, envelopes: &Envelopes) -> Response<ProxyBody> {
     let error = ApiError::proxy(
         ErrorCode::InvalidApiKey,
         "Missing or invalid API key: send `Authorization: Bearer <key>` with a key this proxy accepts.",
     );
-    let mut response = error_response(dialect, &error, None);
+    let mut response = error_response(dialect, envelopes, &error, None);
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -79,13 +81,13 @@ pub(crate) enum Limit {
 }
 
 /// 503 `proxy_overloaded` with `Retry-After`, for either limit.
-pub fn overloaded(dialect: Dialect, limit: Limit) -> Response<ProxyBody> {
+pub fn overloaded(dialect: Dialect, envelopes: &Envelopes, limit: Limit) -> Response<ProxyBody> {
     let message = match limit {
         Limit::ConcurrentRequests => "envelope-proxy is at its concurrent request limit (--max-concurrent-requests); retry shortly",
         Limit::Connections => "envelope-proxy is at its connection limit (--max-connections); retry shortly",
     };
     let error = ApiError::proxy(ErrorCode::ProxyOverloaded, message);
-    let mut response = error_response(dialect, &error, None);
+    let mut response = error_response(dialect, envelopes, &error, None);
     let headers = response.headers_mut();
     headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     if limit == Limit::Connections {
@@ -102,7 +104,7 @@ pub fn unknown_route(method: &Method, path: &str) -> Response<ProxyBody> {
             "Unknown path: {method} {path}. envelope-proxy serves /v1/… (bare dialect) and /api/v1/… (envelope dialect)."
         ),
     );
-    error_response(Dialect::Bare, &error, None)
+    error_response(Dialect::Bare, &Envelopes::standard(), &error, None)
 }
 
 /// 503 for a request cut when the shutdown grace period ran out.

@@ -42,6 +42,7 @@ use super::transform::{error_event, EventKind, EventMode, StreamStats};
 use crate::dialect::Dialect;
 use crate::error::BoxError;
 use crate::error::{ApiError, ErrorCode};
+use crate::translate::template::Envelopes;
 
 /// Everything a stream needs to know, fixed when the response headers arrive.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +57,8 @@ pub struct StreamSettings {
     /// Send `: keep-alive` after this long without output (never when `None`).
     pub keepalive: Option<Duration>,
     pub max_event_bytes: usize,
+    /// The envelopes of both sides (`--envelope`, `--upstream-envelope`, the templates).
+    pub envelopes: Envelopes,
 }
 
 /// How a stream ended, for logs and metrics.
@@ -307,6 +310,7 @@ impl StreamState {
         match self.settings.mode.apply(
             event,
             self.settings.upstream,
+            self.settings.envelopes,
             &mut self.out,
             &mut self.stats,
         ) {
@@ -412,7 +416,8 @@ impl StreamState {
             Some(code) => ApiError::mid_stream(code, message),
             None => ApiError::new(StatusCode::BAD_GATEWAY, message).with_type("upstream_error"),
         };
-        self.out.push_back(error_event(&error, self.error_form));
+        let event = error_event(&error, self.error_form, self.settings.envelopes);
+        self.out.push_back(event);
         self.outcome = Some(end);
     }
 }
@@ -624,6 +629,7 @@ mod tests {
             EventMode::Passthru => (Dialect::Bare, Dialect::Bare),
             EventMode::Wrap => (Dialect::Envelope, Dialect::Bare),
             EventMode::Unwrap => (Dialect::Bare, Dialect::Envelope),
+            EventMode::Rewrap => (Dialect::Envelope, Dialect::Envelope),
         };
         StreamSettings {
             mode,
@@ -633,6 +639,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             keepalive: None,
             max_event_bytes: 1 << 20,
+            envelopes: Envelopes::standard(),
         }
     }
 
@@ -682,7 +689,7 @@ mod tests {
         let error = ApiError::new(StatusCode::BAD_GATEWAY, MID_EVENT)
             .with_type("upstream_error")
             .with_code("stream_truncated");
-        String::from_utf8(error_event(&error, form).to_vec()).unwrap()
+        String::from_utf8(error_event(&error, form, Envelopes::standard()).to_vec()).unwrap()
     }
 
     /// What the client gets for [`CHUNK`] in `mode`, and the form of its error events.
@@ -736,7 +743,9 @@ mod tests {
             )
             .with_type("upstream_error")
             .with_code("upstream_broken");
-            let error = String::from_utf8(error_event(&error, form).to_vec()).unwrap();
+            let error =
+                String::from_utf8(error_event(&error, form, Envelopes::standard()).to_vec())
+                    .unwrap();
             assert_eq!(out, format!("{first}{error}"), "{mode:?}");
             assert_eq!(end, Some(StreamEnd::Broken));
         }

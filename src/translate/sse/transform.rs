@@ -8,6 +8,11 @@
 //! afresh, and a payload that came over several `data:` lines is copied once to go out over
 //! as many (see `data_lines`).
 //!
+//! Envelope events are read and written by the configured envelopes (`template.rs`): the
+//! standard one with the static pieces here, any other with the pieces its templates gave at
+//! startup, so a wrapped event is still a few shared `Bytes` around the upstream's payload.
+//! Between two different envelopes each event is rewrapped ([`EventMode::Rewrap`]).
+//!
 //! Beside that, each event is counted for the metrics ([`StreamStats`]): the events relayed,
 //! when the first token went out, and the usage the stream reports. The stats live with the
 //! stream (`sse/body.rs`), which hands them to [`EventMode::apply`] with each event.
@@ -28,6 +33,7 @@ use crate::dialect::Dialect;
 use crate::error::ApiError;
 use crate::translate::envelope::{self, Classified, Verdict};
 use crate::translate::error_body;
+use crate::translate::template::{Envelopes, Shape, Unwrapped};
 use crate::translate::usage::{may_carry_usage, UsageReport};
 
 /// What happens to each event's data.
@@ -39,6 +45,9 @@ pub enum EventMode {
     Unwrap,
     /// Bare upstream → envelope client with `--stream-envelope wrap`.
     Wrap,
+    /// Envelope upstream → envelope client of another envelope (`--upstream-envelope`):
+    /// wrapped events are unwrapped by the upstream's templates and wrapped in the client's.
+    Rewrap,
 }
 
 /// What an event meant for the stream as a whole.
@@ -59,8 +68,20 @@ const WRAP_CLOSE: Bytes = Bytes::from_static(b"}");
 const WRAP_SUFFIX: Bytes = Bytes::from_static(b"}\n\n");
 
 impl EventMode {
+    /// The mode for the standard envelope on both sides.
     pub fn select(client: Dialect, upstream: Dialect, stream_envelope: StreamEnvelope) -> Self {
+        Self::select_with(client, upstream, stream_envelope, Envelopes::standard())
+    }
+
+    /// The mode for `envelopes`: two different envelopes on both sides rewrap each event.
+    pub fn select_with(
+        client: Dialect,
+        upstream: Dialect,
+        stream_envelope: StreamEnvelope,
+        envelopes: Envelopes,
+    ) -> Self {
         match (upstream, client) {
+            (Dialect::Envelope, Dialect::Envelope) if !envelopes.same() => EventMode::Rewrap,
             (Dialect::Envelope, Dialect::Bare) => EventMode::Unwrap,
             (Dialect::Bare, Dialect::Envelope) if stream_envelope == StreamEnvelope::Wrap => {
                 EventMode::Wrap
@@ -73,7 +94,7 @@ impl EventMode {
     /// receives wrapped events, bare otherwise.
     pub(crate) fn error_form(self, client: Dialect, upstream: Dialect) -> Dialect {
         match self {
-            EventMode::Wrap => Dialect::Envelope,
+            EventMode::Wrap | EventMode::Rewrap => Dialect::Envelope,
             EventMode::Unwrap => Dialect::Bare,
             EventMode::Passthru if client == Dialect::Envelope && upstream == Dialect::Envelope => {
                 Dialect::Envelope
@@ -82,11 +103,13 @@ impl EventMode {
         }
     }
 
-    /// Queues what `event` becomes and says what it meant.
+    /// Queues what `event` becomes and says what it meant. `envelopes` are the templates of
+    /// both sides (envelope events are read and written by them).
     pub fn apply(
         self,
         event: SseEvent,
         upstream: Dialect,
+        envelopes: Envelopes,
         out: &mut VecDeque<Bytes>,
         stats: &mut StreamStats,
     ) -> EventKind {
@@ -102,10 +125,22 @@ impl EventMode {
             out.push_back(event.into_raw());
             return EventKind::Normal;
         };
-        stats.note(Some(&data), usage_candidate(&data), upstream);
+        // Another envelope than the standard one is read once, here: the stats look into its
+        // payload (which need not be under `data`), and the modes below use what was read.
+        let shape = envelopes.upstream();
+        let read = (upstream == Dialect::Envelope && !shape.is_standard())
+            .then(|| shape.unwrap_event(&data));
+        match &read {
+            Some(Unwrapped::Payload(payload)) => {
+                stats.note(Some(payload), usage_candidate(payload), Dialect::Bare)
+            }
+            _ => stats.note(Some(&data), usage_candidate(&data), upstream),
+        }
         match self {
             EventMode::Passthru => {
-                let kind = if upstream == Dialect::Envelope {
+                let kind = if let Some(read) = read {
+                    read_kind(read, &data)
+                } else if upstream == Dialect::Envelope {
                     envelope_kind(&data)
                 } else if is_bare_error(&data) {
                     EventKind::Error
@@ -115,45 +150,44 @@ impl EventMode {
                 out.push_back(event.into_raw());
                 kind
             }
-            EventMode::Unwrap => match envelope::classify(&data) {
-                Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
-                    Verdict::Success(payload) => {
-                        let payload = data_lines(envelope::slice_payload(&data, payload));
-                        rewrite(&event, [DATA_PREFIX, payload], None, out);
+            EventMode::Unwrap | EventMode::Rewrap => {
+                match read.unwrap_or_else(|| shape.unwrap_event(&data)) {
+                    Unwrapped::Payload(payload) => {
+                        if self == EventMode::Rewrap {
+                            wrap(&event, data_lines(payload), envelopes.client(), out);
+                        } else {
+                            let payload = data_lines(payload);
+                            rewrite(&event, [DATA_PREFIX, payload], None, out);
+                        }
                         EventKind::Normal
                     }
-                    Verdict::Error(error) => {
-                        rewrite(
-                            &event,
-                            [DATA_PREFIX, error.to_body(Dialect::Bare)],
-                            None,
-                            out,
-                        );
+                    Unwrapped::Error(error) => {
+                        let json = if self == EventMode::Rewrap {
+                            envelopes.client().error_body(&error)
+                        } else {
+                            error.to_body(Dialect::Bare)
+                        };
+                        rewrite(&event, [DATA_PREFIX, json], None, out);
                         EventKind::Error
                     }
-                },
-                _ => {
-                    let kind = if is_bare_error(&data) {
-                        EventKind::Error
-                    } else {
-                        EventKind::Normal
-                    };
-                    out.push_back(event.into_raw());
-                    kind
+                    Unwrapped::Bare | Unwrapped::NotJson => {
+                        let kind = if is_bare_error(&data) {
+                            EventKind::Error
+                        } else {
+                            EventKind::Normal
+                        };
+                        out.push_back(event.into_raw());
+                        kind
+                    }
                 }
-            },
+            }
             EventMode::Wrap => {
                 if is_bare_error(&data) {
-                    let error = stream_error(&data).to_body(Dialect::Envelope);
+                    let error = envelopes.client().error_body(&stream_error(&data));
                     rewrite(&event, [DATA_PREFIX, error], None, out);
                     EventKind::Error
                 } else if envelope::is_json(&data) {
-                    rewrite(
-                        &event,
-                        [WRAP_PREFIX, data_lines(data)],
-                        Some(WRAP_CLOSE),
-                        out,
-                    );
+                    wrap(&event, data_lines(data), envelopes.client(), out);
                     EventKind::Normal
                 } else {
                     // Not JSON: nothing to wrap, so it goes through as the upstream sent it.
@@ -165,9 +199,31 @@ impl EventMode {
     }
 }
 
+/// Queues `event` with `payload` (ready for a `data: ` line) wrapped in `shape`'s success
+/// envelope: static or startup-built pieces around the payload, nothing copied.
+fn wrap(event: &SseEvent, payload: Bytes, shape: &Shape, out: &mut VecDeque<Bytes>) {
+    match shape.event_pieces() {
+        None => rewrite(
+            event,
+            [WRAP_PREFIX, payload],
+            Some((WRAP_CLOSE, WRAP_SUFFIX)),
+            out,
+        ),
+        Some((prefix, close, close_end)) => {
+            rewrite(event, [prefix, payload], Some((close, close_end)), out)
+        }
+    }
+}
+
 /// Queues `event` with its `data` lines replaced by one `data` field: `value` (its `data: `
-/// prefix and the value ready for it), then `close` if given; every other line as received.
-fn rewrite(event: &SseEvent, value: [Bytes; 2], close: Option<Bytes>, out: &mut VecDeque<Bytes>) {
+/// prefix and the value ready for it), then `close` if given (the close, and the close with
+/// the usual end of an event); every other line as received.
+fn rewrite(
+    event: &SseEvent,
+    value: [Bytes; 2],
+    close: Option<(Bytes, Bytes)>,
+    out: &mut VecDeque<Bytes>,
+) {
     // `apply` rewrites only events with data, which always have a `data` line.
     let Some((before, after)) = event.around_data() else {
         out.push_back(event.raw().clone());
@@ -178,8 +234,8 @@ fn rewrite(event: &SseEvent, value: [Bytes; 2], close: Option<Bytes>, out: &mut 
     }
     out.extend(value);
     match close {
-        Some(_) if after == b"\n\n"[..] => out.push_back(WRAP_SUFFIX),
-        Some(close) => out.extend([close, after]),
+        Some((_, close_end)) if after == b"\n\n"[..] => out.push_back(close_end),
+        Some((close, _)) => out.extend([close, after]),
         None => out.push_back(after),
     }
 }
@@ -203,9 +259,9 @@ fn data_lines(value: Bytes) -> Bytes {
     Bytes::from(out)
 }
 
-/// `data: <error JSON>\n\n` in `form`.
-pub fn error_event(error: &ApiError, form: Dialect) -> Bytes {
-    let json = error.to_body(form);
+/// `data: <error JSON>\n\n` in `form` (an envelope in the client's error templates).
+pub fn error_event(error: &ApiError, form: Dialect, envelopes: Envelopes) -> Bytes {
+    let json = envelopes.error_body(form, error);
     let mut event = Vec::with_capacity(json.len() + 8);
     event.extend_from_slice(b"data: ");
     event.extend_from_slice(&json);
@@ -246,12 +302,24 @@ fn is_bare_error(data: &[u8]) -> bool {
         && serde_json::from_slice::<Probe>(data).is_ok_and(|probe| probe.error.is_some())
 }
 
+/// What a standard envelope upstream's event means (passed on unchanged): the verdict alone,
+/// the payload is not needed.
 fn envelope_kind(data: &[u8]) -> EventKind {
     match envelope::classify(data) {
         Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
             Verdict::Success(_) => EventKind::Normal,
             Verdict::Error(_) => EventKind::Error,
         },
+        _ if is_bare_error(data) => EventKind::Error,
+        _ => EventKind::Normal,
+    }
+}
+
+/// What another envelope's event means, once read by its templates.
+fn read_kind(read: Unwrapped, data: &[u8]) -> EventKind {
+    match read {
+        Unwrapped::Payload(_) => EventKind::Normal,
+        Unwrapped::Error(_) => EventKind::Error,
         _ if is_bare_error(data) => EventKind::Error,
         _ => EventKind::Normal,
     }
@@ -388,7 +456,7 @@ mod tests {
         let mut kinds = Vec::new();
         let mut stats = StreamStats::default();
         while let Ok(Some(event)) = framer.next_event() {
-            kinds.push(mode.apply(event, upstream, &mut out, &mut stats));
+            kinds.push(mode.apply(event, upstream, Envelopes::standard(), &mut out, &mut stats));
         }
         let bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
         (String::from_utf8(bytes).unwrap(), kinds)
@@ -576,6 +644,7 @@ mod tests {
         EventMode::Unwrap.apply(
             event,
             Dialect::Envelope,
+            Envelopes::standard(),
             &mut out,
             &mut StreamStats::default(),
         );
@@ -595,6 +664,82 @@ mod tests {
     }
 
     #[test]
+    fn template_events_are_wrapped_from_startup_pieces() {
+        use crate::translate::template::{Preset, SideFlags};
+        let side = |preset| SideFlags {
+            preset: Some(preset),
+            ..SideFlags::default()
+        };
+        let envelopes =
+            Envelopes::build(&side(Preset::Jsend), &side(Preset::CodeMsgData), true).unwrap();
+        let run_with = |mode: EventMode, chunk: &Bytes| {
+            let mut framer = SseFramer::new(1 << 20);
+            framer.push(chunk.clone());
+            let event = framer.next_event().unwrap().unwrap();
+            let mut out = VecDeque::new();
+            let kind = mode.apply(
+                event,
+                Dialect::Envelope,
+                envelopes,
+                &mut out,
+                &mut StreamStats::default(),
+            );
+            (out, kind)
+        };
+        // Bare → JSend: the prefix and the close come from the template, the payload is a
+        // slice of the upstream's chunk.
+        let chunk = Bytes::from_static(b"data: {\"id\":\"a\"}\n\n");
+        let (out, kind) = run_with(EventMode::Wrap, &chunk);
+        let pieces: Vec<&[u8]> = out.iter().map(|p| p.as_ref()).collect();
+        assert_eq!(
+            pieces,
+            [
+                &b"data: {\"status\":\"success\",\"data\":"[..],
+                b"{\"id\":\"a\"}",
+                b"}\n\n"
+            ]
+        );
+        assert_eq!(kind, EventKind::Normal);
+        assert!(chunk.as_ptr_range().contains(&out[1].as_ptr()));
+        // The same pieces for every event: no allocation per event.
+        let (again, _) = run_with(EventMode::Wrap, &chunk);
+        assert_eq!(again[0].as_ptr(), out[0].as_ptr());
+        assert_eq!(again[2].as_ptr(), out[2].as_ptr());
+        // code-msg-data → JSend, other lines kept.
+        let chunk = Bytes::from_static(
+            b"id: 7\ndata: {\"code\":\"0\",\"msg\":\"success\",\"data\":[1]}\r\n\r\n",
+        );
+        let (out, kind) = run_with(EventMode::Rewrap, &chunk);
+        let bytes: Vec<u8> = out.iter().flat_map(|p| p.iter().copied()).collect();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "id: 7\ndata: {\"status\":\"success\",\"data\":[1]}\r\n\r\n"
+        );
+        assert_eq!(kind, EventKind::Normal);
+        let chunk = Bytes::from_static(b"data: {\"code\":401,\"msg\":\"no\",\"data\":null}\n\n");
+        let (out, kind) = run_with(EventMode::Rewrap, &chunk);
+        let bytes: Vec<u8> = out.iter().flat_map(|p| p.iter().copied()).collect();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "data: {\"status\":\"fail\",\"data\":{\"message\":\"no\",\"type\":\"upstream_error\",\"param\":null,\"code\":\"401\"}}\n\n"
+        );
+        assert_eq!(kind, EventKind::Error);
+        assert_eq!(
+            EventMode::select_with(
+                Dialect::Envelope,
+                Dialect::Envelope,
+                StreamEnvelope::Bare,
+                envelopes
+            ),
+            EventMode::Rewrap
+        );
+        assert_eq!(
+            EventMode::Rewrap.error_form(Dialect::Envelope, Dialect::Envelope),
+            Dialect::Envelope
+        );
+    }
+
+    #[test]
     fn passthru_notices_errors_without_touching_bytes() {
         let input: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"error\\\"\"}}]}\r\n\r\ndata: {\"error\":{\"message\":\"x\"}}\n\n";
         let (out, kinds) = run(EventMode::Passthru, Dialect::Bare, input);
@@ -608,7 +753,7 @@ mod tests {
         framer.push(Bytes::copy_from_slice(input));
         let (mut out, mut stats) = (VecDeque::new(), StreamStats::default());
         while let Ok(Some(event)) = framer.next_event() {
-            mode.apply(event, upstream, &mut out, &mut stats);
+            mode.apply(event, upstream, Envelopes::standard(), &mut out, &mut stats);
         }
         stats
     }
@@ -644,6 +789,38 @@ mod tests {
             let report = stats.report.unwrap();
             assert_eq!(report.model.as_deref(), Some("m"));
             assert_eq!(report.usage.unwrap().prompt, Some(5));
+        }
+    }
+
+    #[test]
+    fn stats_read_the_payload_of_another_envelope() {
+        use crate::translate::template::{ErrorTemplate, SideFlags, SuccessTemplate};
+        let success = SuccessTemplate::parse(r#"{"ok":true,"result":$data}"#).unwrap();
+        let error = ErrorTemplate::parse(r#"{"ok":false,"msg":$message}"#).unwrap();
+        let envelopes = Envelopes::build(
+            &SideFlags {
+                success: Some(&success),
+                error: Some(&error),
+                ..SideFlags::default()
+            },
+            &SideFlags::default(),
+            true,
+        )
+        .unwrap();
+        let input = b"data: {\"ok\":true,\"result\":{\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}}\n\ndata: {\"ok\":true,\"result\":{\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1}}}\n\n";
+        for mode in [EventMode::Passthru, EventMode::Unwrap] {
+            let mut framer = SseFramer::new(1 << 20);
+            framer.push(Bytes::from_static(input));
+            let (mut out, mut stats) = (VecDeque::new(), StreamStats::default());
+            while let Ok(Some(event)) = framer.next_event() {
+                mode.apply(event, Dialect::Envelope, envelopes, &mut out, &mut stats);
+            }
+            assert_eq!(stats.events, 2, "{mode:?}");
+            assert!(stats.first_token.is_some(), "{mode:?}");
+            let report = stats.report.unwrap();
+            assert_eq!(report.model.as_deref(), Some("m"));
+            let usage = report.usage.unwrap();
+            assert_eq!((usage.prompt, usage.completion), (Some(2), Some(1)));
         }
     }
 

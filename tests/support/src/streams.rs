@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use envelope_proxy::config::StreamEnvelope;
 use envelope_proxy::translate::sse::{EventMode, StreamSettings};
+use envelope_proxy::translate::template::Envelopes;
 use envelope_proxy::Dialect;
 use http_body::{Body, Frame};
 
@@ -42,5 +43,6 @@ pub fn chat_stream(
         idle_timeout: Duration::from_secs(60),
         keepalive: None,
         max_event_bytes: 1 << 20,
+        envelopes: Envelopes::standard(),
     }
 }
