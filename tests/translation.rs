@@ -505,12 +505,12 @@ async fn healthz_answers_once_serving() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_a_502_in_each_dialect() {
-    // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port held by a socket that never listens: connecting is refused, and no other test
+    // can take the port meanwhile (a port that was merely free once could be another test's
+    // listener by the time the proxy connects).
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap().port();
     let proxy = harness::start_proxy(&format!("http://127.0.0.1:{port}/v1"), "bare", &[]).await;
     let client = harness::client();
     for (path, dialect) in [("/v1/models", "bare"), ("/api/v1/models", "envelope")] {
