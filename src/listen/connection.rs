@@ -33,6 +33,7 @@ use crate::translate::body::ProxyBody;
 use crate::translate::synthetic::{overloaded, Limit};
 
 use super::progress::{Abandon, Action, Tracker};
+use super::woken::Woken;
 use super::sockets::Stream;
 
 /// How long an HTTP/2 client has to answer a keep-alive ping (hyper's default).
@@ -91,23 +92,32 @@ async fn drive<C, E>(
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
+    // The watchers are polled only when they were woken (see `woken.rs`), and live across
+    // the loop's turns.
+    let drained = Woken::new(drain.cancelled());
+    let action = Woken::new(tracker.next_action());
+    tokio::pin!(drained, action);
     let mut draining = false;
     loop {
         tokio::select! {
+            biased;
             result = &mut conn => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
                 break;
             }
-            () = drain.cancelled(), if !draining => {
+            () = &mut drained, if !draining => {
                 draining = true;
                 shutdown(conn.as_mut());
             }
-            action = tracker.next_action() => match action {
-                Action::Shutdown => shutdown(conn.as_mut()),
-                Action::Close => break,
-            },
+            next = &mut action => {
+                action.set(Woken::new(tracker.next_action()));
+                match next {
+                    Action::Shutdown => shutdown(conn.as_mut()),
+                    Action::Close => break,
+                }
+            }
         }
     }
     drop(slot);

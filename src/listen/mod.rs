@@ -16,6 +16,7 @@ mod handle;
 mod progress;
 mod serve;
 pub(crate) mod sockets;
+mod woken;
 mod workers;
 
 pub use handle::RunningServer;
