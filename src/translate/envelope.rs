@@ -99,22 +99,23 @@ pub enum Verdict<'a> {
 /// Recognises an envelope: an object with `success`, or with `code` and `data` but no `object`
 /// (a bare list such as `/models` has `object` and `data`).
 pub fn classify(body: &[u8]) -> Classified<'_> {
-    // serde also reads a struct from a JSON array; only an object can be an envelope.
-    if std::str::from_utf8(body).is_err() {
+    // Read as text, checked once: from bytes, serde would check each member's raw value again.
+    let Ok(text) = std::str::from_utf8(body) else {
         return Classified::NotJson;
-    }
+    };
+    // serde also reads a struct from a JSON array; only an object can be an envelope.
     let is_object = body.trim_ascii_start().first() == Some(&b'{');
     if !is_object {
-        return match serde_json::from_slice::<IgnoredAny>(body) {
+        return match serde_json::from_str::<IgnoredAny>(text) {
             Ok(_) => Classified::Json,
             Err(_) => Classified::NotJson,
         };
     }
-    match serde_json::from_slice::<Envelope<'_>>(body) {
+    match serde_json::from_str::<Envelope<'_>>(text) {
         Ok(env) if env.members().is_envelope() => Classified::Envelope(env),
         Ok(_) => Classified::Json,
         // Valid JSON fails here only for a member named twice (the derive rejects that).
-        Err(_) => match serde_json::from_slice::<Members>(body) {
+        Err(_) => match serde_json::from_str::<Members>(text) {
             Ok(members) if members.is_envelope() => Classified::Envelope(Envelope {
                 duplicate: members.duplicate,
                 ..Envelope::default()
