@@ -131,6 +131,21 @@ fn key(name: &[u8]) -> Key {
     }
 }
 
+/// True for the bytes of a number or a literal (`true`, `false`, `null`).
+fn is_scalar(byte: u8) -> bool {
+    const SCALAR: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] =
+                matches!(b as u8, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'-' | b'+' | b'.');
+            b += 1;
+        }
+        table
+    };
+    SCALAR[usize::from(byte)]
+}
+
 /// What the value being read is to us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -247,7 +262,29 @@ impl UsageScan {
                         }
                     }
                 }
-                State::Between | State::InScalar { .. } => {
+                State::InScalar { target, number } => {
+                    // The rest of the number or literal in one run: most of a body's bytes
+                    // outside strings are in one.
+                    let run = bytes
+                        .iter()
+                        .position(|&b| !is_scalar(b))
+                        .unwrap_or(bytes.len());
+                    let (scalar, rest) = bytes.split_at(run);
+                    let number = number.and_then(|n| {
+                        scalar.iter().try_fold(n, |n, &byte| {
+                            byte.is_ascii_digit()
+                                .then(|| n.checked_mul(10)?.checked_add(u64::from(byte - b'0')))
+                                .flatten()
+                        })
+                    });
+                    self.state = State::InScalar { target, number };
+                    bytes = rest;
+                    if let Some((&byte, rest)) = bytes.split_first() {
+                        bytes = rest;
+                        self.byte(byte);
+                    }
+                }
+                State::Between => {
                     let byte = bytes[0];
                     bytes = &bytes[1..];
                     self.byte(byte);
@@ -268,7 +305,7 @@ impl UsageScan {
 
     /// One byte outside any string.
     fn byte(&mut self, byte: u8) {
-        let scalar = matches!(byte, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'-' | b'+' | b'.');
+        let scalar = is_scalar(byte);
         if let State::InScalar { target, number } = self.state {
             if scalar {
                 let number = match byte {
