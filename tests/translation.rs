@@ -563,6 +563,31 @@ async fn slow_upstream_headers_are_a_504() {
 }
 
 #[tokio::test]
+async fn slow_upstream_headers_within_the_response_timeout_hit_the_request_deadline() {
+    // Both limits bound the wait for the head; the sooner one names the error.
+    let h = start(
+        Shape::Bare,
+        &["--response-timeout", "30", "--request-timeout", "0.2"],
+    )
+    .await;
+    let reply = h
+        .chat("/v1/chat/completions", false)
+        .header("x-mock-behaviour", "slow-headers:3000")
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        reply.json(),
+        bare_error(
+            "the request did not complete within 0.2s (--request-timeout)",
+            "upstream_error",
+            Value::Null,
+            json!("request_timeout")
+        )
+    );
+}
+
+#[tokio::test]
 async fn request_bodies_over_the_limit_are_a_413_before_the_upstream_sees_them() {
     let h = start(Shape::Bare, &["--max-request-body", "64"]).await;
     let reply = h

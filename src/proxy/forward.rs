@@ -19,6 +19,7 @@ use crate::translate::{self, Exchange};
 
 use super::request_body::ClientBody;
 use super::response_body::UpstreamStatus;
+use super::upstream::UpstreamError;
 use super::{auth, ClientInfo, Proxy};
 
 impl Proxy {
@@ -94,14 +95,25 @@ impl Proxy {
             Request::from_parts(parts, Limited::new(body, config.max_request_body as usize));
 
         let upstream = &self.upstreams[client.worker % self.upstreams.len()];
-        let sent = tokio::time::timeout_at(exchange.deadline, upstream.send(upstream_request));
+        // One timer for both limits on the wait for the head: whichever ends first.
+        let head_deadline = Instant::now() + upstream.response_timeout();
+        let sent = tokio::time::timeout_at(
+            head_deadline.min(exchange.deadline),
+            upstream.send(upstream_request),
+        );
         let sent = tokio::select! {
             sent = sent => sent,
             () = self.cut.cancelled() => return exchange.error_response(&shutting_down(), None),
         };
-        let Ok(sent) = sent else {
-            return exchange
-                .error_response(&ApiError::request_timeout(config.request_timeout), None);
+        let sent = match sent {
+            Ok(sent) => sent,
+            Err(_elapsed) if head_deadline <= exchange.deadline => {
+                Err(UpstreamError::ResponseTimeout(upstream.response_timeout()))
+            }
+            Err(_elapsed) => {
+                return exchange
+                    .error_response(&ApiError::request_timeout(config.request_timeout), None);
+            }
         };
         match sent {
             Ok(response) => {

@@ -125,28 +125,28 @@ impl Upstream {
         }
     }
 
-    /// Sends `request` and waits for the response headers, at most `--response-timeout`.
+    /// Sends `request` and waits for the response headers. The caller bounds the wait by
+    /// [`Upstream::response_timeout`] (with its own deadline, on one timer).
     pub async fn send(
         &self,
         request: Request<UpstreamRequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let sent = async {
-            match &self.client {
-                UpstreamClient::Own(pool) => pool.send(request, self.connect_timeout).await,
-                UpstreamClient::Shared(client) => match client.request(request).await {
-                    Ok(response) => Ok(response.map(UpstreamBody::from)),
-                    Err(error) => Err(UpstreamError::classify(
-                        &error,
-                        error.is_connect(),
-                        self.connect_timeout,
-                    )),
-                },
-            }
-        };
-        match tokio::time::timeout(self.response_timeout, sent).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(UpstreamError::ResponseTimeout(self.response_timeout)),
+        match &self.client {
+            UpstreamClient::Own(pool) => pool.send(request, self.connect_timeout).await,
+            UpstreamClient::Shared(client) => match client.request(request).await {
+                Ok(response) => Ok(response.map(UpstreamBody::from)),
+                Err(error) => Err(UpstreamError::classify(
+                    &error,
+                    error.is_connect(),
+                    self.connect_timeout,
+                )),
+            },
         }
+    }
+
+    /// `--response-timeout`: the longest wait for the response headers.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
     }
 }
 
