@@ -292,19 +292,24 @@ fn malformed(why: &str) -> ApiError {
 /// status is the upstream's when it is an error status (the call failed, only its details are
 /// unreadable), else 502.
 fn duplicated(member: &str, http_status: StatusCode) -> ApiError {
-    let status = if http_status.as_u16() >= 400 {
-        http_status
-    } else {
-        StatusCode::BAD_GATEWAY
-    };
-    ApiError::proxy(
-        ErrorCode::UpstreamInvalidBody,
+    unreadable(
+        http_status,
         format!(
             "upstream sent an invalid envelope under HTTP {}: the member `{member}` appears more than once",
             http_status.as_u16()
         ),
     )
-    .with_status(status)
+}
+
+/// `upstream_invalid_body` for an envelope that cannot be read: the upstream's status when it
+/// is an error status (the call failed, only its details are unreadable), else 502.
+pub(crate) fn unreadable(http_status: StatusCode, message: String) -> ApiError {
+    let status = if http_status.as_u16() >= 400 {
+        http_status
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    ApiError::proxy(ErrorCode::UpstreamInvalidBody, message).with_status(status)
 }
 
 /// The `data` payload of `body` as a zero-copy slice, given the `RawValue` parsed from it.

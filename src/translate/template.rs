@@ -29,7 +29,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::dialect::Dialect;
-use crate::error::{error_type_for, ApiError, ErrorCode, Form};
+use crate::error::{error_type_for, ApiError, Form};
 use crate::translate::envelope::{self, Classified, Verdict};
 
 /// The named envelopes (`--envelope`, `--upstream-envelope`).
@@ -678,19 +678,13 @@ impl Shape {
 
 /// `upstream_invalid_body`: the body is no envelope of the configured shape.
 fn invalid(http_status: StatusCode, why: &str) -> ApiError {
-    let status = if http_status.as_u16() >= 400 {
-        http_status
-    } else {
-        StatusCode::BAD_GATEWAY
-    };
-    ApiError::proxy(
-        ErrorCode::UpstreamInvalidBody,
+    envelope::unreadable(
+        http_status,
         format!(
             "upstream sent a body that is not a valid envelope under HTTP {}: {why}",
             http_status.as_u16()
         ),
     )
-    .with_status(status)
 }
 
 enum Read<'a> {
