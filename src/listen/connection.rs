@@ -8,19 +8,28 @@
 //! A connection over `--max-connections` (its [`Slot`] says `refused`) is still read, so that
 //! its first request gets a 503 in its own dialect instead of a hang, and is then closed
 //! (`Connection: close` on HTTP/1.1, GOAWAY on HTTP/2).
+//!
+//! HTTP/2 is told from HTTP/1.1 by its connection preface, read here ([`sniff`]) rather than by
+//! hyper-util's auto builder: its rewind wrapper hands hyper the first bytes alone, in a read of
+//! their own, so hyper's next read found its 8 KiB buffer partly used and doubled it; each open
+//! HTTP/1.1 stream held 16 KiB for a request head of a few hundred bytes. [`Prefixed`] returns
+//! the bytes read here together with whatever the socket has next, in one read, and each
+//! connection holds only its own protocol's state (BENCHMARKS.md has the measurement).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -39,11 +48,19 @@ use super::woken::Woken;
 /// How long an HTTP/2 client has to answer a keep-alive ping (hyper's default).
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The server side of both protocols, with the configured limits; shared by every connection.
+pub(super) type Protocols = Arc<Builders>;
+
+/// hyper's HTTP/1.1 and HTTP/2 servers, as [`connection_builder`] set them up.
+pub(super) struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
 /// HTTP/1.1 and HTTP/2 with the configured header limits and the slowloris guard.
-pub(super) fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+pub(super) fn connection_builder(config: &Config) -> Protocols {
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_headers(config.max_headers)
@@ -52,14 +69,119 @@ pub(super) fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor
         // nothing more at once) rather than queued for writev, which takes a limited number
         // of pieces per write: the events of one upstream read go out in one write.
         .writev(false);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(config.max_header_bytes)
         .max_concurrent_streams(config.max_concurrent_streams)
         .keep_alive_interval((!config.idle_timeout.is_zero()).then_some(config.idle_timeout))
         .keep_alive_timeout(HTTP2_PING_TIMEOUT);
-    builder
+    Arc::new(Builders { http1, http2 })
+}
+
+/// What every HTTP/2 connection starts with (RFC 9113, section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the connection's first bytes until they either are HTTP/2's preface (`true`) or are
+/// not (`false`: HTTP/1.1, as for a connection closed before sending anything); at most 24
+/// bytes, a read each, so at most 24 reads. The bytes read go back to hyper in [`Prefixed`].
+async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> io::Result<(bool, Prefixed<I>)> {
+    let mut prefix = [0; PREFACE.len()];
+    let mut filled = 0;
+    let http2 = loop {
+        let read = io.read(&mut prefix[filled..]).await?;
+        let before = filled;
+        filled += read;
+        if read == 0 || prefix[before..filled] != PREFACE[before..filled] {
+            break false;
+        }
+        if filled == PREFACE.len() {
+            break true;
+        }
+    };
+    let prefixed = Prefixed {
+        io,
+        prefix,
+        start: 0,
+        end: filled,
+        error: None,
+    };
+    Ok((http2, prefixed))
+}
+
+/// A connection's byte stream with the bytes [`sniff`] read put back in front.
+///
+/// The first read returns those bytes and, in the same call, whatever the socket has ready
+/// after them: hyper sizes its read buffer by what it has to hold, and a read of the first
+/// bytes alone would leave it too little room for the next one (it would grow the buffer to
+/// twice its size for the rest of the connection's life).
+pub(super) struct Prefixed<I> {
+    io: I,
+    prefix: [u8; PREFACE.len()],
+    start: usize,
+    end: usize,
+    /// An error of the read that followed the prefix, reported on the next read.
+    error: Option<io::Error>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(error) = this.error.take() {
+            return Poll::Ready(Err(error));
+        }
+        let Some(rest) = this
+            .prefix
+            .get(this.start..this.end)
+            .filter(|r| !r.is_empty())
+        else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        let given = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..given]);
+        this.start += given;
+        if this.start == this.end && buf.remaining() > 0 {
+            // Pending only registers the waker for the next read; the prefix is returned now.
+            if let Poll::Ready(Err(error)) = Pin::new(&mut this.io).poll_read(cx, buf) {
+                this.error = Some(error);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// A connection's place under the limits, held until it closes.
@@ -126,7 +248,7 @@ async fn drive<C, E>(
 /// What an accepted connection needs from the server (a public one is handed to its worker).
 pub(super) struct Accepted {
     pub(super) proxy: Arc<Proxy>,
-    pub(super) builder: auto::Builder<TokioExecutor>,
+    pub(super) builder: Protocols,
     pub(super) permit: Slot,
     pub(super) tracker: Arc<Tracker>,
     /// Cancelled when the server starts draining (the admin listener: when it stops).
@@ -202,11 +324,30 @@ impl Accepted {
 
     /// Served by the proxy while it holds a connection permit, else answered with a 503 and
     /// closed.
-    pub(super) async fn serve_http<I>(self, io: I, client: ClientInfo)
+    pub(super) async fn serve_http<I>(mut self, io: I, client: ClientInfo)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let tracker = Arc::clone(&self.tracker);
+        // The protocol, from the first bytes: like the TLS handshake, before the first request,
+        // so a deadline or the drain closes the connection (the slot first, as in `drive`).
+        let (tracker, drain) = (Arc::clone(&self.tracker), self.drain.clone());
+        let slot = &mut self.permit;
+        let (http2, io) = tokio::select! {
+            sniffed = sniff(io) => match sniffed {
+                Ok(sniffed) => sniffed,
+                Err(error) => {
+                    tracing::debug!(%error, client = ?client.ip, "connection failed before its first request");
+                    return;
+                }
+            },
+            () = async {
+                tokio::select! {
+                    _ = tracker.next_action() => {}
+                    () = drain.cancelled() => {}
+                }
+                slot.release();
+            } => return,
+        };
         let proxy = Arc::clone(&self.proxy);
         let (role, refused) = (self.role, self.permit.refused);
         let service = service_fn(move |request: Request<Incoming>| {
@@ -224,18 +365,17 @@ impl Accepted {
                 Ok::<_, Infallible>(response.map(|body| open.watch(body)))
             })
         });
-        let conn = self
-            .builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned();
-        drive(
-            conn,
-            |c| c.graceful_shutdown(),
-            self.permit,
-            &self.tracker,
-            &self.drain,
-        )
-        .await;
+        let io = TokioIo::new(io);
+        let (slot, tracker, drain) = (self.permit, &self.tracker, &self.drain);
+        if http2 {
+            let conn = self.builder.http2.serve_connection(io, service);
+            // Boxed: the HTTP/1.1 connections, one per open stream, need not be as large as
+            // HTTP/2's state.
+            Box::pin(drive(conn, |c| c.graceful_shutdown(), slot, tracker, drain)).await;
+        } else {
+            let conn = self.builder.http1.serve_connection(io, service);
+            drive(conn, |c| c.graceful_shutdown(), slot, tracker, drain).await;
+        }
     }
 }
 

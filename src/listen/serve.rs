@@ -17,8 +17,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +26,7 @@ use crate::ops::metrics::{Metrics, Refusal};
 use crate::ops::systemd;
 use crate::proxy::{ClientInfo, Proxy, Role};
 
-use super::connection::{connection_builder, Accepted, Io, Slot};
+use super::connection::{connection_builder, Accepted, Io, Protocols, Slot};
 use super::progress::{Limits, Tracker};
 use super::sockets::{Listener, Stream};
 use super::Server;
@@ -243,7 +241,7 @@ async fn accept_loop(listener: Listener, accepted: mpsc::Sender<Stream>, stop: C
 async fn admin_loop(
     listener: Listener,
     proxy: Arc<Proxy>,
-    builder: auto::Builder<TokioExecutor>,
+    builder: Protocols,
     limits: Limits,
     stop: CancellationToken,
 ) {
