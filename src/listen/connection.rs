@@ -396,3 +396,87 @@ fn over_connection_limit(request: &Request<Incoming>, proxy: &Proxy) -> Response
 /// A byte stream of either kind (the admin listener is not worth monomorphising twice).
 pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Everything `io` yields until its end (bounded: each read moves at least one byte).
+    async fn read_to_end(io: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.expect("read");
+        all
+    }
+
+    #[tokio::test]
+    async fn an_http1_request_comes_back_whole_in_the_first_read() {
+        let request = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n";
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(request).await.expect("write");
+        let (http2, mut prefixed) = sniff(server).await.expect("sniff");
+        assert!(!http2);
+        // One read, as hyper does it: the sniffed bytes and the rest of the head together.
+        let mut buf = vec![0; 8192];
+        let read = prefixed.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..read], request);
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_is_recognised_even_split_and_handed_back() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let (sniffed, ()) = tokio::join!(sniff(server), async {
+            client.write_all(&PREFACE[..7]).await.expect("write");
+            tokio::task::yield_now().await;
+            client.write_all(&PREFACE[7..]).await.expect("write");
+            client.write_all(b"frames").await.expect("write");
+            drop(client);
+        });
+        let (http2, mut prefixed) = sniffed.expect("sniff");
+        assert!(http2);
+        assert_eq!(
+            read_to_end(&mut prefixed).await,
+            [&PREFACE[..], b"frames"].concat()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_any_byte_is_http1_at_its_end() {
+        let (client, server) = tokio::io::duplex(64);
+        drop(client);
+        let (http2, mut prefixed) = sniff(server).await.expect("sniff");
+        assert!(!http2);
+        assert_eq!(read_to_end(&mut prefixed).await, b"");
+    }
+
+    /// Gives `GET` in one read, then fails.
+    struct BrokenAfterGet(bool);
+
+    impl AsyncRead for BrokenAfterGet {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if std::mem::replace(&mut self.0, true) {
+                return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+            }
+            buf.put_slice(b"GET");
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_right_after_the_sniffed_bytes_comes_on_the_next_read() {
+        let (http2, mut prefixed) = sniff(BrokenAfterGet(false)).await.expect("sniff");
+        assert!(!http2);
+        let mut buf = [0; 64];
+        let read = prefixed
+            .read(&mut buf)
+            .await
+            .expect("the sniffed bytes first");
+        assert_eq!(&buf[..read], b"GET");
+        let error = prefixed.read(&mut buf).await.expect_err("then the error");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+}
