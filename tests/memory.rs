@@ -1,0 +1,308 @@
+//! Memory per open stream (issue 16): the proxy's live heap bytes while many event streams are
+//! open at once, over HTTP/1.1 client connections (one per stream) and over HTTP/2 ones
+//! (many streams each).
+//!
+//! The proxy runs in a child process — this test binary again, its ignored `proxy_process`
+//! entry — with dhat's counting allocator, so that only the proxy's heap is counted, not the
+//! mock upstream's or the clients', which run here. The parent asks it for its live heap
+//! bytes (a line on its stdin) once `FIRST` streams are open and once `TOTAL` are: the growth
+//! ÷ (`TOTAL` − `FIRST`) is what each open stream holds, one-off allocations (the runtime,
+//! the pools' first growth) left out. Heap bytes are deterministic where RSS depends on the
+//! allocator and the machine; each bound sits well above today's figure (the numbers are in
+//! BENCHMARKS.md) and well below the figure before issue 16's memory work.
+//!
+//! Every stream is a real chat stream through the proxy to the mock upstream, whose `hold`
+//! behaviour sends the first event and then waits: a stream counts as open once its client
+//! got that first event. At the end the upstream lets them all finish, and each must end
+//! whole.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use test_support::harness::{self, WAIT};
+use test_support::mock_upstream::{self, Shape};
+
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
+/// Set (to the upstream's base URL) for the child that runs the proxy.
+const CHILD_UPSTREAM: &str = "MEMORY_TEST_UPSTREAM";
+/// The lines the child answers with start with this (libtest prints its own lines too).
+const REPLY: &str = "memory-test:";
+
+/// Streams open when the first figure is taken, and when the second is.
+const FIRST: usize = 100;
+const TOTAL: usize = 600;
+/// HTTP/2 client connections the streams of the HTTP/2 run share.
+const H2_CONNECTIONS: usize = 6;
+
+/// The proxy: started by [`Proxy::start`], not a test of its own.
+#[test]
+#[ignore = "the proxy process of the memory tests, which start it themselves"]
+fn proxy_process() {
+    let Ok(upstream) = std::env::var(CHILD_UPSTREAM) else {
+        return;
+    };
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Two workers, as the benchmarks run it (HTTP/1.1 connections spread over both).
+    let proxy = runtime.block_on(harness::start_proxy(
+        &upstream,
+        "bare",
+        &["--worker-threads", "2"],
+    ));
+    println!("{REPLY} listening {}", proxy.addr);
+    for line in std::io::stdin().lock().lines() {
+        match line.as_deref() {
+            Ok("live") => {
+                let stats = dhat::HeapStats::get();
+                println!("{REPLY} live {}", stats.curr_bytes);
+            }
+            _ => break,
+        }
+    }
+    runtime.block_on(proxy.stop());
+}
+
+/// The child process running the proxy.
+struct Proxy {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    addr: std::net::SocketAddr,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+            .args([
+                "proxy_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_UPSTREAM, upstream)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the proxy process");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut proxy = Proxy {
+            child,
+            stdin,
+            stdout,
+            addr: ([0, 0, 0, 0], 0).into(),
+        };
+        let listening = proxy.reply();
+        proxy.addr = listening
+            .strip_prefix("listening ")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {listening:?}"));
+        proxy
+    }
+
+    /// The next line of the child's protocol (a blocking read: the child answers at once).
+    fn reply(&mut self) -> String {
+        // Bounded: libtest prints a few lines of its own before the test's.
+        for _ in 0..100 {
+            let mut line = String::new();
+            let read = self.stdout.read_line(&mut line).expect("read the child");
+            assert!(read > 0, "the proxy process ended");
+            // libtest's own `test proxy_process ... ` may precede the first one on its line.
+            if let Some((_, reply)) = line.trim_end().split_once(REPLY) {
+                return reply.trim_start().to_owned();
+            }
+        }
+        panic!("no answer from the proxy process");
+    }
+
+    /// The proxy's live heap bytes.
+    fn live_bytes(&mut self) -> i64 {
+        writeln!(self.stdin, "live").expect("write to the child");
+        self.stdin.flush().expect("flush");
+        let reply = self.reply();
+        reply
+            .strip_prefix("live ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected reply {reply:?}"))
+    }
+
+    fn stop(mut self) {
+        let _ = writeln!(self.stdin, "stop");
+        drop(self.stdin);
+        let status = self.child.wait().expect("wait for the proxy process");
+        assert!(status.success(), "the proxy process failed: {status}");
+    }
+}
+
+/// A chat stream the mock upstream holds after its first event: the target in origin form
+/// for HTTP/1.1, absolute for HTTP/2 (its `:authority`).
+fn held_stream(clients: Clients, addr: std::net::SocketAddr) -> Request<Full<Bytes>> {
+    let path = "/v1/chat/completions";
+    let uri = match clients {
+        Clients::Http1 => path.to_owned(),
+        Clients::Http2 => format!("http://{addr}{path}"),
+    };
+    Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .header("x-mock-behaviour", "hold")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}],"stream":true}"#,
+        )))
+        .expect("request")
+}
+
+/// How the clients reach the proxy.
+#[derive(Clone, Copy)]
+enum Clients {
+    /// One HTTP/1.1 connection per stream.
+    Http1,
+    /// The streams spread over [`H2_CONNECTIONS`] HTTP/2 connections.
+    Http2,
+}
+
+/// An open stream: its body, with its first event read.
+struct Open {
+    body: Incoming,
+    first: Bytes,
+}
+
+/// Opens `count` streams, in parallel, and returns once every one has its first event.
+async fn open_streams(
+    clients: Clients,
+    addr: std::net::SocketAddr,
+    h2: &[hyper::client::conn::http2::SendRequest<Full<Bytes>>],
+    from: usize,
+    count: usize,
+) -> Vec<Open> {
+    let mut opening = tokio::task::JoinSet::new();
+    for index in from..from + count {
+        let h2 = h2.get(index % h2.len().max(1)).cloned();
+        opening.spawn(async move {
+            let response = match (clients, h2) {
+                (Clients::Http2, Some(mut sender)) => {
+                    sender.ready().await.expect("HTTP/2 connection ready");
+                    sender.send_request(held_stream(clients, addr)).await
+                }
+                _ => {
+                    let tcp = TcpStream::connect(addr).await.expect("connect");
+                    let (mut sender, connection) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                            .await
+                            .expect("HTTP/1.1 handshake");
+                    tokio::spawn(connection);
+                    sender.send_request(held_stream(clients, addr)).await
+                }
+            };
+            let response = response.expect("response head");
+            assert_eq!(response.status(), StatusCode::OK);
+            let mut body = response.into_body();
+            let first = body
+                .frame()
+                .await
+                .expect("a first frame")
+                .expect("no error")
+                .into_data()
+                .expect("data");
+            Open { body, first }
+        });
+    }
+    let mut open = Vec::with_capacity(count);
+    while let Some(stream) = tokio::time::timeout(WAIT, opening.join_next())
+        .await
+        .expect("every stream opens within the bound")
+    {
+        open.push(stream.expect("the stream opened"));
+    }
+    open
+}
+
+/// The proxy's live heap bytes per open stream, over `clients`; checks that every stream ends
+/// whole afterwards.
+async fn bytes_per_stream(clients: Clients) -> i64 {
+    let mock = mock_upstream::start(Shape::Bare).await;
+    let fixture = harness::fixture("bare/chat_completion_stream.sse");
+    let mut proxy = tokio::task::block_in_place(|| Proxy::start(&mock.base_url()));
+    let addr = proxy.addr;
+    let mut h2 = Vec::new();
+    if let Clients::Http2 = clients {
+        for _ in 0..H2_CONNECTIONS {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let (sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .expect("HTTP/2 handshake");
+            tokio::spawn(connection);
+            h2.push(sender);
+        }
+    }
+
+    let mut open = open_streams(clients, addr, &h2, 0, FIRST).await;
+    let first = tokio::task::block_in_place(|| proxy.live_bytes());
+    open.extend(open_streams(clients, addr, &h2, FIRST, TOTAL - FIRST).await);
+    let total = tokio::task::block_in_place(|| proxy.live_bytes());
+
+    // Every stream goes on to its end, whole: the bytes the upstream sent, in order.
+    mock.state.release();
+    let mut reading = tokio::task::JoinSet::new();
+    for Open { body, first } in open {
+        reading.spawn(async move {
+            let rest = body.collect().await.expect("the stream ends").to_bytes();
+            [first, rest].concat()
+        });
+    }
+    while let Some(read) = tokio::time::timeout(WAIT, reading.join_next())
+        .await
+        .expect("every stream ends within the bound")
+    {
+        assert_eq!(read.expect("read"), fixture.as_ref());
+    }
+    drop(h2);
+    tokio::task::block_in_place(|| proxy.stop());
+    (total - first) / (TOTAL - FIRST) as i64
+}
+
+/// Most of an open HTTP/1.1 stream is hyper's buffers, 8 KiB each: the client connection's
+/// read and write buffers, the upstream connection's, and the upstream connection's request
+/// channel (a block of 32 request slots, about 10 KB). 51.1 KB in a debug build; 61.8 KB when
+/// the client connection's read buffer grew to 16 KiB (hyper-util's protocol detection).
+const HTTP1_BOUND: i64 = 56 * 1024;
+/// Over HTTP/2 the client connection's buffers are shared by its streams. 31.7 KB in a debug
+/// build.
+const HTTP2_BOUND: i64 = 36 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_over_http1_holds_little_heap() {
+    let per_stream = bytes_per_stream(Clients::Http1).await;
+    eprintln!("HTTP/1.1 clients: {per_stream} heap bytes per open stream");
+    assert!(
+        per_stream > 0 && per_stream <= HTTP1_BOUND,
+        "{per_stream} heap bytes per open stream (at most {HTTP1_BOUND})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_over_http2_holds_little_heap() {
+    let per_stream = bytes_per_stream(Clients::Http2).await;
+    eprintln!("HTTP/2 clients: {per_stream} heap bytes per open stream");
+    assert!(
+        per_stream > 0 && per_stream <= HTTP2_BOUND,
+        "{per_stream} heap bytes per open stream (at most {HTTP2_BOUND})"
+    );
+}
