@@ -8,8 +8,9 @@
 //! bytes (a line on its stdin) once `FIRST` streams are open and once `TOTAL` are: the growth
 //! ÷ (`TOTAL` − `FIRST`) is what each open stream holds, one-off allocations (the runtime,
 //! the pools' first growth) left out. Heap bytes are deterministic where RSS depends on the
-//! allocator and the machine; each bound sits well above today's figure (the numbers are in
-//! BENCHMARKS.md) and well below the figure before issue 16's memory work.
+//! allocator and the machine (RSS is measured by `benches/profile.sh rss`); each bound sits
+//! 10–15 % above today's figure (the constants below say what it is made of), so a stream that
+//! comes to hold another buffer fails it.
 //!
 //! Every stream is a real chat stream through the proxy to the mock upstream, whose `hold`
 //! behaviour sends the first event and then waits: a stream counts as open once its client
@@ -280,10 +281,10 @@ async fn bytes_per_stream(clients: Clients) -> i64 {
 
 /// Most of an open HTTP/1.1 stream is hyper's buffers, 8 KiB each: the client connection's
 /// read and write buffers, the upstream connection's, and the upstream connection's request
-/// channel (a block of 32 request slots, about 10 KB). 51.1 KB in a debug build; 61.8 KB when
+/// channel (a block of 32 request slots, about 10 KB). 51.4 KB in a debug build; 62.0 KB when
 /// the client connection's read buffer grew to 16 KiB (hyper-util's protocol detection).
 const HTTP1_BOUND: i64 = 56 * 1024;
-/// Over HTTP/2 the client connection's buffers are shared by its streams. 31.7 KB in a debug
+/// Over HTTP/2 the client connection's buffers are shared by its streams. 31.8 KB in a debug
 /// build.
 const HTTP2_BOUND: i64 = 36 * 1024;
 
