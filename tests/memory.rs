@@ -9,7 +9,7 @@
 //! ÷ (`TOTAL` − `FIRST`) is what each open stream holds, one-off allocations (the runtime,
 //! the pools' first growth) left out. Heap bytes are deterministic where RSS depends on the
 //! allocator and the machine (RSS is measured by `benches/profile.sh rss`); each bound sits
-//! 10–15 % above today's figure (the constants below say what it is made of), so a stream that
+//! 12–16 % above today's figure (the constants below say what it is made of), so a stream that
 //! comes to hold another buffer fails it.
 //!
 //! Every stream is a real chat stream through the proxy to the mock upstream, whose `hold`
