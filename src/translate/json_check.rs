@@ -648,7 +648,135 @@ mod tests {
         body
     }
 
+    /// Short runs of number characters, alone or in an array: leading zeros, lone signs and
+    /// dots, empty exponents are frequent here and rare in mutated JSON.
+    fn number_like() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::collection::vec(prop::sample::select(b"-+0123456789.eE".to_vec()), 1..8),
+            any::<bool>(),
+        )
+            .prop_map(|(number, in_array)| {
+                if in_array {
+                    [b"[".as_slice(), &number, b"]"].concat()
+                } else {
+                    number
+                }
+            })
+    }
+
+    /// Pieces of JSON and of UTF-8 (whole, partial, invalid) strung together at random.
+    fn token_soup() -> impl Strategy<Value = Vec<u8>> {
+        let pieces: Vec<&'static [u8]> = vec![
+            b"0",
+            b"1",
+            b"7",
+            b"-",
+            b".",
+            b"e",
+            b"+",
+            b"[",
+            b"]",
+            b"{",
+            b"}",
+            b",",
+            b":",
+            b" ",
+            b"\"",
+            b"\"a\"",
+            b"\\",
+            b"u",
+            b"0041",
+            b"d800",
+            b"n",
+            b"/",
+            b"true",
+            b"tru",
+            b"null",
+            b"false",
+            b"\t",
+            b"\x01",
+            b"\x7f",
+            b"\xc3\xa9",
+            b"\xc3",
+            b"\xed\xa0\x80",
+            b"\xed\x9f\xbf",
+            b"\xf4\x8f\xbf\xbf",
+            b"\xf4\x90\x80\x80",
+            b"\xe0\x80",
+            b"\xf0\x9f\x98\x80",
+            b"\xc0\xaf",
+            b"abcdefgh",
+        ];
+        prop::collection::vec(prop::sample::select(pieces), 0..16).prop_map(|p| p.concat())
+    }
+
+    /// A string of pieces of text, escapes and UTF-8 (whole, partial, invalid), closed or not.
+    fn string_like() -> impl Strategy<Value = Vec<u8>> {
+        let pieces: Vec<&'static [u8]> = vec![
+            b"a",
+            b"abcdefgh",
+            b" ",
+            b"\x7f",
+            b"\x01",
+            b"\x1f",
+            b"\t",
+            b"\\n",
+            b"\\/",
+            b"\\\"",
+            b"\\u",
+            b"0041",
+            b"d800",
+            b"DFFF",
+            b"g",
+            b"\\",
+            b"\"",
+            b"\xc3\xa9",
+            b"\xc3",
+            b"\xa9",
+            b"\xe2\x82\xac",
+            b"\xe2\x82",
+            b"\xed\xa0\x80",
+            b"\xed\x9f\xbf",
+            b"\xe0\x9f\xbf",
+            b"\xf0\x9f\x98\x80",
+            b"\xf0\x8f\xbf\xbf",
+            b"\xf4\x8f\xbf\xbf",
+            b"\xf4\x90\x80\x80",
+            b"\xc0\xaf",
+            b"\xc1\xbf",
+            b"\xf5\x80\x80\x80",
+            b"\xff",
+        ];
+        (
+            prop::collection::vec(prop::sample::select(pieces), 0..8),
+            any::<bool>(),
+        )
+            .prop_map(|(pieces, closed)| {
+                let mut out = vec![b'"'];
+                out.extend(pieces.concat());
+                if closed {
+                    out.push(b'"');
+                }
+                out
+            })
+    }
+
     proptest! {
+        #[test]
+        fn agrees_with_serde_on_string_like_bytes(body in string_like()) {
+            prop_assert_eq!(is_json(&body), oracle(&body), "{:02x?}", body);
+        }
+
+        #[test]
+        fn agrees_with_serde_on_number_like_bytes(body in number_like()) {
+            prop_assert_eq!(is_json(&body), oracle(&body), "{:?}", String::from_utf8_lossy(&body));
+        }
+
+        #[test]
+        fn agrees_with_serde_on_token_soup(body in token_soup()) {
+            prop_assert_eq!(is_json(&body), oracle(&body), "{:02x?}", body);
+        }
+
         #[test]
         fn agrees_with_serde_on_valid_json(body in json_text()) {
             prop_assert!(oracle(&body), "{:?}", String::from_utf8_lossy(&body));
