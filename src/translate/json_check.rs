@@ -34,16 +34,28 @@ const ONES: u64 = u64::MAX / 0xff;
 const HIGHS: u64 = ONES << 7;
 
 /// The high bit of each byte of `word` that is `"`, `\`, a control character or non-ASCII.
-/// False positives come only from a borrow out of a lower byte that is a true one, so the
-/// lowest flagged byte is always exact.
+/// For an ASCII byte (not borrowed from), `byte - 0x20` sets the high bit exactly below 0x20
+/// and `(byte ^ c) - 1` exactly at `c`. A non-ASCII byte never borrows, and is flagged by one
+/// of the two XORs: both are at least 0x80 and only one can be 0x80 itself. A borrow comes only
+/// out of a lower byte that is flagged, so the lowest flagged byte is always exact (those above
+/// it may not be).
 #[inline(always)]
 fn specials(word: u64) -> u64 {
-    let control = word.wrapping_sub(ONES * 0x20) & !word;
-    let quote = word ^ (ONES * u64::from(b'"'));
-    let quote = quote.wrapping_sub(ONES) & !quote;
-    let backslash = word ^ (ONES * u64::from(b'\\'));
-    let backslash = backslash.wrapping_sub(ONES) & !backslash;
-    (control | quote | backslash | word) & HIGHS
+    let control = word.wrapping_sub(ONES * 0x20);
+    let quote = (word ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
+    let backslash = (word ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
+    (control | quote | backslash) & HIGHS
+}
+
+/// The eight bytes of `chunk` from `at` as a little-endian word (0 where it is short, which
+/// the callers rule out).
+#[inline(always)]
+fn word(chunk: &[u8], at: usize) -> u64 {
+    let mut word = [0; 8];
+    if let Some(bytes) = chunk.get(at..at + 8) {
+        word.copy_from_slice(bytes);
+    }
+    u64::from_le_bytes(word)
 }
 
 /// The kinds of the open containers, innermost last: one bit per level (1 = object).
@@ -194,6 +206,7 @@ impl Checker<'_> {
         (self.skip_whitespace()? == b':').then(|| self.at += 1)
     }
 
+    #[inline(always)]
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.at + word.len();
         (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
@@ -227,21 +240,10 @@ impl Checker<'_> {
     }
 
     /// A string's contents and its closing quote (the opening one is consumed).
+    #[inline(always)]
     fn string(&mut self) -> Option<()> {
-        let bytes = self.bytes;
         loop {
-            // Plain ASCII, eight bytes at a time.
-            while let Some(chunk) = bytes.get(self.at..self.at + 8) {
-                let mut word = [0; 8];
-                word.copy_from_slice(chunk);
-                let flagged = specials(u64::from_le_bytes(word));
-                if flagged != 0 {
-                    self.at += flagged.trailing_zeros() as usize / 8;
-                    break;
-                }
-                self.at += 8;
-            }
-            match *bytes.get(self.at)? {
+            match self.scan()? {
                 b'"' => {
                     self.at += 1;
                     return Some(());
@@ -249,10 +251,48 @@ impl Checker<'_> {
                 b'\\' => self.escape()?,
                 0..=0x1f => return None,
                 0x80..=0xff => self.utf8()?,
-                // The last few bytes, which the word loop leaves.
+                // Only in the last few bytes, which are read one at a time.
                 _ => self.at += 1,
             }
         }
+    }
+
+    /// Skips plain ASCII string contents, sixteen then eight bytes at a time, and returns the
+    /// byte it stopped at (taken from the word: reading it again from memory would lengthen
+    /// the chain of every string). Fewer than eight bytes from the end, it returns the next
+    /// byte whatever it is; None at the end.
+    #[inline(always)]
+    fn scan(&mut self) -> Option<u8> {
+        let bytes = self.bytes;
+        while let Some(chunk) = bytes.get(self.at..self.at + 16) {
+            let (low, high) = (word(chunk, 0), word(chunk, 8));
+            let (low_flags, high_flags) = (specials(low), specials(high));
+            if low_flags != 0 {
+                return Some(self.stop_at(low, low_flags));
+            }
+            self.at += 8;
+            if high_flags != 0 {
+                return Some(self.stop_at(high, high_flags));
+            }
+            self.at += 8;
+        }
+        if let Some(chunk) = bytes.get(self.at..self.at + 8) {
+            let low = word(chunk, 0);
+            let flags = specials(low);
+            if flags != 0 {
+                return Some(self.stop_at(low, flags));
+            }
+            self.at += 8;
+        }
+        bytes.get(self.at).copied()
+    }
+
+    /// Moves to the first flagged byte of the word at `self.at`, and returns it.
+    #[inline(always)]
+    fn stop_at(&mut self, word: u64, flags: u64) -> u8 {
+        let shift = flags.trailing_zeros() & !7;
+        self.at += shift as usize / 8;
+        (word >> shift) as u8
     }
 
     /// An escape after its backslash: any four hex digits after `\u` (ignored strings are never
@@ -466,6 +506,35 @@ mod tests {
             (b"\"abcdefg\xe2\x82\xac\"", true),
             (b"\"abcdefgh\xf0\x9f\x98\x80abcdefgh\"", true),
         ]);
+    }
+
+    #[test]
+    fn every_byte_at_every_place_of_a_word() {
+        // Fillers next to the classes' edges (0x20, 0x22, 0x5c, 0x7f), where a borrow out of a
+        // flagged byte could flag its neighbour.
+        for filler in [b'a', b' ', b'!', b'#', b'[', b']', 0x7f] {
+            for byte in 0..=255u8 {
+                // 25 bytes of contents and the quote: a step of sixteen, one of eight, then
+                // the last two bytes one at a time.
+                for at in 0..25 {
+                    let mut body = vec![b'"'];
+                    body.extend(std::iter::repeat_n(filler, at));
+                    body.push(byte);
+                    body.extend(std::iter::repeat_n(filler, 24 - at));
+                    body.push(b'"');
+                    assert_eq!(is_json(&body), oracle(&body), "{body:02x?}");
+                }
+            }
+        }
+        // Every pair of bytes, across a word's end and inside one.
+        for first in 0..=255u8 {
+            for second in 0..=255u8 {
+                for prefix in [&b"\"abcdef"[..], b"\"abc"] {
+                    let body = [prefix, &[first, second], b"ghijklmn\""].concat();
+                    assert_eq!(is_json(&body), oracle(&body), "{body:02x?}");
+                }
+            }
+        }
     }
 
     #[test]
