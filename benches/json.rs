@@ -11,6 +11,10 @@
 //!   from the payload they hold, as `translate_success` does.
 //!
 //! At 1 KiB, 64 KiB and 1 MiB; throughput in bytes of upstream body per second.
+//!
+//! - validate: `envelope::is_json` (`translate::json_check`, one pass) beside what it replaced
+//!   (`from_utf8` + serde_json's `IgnoredAny`), on a 300-byte chat completion chunk (the
+//!   check runs once per event of a wrapped stream) and on a 64 KiB body.
 
 use std::time::Duration;
 
@@ -56,7 +60,7 @@ fn html_error(size: usize) -> Bytes {
 }
 
 fn wrap(body: &Bytes) -> [Bytes; 3] {
-    assert!(serde_json::from_slice::<IgnoredAny>(body).is_ok());
+    assert!(envelope::is_json(body));
     black_box(UsageReport::of(body, false));
     envelope::wrap_success(body.clone())
 }
@@ -139,5 +143,42 @@ fn bench_json(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_json);
+/// A streamed chat completion chunk of 300 bytes, as one SSE event's data.
+fn chat_chunk() -> Bytes {
+    let head = r#"{"id":"chatcmpl-AbCdEf0123456789","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_0123456789","choices":[{"index":0,"delta":{"content":""#;
+    let tail = r#""},"logprobs":null,"finish_reason":null}]}"#;
+    let fill = 300 - head.len() - tail.len();
+    Bytes::from(format!(
+        "{head}{}{tail}",
+        &"lorem ipsum ".repeat(fill / 12 + 1)[..fill]
+    ))
+}
+
+/// What `envelope::is_json` was before `json_check`.
+fn serde_is_json(body: &[u8]) -> bool {
+    std::str::from_utf8(body).is_ok() && serde_json::from_slice::<IgnoredAny>(body).is_ok()
+}
+
+fn bench_validate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("json/validate");
+    group.measurement_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_millis(500));
+    assert_eq!(chat_chunk().len(), 300);
+    for (label, body) in [
+        ("300B", chat_chunk()),
+        ("64KiB", completion(false, 64 << 10)),
+    ] {
+        assert!(serde_is_json(&body) && envelope::is_json(&body));
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::new("serde+utf8", label), &body, |b, body| {
+            b.iter(|| serde_is_json(black_box(body)))
+        });
+        group.bench_with_input(BenchmarkId::new("json_check", label), &body, |b, body| {
+            b.iter(|| envelope::is_json(black_box(body)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_json, bench_validate);
 criterion_main!(benches);

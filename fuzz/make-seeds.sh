@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 fixtures=../fixtures
-for t in sse_framer sse_transform envelope upstream_response; do
+for t in sse_framer sse_transform envelope upstream_response json_check; do
   mkdir -p "seeds/$t"
   find "seeds/$t" -type f ! -name 'regression-*' -delete
 done
@@ -12,6 +12,21 @@ done
 # envelope: every JSON/HTML/text body, as it is.
 for f in "$fixtures"/errors/* "$fixtures"/bare/*.json "$fixtures"/envelope/*.json; do
   cp "$f" "seeds/envelope/$(basename "$(dirname "$f")")-$(basename "$f")"
+done
+
+# json_check: the JSON bodies, and edge cases of numbers, escapes, UTF-8 and nesting.
+for f in "$fixtures"/bare/*.json "$fixtures"/envelope/*.json "$fixtures"/errors/*.json; do
+  cp "$f" "seeds/json_check/$(basename "$(dirname "$f")")-$(basename "$f")"
+done
+json_cases=(
+  ' [-0.5e+7, 0, 1E-2, true, false, null] '
+  '{"a":"\\u00e9\\ud800\\/\\n","\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf":{}}'
+  # 66 levels of arrays around an object: past the validator's first word of nesting bits.
+  "$(printf '[%.0s' $(seq 66)){\"k\":[]}$(printf ']%.0s' $(seq 66))"
+  '"\xed\xa0\x80 \xc0\xaf \xf4\x90\x80\x80 \x7f"'
+)
+for k in "${!json_cases[@]}"; do
+  printf '%b' "${json_cases[$k]}" > "seeds/json_check/edge-$k"
 done
 
 streams=(

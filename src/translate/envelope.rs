@@ -45,10 +45,10 @@ pub(crate) fn wrap_success_with(status: StatusCode, payload: Bytes) -> [Bytes; 3
     [Bytes::from(prefix), payload, SUCCESS_SUFFIX]
 }
 
-/// True for a complete JSON text in UTF-8 (RFC 8259). serde skips the strings it ignores
-/// without checking their bytes, so UTF-8 is checked first, explicitly.
+/// True for a complete JSON text in UTF-8 (RFC 8259): exactly what serde_json accepts as one
+/// ignored value in a body that is valid UTF-8, checked in one pass (`json_check.rs`).
 pub fn is_json(body: &[u8]) -> bool {
-    std::str::from_utf8(body).is_ok() && serde_json::from_slice::<IgnoredAny>(body).is_ok()
+    super::json_check::is_json(body)
 }
 
 /// What a JSON body turned out to be.

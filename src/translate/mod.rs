@@ -33,6 +33,7 @@
 pub mod body;
 pub mod envelope;
 pub mod error_body;
+pub mod json_check;
 pub mod sse;
 pub(crate) mod synthetic;
 pub mod template;
