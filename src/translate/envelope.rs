@@ -106,9 +106,10 @@ pub fn classify(body: &[u8]) -> Classified<'_> {
     // serde also reads a struct from a JSON array; only an object can be an envelope.
     let is_object = body.trim_ascii_start().first() == Some(&b'{');
     if !is_object {
-        return match serde_json::from_str::<IgnoredAny>(text) {
-            Ok(_) => Classified::Json,
-            Err(_) => Classified::NotJson,
+        return if is_json(body) {
+            Classified::Json
+        } else {
+            Classified::NotJson
         };
     }
     match serde_json::from_str::<Envelope<'_>>(text) {
