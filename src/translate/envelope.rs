@@ -249,17 +249,8 @@ impl<'a> Envelope<'a> {
             .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
             .filter(Value::is_object);
         if let Some(inner) = inner {
-            let mut error = ApiError::from_fields(
-                status,
-                inner.get("message").or(message.as_ref()),
-                inner.get("type"),
-                inner.get("param"),
-                inner.get("code"),
-            );
-            if inner.get("type").is_none() {
-                error.error_type = error_type_for(status).to_string();
-            }
-            return error;
+            let message = inner.get("message").or(message.as_ref());
+            return error_from_object(status, &inner, message);
         }
         let code = code.map(Value::String);
         ApiError::from_fields(status, message.as_ref(), None, None, code.as_ref())
@@ -300,6 +291,26 @@ fn duplicated(member: &str, http_status: StatusCode) -> ApiError {
             http_status.as_u16()
         ),
     )
+}
+
+/// The error an envelope's error object (`{"message","type","param","code"}`) describes, with
+/// `message` as its message; without a `type`, the one the status implies.
+pub(crate) fn error_from_object(
+    status: StatusCode,
+    object: &Value,
+    message: Option<&Value>,
+) -> ApiError {
+    let mut error = ApiError::from_fields(
+        status,
+        message,
+        object.get("type"),
+        object.get("param"),
+        object.get("code"),
+    );
+    if object.get("type").is_none() {
+        error.error_type = error_type_for(status).to_string();
+    }
+    error
 }
 
 /// `upstream_invalid_body` for an envelope that cannot be read: the upstream's status when it

@@ -29,7 +29,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::dialect::Dialect;
-use crate::error::{error_type_for, ApiError, Form};
+use crate::error::{ApiError, Form};
 use crate::translate::envelope::{self, Classified, Verdict};
 
 /// The named envelopes (`--envelope`, `--upstream-envelope`).
@@ -844,17 +844,8 @@ impl ErrorReading {
         let message = value(&self.message).filter(|m| !m.is_null());
         let inner = value(&self.error).filter(Value::is_object);
         if let Some(inner) = inner {
-            let mut error = ApiError::from_fields(
-                status,
-                message.as_ref().or(inner.get("message")),
-                inner.get("type"),
-                inner.get("param"),
-                inner.get("code"),
-            );
-            if inner.get("type").is_none() {
-                error.error_type = error_type_for(status).to_string();
-            }
-            return error;
+            let message = message.as_ref().or(inner.get("message"));
+            return envelope::error_from_object(status, &inner, message);
         }
         let code = code.filter(|c| !c.is_null()).map(|c| match c {
             Value::String(text) => Value::String(text),
