@@ -99,10 +99,6 @@ pub enum Verdict<'a> {
 /// Recognises an envelope: an object with `success`, or with `code` and `data` but no `object`
 /// (a bare list such as `/models` has `object` and `data`).
 pub fn classify(body: &[u8]) -> Classified<'_> {
-    // Read as text, checked once: from bytes, serde would check each member's raw value again.
-    let Ok(text) = std::str::from_utf8(body) else {
-        return Classified::NotJson;
-    };
     // serde also reads a struct from a JSON array; only an object can be an envelope.
     let is_object = body.trim_ascii_start().first() == Some(&b'{');
     if !is_object {
@@ -112,6 +108,10 @@ pub fn classify(body: &[u8]) -> Classified<'_> {
             Classified::NotJson
         };
     }
+    // Read as text, checked once: from bytes, serde would check each member's raw value again.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Classified::NotJson;
+    };
     match serde_json::from_str::<Envelope<'_>>(text) {
         Ok(env) if env.members().is_envelope() => Classified::Envelope(env),
         Ok(_) => Classified::Json,
