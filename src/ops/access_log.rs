@@ -47,11 +47,6 @@ pub(crate) enum BodyEnd {
     Stalled,
 }
 
-/// Response extension: the client broke its own request (its body failed mid-upload). Logged
-/// and counted as a client cancellation, whatever the response says, never as an upstream error.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientAborted;
-
 /// Everything the log line and the metrics need about one request.
 pub(crate) struct RequestRecord {
     metrics: Arc<Metrics>,
@@ -146,13 +141,11 @@ impl RequestRecord {
     pub(crate) fn set_response(
         &mut self,
         status: u16,
-        upstream_status: Option<u16>,
         error_code: Option<ErrorCode>,
         translated: bool,
         stream: bool,
     ) {
         self.status = status;
-        self.upstream_status = upstream_status;
         self.error_code = error_code;
         self.translated = translated;
         self.stream = stream;
@@ -166,7 +159,13 @@ impl RequestRecord {
         self.cut = Some(cut);
     }
 
-    /// See [`ClientAborted`].
+    /// The status the upstream answered with (before any translation).
+    pub(crate) fn set_upstream_status(&mut self, status: u16) {
+        self.upstream_status = Some(status);
+    }
+
+    /// The client broke its own request (its body failed mid-upload): logged and counted as
+    /// a client cancellation, whatever the response says, never as an upstream error.
     pub(crate) fn set_client_aborted(&mut self) {
         self.client_aborted = true;
     }
@@ -415,13 +414,10 @@ mod tests {
             Dialect::Bare,
         );
         record.set_client(Dialect::Bare);
-        record.set_response(
-            502,
-            upstream_status,
-            error_code.and_then(ErrorCode::parse),
-            false,
-            false,
-        );
+        record.set_response(502, error_code.and_then(ErrorCode::parse), false, false);
+        if let Some(status) = upstream_status {
+            record.set_upstream_status(status);
+        }
         record
     }
 

@@ -11,14 +11,13 @@ use tokio::time::Instant;
 use crate::dialect::Dialect;
 use crate::error::ApiError;
 use crate::headers;
-use crate::ops::access_log::ClientAborted;
+use crate::ops::access_log::RequestRecord;
 use crate::translate::body::ProxyBody;
 use crate::translate::sse::{EventMode, StreamSettings};
 use crate::translate::synthetic::{broken_request_body, shutting_down};
 use crate::translate::{self, Exchange};
 
 use super::request_body::ClientBody;
-use super::response_body::UpstreamStatus;
 use super::upstream::UpstreamError;
 use super::{auth, ClientInfo, Proxy};
 
@@ -30,6 +29,7 @@ impl Proxy {
         rest: &str,
         client: ClientInfo,
         request_id: &HeaderValue,
+        record: &mut RequestRecord,
     ) -> Response<ProxyBody> {
         let config = &self.config;
         let exchange = Exchange {
@@ -123,15 +123,14 @@ impl Proxy {
                     // The upstream's length is that of its own body, not the one a GET would get.
                     response.headers_mut().remove(header::CONTENT_LENGTH);
                 }
-                response.extensions_mut().insert(UpstreamStatus(status));
+                record.set_upstream_status(status.as_u16());
                 response
             }
             Err(error) if client_body.happened() => {
                 let request_id = request_id.to_str().unwrap_or("-");
                 tracing::debug!(request_id, %error, "client request body failed");
-                let mut response = exchange.error_response(&broken_request_body(), None);
-                response.extensions_mut().insert(ClientAborted);
-                response
+                record.set_client_aborted();
+                exchange.error_response(&broken_request_body(), None)
             }
             Err(error) => {
                 let request_id = request_id.to_str().unwrap_or("-");

@@ -290,7 +290,8 @@ impl Proxy {
         };
         // Boxed: the exchange's future is the largest part of a request's; inline, every
         // enclosing future (and hyper's per-request box) would carry and move it.
-        let response = Box::pin(self.forward(request, dialect, rest, client, request_id)).await;
+        let forwarded = self.forward(request, dialect, rest, client, request_id, &mut record);
+        let response = Box::pin(forwarded).await;
         observed(response, record).map(|body| body.holding(permit))
     }
 

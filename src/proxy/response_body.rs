@@ -10,16 +10,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::error::{BoxError, ErrorCode};
-use crate::ops::access_log::{BodyEnd, ClientAborted, RequestRecord};
+use crate::error::BoxError;
+use crate::ops::access_log::{BodyEnd, RequestRecord};
 use crate::translate::body::ProxyBody;
-use crate::translate::usage::UsageReport;
-use crate::translate::Translated;
 
 pin_project! {
     /// A response body with what must last exactly as long as it: see the module docs.
@@ -87,31 +85,18 @@ fn finish(record: &mut RequestRecord, mut body: Pin<&mut ProxyBody>, end: BodyEn
     record.complete(end, stream_end);
 }
 
-/// Response extension: the status the upstream answered with.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct UpstreamStatus(pub(crate) StatusCode);
-
-/// Attaches the request's record to its response, with what the response says about itself.
+/// Attaches the request's record to its response, with what the response says about itself
+/// (its body knows whether it is the proxy's own error, rewritten, or a stream).
 pub(crate) fn observed(
-    mut response: Response<ProxyBody>,
+    response: Response<ProxyBody>,
     mut record: RequestRecord,
 ) -> Response<ResponseBody> {
-    let extensions = response.extensions_mut();
-    let upstream_status = extensions.remove::<UpstreamStatus>().map(|s| s.0.as_u16());
-    let error_code = extensions.remove::<ErrorCode>();
-    let translated = extensions.remove::<Translated>().is_some();
-    if let Some(report) = extensions.remove::<UsageReport>() {
-        record.set_usage(report);
-    }
-    if extensions.remove::<ClientAborted>().is_some() {
-        record.set_client_aborted();
-    }
+    let body = response.body();
     record.set_response(
         response.status().as_u16(),
-        upstream_status,
-        error_code,
-        translated,
-        response.body().is_stream(),
+        body.error_code(),
+        body.translated(),
+        body.is_stream(),
     );
     response.map(|body| ResponseBody::observed(body, record))
 }

@@ -5,7 +5,10 @@
 //! the variants that carry rewritten bodies.
 //!
 //! A pass-through JSON success is watched as it goes by ([`UsageScan`]: no copy, no buffer)
-//! for its `usage` and `model`; an event stream keeps its [`StreamStats`].
+//! for its `usage` and `model`; an event stream keeps its [`StreamStats`]; a body the proxy
+//! wrote itself carries what it says about the response ([`Written`]). The access log and
+//! the metrics read all three from the body (`proxy/response_body.rs`): typed fields, where
+//! response extensions would allocate a map for every response.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,7 +17,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::error::BoxError;
+use crate::error::{BoxError, ErrorCode};
 use crate::translate::sse::body::StreamEnd;
 use crate::translate::sse::transform::StreamStats;
 use crate::translate::sse::SseBody;
@@ -26,11 +29,12 @@ pin_project! {
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
         /// The upstream's body, frame for frame; `scan` watches a JSON success's frames.
-        Passthru { #[pin] inner: UpstreamBody, scan: Option<UsageScan> },
+        Passthru { #[pin] inner: UpstreamBody, scan: Option<Box<UsageScan>> },
         /// Up to three pieces sent in order (prefix, payload, suffix), with an exact length.
-        Parts { parts: [Bytes; 3], next: usize },
-        /// An SSE stream re-framed and translated event by event.
-        Sse { #[pin] inner: SseBody<UpstreamBody> },
+        Parts { parts: [Bytes; 3], next: usize, written: Written },
+        /// An SSE stream re-framed and translated event by event. Boxed: a stream's state is
+        /// most of a kilobyte, which every move of every response would copy otherwise.
+        Sse { inner: Pin<Box<SseBody<UpstreamBody>>> },
     }
 }
 
@@ -44,19 +48,20 @@ impl ProxyBody {
     pub fn passthru_scanned(inner: UpstreamBody, envelope: bool) -> Self {
         ProxyBody::Passthru {
             inner,
-            scan: Some(UsageScan::new(envelope)),
+            scan: Some(Box::new(UsageScan::new(envelope))),
         }
     }
 
     pub fn full(bytes: Bytes) -> Self {
-        ProxyBody::Parts {
-            parts: [bytes, Bytes::new(), Bytes::new()],
-            next: 0,
-        }
+        Self::parts([bytes, Bytes::new(), Bytes::new()])
     }
 
     pub fn parts(parts: [Bytes; 3]) -> Self {
-        ProxyBody::Parts { parts, next: 0 }
+        ProxyBody::Parts {
+            parts,
+            next: 0,
+            written: Written::default(),
+        }
     }
 
     #[cfg(test)]
@@ -65,7 +70,47 @@ impl ProxyBody {
     }
 
     pub fn sse(inner: SseBody<UpstreamBody>) -> Self {
-        ProxyBody::Sse { inner }
+        ProxyBody::Sse {
+            inner: Box::pin(inner),
+        }
+    }
+
+    /// Marks a body the proxy wrote itself as rewritten from the upstream's dialect.
+    pub(crate) fn mark_translated(&mut self) {
+        if let ProxyBody::Parts { written, .. } = self {
+            written.translated = true;
+        }
+    }
+
+    /// Gives a body the proxy wrote itself the proxy's own error code (see [`Written`]).
+    pub(crate) fn set_error_code(&mut self, code: ErrorCode) {
+        if let ProxyBody::Parts { written, .. } = self {
+            written.error_code = Some(code);
+        }
+    }
+
+    /// Gives a success the proxy read whole the `usage` and `model` it carried.
+    pub(crate) fn set_usage_report(&mut self, report: UsageReport) {
+        if let ProxyBody::Parts { written, .. } = self {
+            written.report = Some(Box::new(report));
+        }
+    }
+
+    /// True when the body is rewritten from the upstream's dialect into the client's.
+    pub(crate) fn translated(&self) -> bool {
+        match self {
+            ProxyBody::Passthru { .. } => false,
+            ProxyBody::Parts { written, .. } => written.translated,
+            ProxyBody::Sse { inner } => inner.rewrites(),
+        }
+    }
+
+    /// The proxy's own error code when the body is one of its errors.
+    pub(crate) fn error_code(&self) -> Option<ErrorCode> {
+        match self {
+            ProxyBody::Parts { written, .. } => written.error_code,
+            _ => None,
+        }
     }
 
     pub fn is_stream(&self) -> bool {
@@ -80,13 +125,14 @@ impl ProxyBody {
         }
     }
 
-    /// The `usage` and `model` a scanned pass-through body carried, once it was read whole
-    /// (moved out: asked once, when the body ends).
+    /// The `usage` and `model` of a scanned pass-through body, once it was read whole, or of
+    /// a success the proxy read (moved out: asked once, when the body ends).
     pub(crate) fn take_usage_report(self: Pin<&mut Self>) -> Option<UsageReport> {
         match self.project() {
             ProxyBodyProj::Passthru {
                 scan: Some(scan), ..
             } => scan.take_report(),
+            ProxyBodyProj::Parts { written, .. } => written.report.take().map(|report| *report),
             _ => None,
         }
     }
@@ -94,10 +140,22 @@ impl ProxyBody {
     /// What an event stream's events said (moved out: asked once, when the body ends).
     pub(crate) fn take_stream_stats(self: Pin<&mut Self>) -> Option<StreamStats> {
         match self.project() {
-            ProxyBodyProj::Sse { inner } => Some(inner.take_stats()),
+            ProxyBodyProj::Sse { inner } => Some(inner.as_mut().take_stats()),
             _ => None,
         }
     }
+}
+
+/// What a body the proxy wrote itself says about its response.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Rewritten from the upstream's dialect (an error normalised, a success wrapped).
+    translated: bool,
+    /// The proxy's own error code, when the body is one of its errors.
+    error_code: Option<ErrorCode>,
+    /// The `usage` and `model` of a success the proxy read whole (boxed: rare, and large
+    /// beside the pieces).
+    report: Option<Box<UsageReport>>,
 }
 
 impl Body for ProxyBody {
@@ -118,7 +176,7 @@ impl Body for ProxyBody {
                 }
                 polled.map_err(Into::into)
             }
-            ProxyBodyProj::Parts { parts, next } => {
+            ProxyBodyProj::Parts { parts, next, .. } => {
                 while let Some(part) = parts.get_mut(*next) {
                     *next += 1;
                     if !part.is_empty() {
@@ -127,14 +185,14 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(None)
             }
-            ProxyBodyProj::Sse { inner } => inner.poll_frame(cx),
+            ProxyBodyProj::Sse { inner } => inner.as_mut().poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Passthru { inner, .. } => inner.is_end_stream(),
-            ProxyBody::Parts { parts, next } => parts.iter().skip(*next).all(Bytes::is_empty),
+            ProxyBody::Parts { parts, next, .. } => parts.iter().skip(*next).all(Bytes::is_empty),
             ProxyBody::Sse { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -142,7 +200,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Passthru { inner, .. } => inner.size_hint(),
-            ProxyBody::Parts { parts, next } => {
+            ProxyBody::Parts { parts, next, .. } => {
                 SizeHint::with_exact(parts.iter().skip(*next).map(|p| p.len() as u64).sum())
             }
             ProxyBody::Sse { inner, .. } => inner.size_hint(),

@@ -96,21 +96,18 @@ impl Exchange {
     }
 }
 
-/// Response extension: the `usage` and `model` of a success the proxy read whole (pass-through
-/// bodies carry theirs in the body: see `body.rs`).
+/// A success the proxy read whole, with the `usage` and `model` of its payload (pass-through
+/// bodies find theirs as they go by: see `body.rs`).
 fn with_usage(mut response: Response<ProxyBody>, payload: &[u8]) -> Response<ProxyBody> {
     if let Some(report) = usage::UsageReport::of(payload, false) {
-        response.extensions_mut().insert(report);
+        response.body_mut().set_usage_report(report);
     }
     response
 }
 
-/// Response extension: the body was rewritten from the upstream's dialect into the client's.
-#[derive(Debug, Clone, Copy)]
-pub struct Translated;
-
+/// A body the proxy rewrote from the upstream's dialect into the client's.
 fn translated(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
-    response.extensions_mut().insert(Translated);
+    response.body_mut().mark_translated();
     response
 }
 

@@ -2,8 +2,8 @@
 //! (with the headers that go with them) and the plain-text answers of the operational
 //! endpoints.
 //!
-//! An error response carries its [`ErrorCode`] as a response extension, so the access log and
-//! the metrics read what the proxy said without parsing the body.
+//! An error response's body carries its [`ErrorCode`] (`body.rs`, `Written`), so the access
+//! log and the metrics read what the proxy said without parsing the body.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -29,7 +29,7 @@ pub(crate) fn error_response(
     *response.status_mut() = error.status;
     *response.headers_mut() = headers;
     if let Some(code) = error.proxy_code() {
-        response.extensions_mut().insert(code);
+        response.body_mut().set_error_code(code);
     }
     response
 }

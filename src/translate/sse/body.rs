@@ -145,6 +145,11 @@ impl<B> SseBody<B> {
         }
     }
 
+    /// True when events are rewritten (any mode but pass-through).
+    pub(crate) fn rewrites(&self) -> bool {
+        self.state.settings.mode != EventMode::Passthru
+    }
+
     /// What the events said so far (taken: the stream keeps counting from zero).
     pub(crate) fn take_stats(self: Pin<&mut Self>) -> StreamStats {
         std::mem::take(&mut self.project().state.stats)
