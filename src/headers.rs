@@ -150,20 +150,38 @@ pub(crate) fn media_type(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     })
 }
 
-/// True for `application/json`, `application/*+json` and a missing content type
-/// (many model servers omit it on JSON bodies).
-pub(crate) fn is_json_or_unspecified(headers: &HeaderMap) -> bool {
+/// What a body's `Content-Type` says it is, as far as the proxy cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ContentKind {
+    /// `application/json`, `application/*+json`, or no content type at all (many model
+    /// servers omit it on JSON bodies).
+    Json,
+    EventStream,
+    Other,
+}
+
+/// The body's [`ContentKind`]: one header lookup for the questions the response path asks.
+pub(crate) fn content_kind(headers: &HeaderMap) -> ContentKind {
     match media_type(headers) {
-        None => true,
-        Some(media) => {
-            media == "application/json"
-                || (media.starts_with("application/") && media.ends_with("+json"))
+        None => ContentKind::Json,
+        Some(media)
+            if media == "application/json"
+                || (media.starts_with("application/") && media.ends_with("+json")) =>
+        {
+            ContentKind::Json
         }
+        Some(media) if media == "text/event-stream" => ContentKind::EventStream,
+        Some(_) => ContentKind::Other,
     }
 }
 
+/// True for `application/json`, `application/*+json` and a missing content type.
+pub(crate) fn is_json_or_unspecified(headers: &HeaderMap) -> bool {
+    content_kind(headers) == ContentKind::Json
+}
+
 pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
-    media_type(headers).as_deref() == Some("text/event-stream")
+    content_kind(headers) == ContentKind::EventStream
 }
 
 /// True when the body carries a content coding other than identity.

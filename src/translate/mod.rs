@@ -48,7 +48,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::dialect::Dialect;
 use crate::error::{ApiError, ErrorCode};
-use crate::headers;
+use crate::headers::{self, ContentKind};
 use crate::translate::upstream_body::UpstreamBody;
 use body::ProxyBody;
 use sse::{EventMode, SseBody, StreamSettings};
@@ -128,7 +128,8 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
     }
     let same_dialect = exchange.passes_through();
     let encoded = headers::is_content_encoded(&parts.headers);
-    if status.is_success() && headers::is_event_stream(&parts.headers) {
+    let kind = headers::content_kind(&parts.headers);
+    if status.is_success() && kind == ContentKind::EventStream {
         if encoded {
             // Coded bytes cannot be cut into events: untouched, or refused if they need rewriting.
             return if exchange.stream.mode == EventMode::Passthru {
@@ -144,7 +145,7 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
         return Response::from_parts(parts, ProxyBody::passthru(body));
     }
     if status.is_success() {
-        if !headers::is_json_or_unspecified(&parts.headers) {
+        if kind != ContentKind::Json {
             return Response::from_parts(parts, ProxyBody::passthru(body));
         }
         if same_dialect {
