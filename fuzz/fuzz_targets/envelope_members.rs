@@ -3,14 +3,20 @@
 //! and `envelope::classify` against what it was before it read members in one pass (serde's
 //! derived `Deserialize` over the text, then a lenient read for a member named twice).
 //!
+//! And `transform::bare_event` (what a bare stream event is to wrap, in the same one pass)
+//! against the two checks it stands for: OpenAI's error event as serde's probe read it, then
+//! `is_json`.
+//!
 //! Checked on the input as it is and inside `{"data":…}` (so that the fuzzer's bytes are also
 //! judged as a member's value): the two agree on whether the body is an object of JSON, on its
-//! members, on not JSON / JSON / envelope, and on each envelope member's exact text.
+//! members, on not JSON / JSON / envelope, on each envelope member's exact text, and on error
+//! event / JSON / not JSON.
 
 #![no_main]
 
 use envelope_proxy::translate::envelope::{classify, is_json, Classified};
 use envelope_proxy::translate::json_check::object_members;
+use envelope_proxy::translate::sse::transform::{bare_event, BareEvent};
 use libfuzzer_sys::fuzz_target;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
@@ -167,7 +173,34 @@ fn outcome(body: &[u8]) -> Outcome<'_> {
     }
 }
 
+/// `{"error": …}` as `transform::is_bare_error` reads it: a search, then serde's probe.
+fn is_bare_error(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        error: Option<IgnoredAny>,
+    }
+    data.trim_ascii_start().first() == Some(&b'{')
+        && data.windows(7).any(|w| w == b"\"error\"")
+        && serde_json::from_slice::<Probe>(data).is_ok_and(|probe| probe.error.is_some())
+}
+
+fn bare_oracle(data: &[u8]) -> BareEvent {
+    if is_bare_error(data) {
+        BareEvent::Error
+    } else if is_json(data) {
+        BareEvent::Json
+    } else {
+        BareEvent::NotJson
+    }
+}
+
 fn agree(body: &[u8]) {
+    assert_eq!(
+        bare_event(body),
+        bare_oracle(body),
+        "bare_event and the two checks disagree on {:?}",
+        String::from_utf8_lossy(body)
+    );
     let mut seen = Vec::new();
     let members = object_members(body, |key, value| seen.push((key, &body[value]))).then_some(seen);
     assert_eq!(
@@ -187,4 +220,5 @@ fn agree(body: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     agree(data);
     agree(&[b"{\"data\":", data, b"}"].concat());
+    agree(&[b"{\"error\":", data, b"}"].concat());
 });
