@@ -309,14 +309,14 @@ fn is_bare_error(data: &[u8]) -> bool {
 /// What a bare event's data is, for wrapping it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BareEvent {
-    /// `{"error": …}`: OpenAI's mid-stream error (see [`is_bare_error`]).
+    /// `{"error": …}`: OpenAI's mid-stream error (see `is_bare_error`).
     Error,
     /// Any other JSON text (see `envelope::is_json`).
     Json,
     NotJson,
 }
 
-/// [`is_bare_error`], then `envelope::is_json`, with their verdicts exactly; for the usual
+/// `is_bare_error`, then `envelope::is_json`, with their verdicts exactly; for the usual
 /// chunk (a JSON object whose member names are spelt without escapes) in the one pass that
 /// checks the JSON, which notes the `error` members on the way. Anything else (not JSON, or
 /// a name with escapes, which serde would decode) is left to the two checks as they are.
