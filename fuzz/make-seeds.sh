@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 fixtures=../fixtures
-for t in sse_framer sse_transform envelope upstream_response json_check; do
+for t in sse_framer sse_transform envelope upstream_response json_check envelope_members; do
   mkdir -p "seeds/$t"
   find "seeds/$t" -type f ! -name 'regression-*' -delete
 done
@@ -27,6 +27,22 @@ json_cases=(
 )
 for k in "${!json_cases[@]}"; do
   printf '%b' "${json_cases[$k]}" > "seeds/json_check/edge-$k"
+done
+
+# envelope_members: the JSON bodies, and objects whose names are spelt with escapes, named
+# twice, or cannot be decoded.
+for f in "$fixtures"/envelope/*.json "$fixtures"/errors/*.json; do
+  cp "$f" "seeds/envelope_members/$(basename "$(dirname "$f")")-$(basename "$f")"
+done
+member_cases=(
+  ' {"success" : true ,"code":\t"200"\n,"data": {"a": [1, 2.0]}} '
+  '{"\\u0073uccess":true,"d\\u0061ta":[],"\\ud83d\\ude00":1}'
+  '{"\\ud800":1,"success":true}'
+  '{"code":1,"data":1,"\\u0064ata":2,"object":null}'
+  '{"success":false,"code":"500","message":"m","data":null,"error":{"\\ud800":"\xc3\xa9"}}'
+)
+for k in "${!member_cases[@]}"; do
+  printf '%b' "${member_cases[$k]}" > "seeds/envelope_members/edge-$k"
 done
 
 streams=(

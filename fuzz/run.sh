@@ -23,7 +23,7 @@ shift || true
 [[ $seconds =~ ^[0-9]+$ ]] || { echo "fuzz: SECONDS must be a whole number, not '$seconds'" >&2; exit 2; }
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(sse_framer envelope sse_transform upstream_response json_check)
+  targets=(sse_framer envelope sse_transform upstream_response json_check envelope_members)
 fi
 
 # Where fuzzing cannot happen: a pass on a developer's machine, a failure where it is required.

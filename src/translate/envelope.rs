@@ -3,8 +3,8 @@
 //! for the standard one.
 //!
 //! Wrapping puts static prefix and suffix bytes around the upstream's own payload bytes;
-//! unwrapping slices the `data` value out of the upstream body (`&RawValue` →
-//! `Bytes::slice_ref`). The payload is validated by the parser but never rebuilt, so numbers,
+//! unwrapping slices the `data` value out of the upstream body ([`RawJson`] →
+//! `Bytes::slice_ref`). The payload is validated by the reader but never rebuilt, so numbers,
 //! key order and unicode escapes reach the client exactly as the upstream wrote them.
 //!
 //! Envelopes are parsed strictly: an object that would be an envelope but names one of its
@@ -14,9 +14,6 @@
 
 use bytes::Bytes;
 use http::StatusCode;
-use serde::de::IgnoredAny;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{error_type_for, ApiError, ErrorCode};
@@ -61,45 +58,56 @@ pub enum Classified<'a> {
     Envelope(Envelope<'a>),
 }
 
-/// The top-level members of an envelope, borrowed from the body.
-#[derive(Debug, Default, Deserialize)]
-pub struct Envelope<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
-    success: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    code: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    message: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    data: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    error: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    object: Option<&'a RawValue>,
-    /// Set instead of the members when the object names this member twice.
-    #[serde(skip)]
-    duplicate: Option<&'static str>,
+/// A JSON value as the body holds it (a member of an envelope): checked (UTF-8 included),
+/// never re-serialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawJson<'a>(&'a [u8]);
+
+impl<'a> RawJson<'a> {
+    /// The value's text, exactly as the upstream wrote it (no whitespace around it).
+    pub fn get(self) -> &'a str {
+        // Checked as UTF-8 when it was read; never empty then.
+        std::str::from_utf8(self.0).unwrap_or_default()
+    }
+
+    /// The value's bytes, exactly as the upstream wrote them.
+    pub fn bytes(self) -> &'a [u8] {
+        self.0
+    }
 }
 
-/// Keeps a member that is present as `null` (`Option<&RawValue>` alone would read it as absent).
-fn present<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(deserializer).map(Some)
+/// The top-level members of an envelope, borrowed from the body.
+#[derive(Debug, Default)]
+pub struct Envelope<'a> {
+    success: Option<RawJson<'a>>,
+    code: Option<RawJson<'a>>,
+    message: Option<RawJson<'a>>,
+    data: Option<RawJson<'a>>,
+    error: Option<RawJson<'a>>,
+    /// Set instead of the members when the object names this member twice.
+    duplicate: Option<&'static str>,
 }
 
 /// What an envelope says.
 #[derive(Debug)]
 pub enum Verdict<'a> {
     /// Success: the `data` value, exactly as the upstream wrote it.
-    Success(&'a RawValue),
+    Success(RawJson<'a>),
     Error(ApiError),
 }
 
+/// The envelope's members, in the order of [`Envelope`]'s fields.
+const NAMES: [&str; 6] = ["success", "code", "message", "data", "error", "object"];
+
 /// Recognises an envelope: an object with `success`, or with `code` and `data` but no `object`
 /// (a bare list such as `/models` has `object` and `data`).
+///
+/// An object is read in one pass (`json_check::object_members`): checked as strictly as
+/// [`is_json`], its top-level members noted as they go by. It is what serde_json made of it
+/// when this was a derived `Deserialize` (the tests compare the two): member names are
+/// compared unescaped, and a name whose escapes do not decode (a lone surrogate, `"\ud800"`)
+/// makes the body not JSON, as serde refused it; a value is the member's exact text.
 pub fn classify(body: &[u8]) -> Classified<'_> {
-    // serde also reads a struct from a JSON array; only an object can be an envelope.
     let is_object = body.trim_ascii_start().first() == Some(&b'{');
     if !is_object {
         return if is_json(body) {
@@ -108,34 +116,107 @@ pub fn classify(body: &[u8]) -> Classified<'_> {
             Classified::NotJson
         };
     }
-    // Read as text, checked once: from bytes, serde would check each member's raw value again.
-    let Ok(text) = std::str::from_utf8(body) else {
+    let mut values: [Option<RawJson<'_>>; 6] = [None; 6];
+    let mut seen = [false; 6];
+    let mut duplicate = None;
+    let mut names_ok = true;
+    let json = super::json_check::object_members(body, |key, value| {
+        let index = match member_index(key) {
+            Some(i) => Some(i),
+            // Not a name of ours, or one spelt with escapes: serde decoded every name.
+            None if key.contains(&b'\\') => match unescape_name(key) {
+                Some(name) => NAMES.iter().position(|n| *n == name),
+                None => {
+                    names_ok = false;
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(i) = index {
+            note(i, &mut seen, &mut duplicate, &mut values, body, value);
+        }
+    });
+    if !json || !names_ok {
         return Classified::NotJson;
+    }
+    let members = Members {
+        success: seen[0],
+        code: seen[1],
+        data: seen[3],
+        object: seen[5],
     };
-    match serde_json::from_str::<Envelope<'_>>(text) {
-        Ok(env) if env.members().is_envelope() => Classified::Envelope(env),
-        Ok(_) => Classified::Json,
-        // Valid JSON fails here only for a member named twice (the derive rejects that).
-        Err(_) => match serde_json::from_str::<Members>(text) {
-            Ok(members) if members.is_envelope() => Classified::Envelope(Envelope {
-                duplicate: members.duplicate,
-                ..Envelope::default()
-            }),
-            Ok(_) => Classified::Json,
-            Err(_) => Classified::NotJson,
-        },
+    if !members.is_envelope() {
+        return Classified::Json;
+    }
+    if duplicate.is_some() {
+        return Classified::Envelope(Envelope {
+            duplicate,
+            ..Envelope::default()
+        });
+    }
+    // `object` only tells a bare list from an envelope.
+    let [success, code, message, data, error, _object] = values;
+    Classified::Envelope(Envelope {
+        success,
+        code,
+        message,
+        data,
+        error,
+        duplicate: None,
+    })
+}
+
+/// Member `i` of [`NAMES`] has the value at `value` in `body`: kept the first time, the first
+/// name seen twice noted.
+fn note<'a>(
+    i: usize,
+    seen: &mut [bool; 6],
+    duplicate: &mut Option<&'static str>,
+    values: &mut [Option<RawJson<'a>>; 6],
+    body: &'a [u8],
+    value: std::ops::Range<usize>,
+) {
+    if std::mem::replace(&mut seen[i], true) {
+        duplicate.get_or_insert(NAMES[i]);
+        return;
+    }
+    // Text: the checker read it as JSON in UTF-8 (and the verdict counts only then).
+    values[i] = body.get(value).map(RawJson);
+}
+
+/// The index in [`NAMES`] of a member name as written, without escapes.
+#[inline]
+fn member_index(key: &[u8]) -> Option<usize> {
+    match key {
+        b"success" => Some(0),
+        b"code" => Some(1),
+        b"message" => Some(2),
+        b"data" => Some(3),
+        b"error" => Some(4),
+        b"object" => Some(5),
+        _ => None,
     }
 }
 
-/// Which envelope members an object has, and the first one it names twice: read leniently,
-/// for an object the strict parse refused.
+/// A member name spelt with escapes, decoded as serde_json decodes one (`None` where it
+/// refuses it: a lone surrogate). Rare: no API spells its names so.
+#[cold]
+fn unescape_name(key: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(key.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(key);
+    quoted.push(b'"');
+    serde_json::from_slice::<String>(&quoted).ok()
+}
+
+/// Which envelope members an object has.
 #[derive(Debug, Default)]
 struct Members {
     success: bool,
     code: bool,
     data: bool,
     object: bool,
-    duplicate: Option<&'static str>,
 }
 
 impl Members {
@@ -144,48 +225,23 @@ impl Members {
     }
 }
 
-impl<'de> Deserialize<'de> for Members {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Members;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Members, A::Error> {
-                const NAMES: [&str; 6] = ["success", "code", "message", "data", "error", "object"];
-                let mut seen = [false; 6];
-                let mut members = Members::default();
-                // Keys are unescaped (`"d\u0061ta"` is `data`), as the strict parse reads them.
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    map.next_value::<IgnoredAny>()?;
-                    if let Some(i) = NAMES.iter().position(|name| *name == key) {
-                        if std::mem::replace(&mut seen[i], true) {
-                            members.duplicate.get_or_insert(NAMES[i]);
-                        }
-                    }
-                }
-                [members.success, members.code, members.data, members.object] =
-                    [seen[0], seen[1], seen[3], seen[5]];
-                Ok(members)
-            }
-        }
-        deserializer.deserialize_map(Visit)
-    }
-}
-
 impl<'a> Envelope<'a> {
-    fn members(&self) -> Members {
-        Members {
-            success: self.success.is_some(),
-            code: self.code.is_some(),
-            data: self.data.is_some(),
-            object: self.object.is_some(),
-            duplicate: self.duplicate,
+    /// The value of member `name` (`success`, `code`, `message`, `data` or `error`) as the
+    /// body holds it; `None` when absent, and for all of them when one was named twice.
+    pub fn member(&self, name: &str) -> Option<RawJson<'a>> {
+        match name {
+            "success" => self.success,
+            "code" => self.code,
+            "message" => self.message,
+            "data" => self.data,
+            "error" => self.error,
+            _ => None,
         }
+    }
+
+    /// The first member of the envelope named twice, if one was.
+    pub fn duplicate(&self) -> Option<&'static str> {
+        self.duplicate
     }
 
     /// Success or error, judged by `success` and `code` (an error even under HTTP 200).
@@ -193,17 +249,16 @@ impl<'a> Envelope<'a> {
         if let Some(member) = self.duplicate {
             return Verdict::Error(duplicated(member, http_status));
         }
-        let success = match self
-            .success
-            .map(|raw| serde_json::from_str::<Value>(raw.get()))
-        {
+        let success = match self.success.map(RawJson::bytes) {
             None => None,
-            Some(Ok(Value::Bool(flag))) => Some(flag),
+            // The raw text of a boolean is one of these, exactly.
+            Some(b"true") => Some(true),
+            Some(b"false") => Some(false),
             Some(_) => return Verdict::Error(malformed("`success` is not a boolean")),
         };
         // The common success codes are recognised from their raw bytes, without allocating.
-        let code_ok = match self.code.map(RawValue::get) {
-            Some(r#""200""# | "200" | r#""0""# | "0") => true,
+        let code_ok = match self.code.map(RawJson::bytes) {
+            Some(br#""200""# | b"200" | br#""0""# | b"0") => true,
             _ => match self.code_text() {
                 Ok(None) => true,
                 // A relayed 2xx status is a success code too (envelope-proxy writes `"201"`).
@@ -220,7 +275,7 @@ impl<'a> Envelope<'a> {
             return Verdict::Error(self.into_error(http_status));
         }
         match self.data {
-            Some(data) if data.get() != "null" => Verdict::Success(data),
+            Some(data) if data.bytes() != b"null" => Verdict::Success(data),
             _ => Verdict::Error(malformed("it reported success but carried no `data`")),
         }
     }
@@ -243,10 +298,10 @@ impl<'a> Envelope<'a> {
             .unwrap_or(StatusCode::BAD_GATEWAY);
         let message = self
             .message
-            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+            .and_then(|raw| serde_json::from_slice::<Value>(raw.bytes()).ok());
         let inner = self
             .error
-            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+            .and_then(|raw| serde_json::from_slice::<Value>(raw.bytes()).ok())
             .filter(Value::is_object);
         if let Some(inner) = inner {
             let message = inner.get("message").or(message.as_ref());
@@ -261,7 +316,7 @@ impl<'a> Envelope<'a> {
         let Some(raw) = self.code else {
             return Ok(None);
         };
-        match serde_json::from_str::<Value>(raw.get()) {
+        match serde_json::from_slice::<Value>(raw.bytes()) {
             Ok(Value::String(text)) => Ok(Some(text)),
             Ok(Value::Number(number)) if number.is_i64() || number.is_u64() => {
                 Ok(Some(number.to_string()))
@@ -324,15 +379,326 @@ pub(crate) fn unreadable(http_status: StatusCode, message: String) -> ApiError {
     ApiError::proxy(ErrorCode::UpstreamInvalidBody, message).with_status(status)
 }
 
-/// The `data` payload of `body` as a zero-copy slice, given the `RawValue` parsed from it.
-pub fn slice_payload(body: &Bytes, data: &RawValue) -> Bytes {
-    body.slice_ref(data.get().as_bytes())
+/// The `data` payload of `body` as a zero-copy slice, given the value read from it.
+pub fn slice_payload(body: &Bytes, data: RawJson<'_>) -> Bytes {
+    body.slice_ref(data.bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dialect::Dialect;
+    use proptest::prelude::*;
+
+    /// What [`classify`] was before it read members in one pass: serde_json's derived
+    /// `Deserialize` over the text, and a lenient second read for a member named twice. The
+    /// definition the one-pass reader must match.
+    mod reference {
+        use serde::de::IgnoredAny;
+        use serde::Deserialize;
+        use serde_json::value::RawValue;
+
+        #[derive(Debug, PartialEq, Eq)]
+        pub enum Outcome<'a> {
+            NotJson,
+            Json,
+            /// The six members' texts (`success`, `code`, `message`, `data`, `error`,
+            /// `object`), or the first member named twice.
+            Envelope([Option<&'a str>; 6], Option<&'static str>),
+        }
+
+        #[derive(Default, Deserialize)]
+        struct Envelope<'a> {
+            #[serde(borrow, default, deserialize_with = "present")]
+            success: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            code: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            message: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            data: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            error: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            object: Option<&'a RawValue>,
+        }
+
+        fn present<'de, D: serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<&'de RawValue>, D::Error> {
+            <&RawValue>::deserialize(deserializer).map(Some)
+        }
+
+        #[derive(Default)]
+        struct Members {
+            seen: [bool; 6],
+            duplicate: Option<&'static str>,
+        }
+
+        fn is_envelope(seen: [bool; 6]) -> bool {
+            seen[0] || (seen[1] && seen[3] && !seen[5])
+        }
+
+        impl<'de> Deserialize<'de> for Members {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Visit;
+                impl<'de> serde::de::Visitor<'de> for Visit {
+                    type Value = Members;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a JSON object")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<Members, A::Error> {
+                        let mut members = Members::default();
+                        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                            map.next_value::<IgnoredAny>()?;
+                            if let Some(i) = super::NAMES.iter().position(|name| *name == key) {
+                                if std::mem::replace(&mut members.seen[i], true) {
+                                    members.duplicate.get_or_insert(super::NAMES[i]);
+                                }
+                            }
+                        }
+                        Ok(members)
+                    }
+                }
+                deserializer.deserialize_map(Visit)
+            }
+        }
+
+        pub fn classify(body: &[u8]) -> Outcome<'_> {
+            let is_object = body.trim_ascii_start().first() == Some(&b'{');
+            if !is_object {
+                return if super::is_json(body) {
+                    Outcome::Json
+                } else {
+                    Outcome::NotJson
+                };
+            }
+            let Ok(text) = std::str::from_utf8(body) else {
+                return Outcome::NotJson;
+            };
+            match serde_json::from_str::<Envelope<'_>>(text) {
+                Ok(env) => {
+                    let values = [
+                        env.success,
+                        env.code,
+                        env.message,
+                        env.data,
+                        env.error,
+                        env.object,
+                    ]
+                    .map(|v| v.map(RawValue::get));
+                    if is_envelope(values.map(|v| v.is_some())) {
+                        Outcome::Envelope(values, None)
+                    } else {
+                        Outcome::Json
+                    }
+                }
+                Err(_) => match serde_json::from_str::<Members>(text) {
+                    Ok(m) if is_envelope(m.seen) => Outcome::Envelope([None; 6], m.duplicate),
+                    Ok(_) => Outcome::Json,
+                    Err(_) => Outcome::NotJson,
+                },
+            }
+        }
+    }
+
+    /// [`classify`] in the reference's terms (`object` read again: the envelope keeps only
+    /// whether it was there).
+    fn outcome(body: &[u8]) -> reference::Outcome<'_> {
+        match classify(body) {
+            Classified::NotJson => reference::Outcome::NotJson,
+            Classified::Json => reference::Outcome::Json,
+            Classified::Envelope(env) => {
+                let object = match reference::classify(body) {
+                    reference::Outcome::Envelope(values, _) => values[5],
+                    _ => None,
+                };
+                let values = ["success", "code", "message", "data", "error"]
+                    .map(|name| env.member(name).map(RawJson::get));
+                let [a, b, c, d, e] = values;
+                reference::Outcome::Envelope([a, b, c, d, e, object], env.duplicate())
+            }
+        }
+    }
+
+    #[test]
+    fn members_are_read_as_serde_read_them() {
+        use reference::Outcome::{self, Envelope as Env, Json, NotJson};
+        let cases: Vec<(&[u8], Outcome<'_>)> = vec![
+            // Values keep their exact text, without the whitespace around them.
+            (
+                b" {\"success\" : true ,\"code\":\t\"200\"\n,\"data\": {\"a\": [1, 2.0]} } ",
+                Env(
+                    [
+                        Some("true"),
+                        Some("\"200\""),
+                        None,
+                        Some("{\"a\": [1, 2.0]}"),
+                        None,
+                        None,
+                    ],
+                    None,
+                ),
+            ),
+            (
+                br#"{"code":0,"message":null,"data":"x","error":{},"object":"o","success":false}"#,
+                Env(
+                    [
+                        Some("false"),
+                        Some("0"),
+                        Some("null"),
+                        Some("\"x\""),
+                        Some("{}"),
+                        Some("\"o\""),
+                    ],
+                    None,
+                ),
+            ),
+            // Names are compared unescaped.
+            (
+                br#"{"\u0073uccess":true,"d\u0061ta":[]}"#,
+                Env([Some("true"), None, None, Some("[]"), None, None], None),
+            ),
+            (br#"{"suc\"cess":true}"#, Json),
+            // A name serde cannot decode (a lone surrogate) is not JSON to it, even unknown.
+            (br#"{"\ud800":1,"success":true}"#, NotJson),
+            (br#"{"\udc00x":1}"#, NotJson),
+            (
+                br#"{"\ud83d\ude00":1,"success":true}"#,
+                Env([Some("true"), None, None, None, None, None], None),
+            ),
+            // Nested names are never decoded.
+            (
+                br#"{"success":true,"data":{"\ud800":1}}"#,
+                Env(
+                    [
+                        Some("true"),
+                        None,
+                        None,
+                        Some(r#"{"\ud800":1}"#),
+                        None,
+                        None,
+                    ],
+                    None,
+                ),
+            ),
+            // Named twice: an invalid envelope, whichever was first.
+            (
+                br#"{"success":true,"data":1,"success":true,"data":2}"#,
+                Env([None; 6], Some("success")),
+            ),
+            (
+                br#"{"code":1,"data":1,"\u0064ata":2}"#,
+                Env([None; 6], Some("data")),
+            ),
+            (br#"{"object":"list","data":[],"object":"list"}"#, Json),
+            (br#"{"success":true,"data":1,"data":2"#, NotJson),
+            (br#"{"success":true,"data":1,"data":2} x"#, NotJson),
+            // Not JSON in the ways an object can fail.
+            (b"\x0c{}", NotJson),
+            (br#"{"success":true,}"#, NotJson),
+            (br#"{"success" true}"#, NotJson),
+            (br#"{success:true}"#, NotJson),
+            (b"{\"success\":true,\"data\":\"\xff\"}", NotJson),
+            (br#"{"success":true}{}"#, NotJson),
+            (br#"{}"#, Json),
+            (br#"{"code":"200","data":1,"object":"x"}"#, Json),
+        ];
+        for (body, expected) in cases {
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(reference::classify(body), expected, "reference on {shown}");
+            assert_eq!(outcome(body), expected, "classify on {shown}");
+        }
+    }
+
+    /// Member names: those of the envelope, some spelt with escapes or broken ones, and others.
+    fn member_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(NAMES.to_vec()).prop_map(String::from),
+            1 => prop::sample::select(vec![
+                "d\\u0061ta", "\\u0073uccess", "cod\\u0065", "\\ud800", "\\udc00", "\\ud800\\n",
+                "\\ud83d\\ude00", "a\\\"b", "id", "choices", "msg", "",
+            ])
+            .prop_map(String::from),
+        ]
+    }
+
+    /// Member values: JSON of every kind, and JSON with a name in it that serde cannot decode.
+    fn member_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "true",
+                "false",
+                "null",
+                "0",
+                "200",
+                "-1.5e3",
+                "\"200\"",
+                "\"0\"",
+                "\"successful\"",
+                "{}",
+                "[]",
+                "{\"a\":[1,{\"b\":null}]}",
+                "{\"\\ud800\":1}",
+                "\"\\ud800\"",
+                "{\"message\":\"m\",\"type\":\"t\"}",
+                "\"\u{e9}\"",
+            ])
+            .prop_map(String::from),
+            any::<i64>().prop_map(|n| n.to_string()),
+        ]
+    }
+
+    /// Objects of such members with whitespace around the tokens.
+    fn envelope_like() -> impl Strategy<Value = Vec<u8>> {
+        let ws = || prop::sample::select(vec!["", " ", "\n", "\t ", "\r\n"]);
+        prop::collection::vec((member_name(), member_value(), ws(), ws()), 0..6).prop_map(
+            move |members| {
+                let body: Vec<String> = members
+                    .iter()
+                    .map(|(name, value, a, b)| format!("{a}\"{name}\"{b}:{a}{value}{b}"))
+                    .collect();
+                format!(" {{{}}}", body.join(",")).into_bytes()
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn classify_agrees_with_serde_on_envelope_like_objects(body in envelope_like()) {
+            prop_assert_eq!(outcome(&body), reference::classify(&body), "{}", String::from_utf8_lossy(&body));
+        }
+
+        #[test]
+        fn classify_agrees_with_serde_on_mutated_objects(
+            body in envelope_like(),
+            edits in prop::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 1..4),
+        ) {
+            let mut body = body;
+            for (at, byte, how) in edits {
+                let len = body.len();
+                match how {
+                    0 if len > 0 => body[at % len] = byte,
+                    1 => body.insert(at % (len + 1), byte),
+                    _ if len > 0 => { body.remove(at % len); }
+                    _ => {}
+                }
+            }
+            prop_assert_eq!(outcome(&body), reference::classify(&body), "{:02x?}", body);
+        }
+
+        #[test]
+        fn classify_agrees_with_serde_on_arbitrary_bytes(
+            body in prop::collection::vec(prop::sample::select(b"{}[]:,\"\\ u0123456789adtsucesnlfr\xff".to_vec()), 0..40),
+        ) {
+            prop_assert_eq!(outcome(&body), reference::classify(&body), "{:02x?}", body);
+        }
+    }
 
     fn concat(parts: [Bytes; 3]) -> Vec<u8> {
         parts.iter().flat_map(|p| p.iter().copied()).collect()

@@ -15,6 +15,11 @@
 //! - strings: no byte below 0x20 (DEL is fine); escapes `\" \\ \/ \b \f \n \r \t` and `\u`
 //!   with any four hex digits (lone surrogates included: an ignored string is never decoded);
 //! - no depth limit: ignoring a value does not recurse.
+//!
+//! [`object_members`] is the same check for a body that must be an object, and hands out where
+//! each top-level member's key and value are as it goes (an envelope's members are read so).
+
+use std::ops::Range;
 
 /// True when `body` is valid UTF-8 and exactly one JSON value, with optional whitespace around
 /// it. Linear in `body`; allocates only beyond 64 levels of nesting (a bit per level).
@@ -25,6 +30,21 @@ pub fn is_json(body: &[u8]) -> bool {
         open: Containers::default(),
     }
     .document()
+    .is_some()
+}
+
+/// Whether `body` is one JSON text whose value is an object, as [`is_json`] decides, calling
+/// `member(key, value)` for each of that object's members in order: `key` as written between
+/// its quotes (escapes undecoded), `value` where the member's value lies in `body` (no
+/// whitespace around it). The same single pass: the members of a body that turns out not to be
+/// JSON may have been seen before the verdict, so they count only when this returns true.
+pub fn object_members<'a>(body: &'a [u8], member: impl FnMut(&'a [u8], Range<usize>)) -> bool {
+    Checker {
+        bytes: body,
+        at: 0,
+        open: Containers::default(),
+    }
+    .object(member)
     .is_some()
 }
 
@@ -46,17 +66,6 @@ fn specials(word: u64) -> u64 {
     (control | quote | backslash) & HIGHS
 }
 
-/// The eight bytes of `chunk` from `at` as a little-endian word (0 where it is short, which
-/// the callers rule out).
-#[inline(always)]
-fn word(chunk: &[u8], at: usize) -> u64 {
-    let mut word = [0; 8];
-    if let Some(bytes) = chunk.get(at..at + 8) {
-        word.copy_from_slice(bytes);
-    }
-    u64::from_le_bytes(word)
-}
-
 /// The kinds of the open containers, innermost last: one bit per level (1 = object).
 #[derive(Default)]
 struct Containers {
@@ -68,20 +77,26 @@ struct Containers {
 }
 
 impl Containers {
+    #[inline(always)]
     fn push(&mut self, object: bool) {
         let depth = self.depth;
         if depth < 64 {
             self.first = (self.first & !(1u64 << depth)) | (u64::from(object) << depth);
         } else {
-            let (word, bit) = ((depth - 64) / 64, (depth - 64) % 64);
-            if word == self.deeper.len() {
-                self.deeper.push(0);
-            }
-            if let Some(w) = self.deeper.get_mut(word) {
-                *w = (*w & !(1u64 << bit)) | (u64::from(object) << bit);
-            }
+            self.push_deeper(depth, object);
         }
         self.depth = depth + 1;
+    }
+
+    #[cold]
+    fn push_deeper(&mut self, depth: usize, object: bool) {
+        let (word, bit) = ((depth - 64) / 64, (depth - 64) % 64);
+        if word == self.deeper.len() {
+            self.deeper.push(0);
+        }
+        if let Some(w) = self.deeper.get_mut(word) {
+            *w = (*w & !(1u64 << bit)) | (u64::from(object) << bit);
+        }
     }
 
     /// The innermost open container (true: an object), or None at the top level.
@@ -106,10 +121,15 @@ struct Checker<'a> {
     open: Containers,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
     /// The next byte that is not whitespace (not consumed), or None at the end.
     #[inline(always)]
     fn skip_whitespace(&mut self) -> Option<u8> {
+        // Usually none: every whitespace byte is at most a space.
+        let &next = self.bytes.get(self.at)?;
+        if next > b' ' {
+            return Some(next);
+        }
         while let Some(&b) = self.bytes.get(self.at) {
             if !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
                 return Some(b);
@@ -137,9 +157,55 @@ impl Checker<'_> {
         self.at > start
     }
 
-    /// The whole body: a value, then whitespace only. Values nest by the container stack, not
-    /// by recursion.
+    /// The whole body: a value, then whitespace only.
     fn document(&mut self) -> Option<()> {
+        self.value()?;
+        self.skip_whitespace().is_none().then_some(())
+    }
+
+    /// The whole body: an object, then whitespace only; `member` sees each of the object's
+    /// members as it is read.
+    fn object(&mut self, mut member: impl FnMut(&'a [u8], Range<usize>)) -> Option<()> {
+        if self.skip_whitespace()? != b'{' {
+            return None;
+        }
+        self.at += 1;
+        if self.skip_whitespace()? == b'}' {
+            self.at += 1;
+        } else {
+            loop {
+                if self.skip_whitespace()? != b'"' {
+                    return None;
+                }
+                let key_start = self.at + 1;
+                self.at = key_start;
+                self.string()?;
+                // The closing quote is consumed: the key's contents end one byte before.
+                let key = self.bytes.get(key_start..self.at - 1)?;
+                if self.skip_whitespace()? != b':' {
+                    return None;
+                }
+                self.at += 1;
+                self.skip_whitespace()?;
+                let start = self.at;
+                self.value()?;
+                member(key, start..self.at);
+                match self.skip_whitespace()? {
+                    b',' => self.at += 1,
+                    b'}' => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.skip_whitespace().is_none().then_some(())
+    }
+
+    /// One value after optional whitespace, ending right after it. Values nest by the
+    /// container stack, not by recursion (it is empty before and after).
+    fn value(&mut self) -> Option<()> {
         loop {
             // A value is expected here.
             match self.skip_whitespace()? {
@@ -172,10 +238,10 @@ impl Checker<'_> {
                 b'-' | b'0'..=b'9' => self.number()?,
                 _ => return None,
             }
-            // A value ended: what follows it in its container (or the end of the body).
+            // A value ended: what follows it in its container (or the end of the value).
             loop {
                 let Some(object) = self.open.innermost() else {
-                    return self.skip_whitespace().is_none().then_some(());
+                    return Some(());
                 };
                 match self.skip_whitespace()? {
                     b',' => {
@@ -196,6 +262,7 @@ impl Checker<'_> {
     }
 
     /// An object's key and its colon.
+    #[inline(always)]
     fn key(&mut self) -> Option<()> {
         if self.skip_whitespace()? != b'"' {
             return None;
@@ -263,8 +330,11 @@ impl Checker<'_> {
     #[inline(always)]
     fn scan(&mut self) -> Option<u8> {
         let bytes = self.bytes;
-        while let Some(chunk) = bytes.get(self.at..self.at + 16) {
-            let (low, high) = (word(chunk, 0), word(chunk, 8));
+        let mut rest = bytes.get(self.at..)?;
+        // Fixed-size loads: no bounds check per word.
+        while let Some(chunk) = rest.first_chunk::<16>() {
+            let both = u128::from_le_bytes(*chunk);
+            let (low, high) = (both as u64, (both >> 64) as u64);
             let (low_flags, high_flags) = (specials(low), specials(high));
             if low_flags != 0 {
                 return Some(self.stop_at(low, low_flags));
@@ -274,16 +344,18 @@ impl Checker<'_> {
                 return Some(self.stop_at(high, high_flags));
             }
             self.at += 8;
+            rest = rest.get(16..).unwrap_or_default();
         }
-        if let Some(chunk) = bytes.get(self.at..self.at + 8) {
-            let low = word(chunk, 0);
+        if let Some(chunk) = rest.first_chunk::<8>() {
+            let low = u64::from_le_bytes(*chunk);
             let flags = specials(low);
             if flags != 0 {
                 return Some(self.stop_at(low, flags));
             }
             self.at += 8;
+            rest = rest.get(8..).unwrap_or_default();
         }
-        bytes.get(self.at).copied()
+        rest.first().copied()
     }
 
     /// Moves to the first flagged byte of the word at `self.at`, and returns it.
@@ -827,6 +899,145 @@ mod tests {
                 }
                 out
             })
+    }
+
+    /// What [`object_members`] must say: the body is valid UTF-8 and one JSON object to serde,
+    /// whose members, as serde reads them raw (keys undecoded, between their quotes), are these.
+    fn members_oracle(body: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+        use serde::de::{MapAccess, Visitor};
+        use serde_json::value::RawValue;
+        struct Pairs<'a>(Vec<(&'a RawValue, &'a RawValue)>);
+        impl<'de> serde::Deserialize<'de> for Pairs<'de> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Visit;
+                impl<'de> Visitor<'de> for Visit {
+                    type Value = Pairs<'de>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("an object")
+                    }
+                    fn visit_map<A: MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<Pairs<'de>, A::Error> {
+                        let mut pairs = Vec::new();
+                        while let Some(key) = map.next_key::<&'de RawValue>()? {
+                            pairs.push((key, map.next_value::<&'de RawValue>()?));
+                        }
+                        Ok(Pairs(pairs))
+                    }
+                }
+                d.deserialize_map(Visit)
+            }
+        }
+        let text = std::str::from_utf8(body).ok()?;
+        let pairs = serde_json::from_str::<Pairs<'_>>(text).ok()?;
+        Some(
+            pairs
+                .0
+                .iter()
+                .map(|(k, v)| {
+                    let k = k.get().as_bytes();
+                    (&k[1..k.len() - 1], v.get().as_bytes())
+                })
+                .collect(),
+        )
+    }
+
+    /// [`object_members`] with what it saw, `None` when it said no.
+    fn members(body: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+        let mut seen = Vec::new();
+        object_members(body, |key, value| seen.push((key, &body[value]))).then_some(seen)
+    }
+
+    #[test]
+    fn object_members_are_where_they_stand() {
+        type Pairs<'a> = Option<Vec<(&'a [u8], &'a [u8])>>;
+        let cases: Vec<(&[u8], Pairs<'_>)> = vec![
+            (b"{}", Some(vec![])),
+            (b" \t{ }\r\n", Some(vec![])),
+            (
+                b"{\"a\":1,\"b\" : [1, {\"c\":2}] ,\"a\":\"x\\\"y\"}",
+                Some(vec![
+                    (b"a", b"1"),
+                    (b"b", b"[1, {\"c\":2}]"),
+                    (b"a", b"\"x\\\"y\""),
+                ]),
+            ),
+            (
+                b"{\"d\\u0061ta\":null,\"\":{},\"\\ud800\":-0.5e1}",
+                Some(vec![
+                    (b"d\\u0061ta", b"null"),
+                    (b"", b"{}"),
+                    (b"\\ud800", b"-0.5e1"),
+                ]),
+            ),
+            (
+                b"{\"\xc3\xa9\":true}",
+                Some(vec![("\u{e9}".as_bytes(), b"true")]),
+            ),
+            // Not one object.
+            (b"[]", None),
+            (b"1", None),
+            (b"", None),
+            (b"{", None),
+            (b"{\"a\"}", None),
+            (b"{\"a\":}", None),
+            (b"{\"a\":1,}", None),
+            (b"{,}", None),
+            (b"{\"a\":1 \"b\":2}", None),
+            (b"{\"a\":1}}", None),
+            (b"{\"a\":1} 1", None),
+            (b"{\"a\":[1}", None),
+            (b"{\"a\":\"\xff\"}", None),
+            (b"{\"\xff\":1}", None),
+            (b"{a:1}", None),
+        ];
+        for (body, expected) in cases {
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(members_oracle(body), expected, "oracle on {shown}");
+            assert_eq!(members(body), expected, "object_members on {shown}");
+        }
+    }
+
+    /// Objects: a JSON text whose value is an object, or such a text's members mutated.
+    fn object_text() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::collection::vec((any::<String>(), value()), 0..6),
+            whitespace(),
+            whitespace(),
+        )
+            .prop_map(|(members, before, after)| {
+                let object = Value::Object(members.into_iter().collect());
+                [
+                    before,
+                    serde_json::to_vec(&object).expect("a Value serialises"),
+                    after,
+                ]
+                .concat()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn object_members_agree_with_serde_on_objects(body in object_text()) {
+            prop_assert!(members_oracle(&body).is_some());
+            prop_assert_eq!(members(&body), members_oracle(&body));
+        }
+
+        #[test]
+        fn object_members_agree_with_serde_on_mutated_json(
+            body in prop_oneof![object_text(), json_text()],
+            edits in prop::collection::vec(edit(), 0..4),
+        ) {
+            let body = apply(body, &edits);
+            prop_assert_eq!(members(&body), members_oracle(&body), "{:02x?}", body);
+        }
+
+        #[test]
+        fn object_members_agree_with_serde_on_token_soup(body in token_soup()) {
+            let body = [b"{\"k\":".as_slice(), &body].concat();
+            prop_assert_eq!(members(&body), members_oracle(&body), "{:02x?}", body);
+        }
     }
 
     proptest! {

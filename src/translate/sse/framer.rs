@@ -41,6 +41,9 @@ pub struct SseEvent {
     comment: bool,
     /// Where the event's lines start in `raw`: past the stream's BOM, if it carries one.
     start: usize,
+    /// With exactly one `data` line: where that line starts and where its value ends in `raw`
+    /// (what [`SseEvent::around_data`] cuts at, found while parsing).
+    one_data_line: Option<(usize, usize)>,
 }
 
 /// The one unterminated tail that is not discarded, completed.
@@ -85,14 +88,43 @@ impl SseEvent {
         } else {
             0
         };
-        let comment = comment_only(raw.get(start..).unwrap_or_default());
-        let data = data_field(&raw, start);
+        // One pass over the lines finds what is a comment and where the data is; only data
+        // over several lines (rare) is read again, to join it.
+        let body = raw.get(start..).unwrap_or_default();
+        let (mut content, mut comment) = (false, true);
+        let (mut first, mut data_lines) = (None, 0usize);
+        for (at, line) in lines(body) {
+            if line.is_empty() {
+                continue;
+            }
+            content = true;
+            comment &= line.starts_with(b":");
+            if let Some(value) = data_value(line) {
+                data_lines += 1;
+                first.get_or_insert((at, at + value.start..at + value.end));
+            }
+        }
+        let (data, one_data_line) = match (first, data_lines) {
+            (Some((at, value)), 1) => (
+                Some(raw.slice(start + value.start..start + value.end)),
+                Some((start + at, start + value.end)),
+            ),
+            (Some(_), _) => (data_field(&raw, start), None),
+            (None, _) => (None, None),
+        };
         SseEvent {
             raw,
             data,
-            comment,
+            comment: content && comment,
             start,
+            one_data_line,
         }
+    }
+
+    /// True when the data came over several `data:` lines, joined with `\n`: a single line's
+    /// value holds no line break.
+    pub(crate) fn data_has_line_breaks(&self) -> bool {
+        self.data.is_some() && self.one_data_line.is_none()
     }
 
     /// True for an event whose only non-empty line is a `data` line with the value `[DONE]`.
@@ -116,6 +148,12 @@ impl SseEvent {
     ///   removing a line could otherwise join a lone `\r` and a `\n` into one CRLF and so
     ///   lose the event's blank line.
     pub(crate) fn around_data(&self) -> Option<(Bytes, Bytes)> {
+        if let Some((line, value_end)) = self.one_data_line {
+            return Some((
+                self.raw.slice(self.start..line),
+                self.raw.slice(value_end..),
+            ));
+        }
         let body = self.raw.get(self.start..).unwrap_or_default();
         let mut data_lines = lines(body).filter(|(_, line)| data_value(line).is_some());
         let (at, line) = data_lines.next()?;
@@ -140,12 +178,6 @@ impl SseEvent {
         after.push(b'\n');
         Some((before, Bytes::from(after)))
     }
-}
-
-/// At least one line, and every non-empty line a comment.
-fn comment_only(body: &[u8]) -> bool {
-    let mut non_empty = lines(body).map(|(_, line)| line).filter(|l| !l.is_empty());
-    non_empty.clone().next().is_some() && non_empty.all(|l| l.starts_with(b":"))
 }
 
 /// The joined `data` values of the event in `raw[start..]`.
@@ -896,7 +928,88 @@ mod tests {
         chunks
     }
 
+    /// What [`SseEvent::parse`] read in a pass per question before it read all in one: the
+    /// comment flag, the data, and the pieces around the data as the line-by-line reading
+    /// of [`SseEvent::around_data`] cuts them.
+    fn reread(event: &SseEvent) -> (bool, Option<Bytes>, Option<(Bytes, Bytes)>, bool) {
+        let body = event.raw.get(event.start..).unwrap_or_default();
+        let mut non_empty = lines(body).map(|(_, line)| line).filter(|l| !l.is_empty());
+        let comment = non_empty.clone().next().is_some() && non_empty.all(|l| l.starts_with(b":"));
+        let data_lines = lines(body).filter(|(_, l)| data_value(l).is_some()).count();
+        let slow = SseEvent {
+            one_data_line: None,
+            ..event.clone()
+        };
+        (
+            comment,
+            data_field(&event.raw, event.start),
+            slow.around_data(),
+            data_lines > 1,
+        )
+    }
+
+    fn read(event: &SseEvent) -> (bool, Option<Bytes>, Option<(Bytes, Bytes)>, bool) {
+        (
+            event.is_comment(),
+            event.data().cloned(),
+            event.around_data(),
+            event.data_has_line_breaks(),
+        )
+    }
+
+    #[test]
+    fn one_pass_parsing_reads_what_the_line_by_line_reading_did() {
+        let input: &[u8] = b": ping\n\nevent: x\r\nid: 1\r\n\r\ndata: a\rdata:b\r: c\rdata\r\r\
+            \xEF\xBB\xBFdata: {\"x\":1}\nid: 2\n\n:a\n:b\n\ndata\n\ndataset: no\ndata:  y\n\n";
+        let mut framer = SseFramer::new(1024);
+        framer.push(Bytes::from_static(input));
+        let events: Vec<SseEvent> = std::iter::from_fn(|| framer.next_event().unwrap()).collect();
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        let expected = [
+            (true, None, None, false),
+            (false, None, None, false),
+            (
+                false,
+                Some(b(b"a\nb\n")),
+                Some((b(b""), b(b"\n: c\n\n"))),
+                true,
+            ),
+            // A BOM past the stream's start is content: no data line here.
+            (false, None, None, false),
+            (true, None, None, false),
+            (false, Some(b(b"")), Some((b(b""), b(b"\n\n"))), false),
+            (
+                false,
+                Some(b(b" y")),
+                Some((b(b"dataset: no\n"), b(b"\n\n"))),
+                false,
+            ),
+        ];
+        assert_eq!(events.len(), expected.len());
+        for (event, expected) in events.iter().zip(expected) {
+            assert_eq!(read(event), expected, "{:?}", event.raw());
+            assert_eq!(reread(event), expected, "{:?}", event.raw());
+        }
+    }
+
     proptest! {
+        #[test]
+        fn one_pass_parsing_agrees_with_the_line_by_line_reading(
+            input in prop::collection::vec(prop_oneof![
+                3 => prop::sample::select(b"\r\n:data \xEF\xBB\xBF".to_vec()),
+                1 => any::<u8>(),
+            ], 0..200),
+        ) {
+            let mut framer = SseFramer::new(1 << 20);
+            framer.push(Bytes::from(input));
+            while let Ok(Some(event)) = framer.next_event() {
+                prop_assert_eq!(read(&event), reread(&event), "{:?}", event.raw());
+            }
+            if let Ok(Some(event)) = framer.finish() {
+                prop_assert_eq!(read(&event), reread(&event), "{:?}", event.raw());
+            }
+        }
+
         #[test]
         fn any_chunking_of_valid_streams_yields_the_same_events(
             (input, expected) in stream(),

@@ -33,6 +33,7 @@ use crate::dialect::Dialect;
 use crate::error::ApiError;
 use crate::translate::envelope::{self, Classified, Verdict};
 use crate::translate::error_body;
+use crate::translate::json_check;
 use crate::translate::template::{Envelopes, Shape, Unwrapped};
 use crate::translate::usage::{may_carry_usage, UsageReport};
 
@@ -153,10 +154,10 @@ impl EventMode {
             EventMode::Unwrap | EventMode::Rewrap => {
                 match read.unwrap_or_else(|| shape.unwrap_event(&data)) {
                     Unwrapped::Payload(payload) => {
+                        let payload = data_lines(&event, payload);
                         if self == EventMode::Rewrap {
-                            wrap(&event, data_lines(payload), envelopes.client(), out);
+                            wrap(&event, payload, envelopes.client(), out);
                         } else {
-                            let payload = data_lines(payload);
                             rewrite(&event, [DATA_PREFIX, payload], None, out);
                         }
                         EventKind::Normal
@@ -181,20 +182,22 @@ impl EventMode {
                     }
                 }
             }
-            EventMode::Wrap => {
-                if is_bare_error(&data) {
+            EventMode::Wrap => match bare_event(&data) {
+                BareEvent::Error => {
                     let error = envelopes.client().error_body(&stream_error(&data));
                     rewrite(&event, [DATA_PREFIX, error], None, out);
                     EventKind::Error
-                } else if envelope::is_json(&data) {
-                    wrap(&event, data_lines(data), envelopes.client(), out);
+                }
+                BareEvent::Json => {
+                    wrap(&event, data_lines(&event, data), envelopes.client(), out);
                     EventKind::Normal
-                } else {
+                }
+                BareEvent::NotJson => {
                     // Not JSON: nothing to wrap, so it goes through as the upstream sent it.
                     out.push_back(event.into_raw());
                     EventKind::Normal
                 }
-            }
+            },
         }
     }
 }
@@ -240,13 +243,14 @@ fn rewrite(
     }
 }
 
-/// `value` ready to follow a `data: ` prefix. An event with several `data:` lines has its
-/// values joined with `\n`, so its JSON may hold line breaks; each line then continues on a
-/// `data: ` line of its own, which a client joins back into exactly `value` (a bare line
-/// break would end the data there, or even the event). Without a line break (the usual
-/// case) `value` is returned as it is, uncopied.
-fn data_lines(value: Bytes) -> Bytes {
-    if memchr::memchr(b'\n', &value).is_none() {
+/// `value` (`event`'s data or a part of it) ready to follow a `data: ` prefix. An event with
+/// several `data:` lines has its values joined with `\n`, so its JSON may hold line breaks;
+/// each line then continues on a `data: ` line of its own, which a client joins back into
+/// exactly `value` (a bare line break would end the data there, or even the event). Without
+/// a line break (the usual case: one `data:` line, which holds none) `value` is returned as
+/// it is, uncopied.
+fn data_lines(event: &SseEvent, value: Bytes) -> Bytes {
+    if !event.data_has_line_breaks() || memchr::memchr(b'\n', &value).is_none() {
         return value;
     }
     let mut out = Vec::with_capacity(value.len() + 32);
@@ -300,6 +304,51 @@ fn is_bare_error(data: &[u8]) -> bool {
     data.trim_ascii_start().first() == Some(&b'{')
         && ERROR_KEY.find(data).is_some()
         && serde_json::from_slice::<Probe>(data).is_ok_and(|probe| probe.error.is_some())
+}
+
+/// What a bare event's data is, for wrapping it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareEvent {
+    /// `{"error": …}`: OpenAI's mid-stream error (see `is_bare_error`).
+    Error,
+    /// Any other JSON text (see `envelope::is_json`).
+    Json,
+    NotJson,
+}
+
+/// `is_bare_error`, then `envelope::is_json`, with their verdicts exactly; for the usual
+/// chunk (a JSON object whose member names are spelt without escapes) in the one pass that
+/// checks the JSON, which notes the `error` members on the way. Anything else (not JSON, or
+/// a name with escapes, which serde would decode) is left to the two checks as they are.
+pub fn bare_event(data: &[u8]) -> BareEvent {
+    if data.trim_ascii_start().first() != Some(&b'{') {
+        // Not an object: never an error event.
+        return if envelope::is_json(data) {
+            BareEvent::Json
+        } else {
+            BareEvent::NotJson
+        };
+    }
+    let (mut errors, mut null_error, mut escaped) = (0usize, false, false);
+    let json = json_check::object_members(data, |key, value| {
+        if key == b"error" {
+            errors += 1;
+            null_error = data.get(value) == Some(b"null".as_slice());
+        } else if key.contains(&b'\\') {
+            escaped = true;
+        }
+    });
+    let error = if json && !escaped {
+        // serde's probe: `error` once (twice is an error to it), and not null (`None`).
+        errors == 1 && !null_error
+    } else {
+        is_bare_error(data)
+    };
+    match (error, json) {
+        (true, _) => BareEvent::Error,
+        (false, true) => BareEvent::Json,
+        (false, false) => BareEvent::NotJson,
+    }
 }
 
 /// What a standard envelope upstream's event means (passed on unchanged): the verdict alone,
@@ -448,6 +497,7 @@ fn has_first_token(data: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::translate::sse::framer::SseFramer;
+    use proptest::prelude::*;
 
     fn run(mode: EventMode, upstream: Dialect, input: &[u8]) -> (String, Vec<EventKind>) {
         let mut framer = SseFramer::new(1 << 20);
@@ -853,6 +903,103 @@ mod tests {
             ),
         ] {
             assert_eq!(has_first_token(data.as_bytes()), token, "{data}");
+        }
+    }
+
+    /// What [`bare_event`] must say: the two checks it stands for, one after the other.
+    fn bare_oracle(data: &[u8]) -> BareEvent {
+        if is_bare_error(data) {
+            BareEvent::Error
+        } else if envelope::is_json(data) {
+            BareEvent::Json
+        } else {
+            BareEvent::NotJson
+        }
+    }
+
+    #[test]
+    fn bare_events_are_read_in_one_pass_as_the_two_checks_read_them() {
+        use BareEvent::{Error, Json, NotJson};
+        let cases: [(&[u8], BareEvent); 17] = [
+            (br#"{"error":{"message":"m"}}"#, Error),
+            (br#" {"id":"c","error":"x"} "#, Error),
+            (br#"{"choices":[{"delta":{"content":"\"error\""}}]}"#, Json),
+            (br#"{"choices":[],"x":{"error":{}}}"#, Json),
+            // null is no error; named twice, serde's probe refuses it.
+            (br#"{"error":null}"#, Json),
+            (br#"{"error":{},"error":{}}"#, Json),
+            (br#"{"error":null,"error":{}}"#, Json),
+            // Names with escapes are decoded by serde, but only searched for as written.
+            (br#"{"\u0065rror":{},"x":["error"]}"#, Error),
+            (br#"{"\u0065rror":{}}"#, Json),
+            (br#"{"\ud800":1,"error":{}}"#, Json),
+            // Invalid UTF-8 in a value: not JSON, but serde's probe reads it as an error.
+            (b"{\"error\":{\"message\":\"\xff\"}}", Error),
+            (b"{\"x\":\"\xff\"}", NotJson),
+            (br#"{"error":{}} x"#, NotJson),
+            (br#"[{"error":{}}]"#, Json),
+            // Form feed is no JSON whitespace, to serde either.
+            (b"\x0c{\"error\":{}}", NotJson),
+            (b"data", NotJson),
+            (b"", NotJson),
+        ];
+        for (data, expected) in cases {
+            let shown = String::from_utf8_lossy(data);
+            assert_eq!(bare_oracle(data), expected, "oracle on {shown}");
+            assert_eq!(bare_event(data), expected, "bare_event on {shown}");
+        }
+    }
+
+    /// Chunks of members an error event or a plain chunk may have, names with escapes and
+    /// values with invalid UTF-8 among them.
+    fn bare_chunk() -> impl Strategy<Value = Vec<u8>> {
+        let name = prop::sample::select(vec![
+            "error",
+            "error",
+            "id",
+            "choices",
+            "\\u0065rror",
+            "\\ud800",
+            "err\\\"or",
+            "",
+        ]);
+        let value = prop::sample::select(vec![
+            &b"null"[..],
+            b"{}",
+            b"{\"message\":\"m\"}",
+            b"\"error\"",
+            b"[\"error\"]",
+            b"1",
+            b"\"\xff\"",
+            b"{\"error\":{}}",
+            b"\"\\\"error\\\"\"",
+        ]);
+        prop::collection::vec((name, value), 0..4).prop_map(|members| {
+            let members: Vec<Vec<u8>> = members
+                .into_iter()
+                .map(|(name, value)| [b"\"", name.as_bytes(), b"\":", value].concat())
+                .collect();
+            [b"{".as_slice(), &members.join(&b","[..]), b"}"].concat()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn bare_event_agrees_with_the_two_checks(
+            data in bare_chunk(),
+            edits in prop::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 0..3),
+        ) {
+            let mut data = data;
+            for (at, byte, how) in edits {
+                let len = data.len();
+                match how {
+                    0 if len > 0 => data[at % len] = byte,
+                    1 => data.insert(at % (len + 1), byte),
+                    _ if len > 0 => { data.remove(at % len); }
+                    _ => {}
+                }
+            }
+            prop_assert_eq!(bare_event(&data), bare_oracle(&data), "{:?}", String::from_utf8_lossy(&data));
         }
     }
 
