@@ -6,7 +6,9 @@
 //! `usage.*_details.*`, and at most [`MODEL_RAW_BYTES`] of the `model` string), linear in the
 //! body and blind to how it is cut into frames. It looks only at the top-level `model` and
 //! `usage` members (inside `data` for an envelope): a `"usage"` inside a string or inside a
-//! nested object is not the response's usage. It does not validate the JSON; it reports only a
+//! nested object is not the response's usage. A container that cannot hold either (an array,
+//! or an object under another name, like `choices`) is skipped: only its strings and brackets
+//! are looked for, with a search rather than a step per byte. It does not validate the JSON; it reports only a
 //! body whose top-level object closed and had nothing but whitespace after it, and nothing for
 //! an envelope that says `"success":false` (an error, whatever its status). Member names are
 //! matched as written: a name spelt with escapes (`"us\u0061ge"`) is not recognised, which no
@@ -176,6 +178,14 @@ enum State {
     /// Inside a number or literal; `number` holds the integer read so far when it is one of
     /// our counts and still a plain non-negative integer.
     InScalar { target: Target, number: Option<u64> },
+    /// Inside a container that cannot hold a member we look for (see
+    /// [`UsageScan::may_hold_ours`]): only its end is looked for, strings skipped whole.
+    /// `nested`: containers open inside it; `in_string`/`escaped` as for a string.
+    Skipping {
+        nested: u32,
+        in_string: bool,
+        escaped: bool,
+    },
     /// The top-level object closed.
     Done,
     /// Not an object, or broken: nothing to report.
@@ -200,6 +210,9 @@ pub struct UsageScan {
     report: UsageReport,
     /// An envelope that says `"success":false`.
     failure: bool,
+    /// Containers that cannot hold ours are skipped (off only to test that skipping changes
+    /// nothing).
+    skips: bool,
 }
 
 impl UsageScan {
@@ -216,6 +229,7 @@ impl UsageScan {
             model_raw: Vec::new(),
             report: UsageReport::default(),
             failure: false,
+            skips: true,
         }
     }
 
@@ -289,8 +303,82 @@ impl UsageScan {
                     bytes = &bytes[1..];
                     self.byte(byte);
                 }
+                State::Skipping {
+                    nested,
+                    in_string,
+                    escaped,
+                } => bytes = self.skip(bytes, nested, in_string, escaped),
             }
         }
+    }
+
+    /// Reads `bytes` inside a skipped container: a search for the next quote or bracket, and
+    /// for the end of each string, instead of a step per byte. Returns what follows the
+    /// container's end (its closing bracket read as usual), or nothing when it goes on.
+    fn skip<'a>(
+        &mut self,
+        mut bytes: &'a [u8],
+        mut nested: u32,
+        mut in_string: bool,
+        mut escaped: bool,
+    ) -> &'a [u8] {
+        /// The bytes that matter outside strings in a skipped container.
+        const STRUCTURE: [bool; 256] = {
+            let mut table = [false; 256];
+            table[b'"' as usize] = true;
+            table[b'{' as usize] = true;
+            table[b'[' as usize] = true;
+            table[b'}' as usize] = true;
+            table[b']' as usize] = true;
+            table
+        };
+        loop {
+            if in_string {
+                if escaped {
+                    let Some(rest) = bytes.get(1..) else { break };
+                    bytes = rest;
+                    escaped = false;
+                }
+                match memchr::memchr2(b'"', b'\\', bytes) {
+                    None => {
+                        bytes = &[];
+                        break;
+                    }
+                    Some(at) => {
+                        if bytes[at] == b'\\' {
+                            escaped = true;
+                        } else {
+                            in_string = false;
+                        }
+                        bytes = &bytes[at + 1..];
+                    }
+                }
+            } else {
+                let Some(at) = bytes.iter().position(|&b| STRUCTURE[usize::from(b)]) else {
+                    bytes = &[];
+                    break;
+                };
+                let byte = bytes[at];
+                bytes = &bytes[at + 1..];
+                match byte {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => nested = nested.saturating_add(1),
+                    _ if nested == 0 => {
+                        // The skipped container's own end.
+                        self.state = State::Between;
+                        self.byte(byte);
+                        return bytes;
+                    }
+                    _ => nested -= 1,
+                }
+            }
+        }
+        self.state = State::Skipping {
+            nested,
+            in_string,
+            escaped,
+        };
+        bytes
     }
 
     /// The report, if the body was a whole object.
@@ -358,6 +446,13 @@ impl UsageScan {
                     *key = Key::Other;
                 }
                 self.expect_key = byte == b'{';
+                if self.skips && !self.may_hold_ours() {
+                    self.state = State::Skipping {
+                        nested: 0,
+                        in_string: false,
+                        escaped: false,
+                    };
+                }
             }
             b'}' | b']' => {
                 self.expect_key = false;
@@ -388,6 +483,32 @@ impl UsageScan {
             }
             _ => {}
         }
+    }
+
+    /// True when the container just opened (at `depth`) may hold a member we look for: every
+    /// container down to it is an object and the member names on the way are a beginning of
+    /// one of our paths (see [`UsageScan::target`]). The top-level object always may.
+    fn may_hold_ours(&self) -> bool {
+        let d = self.depth as usize;
+        if d <= 1 {
+            return true;
+        }
+        if d > PATH || self.arrays & ((1 << d) - 1) != 0 {
+            return false;
+        }
+        // The names of the members whose values are the containers from depth 2 to here.
+        let path = if self.envelope {
+            if self.keys[0] != Key::Data {
+                return false;
+            }
+            &self.keys[1..d - 1]
+        } else {
+            &self.keys[..d - 1]
+        };
+        matches!(
+            path,
+            [] | [Key::Usage] | [Key::Usage, Key::PromptDetails | Key::CompletionDetails]
+        )
     }
 
     fn in_object(&self) -> bool {
@@ -687,7 +808,124 @@ mod tests {
         assert!(may_carry_usage(br#"{"c":"\"usage\": null","usage":{}}"#));
     }
 
+    /// `body` cut at `cuts`, read by a scanner that skips and by one that reads every byte.
+    fn with_and_without_skipping(
+        body: &[u8],
+        envelope: bool,
+        cuts: &[usize],
+    ) -> (Option<UsageReport>, Option<UsageReport>) {
+        let mut skipping = UsageScan::new(envelope);
+        let mut stepping = UsageScan::new(envelope);
+        stepping.skips = false;
+        let mut at = 0;
+        for &cut in cuts.iter().chain([&body.len()]) {
+            let cut = cut.clamp(at, body.len());
+            skipping.feed(&body[at..cut]);
+            stepping.feed(&body[at..cut]);
+            at = cut;
+        }
+        (skipping.finish(), stepping.finish())
+    }
+
+    #[test]
+    fn skipped_containers_are_those_that_cannot_hold_ours() {
+        // `choices` (an array), `x` (not our name) and `usage.other` are skipped, with the
+        // brackets and quotes inside them; `usage` and its details are read.
+        let body = br#"{"choices":[{"usage":{"prompt_tokens":1}},"]}\"",{"a":[]}],"x":{"usage":{"prompt_tokens":2},"s":"}"},"model":"m","usage":{"other":{"prompt_tokens":3},"prompt_tokens":4,"completion_tokens_details":{"reasoning_tokens":5}}}"#;
+        let expected = report(
+            "m",
+            Some(Usage {
+                prompt: Some(4),
+                reasoning: Some(5),
+                ..Usage::default()
+            }),
+        );
+        for cut in 0..=body.len() {
+            let (skipping, stepping) = with_and_without_skipping(body, false, &[cut]);
+            assert_eq!(skipping, expected, "cut at {cut}");
+            assert_eq!(stepping, expected, "cut at {cut}");
+        }
+        let envelope = br#"{"success":true,"meta":{"usage":{"prompt_tokens":1}},"data":{"choices":[{"x":"\\"}],"usage":{"prompt_tokens":6}}}"#;
+        let expected = Some(UsageReport {
+            model: None,
+            usage: Some(Usage {
+                prompt: Some(6),
+                ..Usage::default()
+            }),
+        });
+        for cut in 0..=envelope.len() {
+            assert_eq!(
+                with_and_without_skipping(envelope, true, &[cut]),
+                (expected.clone(), expected.clone()),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    /// Pieces of JSON-like text, our member names among them, in any order.
+    fn token_soup() -> impl Strategy<Value = Vec<u8>> {
+        let tokens = prop::sample::select(vec![
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            " ",
+            "1",
+            "23",
+            "-4",
+            "1.5",
+            "null",
+            "false",
+            "true",
+            "\"usage\"",
+            "\"model\"",
+            "\"data\"",
+            "\"success\"",
+            "\"prompt_tokens\"",
+            "\"completion_tokens\"",
+            "\"prompt_tokens_details\"",
+            "\"cached_tokens\"",
+            "\"completion_tokens_details\"",
+            "\"reasoning_tokens\"",
+            "\"x\"",
+            "\"a\\\"b\"",
+            "\"\\\\\"",
+            "\"",
+            "\\",
+            "\"]}\"",
+        ]);
+        proptest::collection::vec(tokens, 0..60).prop_map(|t| t.concat().into_bytes())
+    }
+
     proptest! {
+        #[test]
+        fn skipping_changes_nothing(
+            body in token_soup(),
+            envelope in any::<bool>(),
+            cuts in proptest::collection::vec(0usize..400, 0..5),
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let (skipping, stepping) = with_and_without_skipping(&body, envelope, &cuts);
+            prop_assert_eq!(skipping, stepping);
+        }
+
+        #[test]
+        fn skipping_changes_nothing_on_well_formed_bodies(
+            prefix in token_soup(),
+            envelope in any::<bool>(),
+            cuts in proptest::collection::vec(0usize..2000, 0..5),
+        ) {
+            // A real body with soup inside `choices`: the report must still be found.
+            let body = [if envelope { ENVELOPE } else { BARE }, &prefix[..]].concat();
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let (skipping, stepping) = with_and_without_skipping(&body, envelope, &cuts);
+            prop_assert_eq!(skipping, stepping);
+        }
+
         #[test]
         fn any_split_gives_the_same_result(
             cuts in proptest::collection::vec(0usize..=ENVELOPE.len(), 0..6),
