@@ -7,6 +7,10 @@
 //! chunks of one upstream read reach the client as fast as hyper can take them — without a
 //! task switch per chunk, and without a flush of the client's socket between them — and when
 //! the body has ended whole, the connection goes back to its pool.
+//!
+//! A body on a multiplexed upstream HTTP/2 connection (`--upstream-http2`) holds its stream's
+//! place in that connection's count instead (see [`UpstreamBody::holding`]) until it ends or is
+//! dropped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,6 +39,8 @@ pub struct UpstreamBody {
     /// The response head, or data, was handed out since the last `Pending`: the server may
     /// not have flushed it yet.
     unflushed: bool,
+    /// Held until the body ends or is dropped (a stream's place on a shared connection).
+    held: Option<Box<dyn Send>>,
 }
 
 impl From<Incoming> for UpstreamBody {
@@ -45,6 +51,7 @@ impl From<Incoming> for UpstreamBody {
             connection: None,
             held_error: None,
             unflushed: true,
+            held: None,
         }
     }
 }
@@ -57,6 +64,19 @@ impl UpstreamBody {
             connection: Some(connection),
             held_error: None,
             unflushed: true,
+            held: None,
+        }
+    }
+
+    /// A body whose connection another task drives, holding `held` until it ends (whole or
+    /// not) or is dropped.
+    pub(crate) fn holding(inner: Incoming, held: Box<dyn Send>) -> Self {
+        Self {
+            inner,
+            connection: None,
+            held_error: None,
+            unflushed: true,
+            held: Some(held),
         }
     }
 
@@ -84,11 +104,13 @@ impl Body for UpstreamBody {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(None) => {
                     this.release();
+                    this.held = None;
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(error))) => {
                     // A connection that broke its body is of no further use.
                     this.connection = None;
+                    this.held = None;
                     if !this.unflushed {
                         return Poll::Ready(Some(Err(error)));
                     }

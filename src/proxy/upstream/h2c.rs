@@ -1,0 +1,336 @@
+//! HTTP/2 with prior knowledge (h2c) to an `http://` upstream (`--upstream-http2`): one worker's
+//! multiplexed connections, so that an open stream costs the proxy an HTTP/2 stream (a few
+//! hundred bytes of state and its share of bounded windows) instead of an HTTP/1.1 connection
+//! with its fixed buffers.
+//!
+//! - **Streams per connection are capped here** (`--upstream-http2-max-streams`): hyper's
+//!   `SendRequest` neither tells the peer's SETTINGS_MAX_CONCURRENT_STREAMS nor refuses a
+//!   request beyond it — it queues it behind the others. A request takes a place on the oldest
+//!   open connection with room; when every one carries the cap, a new connection is opened.
+//!   Connections are opened one at a time per worker, so a burst of requests fills the
+//!   connection being opened instead of each opening its own. A stream holds its place until
+//!   its response body ends or is dropped ([`UpstreamBody::holding`]).
+//! - **Closed connections are dropped** (GOAWAY, an error, a failed keep-alive ping): the next
+//!   request goes to another connection, or a new one. A request the connection handed back
+//!   unsent is tried once more elsewhere. A connection without a stream for 90 s is closed, as
+//!   the HTTP/1.1 pool's idle connections are.
+//! - **`--connect-timeout` bounds the whole set-up**: waiting for the connection another request
+//!   is opening, resolve and TCP, the client preface, and the upstream's first frame (its
+//!   SETTINGS). An upstream that accepts TCP and never answers the preface is a connect timeout.
+//! - **Every buffer is bounded**, never hyper's client defaults (2 MiB stream and 5 MiB
+//!   connection windows, a 1 MiB send buffer per stream): a stream's window is 64 KiB, fixed
+//!   (no adaptive window), and the connection's window is the streams' windows together, so
+//!   clients that stop reading and hold their streams' windows full can never use up the
+//!   connection's window and lock out the others. Response heads are limited as on the
+//!   HTTP/1.1 path.
+//!
+//! The connection itself runs as tasks on the worker's runtime (hyper's HTTP/2 client spawns
+//! them; workers are single-threaded, so they stay on its thread): a response body is fed by
+//! the connection's task, like the `https://` client's ([`UpstreamBody::from`]).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::transport::{address, connect_tcp, UpstreamError, UpstreamRequestBody, IDLE_TIMEOUT};
+use crate::config::Config;
+use crate::translate::upstream_body::UpstreamBody;
+
+/// A stream's receive window: what the upstream may send on one stream before the proxy's
+/// client has taken it (RFC 9113's initial 65,535, rounded to 64 KiB).
+const STREAM_WINDOW: u32 = 64 * 1024;
+/// Request body bytes buffered per stream for sending.
+const MAX_SEND_BUF: usize = 64 * 1024;
+/// The largest response head, as on the HTTP/1.1 path: hyper's HTTP/1 client reads a head
+/// into a buffer of at most this size (its default `max_buf_size`, which that path keeps).
+const MAX_HEAD_BYTES: u32 = 8192 + 4096 * 100;
+/// Pings on a connection without traffic: a dead connection (a host gone without a FIN) is
+/// found within interval + timeout, instead of a request waiting for --response-timeout on
+/// it — and one dead connection carries many streams.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+type Connection = http2::Connection<TokioIo<FirstRead>, UpstreamRequestBody, TokioExecutor>;
+
+/// One worker's HTTP/2 connections to an `http://` upstream: see the module docs.
+pub(crate) struct H2cPool {
+    /// `host:port`, what the connections are made to.
+    address: String,
+    max_streams: usize,
+    builder: http2::Builder<TokioExecutor>,
+    /// Open connections, oldest first.
+    connections: Mutex<Vec<Pooled>>,
+    /// Held while a connection is opened: one at a time.
+    opening: tokio::sync::Mutex<()>,
+}
+
+struct Pooled {
+    sender: http2::SendRequest<UpstreamRequestBody>,
+    load: Arc<Load>,
+}
+
+/// A connection's open streams, shared by the pool, its streams and its task.
+#[derive(Default)]
+struct Load(Mutex<LoadState>);
+
+struct LoadState {
+    streams: usize,
+    /// When `streams` last became 0.
+    idle_since: Instant,
+    /// No more requests go to it.
+    closed: bool,
+}
+
+impl Default for LoadState {
+    fn default() -> Self {
+        Self {
+            streams: 0,
+            idle_since: Instant::now(),
+            closed: false,
+        }
+    }
+}
+
+impl Load {
+    fn lock(&self) -> MutexGuard<'_, LoadState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One stream's place on its connection, held by its response body.
+struct StreamSlot(Arc<Load>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut load = self.0.lock();
+        load.streams = load.streams.saturating_sub(1);
+        if load.streams == 0 {
+            load.idle_since = Instant::now();
+        }
+    }
+}
+
+impl H2cPool {
+    pub(crate) fn new(config: &Config) -> Self {
+        let max_streams = config.upstream_http2_max_streams;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .adaptive_window(false)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(STREAM_WINDOW.saturating_mul(max_streams))
+            .initial_max_send_streams(max_streams as usize)
+            .max_send_buf_size(MAX_SEND_BUF)
+            .max_header_list_size(MAX_HEAD_BYTES)
+            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        Self {
+            address: address(config),
+            max_streams: max_streams as usize,
+            builder,
+            connections: Mutex::default(),
+            opening: tokio::sync::Mutex::const_new(()),
+        }
+    }
+
+    /// Sends `request` (its URI in absolute form: hyper makes `:scheme`, `:authority` and
+    /// `:path` of it) and waits for the response head.
+    pub(crate) async fn send(
+        &self,
+        mut request: Request<UpstreamRequestBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        loop {
+            let (mut sender, slot, pooled) = match self.checkout() {
+                Some((sender, slot)) => (sender, slot, true),
+                // Boxed: only new connections pay for the open future's size.
+                None => {
+                    let (sender, slot) = Box::pin(self.open(connect_timeout)).await?;
+                    (sender, slot, false)
+                }
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    return Ok(response.map(|body| UpstreamBody::holding(body, Box::new(slot))))
+                }
+                Err(mut error) => match error.take_message() {
+                    // The connection closed before the request went out: the request is
+                    // intact; try another connection. Bounded: each retry retires one.
+                    Some(unsent) if pooled => {
+                        slot.0.lock().closed = true;
+                        request = unsent;
+                    }
+                    _ => {
+                        let error = error.into_error();
+                        return Err(UpstreamError::classify(&error, false, connect_timeout));
+                    }
+                },
+            }
+        }
+    }
+
+    fn connections(&self) -> MutexGuard<'_, Vec<Pooled>> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place on the oldest open connection with room (so the newer ones empty and close).
+    fn checkout(&self) -> Option<(http2::SendRequest<UpstreamRequestBody>, StreamSlot)> {
+        let mut connections = self.connections();
+        connections.retain(|pooled| !pooled.sender.is_closed() && !pooled.load.lock().closed);
+        connections.iter().find_map(|pooled| {
+            let mut load = pooled.load.lock();
+            if load.streams >= self.max_streams || !pooled.sender.is_ready() {
+                return None;
+            }
+            load.streams += 1;
+            Some((pooled.sender.clone(), StreamSlot(Arc::clone(&pooled.load))))
+        })
+    }
+
+    /// A place on a new connection — or on one another request opened meanwhile.
+    async fn open(
+        &self,
+        limit: Duration,
+    ) -> Result<(http2::SendRequest<UpstreamRequestBody>, StreamSlot), UpstreamError> {
+        let deadline = Instant::now() + limit;
+        let timed_out = |what: &str| UpstreamError::ConnectTimeout {
+            limit,
+            detail: format!("{what} {} within {}s", self.address, limit.as_secs_f64()),
+        };
+        let _opening = tokio::time::timeout_at(deadline, self.opening.lock())
+            .await
+            .map_err(|_| timed_out("no HTTP/2 connection (waiting for another one) to"))?;
+        if let Some(found) = self.checkout() {
+            return Ok(found);
+        }
+        let stream = connect_tcp(&self.address, deadline, limit).await?;
+        let (first_read, first_read_done) = oneshot::channel();
+        let io = TokioIo::new(FirstRead {
+            stream,
+            first: Some(first_read),
+        });
+        let (sender, connection) = tokio::time::timeout_at(deadline, self.builder.handshake(io))
+            .await
+            .map_err(|_| timed_out("no HTTP/2 handshake with"))?
+            .map_err(|error| UpstreamError::classify(&error, true, limit))?;
+        let load = Arc::new(Load::default());
+        // Dropped with `sender` if the upstream fails the set-up: hyper then closes it.
+        tokio::spawn(drive(connection, Arc::clone(&load)));
+        // The upstream's first frame, its SETTINGS, answers the client preface.
+        match tokio::time::timeout_at(deadline, first_read_done).await {
+            Ok(Ok(true)) => {}
+            Ok(_) => {
+                return Err(UpstreamError::Connect {
+                    reason: "the connection was closed before the HTTP/2 handshake",
+                    detail: format!("{}: closed before sending an HTTP/2 preface", self.address),
+                })
+            }
+            Err(_elapsed) => {
+                load.lock().closed = true;
+                return Err(timed_out("no HTTP/2 SETTINGS from"));
+            }
+        }
+        load.lock().streams = 1;
+        let slot = StreamSlot(Arc::clone(&load));
+        self.connections().push(Pooled {
+            sender: sender.clone(),
+            load,
+        });
+        Ok((sender, slot))
+    }
+}
+
+/// Runs a connection until it closes, or until it has carried no stream for [`IDLE_TIMEOUT`]
+/// (then dropping it closes it).
+async fn drive(connection: Connection, load: Arc<Load>) {
+    let mut connection = std::pin::pin!(connection);
+    let idle = tokio::time::sleep(IDLE_TIMEOUT);
+    let mut idle = std::pin::pin!(idle);
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => break,
+            () = idle.as_mut() => {
+                let state = load.lock();
+                if state.closed
+                    || (state.streams == 0 && state.idle_since.elapsed() >= IDLE_TIMEOUT)
+                {
+                    break;
+                }
+                let next = if state.streams == 0 {
+                    state.idle_since + IDLE_TIMEOUT
+                } else {
+                    Instant::now() + IDLE_TIMEOUT
+                };
+                drop(state);
+                idle.as_mut().reset(next);
+            }
+        }
+    }
+    load.lock().closed = true;
+}
+
+/// The upstream's socket, telling once whether its first read brought bytes (`true`) or
+/// ended it (`false`): the upstream answered the client preface, or will not.
+struct FirstRead {
+    stream: TcpStream,
+    first: Option<oneshot::Sender<bool>>,
+}
+
+impl AsyncRead for FirstRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Poll::Ready(result) = &read {
+            if let Some(first) = this.first.take() {
+                let _ = first.send(result.is_ok() && buf.filled().len() > before);
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for FirstRead {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
