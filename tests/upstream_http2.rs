@@ -28,7 +28,8 @@ use test_support::raw_upstream::{RawUpstream, Step};
 const BIN: &str = test_support::proxy_bin!();
 
 async fn h2c(extra: &[&str]) -> Harness {
-    let mut flags = vec!["--upstream-http2"];
+    // One worker: one pool, so that a test knows which connections its requests share.
+    let mut flags = vec!["--upstream-http2", "--worker-threads", "1"];
     flags.extend_from_slice(extra);
     harness::start(Shape::Bare, &flags).await
 }
@@ -154,7 +155,7 @@ async fn held(harness: &Harness) -> (Response<Incoming>, Bytes) {
 
 #[tokio::test]
 async fn streams_beyond_the_cap_open_exactly_one_more_connection() {
-    let h2 = h2c(&["--upstream-http2-max-streams", "2", "--worker-threads", "1"]).await;
+    let h2 = h2c(&["--upstream-http2-max-streams", "2"]).await;
     let mut open = Vec::new();
     for expected_connections in [1, 1, 2, 2] {
         open.push(held(&h2).await);
@@ -196,7 +197,7 @@ async fn stalled_client(proxy: SocketAddr, path: &str, body: &[u8]) -> TcpStream
 
 #[tokio::test]
 async fn clients_that_stop_reading_do_not_block_the_other_streams_of_a_connection() {
-    let h2 = h2c(&["--worker-threads", "1", "--upstream-http2-max-streams", "4"]).await;
+    let h2 = h2c(&["--upstream-http2-max-streams", "4"]).await;
     // Three clients ask for 8 MiB answers (the mock echoes the request) and read none: far
     // more than a stream's window, the socket buffers and the proxy's own hold together.
     let pad = "x".repeat(8 << 20);
@@ -416,7 +417,9 @@ async fn read_all(response: Response<Incoming>) -> Reply {
 async fn after_a_goaway_the_next_request_goes_to_a_new_connection() {
     let script = script(true);
     let addr = h2_upstream(script.clone()).await;
-    let proxy = start_proxy(&format!("http://{addr}/v1"), "bare", &["--upstream-http2"]).await;
+    // One worker: one pool, where the closed connection would be found.
+    let flags = ["--upstream-http2", "--worker-threads", "1"];
+    let proxy = start_proxy(&format!("http://{addr}/v1"), "bare", &flags).await;
 
     let ended = script.ended_notify.notified();
     tokio::pin!(ended);
