@@ -289,6 +289,8 @@ struct Script {
     ended_notify: Arc<Notify>,
     /// After its first stream, the connection says GOAWAY and closes.
     goaway_after_one: bool,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, when not h2's default (unlimited).
+    max_streams: Option<u32>,
 }
 
 /// Starts the hand-made h2c upstream; returns its address.
@@ -313,7 +315,11 @@ async fn h2_upstream(script: Script) -> SocketAddr {
 }
 
 async fn serve_h2(tcp: TcpStream, script: &Script) {
-    let Ok(mut connection) = h2::server::handshake(tcp).await else {
+    let mut builder = h2::server::Builder::new();
+    if let Some(max) = script.max_streams {
+        builder.max_concurrent_streams(max);
+    }
+    let Ok(mut connection) = builder.handshake(tcp).await else {
         return;
     };
     let mut streams = tokio::task::JoinSet::new();
@@ -380,6 +386,7 @@ fn script(goaway_after_one: bool) -> Script {
         ended: Arc::new(AtomicUsize::new(0)),
         ended_notify: Arc::new(Notify::new()),
         goaway_after_one,
+        max_streams: None,
     }
 }
 
@@ -496,6 +503,38 @@ async fn a_stream_reset_mid_sse_ends_that_stream_only() {
         )
     );
     assert_eq!(rest(whole).await, EVENTS[1..].concat());
+}
+
+#[tokio::test]
+async fn an_upstream_that_allows_fewer_streams_than_the_cap_gets_more_connections() {
+    let script = Script {
+        max_streams: Some(1),
+        ..script(false)
+    };
+    let addr = h2_upstream(script.clone()).await;
+    let flags = ["--upstream-http2", "--worker-threads", "1"];
+    let proxy = start_proxy(&format!("http://{addr}/v1"), "bare", &flags).await;
+
+    // Open at once, each on a connection of its own: the upstream takes one stream at a time
+    // (the second would wait for the first one's end, which waits for `go`).
+    let mut open = Vec::new();
+    for expected_connections in [1, 2, 3] {
+        let mut body = send(proxy.addr, "/v1/chat/completions", "whole")
+            .await
+            .into_body();
+        assert_eq!(first_bytes(&mut body, EVENTS[0].len()).await, EVENTS[0]);
+        assert_eq!(script.accepted.load(Ordering::SeqCst), expected_connections);
+        open.push(body);
+    }
+    script.go.notify_waiters();
+    for body in open {
+        let rest = tokio::time::timeout(WAIT, body.collect())
+            .await
+            .expect("the stream ends within the wait bound")
+            .expect("whole")
+            .to_bytes();
+        assert_eq!(rest, EVENTS[1..].concat());
+    }
 }
 
 // === The flag and its variable on the real binary ===

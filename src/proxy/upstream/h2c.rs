@@ -7,6 +7,8 @@
 //!   `SendRequest` neither tells the peer's SETTINGS_MAX_CONCURRENT_STREAMS nor refuses a
 //!   request beyond it — it queues it behind the others. A request takes a place on the oldest
 //!   open connection with room; when every one carries the cap, a new connection is opened.
+//!   A connection's room is the cap, or the upstream's own limit when that is smaller (read
+//!   from the connection after each of its turns, so it applies from the second request on).
 //!   Connections are opened one at a time per worker, so a burst of requests fills the
 //!   connection being opened instead of each opening its own. A stream holds its place until
 //!   its response body ends or is dropped ([`UpstreamBody::holding`]).
@@ -28,6 +30,7 @@
 //! them; workers are single-threaded, so they stay on its thread): a response body is fed by
 //! the connection's task, like the `https://` client's ([`UpstreamBody::from`]).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -80,28 +83,29 @@ struct Pooled {
 }
 
 /// A connection's open streams, shared by the pool, its streams and its task.
-#[derive(Default)]
 struct Load(Mutex<LoadState>);
 
 struct LoadState {
     streams: usize,
+    /// The most streams it takes: the cap, or less when the upstream's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS says so (at least 1).
+    room: usize,
     /// When `streams` last became 0.
     idle_since: Instant,
     /// No more requests go to it.
     closed: bool,
 }
 
-impl Default for LoadState {
-    fn default() -> Self {
-        Self {
+impl Load {
+    fn new(room: usize) -> Self {
+        Self(Mutex::new(LoadState {
             streams: 0,
+            room,
             idle_since: Instant::now(),
             closed: false,
-        }
+        }))
     }
-}
 
-impl Load {
     fn lock(&self) -> MutexGuard<'_, LoadState> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -190,7 +194,7 @@ impl H2cPool {
         connections.retain(|pooled| !pooled.sender.is_closed() && !pooled.load.lock().closed);
         connections.iter().find_map(|pooled| {
             let mut load = pooled.load.lock();
-            if load.streams >= self.max_streams || !pooled.sender.is_ready() {
+            if load.streams >= load.room || !pooled.sender.is_ready() {
                 return None;
             }
             load.streams += 1;
@@ -224,9 +228,9 @@ impl H2cPool {
             .await
             .map_err(|_| timed_out("no HTTP/2 handshake with"))?
             .map_err(|error| UpstreamError::classify(&error, true, limit))?;
-        let load = Arc::new(Load::default());
+        let load = Arc::new(Load::new(self.max_streams));
         // Dropped with `sender` if the upstream fails the set-up: hyper then closes it.
-        tokio::spawn(drive(connection, Arc::clone(&load)));
+        tokio::spawn(drive(connection, Arc::clone(&load), self.max_streams));
         // The upstream's first frame, its SETTINGS, answers the client preface.
         match tokio::time::timeout_at(deadline, first_read_done).await {
             Ok(Ok(true)) => {}
@@ -252,14 +256,21 @@ impl H2cPool {
 }
 
 /// Runs a connection until it closes, or until it has carried no stream for [`IDLE_TIMEOUT`]
-/// (then dropping it closes it).
-async fn drive(connection: Connection, load: Arc<Load>) {
+/// (then dropping it closes it). After each turn it notes the streams the upstream allows
+/// (hyper tells the connection, not its senders), so that the next request does not queue
+/// behind a smaller limit than `cap`; the turns come with the requests it dispatches.
+async fn drive(connection: Connection, load: Arc<Load>, cap: usize) {
     let mut connection = std::pin::pin!(connection);
     let idle = tokio::time::sleep(IDLE_TIMEOUT);
     let mut idle = std::pin::pin!(idle);
+    let mut turn = std::future::poll_fn(|cx| {
+        let polled = connection.as_mut().poll(cx);
+        load.lock().room = connection.current_max_send_streams().clamp(1, cap);
+        polled
+    });
     loop {
         tokio::select! {
-            _ = connection.as_mut() => break,
+            _ = &mut turn => break,
             () = idle.as_mut() => {
                 let state = load.lock();
                 if state.closed
