@@ -117,7 +117,7 @@ pub struct RecordedRequest {
     pub uri: Uri,
     /// HTTP/1.1, or HTTP/2 (h2c prior knowledge).
     pub version: Version,
-    /// `:authority` (h2), else the `Host` header's value.
+    /// `:authority` over HTTP/2; `None` over HTTP/1.1 (origin form: see the `host` header).
     pub authority: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
