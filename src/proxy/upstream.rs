@@ -66,7 +66,7 @@ enum UpstreamClient {
     /// `http://`: HTTP/1.1 connections driven by the requests that use them.
     Own(OwnPool),
     /// `http://` with `--upstream-http2`: multiplexed HTTP/2 connections.
-    H2c(h2c::H2cPool),
+    H2c(Box<h2c::H2cPool>),
     /// `https://`: hyper-util's client, which runs a task per connection.
     Shared(Box<HttpsClient>),
 }
@@ -118,7 +118,7 @@ impl Upstream {
         let client = if config.upstream.is_https() {
             UpstreamClient::Shared(Box::new(shared_client(config, tls)))
         } else if config.upstream_http2 {
-            UpstreamClient::H2c(h2c::H2cPool::new(config))
+            UpstreamClient::H2c(Box::new(h2c::H2cPool::new(config)))
         } else {
             UpstreamClient::Own(OwnPool::new(config))
         };

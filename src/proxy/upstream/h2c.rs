@@ -37,7 +37,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Body;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -47,6 +49,7 @@ use tokio::time::Instant;
 
 use super::transport::{address, connect_tcp, UpstreamError, UpstreamRequestBody, IDLE_TIMEOUT};
 use crate::config::Config;
+use crate::error::BoxError;
 use crate::translate::upstream_body::UpstreamBody;
 
 /// A stream's receive window: what the upstream may send on one stream before the proxy's
@@ -63,22 +66,33 @@ const MAX_HEAD_BYTES: u32 = 8192 + 4096 * 100;
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-type Connection = http2::Connection<TokioIo<FirstRead>, UpstreamRequestBody, TokioExecutor>;
+type Connection<B> = http2::Connection<TokioIo<FirstRead>, B, TokioExecutor>;
+
+/// What a request body must be to go out on a pooled connection (generic for the unit tests).
+pub(crate) trait RequestBody:
+    Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<B> RequestBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{}
 
 /// One worker's HTTP/2 connections to an `http://` upstream: see the module docs.
-pub(crate) struct H2cPool {
+pub(crate) struct H2cPool<B = UpstreamRequestBody> {
     /// `host:port`, what the connections are made to.
     address: String,
     max_streams: usize,
     builder: http2::Builder<TokioExecutor>,
     /// Open connections, oldest first.
-    connections: Mutex<Vec<Pooled>>,
+    connections: Mutex<Vec<Pooled<B>>>,
     /// Held while a connection is opened: one at a time.
     opening: tokio::sync::Mutex<()>,
+    /// A connection without a stream for this long is closed.
+    idle_timeout: Duration,
 }
 
-struct Pooled {
-    sender: http2::SendRequest<UpstreamRequestBody>,
+struct Pooled<B> {
+    sender: http2::SendRequest<B>,
     load: Arc<Load>,
 }
 
@@ -124,7 +138,7 @@ impl Drop for StreamSlot {
     }
 }
 
-impl H2cPool {
+impl<B: RequestBody> H2cPool<B> {
     pub(crate) fn new(config: &Config) -> Self {
         let max_streams = config.upstream_http2_max_streams;
         let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -145,6 +159,7 @@ impl H2cPool {
             builder,
             connections: Mutex::default(),
             opening: tokio::sync::Mutex::const_new(()),
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 
@@ -152,7 +167,7 @@ impl H2cPool {
     /// `:path` of it) and waits for the response head.
     pub(crate) async fn send(
         &self,
-        mut request: Request<UpstreamRequestBody>,
+        mut request: Request<B>,
         connect_timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         loop {
@@ -184,12 +199,12 @@ impl H2cPool {
         }
     }
 
-    fn connections(&self) -> MutexGuard<'_, Vec<Pooled>> {
+    fn connections(&self) -> MutexGuard<'_, Vec<Pooled<B>>> {
         self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A place on the oldest open connection with room (so the newer ones empty and close).
-    fn checkout(&self) -> Option<(http2::SendRequest<UpstreamRequestBody>, StreamSlot)> {
+    fn checkout(&self) -> Option<(http2::SendRequest<B>, StreamSlot)> {
         let mut connections = self.connections();
         connections.retain(|pooled| !pooled.sender.is_closed() && !pooled.load.lock().closed);
         connections.iter().find_map(|pooled| {
@@ -206,7 +221,7 @@ impl H2cPool {
     async fn open(
         &self,
         limit: Duration,
-    ) -> Result<(http2::SendRequest<UpstreamRequestBody>, StreamSlot), UpstreamError> {
+    ) -> Result<(http2::SendRequest<B>, StreamSlot), UpstreamError> {
         let deadline = Instant::now() + limit;
         let timed_out = |what: &str| UpstreamError::ConnectTimeout {
             limit,
@@ -230,7 +245,8 @@ impl H2cPool {
             .map_err(|error| UpstreamError::classify(&error, true, limit))?;
         let load = Arc::new(Load::new(self.max_streams));
         // Dropped with `sender` if the upstream fails the set-up: hyper then closes it.
-        tokio::spawn(drive(connection, Arc::clone(&load), self.max_streams));
+        let limits = (self.max_streams, self.idle_timeout);
+        tokio::spawn(drive(connection, Arc::clone(&load), limits));
         // The upstream's first frame, its SETTINGS, answers the client preface.
         match tokio::time::timeout_at(deadline, first_read_done).await {
             Ok(Ok(true)) => {}
@@ -255,13 +271,17 @@ impl H2cPool {
     }
 }
 
-/// Runs a connection until it closes, or until it has carried no stream for [`IDLE_TIMEOUT`]
+/// Runs a connection until it closes, or until it has carried no stream for `idle_timeout`
 /// (then dropping it closes it). After each turn it notes the streams the upstream allows
 /// (hyper tells the connection, not its senders), so that the next request does not queue
 /// behind a smaller limit than `cap`; the turns come with the requests it dispatches.
-async fn drive(connection: Connection, load: Arc<Load>, cap: usize) {
+async fn drive<B: RequestBody>(
+    connection: Connection<B>,
+    load: Arc<Load>,
+    (cap, idle_timeout): (usize, Duration),
+) {
     let mut connection = std::pin::pin!(connection);
-    let idle = tokio::time::sleep(IDLE_TIMEOUT);
+    let idle = tokio::time::sleep(idle_timeout);
     let mut idle = std::pin::pin!(idle);
     let mut turn = std::future::poll_fn(|cx| {
         let polled = connection.as_mut().poll(cx);
@@ -274,14 +294,14 @@ async fn drive(connection: Connection, load: Arc<Load>, cap: usize) {
             () = idle.as_mut() => {
                 let state = load.lock();
                 if state.closed
-                    || (state.streams == 0 && state.idle_since.elapsed() >= IDLE_TIMEOUT)
+                    || (state.streams == 0 && state.idle_since.elapsed() >= idle_timeout)
                 {
                     break;
                 }
                 let next = if state.streams == 0 {
-                    state.idle_since + IDLE_TIMEOUT
+                    state.idle_since + idle_timeout
                 } else {
-                    Instant::now() + IDLE_TIMEOUT
+                    Instant::now() + idle_timeout
                 };
                 drop(state);
                 idle.as_mut().reset(next);
@@ -343,5 +363,62 @@ impl AsyncWrite for FirstRead {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use http_body_util::{BodyExt, Empty};
+    use tokio::net::TcpListener;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// An h2c upstream answering `ok` to every request; says when its one connection ended.
+    async fn upstream() -> (std::net::SocketAddr, oneshot::Receiver<Instant>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (ended, ended_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut connection = h2::server::handshake(tcp).await.expect("handshake");
+            while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                let mut send = respond
+                    .send_response(Response::new(()), false)
+                    .expect("head");
+                send.send_data(Bytes::from_static(b"ok"), true)
+                    .expect("body");
+            }
+            let _ = ended.send(Instant::now());
+        });
+        (addr, ended_rx)
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_streams_is_closed_after_the_idle_time() {
+        let (addr, ended) = upstream().await;
+        let upstream = format!("http://{addr}/v1");
+        let config =
+            Config::try_parse_from(["envelope-proxy", "--upstream", &upstream]).expect("flags");
+        let mut pool = H2cPool::<Empty<Bytes>>::new(&config);
+        pool.idle_timeout = Duration::from_millis(300);
+        let request = Request::get(format!("{upstream}/models"))
+            .body(Empty::new())
+            .expect("request");
+        let response = tokio::time::timeout(WAIT, pool.send(request, WAIT))
+            .await
+            .expect("within the wait bound")
+            .expect("a response");
+        let body = response.into_body().collect().await.expect("body");
+        assert_eq!(body.to_bytes(), "ok");
+        let idle_from = Instant::now();
+
+        let ended = tokio::time::timeout(WAIT, ended)
+            .await
+            .expect("the idle connection is closed within the wait bound")
+            .expect("the upstream saw it end");
+        assert!(ended >= idle_from + pool.idle_timeout);
+        assert!(pool.checkout().is_none(), "the closed connection is gone");
     }
 }
