@@ -131,6 +131,34 @@ async fn an_upstream_error_is_translated() {
     assert_versions(&h2, Version::HTTP_2);
 }
 
+#[tokio::test]
+async fn head_on_a_translated_route_carries_no_length() {
+    let h2 = harness::start(Shape::Envelope, &["--upstream-http2"]).await;
+    let head = h2
+        .call(Method::HEAD, "/v1/models")
+        .fixture("envelope/models.json", 200)
+        .send()
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    // The upstream's length is its envelope's, not the bare body's a GET gets.
+    assert_eq!(head.header("content-length"), None, "{:?}", head.headers);
+    assert!(head.body.is_empty());
+    let upstream = h2.mock.state.last_request().expect("HEAD went upstream");
+    assert_eq!(upstream.method, Method::HEAD);
+    assert_eq!(upstream.version, Version::HTTP_2);
+    // The connection serves on.
+    let got = h2
+        .get("/v1/models")
+        .fixture("envelope/models.json", 200)
+        .send()
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(
+        got.header("content-length"),
+        Some(got.body.len().to_string().as_str())
+    );
+}
+
 // === The cap on streams per connection ===
 
 /// A held stream (`hold`: the first event, then the rest once released), with its first

@@ -41,6 +41,10 @@ pub struct UpstreamBody {
     unflushed: bool,
     /// Held until the body ends or is dropped (a stream's place on a shared connection).
     held: Option<Box<dyn Send>>,
+    /// The response has no body whatever its head says (HEAD, 204, 304): over HTTP/2 the
+    /// stream may end after the head, in a frame of its own, and its `content-length` would
+    /// otherwise pass for the body's size.
+    bodiless: bool,
 }
 
 impl From<Incoming> for UpstreamBody {
@@ -52,6 +56,7 @@ impl From<Incoming> for UpstreamBody {
             held_error: None,
             unflushed: true,
             held: None,
+            bodiless: false,
         }
     }
 }
@@ -65,18 +70,20 @@ impl UpstreamBody {
             held_error: None,
             unflushed: true,
             held: None,
+            bodiless: false,
         }
     }
 
     /// A body whose connection another task drives, holding `held` until it ends (whole or
-    /// not) or is dropped.
-    pub(crate) fn holding(inner: Incoming, held: Box<dyn Send>) -> Self {
+    /// not) or is dropped; empty from the start when `bodiless`.
+    pub(crate) fn holding(inner: Incoming, held: Box<dyn Send>, bodiless: bool) -> Self {
         Self {
             inner,
             connection: None,
             held_error: None,
             unflushed: true,
             held: Some(held),
+            bodiless,
         }
     }
 
@@ -98,6 +105,10 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         if let Some(error) = this.held_error.take() {
             return Poll::Ready(Some(Err(error)));
+        }
+        if this.bodiless {
+            this.held = None;
+            return Poll::Ready(None);
         }
         let mut drove = false;
         loop {
@@ -145,10 +156,13 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.bodiless || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.bodiless {
+            return SizeHint::with_exact(0);
+        }
         self.inner.size_hint()
     }
 }

@@ -38,7 +38,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -179,9 +179,18 @@ impl<B: RequestBody> H2cPool<B> {
                     (sender, slot, false)
                 }
             };
+            let head = request.method() == Method::HEAD;
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    return Ok(response.map(|body| UpstreamBody::holding(body, Box::new(slot))))
+                    // No body, whatever `content-length` says (hyper's HTTP/1 client knows;
+                    // its HTTP/2 client reports the length as the body's size).
+                    let status = response.status();
+                    let bodiless = head
+                        || status == StatusCode::NO_CONTENT
+                        || status == StatusCode::NOT_MODIFIED;
+                    return Ok(
+                        response.map(|body| UpstreamBody::holding(body, Box::new(slot), bodiless))
+                    );
                 }
                 Err(mut error) => match error.take_message() {
                     // The connection closed before the request went out: the request is
