@@ -287,22 +287,27 @@ done
 # Over HTTP/1.1 each stream costs the proxy two file descriptors (client and upstream
 # connections), so the HTTP/1.1 run is capped by the open-file limit (a sandbox may forbid
 # raising it); the HTTP/2 run multiplexes the clients' streams over 100 connections, so the
-# proxy holds $MANY_STREAMS upstream connections and 100 client ones.
+# proxy holds $MANY_STREAMS upstream connections and 100 client ones. The runs with
+# --upstream-http2 (h1u2, h2u2: the same clients) multiplex the upstream side too, 100 streams
+# per upstream connection, so HTTP/1.1 clients cost one descriptor per stream.
 FD_LIMIT=$(ulimit -n)
 H1_STREAMS=$(( (FD_LIMIT - 100) / 2 < MANY_STREAMS ? (FD_LIMIT - 100) / 2 : MANY_STREAMS ))
-for proto in h1 h2; do
-  n=$MANY_STREAMS flags=()
-  [[ $proto == h1 ]] && n=$H1_STREAMS
+H1U2_STREAMS=$(( FD_LIMIT - 200 < MANY_STREAMS ? FD_LIMIT - 200 : MANY_STREAMS ))
+for run in h1 h2 h1u2 h2u2; do
+  proto=${run%u2} n=$MANY_STREAMS flags=() proxy_flags=() upstream=()
+  [[ $run == h1 ]] && n=$H1_STREAMS
+  [[ $run == h1u2 ]] && n=$H1U2_STREAMS
   [[ $proto == h2 ]] && flags=(--http2 100)
-  log "$n concurrent open streams over $proto (events/bytes/gap ms: $MANY_SHAPE), fresh proxy, fd limit $FD_LIMIT"
-  start_proxy "many$proto" 2 "$SERVER_CPU,$LOAD_CPU"
+  [[ $run == *u2 ]] && proxy_flags=(--upstream-http2) upstream=(upstream=h2c)
+  log "$n concurrent open streams over $proto${proxy_flags[*]:+ with ${proxy_flags[*]}} (events/bytes/gap ms: $MANY_SHAPE), fresh proxy, fd limit $FD_LIMIT"
+  start_proxy "many$run" 2 "$SERVER_CPU,$LOAD_CPU" "${proxy_flags[@]}"
   sleep 0.2
-  pid_var="PID_many$proto" port_var="PORT_many$proto"
+  pid_var="PID_many$run" port_var="PORT_many$run"
   many_idle=$(idle_rss "${!pid_var}")
   line=$("$TOOL" streams --n "$n" --ramp 256 --pid "${!pid_var}" --timeout 120 "${flags[@]}" \
     --url "http://127.0.0.1:${!port_var}/v1/bench/sse/$MANY_SHAPE")
   echo "$line" >&2
-  record kind=streams proto="$proto" idle_rss_kb="$many_idle" $(sed 's/^streams //' <<<"$line")
+  record kind=streams proto="$proto" "${upstream[@]}" idle_rss_kb="$many_idle" $(sed 's/^streams //' <<<"$line")
   kill "${!pid_var}" 2>/dev/null || true
 done
 # The same HTTP/1.1 streams through a fresh nginx (2 workers, proxy_buffering off): the

@@ -160,6 +160,30 @@ pub struct Config {
     )]
     pub require_done: bool,
 
+    /// Speak HTTP/2 with prior knowledge (h2c) to an `http://` upstream: its streams share a few
+    /// multiplexed connections instead of one HTTP/1.1 connection each. No effect on `https://`
+    /// upstreams, where ALPN already picks HTTP/2 when the upstream offers it.
+    #[arg(
+        long,
+        env = "ENVELOPE_PROXY_UPSTREAM_HTTP2",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub upstream_http2: bool,
+
+    /// With --upstream-http2: the most streams sent on one upstream HTTP/2 connection at once;
+    /// a new connection is opened when every open one carries this many.
+    #[arg(
+        long,
+        env = "ENVELOPE_PROXY_UPSTREAM_HTTP2_MAX_STREAMS",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
+    pub upstream_http2_max_streams: u32,
+
     /// Seconds to wait for a TCP (and TLS) connection to the upstream.
     #[arg(long, env = "ENVELOPE_PROXY_CONNECT_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub connect_timeout: Duration,
@@ -499,6 +523,25 @@ mod tests {
         assert_eq!(config.upstream_envelope, None);
         assert!(config.envelopes().unwrap().client().is_standard());
         assert!(config.envelopes().unwrap().same());
+        assert!(!config.upstream_http2);
+        assert_eq!(config.upstream_http2_max_streams, 100);
+    }
+
+    #[test]
+    fn upstream_http2_is_a_switch_that_also_takes_a_value() {
+        let parse = |args: &[&str]| Config::try_parse_from(args).map(|c| c.upstream_http2);
+        assert!(parse(&["envelope-proxy", "--upstream-http2"]).unwrap());
+        assert!(parse(&["envelope-proxy", "--upstream-http2=true"]).unwrap());
+        assert!(!parse(&["envelope-proxy", "--upstream-http2=false"]).unwrap());
+        assert!(parse(&["envelope-proxy", "--upstream-http2=maybe"]).is_err());
+        let streams =
+            |args: &[&str]| Config::try_parse_from(args).map(|c| c.upstream_http2_max_streams);
+        assert_eq!(
+            streams(&["envelope-proxy", "--upstream-http2-max-streams=2"]).unwrap(),
+            2
+        );
+        assert!(streams(&["envelope-proxy", "--upstream-http2-max-streams=0"]).is_err());
+        assert!(streams(&["envelope-proxy", "--upstream-http2-max-streams=10001"]).is_err());
     }
 
     #[test]

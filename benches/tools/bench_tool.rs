@@ -10,7 +10,9 @@
 //! ```
 //!
 //! The upstream does no per-request work beyond routing on the path: bodies are built once per
-//! size and served from a cache, so its cost stays small next to the proxy it measures. Paths
+//! size and served from a cache, so its cost stays small next to the proxy it measures. It
+//! speaks HTTP/1.1, and HTTP/2 to a client that opens with the preface (h2c prior knowledge, the
+//! proxy's `--upstream-http2`), with up to 100,000 concurrent streams per connection. Paths
 //! (below any prefix, e.g. `/v1/bench/json/1024`):
 //!
 //! | path | response |
@@ -39,7 +41,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 fn main() {
@@ -145,13 +147,43 @@ fn upstream(opts: &Opts) {
             };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .serve_connection(TokioIo::new(stream), service_fn(serve))
-                    .await;
+                if speaks_h2(&stream).await {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .max_concurrent_streams(H2_MAX_STREAMS)
+                        .serve_connection(TokioIo::new(stream), service_fn(serve))
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .serve_connection(TokioIo::new(stream), service_fn(serve))
+                        .await;
+                }
             });
         }
     });
+}
+
+/// Streams an HTTP/2 client (the proxy's `--upstream-http2`) may open on one connection: more
+/// than any proxy under test sends, so the upstream never queues.
+const H2_MAX_STREAMS: u32 = 100_000;
+
+/// Whether the connection opens with the HTTP/2 client preface (prior knowledge, h2c): its
+/// first bytes, peeked, so the HTTP/1.1 path reads the socket exactly as before.
+async fn speaks_h2(stream: &TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; PREFACE.len()];
+    // Bounded: each peek waits for more bytes, and the preface arrives in one segment.
+    for _ in 0..PREFACE.len() {
+        match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n >= PREFACE.len() || !PREFACE.starts_with(&first[..n]) => {
+                return first[..n] == *PREFACE;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+    false
 }
 
 async fn serve(request: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {

@@ -268,7 +268,9 @@ for many in many_runs:
         target(f"{many.get('n')} concurrent streams through {many['server']} (baseline), clients over h1",
                "—", detail, None)
         continue
-    target(f"{many.get('n')} concurrent streams, clients over {many.get('proto', 'h1')}",
+    # The --upstream-http2 runs are extra rows; the others keep their labels.
+    upstream = ", --upstream-http2" if many.get("upstream") == "h2c" else ""
+    target(f"{many.get('n')} concurrent streams, clients over {many.get('proto', 'h1')}{upstream}",
            "10,000, none dropped, RSS ≤ 64 MB", detail,
            many.get("dropped") == 0 and rss_mb <= 64 and many.get("n", 0) >= 10000)
 if idle:
@@ -299,8 +301,10 @@ for r in by_kind("ssecpu"):
                         f"{r.get('ok')} of {r.get('streams', '?')} streams completed")
 for r in many_runs:
     if r.get("dropped", 0) or r.get("completed", 0) != r.get("n"):
+        upstream = " (--upstream-http2)" if r.get("upstream") == "h2c" else ""
         failures.append(f"{r.get('n')} concurrent streams through {r.get('server', 'envelope-proxy')} over "
-                        f"{r.get('proto', 'h1')}: {r.get('completed')} completed, {r.get('dropped')} dropped")
+                        f"{r.get('proto', 'h1')}{upstream}: {r.get('completed')} completed, "
+                        f"{r.get('dropped')} dropped")
 out.append("")
 if failures:
     out.extend(f"load: FAILED: {f}" for f in failures)

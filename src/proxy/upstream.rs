@@ -8,16 +8,16 @@
 //!   separates the socket from the response. A body that ended whole gives its connection back
 //!   for the next request (most recently used first); idle connections are checked before use
 //!   and dropped after 90 s.
+//! - `http://` upstreams with `--upstream-http2`: HTTP/2 with prior knowledge (h2c), the
+//!   streams multiplexed over a few connections per worker (`upstream/h2c.rs`).
 //! - `https://` upstreams: hyper-util's pooled client with rustls and ALPN (HTTP/2 when the
 //!   upstream offers it, else HTTP/1.1).
 //!
-//! `--connect-timeout` bounds the whole connection set-up — DNS, TCP and the TLS handshake —
-//! so an upstream that accepts TCP and then stays silent is a connect timeout, not a
-//! response timeout. Transport failures are classified once here into [`UpstreamError`]: its
-//! `Display` (for the log) keeps every detail of the cause; [`UpstreamError::to_api_error`]
-//! decides the status and the message the client sees, which never carry OS error text.
+//! `--connect-timeout` bounds the whole connection set-up — DNS, TCP and the TLS (or HTTP/2)
+//! handshake — so an upstream that accepts TCP and then stays silent is a connect timeout, not
+//! a response timeout. Transport failures are classified once into [`UpstreamError`]
+//! (`upstream/transport.rs`, with the TCP connection both `http://` pools share).
 
-use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -31,7 +31,6 @@ use std::task::Waker;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
-use http_body_util::{LengthLimitError, Limited};
 use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -41,17 +40,17 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::error::{describe_chain, BoxError};
-use crate::error::{ApiError, ErrorCode};
+use crate::error::BoxError;
 use crate::translate::upstream_body::{DriveConnection, UpstreamBody};
 
-/// The request body sent upstream: the client's body, streamed, with the size limit applied.
-pub(crate) type UpstreamRequestBody = Limited<crate::proxy::request_body::ClientBody>;
+mod h2c;
+mod transport;
+
+pub(crate) use transport::UpstreamError;
+use transport::{address, connect_tcp, UpstreamRequestBody, IDLE_TIMEOUT};
 
 type HttpsClient = Client<ConnectDeadline<HttpsConnector<HttpConnector>>, UpstreamRequestBody>;
 
-/// How long an idle pooled connection is kept (hyper-util's default, kept for `https://`).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The most idle connections one worker keeps; the oldest go first.
 const MAX_IDLE: usize = 256;
 
@@ -65,6 +64,8 @@ pub struct Upstream {
 enum UpstreamClient {
     /// `http://`: HTTP/1.1 connections driven by the requests that use them.
     Own(OwnPool),
+    /// `http://` with `--upstream-http2`: multiplexed HTTP/2 connections.
+    H2c(Box<h2c::H2cPool>),
     /// `https://`: hyper-util's client, which runs a task per connection.
     Shared(Box<HttpsClient>),
 }
@@ -115,6 +116,8 @@ impl Upstream {
     pub fn new(config: &Config, tls: rustls::ClientConfig) -> Self {
         let client = if config.upstream.is_https() {
             UpstreamClient::Shared(Box::new(shared_client(config, tls)))
+        } else if config.upstream_http2 {
+            UpstreamClient::H2c(Box::new(h2c::H2cPool::new(config)))
         } else {
             UpstreamClient::Own(OwnPool::new(config))
         };
@@ -133,6 +136,7 @@ impl Upstream {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match &self.client {
             UpstreamClient::Own(pool) => pool.send(request, self.connect_timeout).await,
+            UpstreamClient::H2c(pool) => pool.send(request, self.connect_timeout).await,
             UpstreamClient::Shared(client) => match client.request(request).await {
                 Ok(response) => Ok(response.map(UpstreamBody::from)),
                 Err(error) => Err(UpstreamError::classify(
@@ -196,13 +200,12 @@ struct Idle {
 impl OwnPool {
     fn new(config: &Config) -> Self {
         let authority = &config.upstream.authority;
-        let port = authority.port_u16().unwrap_or(80);
         let host = match authority.port_u16() {
             Some(port) if port != 80 => format!("{}:{port}", authority.host()),
             _ => authority.host().to_owned(),
         };
         Self {
-            address: format!("{}:{port}", authority.host()),
+            address: address(config),
             host: HeaderValue::try_from(host).unwrap_or_else(|_| HeaderValue::from_static("")),
             idle: Arc::default(),
         }
@@ -296,38 +299,7 @@ impl OwnPool {
 
     /// A new connection: resolve, TCP, handshake, all within `--connect-timeout`.
     async fn connect(&self, limit: Duration) -> Result<Idle, UpstreamError> {
-        let connecting = async {
-            let stream = TcpStream::connect(self.address.as_str()).await?;
-            stream.set_nodelay(true)?;
-            Ok::<_, io::Error>(stream)
-        };
-        let stream = match tokio::time::timeout(limit, connecting).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                let reason = match error.kind() {
-                    io::ErrorKind::ConnectionRefused => "the connection was refused",
-                    // getaddrinfo's failures have no kind of their own.
-                    _ if error.to_string().contains("lookup") => {
-                        "the host name could not be resolved"
-                    }
-                    _ => "the connection could not be established",
-                };
-                return Err(UpstreamError::Connect {
-                    reason,
-                    detail: format!("{}: {error}", self.address),
-                });
-            }
-            Err(_elapsed) => {
-                return Err(UpstreamError::ConnectTimeout {
-                    limit,
-                    detail: format!(
-                        "no connection (DNS and TCP) to {} within {}s",
-                        self.address,
-                        limit.as_secs_f64()
-                    ),
-                })
-            }
-        };
+        let stream = connect_tcp(&self.address, Instant::now() + limit, limit).await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -367,128 +339,5 @@ impl DriveConnection for InUse {
             connection,
             since: Instant::now(),
         });
-    }
-}
-/// Why the upstream did not produce response headers. `Display` is the log's text, with the
-/// full cause; clients get [`UpstreamError::to_api_error`].
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum UpstreamError {
-    #[error("upstream unreachable: {detail}")]
-    Connect {
-        /// What the client is told, e.g. "the connection was refused".
-        reason: &'static str,
-        detail: String,
-    },
-    #[error("upstream connect timed out after {}s: {detail}", .limit.as_secs_f64())]
-    ConnectTimeout { limit: Duration, detail: String },
-    #[error("upstream TLS handshake failed: {0}")]
-    Tls(String),
-    #[error("upstream did not send response headers within {}s", .0.as_secs_f64())]
-    ResponseTimeout(Duration),
-    #[error("request body exceeds the limit")]
-    RequestBodyTooLarge,
-    #[error("upstream connection failed: {0}")]
-    Other(String),
-}
-
-impl UpstreamError {
-    fn classify(
-        error: &(dyn StdError + 'static),
-        is_connect: bool,
-        connect_timeout: Duration,
-    ) -> Self {
-        let chain = describe_chain(error);
-        let mut connect_reason = "the connection could not be established";
-        let mut source: Option<&(dyn StdError + 'static)> = Some(error);
-        while let Some(current) = source {
-            if current.is::<LengthLimitError>() {
-                return UpstreamError::RequestBodyTooLarge;
-            }
-            // hyper-rustls may hand the rustls error on as it is.
-            if let Some(tls) = current.downcast_ref::<rustls::Error>() {
-                return UpstreamError::Tls(tls.to_string());
-            }
-            if let Some(io_error) = current.downcast_ref::<io::Error>() {
-                // tokio-rustls hides the rustls error inside an io::Error, and hyper-rustls wraps
-                // that in another one; source() skips both, so look inside each layer.
-                let mut inner = io_error.get_ref();
-                while let Some(layer) = inner {
-                    if let Some(tls) = layer.downcast_ref::<rustls::Error>() {
-                        return UpstreamError::Tls(tls.to_string());
-                    }
-                    inner = layer
-                        .downcast_ref::<io::Error>()
-                        .and_then(io::Error::get_ref);
-                }
-                if io_error.kind() == io::ErrorKind::TimedOut && is_connect {
-                    return UpstreamError::ConnectTimeout {
-                        limit: connect_timeout,
-                        detail: chain,
-                    };
-                }
-                if io_error.kind() == io::ErrorKind::ConnectionRefused {
-                    connect_reason = "the connection was refused";
-                }
-            }
-            // hyper-util's resolver error has no public type; its text names it.
-            if current.to_string().starts_with("dns error") {
-                connect_reason = "the host name could not be resolved";
-            }
-            source = current.source();
-        }
-        if is_connect {
-            UpstreamError::Connect {
-                reason: connect_reason,
-                detail: chain,
-            }
-        } else {
-            UpstreamError::Other(chain)
-        }
-    }
-
-    /// What the client is told: the status, a code and a message without OS error details
-    /// (those are in the log, from `Display`).
-    pub(crate) fn to_api_error(&self, max_request_body: u64) -> ApiError {
-        let (code, message) = match self {
-            UpstreamError::Connect { reason, .. } => (
-                ErrorCode::UpstreamUnreachable,
-                format!("upstream unreachable: {reason}"),
-            ),
-            // The rustls error names the TLS problem (certificate, protocol), no OS detail.
-            UpstreamError::Tls(_) => (
-                ErrorCode::UpstreamTlsError,
-                self.to_string(),
-            ),
-            UpstreamError::Other(_) => (
-                ErrorCode::UpstreamError,
-                "upstream connection failed: the upstream closed or reset the connection before answering".to_owned(),
-            ),
-            UpstreamError::ConnectTimeout { limit, .. } => (
-                ErrorCode::UpstreamConnectTimeout,
-                format!(
-                    "upstream connect timed out: no connection within {}s (--connect-timeout)",
-                    limit.as_secs_f64()
-                ),
-            ),
-            UpstreamError::ResponseTimeout(_) => (
-                ErrorCode::UpstreamTimeout,
-                self.to_string(),
-            ),
-            UpstreamError::RequestBodyTooLarge => {
-                return ApiError::request_too_large(max_request_body)
-            }
-        };
-        ApiError::proxy(code, message)
-    }
-
-    /// A short label for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            UpstreamError::Connect { .. } => "connect",
-            UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout(_) => "timeout",
-            UpstreamError::Tls(_) => "tls",
-            UpstreamError::RequestBodyTooLarge => "request_too_large",
-            UpstreamError::Other(_) => "reset",
-        }
     }
 }

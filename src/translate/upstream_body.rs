@@ -7,6 +7,10 @@
 //! chunks of one upstream read reach the client as fast as hyper can take them — without a
 //! task switch per chunk, and without a flush of the client's socket between them — and when
 //! the body has ended whole, the connection goes back to its pool.
+//!
+//! A body on a multiplexed upstream HTTP/2 connection (`--upstream-http2`) holds its stream's
+//! place in that connection's count instead (see [`UpstreamBody::holding`]) until it ends or is
+//! dropped.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,6 +39,12 @@ pub struct UpstreamBody {
     /// The response head, or data, was handed out since the last `Pending`: the server may
     /// not have flushed it yet.
     unflushed: bool,
+    /// Held until the body ends or is dropped (a stream's place on a shared connection).
+    held: Option<Box<dyn Send>>,
+    /// The response has no body whatever its head says (HEAD, 204, 304): over HTTP/2 the
+    /// stream may end after the head, in a frame of its own, and its `content-length` would
+    /// otherwise pass for the body's size.
+    bodiless: bool,
 }
 
 impl From<Incoming> for UpstreamBody {
@@ -45,6 +55,8 @@ impl From<Incoming> for UpstreamBody {
             connection: None,
             held_error: None,
             unflushed: true,
+            held: None,
+            bodiless: false,
         }
     }
 }
@@ -57,6 +69,21 @@ impl UpstreamBody {
             connection: Some(connection),
             held_error: None,
             unflushed: true,
+            held: None,
+            bodiless: false,
+        }
+    }
+
+    /// A body whose connection another task drives, holding `held` until it ends (whole or
+    /// not) or is dropped; empty from the start when `bodiless`.
+    pub(crate) fn holding(inner: Incoming, held: Box<dyn Send>, bodiless: bool) -> Self {
+        Self {
+            inner,
+            connection: None,
+            held_error: None,
+            unflushed: true,
+            held: Some(held),
+            bodiless,
         }
     }
 
@@ -79,16 +106,22 @@ impl Body for UpstreamBody {
         if let Some(error) = this.held_error.take() {
             return Poll::Ready(Some(Err(error)));
         }
+        if this.bodiless {
+            this.held = None;
+            return Poll::Ready(None);
+        }
         let mut drove = false;
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(None) => {
                     this.release();
+                    this.held = None;
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(error))) => {
                     // A connection that broke its body is of no further use.
                     this.connection = None;
+                    this.held = None;
                     if !this.unflushed {
                         return Poll::Ready(Some(Err(error)));
                     }
@@ -123,10 +156,13 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.bodiless || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.bodiless {
+            return SizeHint::with_exact(0);
+        }
         self.inner.size_hint()
     }
 }

@@ -115,6 +115,10 @@ pub struct RecordedRequest {
     pub method: Method,
     /// Path and query as received (origin form, also for h2).
     pub uri: Uri,
+    /// HTTP/1.1, or HTTP/2 (h2c prior knowledge).
+    pub version: Version,
+    /// `:authority` over HTTP/2; `None` over HTTP/1.1 (origin form: see the `host` header).
+    pub authority: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -147,6 +151,7 @@ pub struct MockState {
     client_gone_notify: Notify,
     verbose: AtomicBool,
     shutdown: watch::Receiver<()>,
+    connections: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -166,6 +171,7 @@ impl MockState {
             client_gone_notify: Notify::new(),
             verbose: AtomicBool::new(false),
             shutdown,
+            connections: AtomicUsize::new(0),
         }
     }
 
@@ -211,6 +217,11 @@ impl MockState {
             }
         };
         tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Log one line per request to stderr.
@@ -308,6 +319,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<MockState>) {
             _ = state.shutdown_signal() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    state.connections.fetch_add(1, Ordering::SeqCst);
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(serve_connection(stream, state.clone()));
                 }
@@ -457,6 +469,8 @@ async fn handle(
     let recorded = RecordedRequest {
         method: parts.method.clone(),
         uri: uri.clone(),
+        version: parts.version,
+        authority: parts.uri.authority().map(|a| a.to_string()),
         headers: parts.headers.clone(),
         body: body.clone(),
     };
