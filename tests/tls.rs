@@ -155,6 +155,58 @@ async fn the_proxy_reaches_an_https_upstream_signed_by_a_private_ca() {
 }
 
 #[tokio::test]
+async fn an_https_upstream_over_h2_answers_a_head_on_a_translated_route_without_a_length() {
+    let dir = TempDir::new("tls-h2-head");
+    let ca = TestCa::new("upstream h2 CA");
+    // The mock speaks h2c behind the front, so ALPN's `h2` is HTTP/2 end to end.
+    let mock = mock_upstream::start(Shape::Envelope).await;
+    let front = pki::tls_front_with_alpn(mock.addr, &ca.server(), None, &[b"h2"]).await;
+    let ca_file = ca.write(&dir.0, "ca.pem");
+    let proxy = start_proxy(
+        &upstream_url(&front),
+        "envelope",
+        &["--upstream-ca", ca_file.to_str().unwrap()],
+    )
+    .await;
+    let head = Request::head(format!("http://{}/v1/models", proxy.addr))
+        .header("x-mock-fixture", "envelope/models.json")
+        .header("x-mock-status", "200")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, harness::client().request(head))
+        .await
+        .expect("response within the wait bound")
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let upstream = mock.state.last_request().expect("HEAD went upstream");
+    assert_eq!(upstream.version, Version::HTTP_2);
+    // The upstream's length is its envelope's, not the bare body's a GET gets.
+    assert_eq!(
+        response.headers().get("content-length"),
+        None,
+        "{:?}",
+        response.headers()
+    );
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert!(body.is_empty());
+    // The same route's GET: the bare payload, with its own length.
+    let reply = plain_get(proxy.addr, "/v1/models").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply
+            .headers
+            .get("content-length")
+            .map(|v| v.to_str().unwrap()),
+        Some(reply.body.len().to_string().as_str())
+    );
+}
+
+#[tokio::test]
 async fn a_wrong_upstream_ca_is_a_502_in_the_clients_dialect_naming_the_tls_error() {
     let dir = TempDir::new("tls-wrong");
     let (_mock, front) = https_upstream(&TestCa::new("the real CA"), None).await;

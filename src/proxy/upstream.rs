@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::BoxError;
-use crate::translate::upstream_body::{DriveConnection, UpstreamBody};
+use crate::translate::upstream_body::{has_no_body, DriveConnection, UpstreamBody};
 
 mod h2c;
 mod transport;
@@ -137,14 +137,22 @@ impl Upstream {
         match &self.client {
             UpstreamClient::Own(pool) => pool.send(request, self.connect_timeout).await,
             UpstreamClient::H2c(pool) => pool.send(request, self.connect_timeout).await,
-            UpstreamClient::Shared(client) => match client.request(request).await {
-                Ok(response) => Ok(response.map(UpstreamBody::from)),
-                Err(error) => Err(UpstreamError::classify(
-                    &error,
-                    error.is_connect(),
-                    self.connect_timeout,
-                )),
-            },
+            UpstreamClient::Shared(client) => {
+                let head = request.method() == http::Method::HEAD;
+                match client.request(request).await {
+                    Ok(response) => {
+                        // Over HTTP/2 hyper reports a HEAD's (or 304's) `content-length` as
+                        // its body's size: the body is marked empty, as on the h2c path.
+                        let bodiless = has_no_body(head, response.status());
+                        Ok(response.map(|body| UpstreamBody::from(body).bodiless(bodiless)))
+                    }
+                    Err(error) => Err(UpstreamError::classify(
+                        &error,
+                        error.is_connect(),
+                        self.connect_timeout,
+                    )),
+                }
+            }
         }
     }
 

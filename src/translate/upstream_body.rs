@@ -47,6 +47,13 @@ pub struct UpstreamBody {
     bodiless: bool,
 }
 
+/// True for a response that has no body whatever its head says: the answer to a HEAD, a 204
+/// or a 304. hyper's HTTP/1 client knows; its HTTP/2 client reports a `content-length` as the
+/// body's size.
+pub(crate) fn has_no_body(head: bool, status: http::StatusCode) -> bool {
+    head || status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED
+}
+
 impl From<Incoming> for UpstreamBody {
     /// A body whose connection another task drives.
     fn from(inner: Incoming) -> Self {
@@ -72,6 +79,12 @@ impl UpstreamBody {
             held: None,
             bodiless: false,
         }
+    }
+
+    /// Empty from the start when `bodiless` (see [`has_no_body`]).
+    pub(crate) fn bodiless(mut self, bodiless: bool) -> Self {
+        self.bodiless = bodiless;
+        self
     }
 
     /// A body whose connection another task drives, holding `held` until it ends (whole or

@@ -38,7 +38,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body::Body;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -50,7 +50,7 @@ use tokio::time::Instant;
 use super::transport::{address, connect_tcp, UpstreamError, UpstreamRequestBody, IDLE_TIMEOUT};
 use crate::config::Config;
 use crate::error::BoxError;
-use crate::translate::upstream_body::UpstreamBody;
+use crate::translate::upstream_body::{has_no_body, UpstreamBody};
 
 /// A stream's receive window: what the upstream may send on one stream before the proxy's
 /// client has taken it (RFC 9113's initial 65,535, rounded to 64 KiB).
@@ -184,10 +184,7 @@ impl<B: RequestBody> H2cPool<B> {
                 Ok(response) => {
                     // No body, whatever `content-length` says (hyper's HTTP/1 client knows;
                     // its HTTP/2 client reports the length as the body's size).
-                    let status = response.status();
-                    let bodiless = head
-                        || status == StatusCode::NO_CONTENT
-                        || status == StatusCode::NOT_MODIFIED;
+                    let bodiless = has_no_body(head, response.status());
                     return Ok(
                         response.map(|body| UpstreamBody::holding(body, Box::new(slot), bodiless))
                     );

@@ -142,7 +142,18 @@ pub struct TlsFront {
 }
 
 /// Serves `pair`; with `client_ca`, requires a client certificate signed by it (mTLS).
+/// Offers HTTP/1.1 only in ALPN.
 pub async fn tls_front(backend: SocketAddr, pair: &Pair, client_ca: Option<&TestCa>) -> TlsFront {
+    tls_front_with_alpn(backend, pair, client_ca, &[b"http/1.1"]).await
+}
+
+/// [`tls_front`] offering `alpn` (e.g. `h2` first: the backend must then speak h2c).
+pub async fn tls_front_with_alpn(
+    backend: SocketAddr,
+    pair: &Pair,
+    client_ca: Option<&TestCa>,
+    alpn: &[&[u8]],
+) -> TlsFront {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("TLS versions");
@@ -161,7 +172,7 @@ pub async fn tls_front(backend: SocketAddr, pair: &Pair, client_ca: Option<&Test
     let mut config = builder
         .with_single_cert(pair.chain(), pair.key())
         .expect("server certificate");
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
