@@ -831,3 +831,59 @@ async fn connect_errors_reach_clients_without_os_details() {
         )
     );
 }
+
+// === Bounded buffers ===
+
+/// A response head of about `size` bytes: `COMPLETION` with one header that long.
+fn head_of(size: usize) -> Vec<u8> {
+    let filler = "a".repeat(size);
+    response(
+        "200 OK",
+        &[
+            ("content-type", "application/json"),
+            ("x-filler", &filler),
+            ("connection", "close"),
+        ],
+        COMPLETION,
+    )
+}
+
+/// An upstream connection's read buffer is capped at 64 KiB (as nginx's and haproxy's
+/// buffers are), and so is the response head it takes: one that fits passes whole, a larger
+/// one is a 502 in the client's dialect that says so. (A head a little over 64 KiB may still
+/// get through when it arrives in one read; one over twice that never does.)
+#[tokio::test]
+async fn a_response_head_larger_than_the_read_buffer_is_a_502() {
+    let up = answering(head_of(60 * 1024)).await;
+    let proxy = proxy_for(&up, "bare").await;
+    let got = post(&proxy, "/v1/chat/completions", "head-fits").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.header("x-filler").map(str::len), Some(60 * 1024));
+    assert_eq!(got.body(), COMPLETION);
+
+    let message = "upstream response head is larger than 64 KiB, the most the proxy reads";
+    let up = answering(head_of(200 * 1024)).await;
+    let proxy = proxy_for(&up, "bare").await;
+    let got = post(&proxy, "/api/v1/chat/completions", "head-too-large").await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        got.json(),
+        envelope_error(
+            502,
+            message,
+            "upstream_error",
+            json!("upstream_invalid_response")
+        )
+    );
+    assert_eq!(outcome("head-too-large").await, "upstream_error");
+    let got = post(&proxy, "/v1/chat/completions", "head-too-large-bare").await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        got.json(),
+        bare_error(
+            message,
+            "upstream_error",
+            json!("upstream_invalid_response")
+        )
+    );
+}

@@ -2,7 +2,7 @@
 //! (h2 and http/1.1), the proxy to an HTTPS upstream signed by a private CA, a wrong CA, mTLS
 //! to the upstream, and SIGHUP certificate reloads on the real binary.
 
-use test_support::{harness, mock_upstream, pki, process};
+use test_support::{harness, mock_upstream, pki, process, raw_upstream};
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -152,6 +152,38 @@ async fn the_proxy_reaches_an_https_upstream_signed_by_a_private_ca() {
     let reply = plain_get(proxy.addr, "/api/v1/models").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body, harness::wrapped(&fixture("bare/models.json")));
+}
+
+/// The `https://` client's HTTP/1.1 connections read at most 64 KiB at once too: a response
+/// head larger than that is a 502 that says so.
+#[tokio::test]
+async fn an_https_upstream_with_a_head_larger_than_the_read_buffer_is_a_502() {
+    use raw_upstream::{response, RawUpstream, Step};
+    let dir = TempDir::new("tls-big-head");
+    let ca = TestCa::new("upstream big head CA");
+    let filler = "a".repeat(200 * 1024);
+    let bytes = response(
+        "200 OK",
+        &[("content-type", "application/json"), ("x-filler", &filler)],
+        b"{}",
+    );
+    let raw = RawUpstream::start(vec![Step::ReadRequest, Step::send(bytes), Step::Close]).await;
+    let front = tls_front(raw.addr, &ca.server(), None).await;
+    let ca_file = ca.write(&dir.0, "ca.pem");
+    let proxy = start_proxy(
+        &upstream_url(&front),
+        "bare",
+        &["--upstream-ca", ca_file.to_str().unwrap()],
+    )
+    .await;
+    let reply = plain_get(proxy.addr, "/v1/models").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&reply.body).expect("JSON"),
+        json!({"error": {
+            "message": "upstream response head is larger than 64 KiB, the most the proxy reads",
+            "type": "upstream_error", "param": null, "code": "upstream_invalid_response"}})
+    );
 }
 
 #[tokio::test]

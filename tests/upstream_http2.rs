@@ -360,9 +360,12 @@ async fn serve_h2(tcp: TcpStream, script: &Script) {
             .to_owned();
         let go = Arc::clone(&script.go);
         let stream = async move {
-            let sse = case != "json";
+            let sse = case != "json" && case != "big-head";
+            // `big-head`: a header list of 70 KiB, beyond the 64 KiB the proxy takes.
+            let filler = "a".repeat(if case == "big-head" { 70 * 1024 } else { 0 });
             let head = Response::builder()
                 .status(200)
+                .header("x-filler", filler)
                 .header(
                     "content-type",
                     if sse {
@@ -405,6 +408,35 @@ async fn serve_h2(tcp: TcpStream, script: &Script) {
         // Reap the finished ones; the rest run while accept() drives the connection.
         while streams.try_join_next().is_some() {}
     }
+}
+
+/// The response head is bounded over HTTP/2 as over HTTP/1.1 (64 KiB): h2 resets the stream
+/// of a larger one, which is a 502 (h2's error names no cause more specific than a protocol
+/// error), and the connection goes on serving the next request.
+#[tokio::test]
+async fn a_response_head_larger_than_the_limit_is_a_502() {
+    let script = script(false);
+    let upstream = h2_upstream(script.clone()).await;
+    let proxy = start_proxy(
+        &format!("http://{upstream}"),
+        "bare",
+        &["--upstream-http2", "--worker-threads", "1"],
+    )
+    .await;
+    let got = read_all(send(proxy.addr, "/v1/chat/completions", "big-head").await).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        got.json(),
+        bare_error(
+            "upstream connection failed: the upstream closed or reset the connection before answering",
+            "upstream_error",
+            json!("upstream_error")
+        )
+    );
+    let got = read_all(send(proxy.addr, "/v1/chat/completions", "json").await).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body, &br#"{"id":"c1"}"#[..]);
+    assert_eq!(script.accepted.load(Ordering::SeqCst), 1, "one connection");
 }
 
 fn script(goaway_after_one: bool) -> Script {

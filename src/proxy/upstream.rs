@@ -47,7 +47,7 @@ mod h2c;
 mod transport;
 
 pub(crate) use transport::UpstreamError;
-use transport::{address, connect_tcp, UpstreamRequestBody, IDLE_TIMEOUT};
+use transport::{address, connect_tcp, UpstreamRequestBody, IDLE_TIMEOUT, UPSTREAM_READ_BUFFER};
 
 type HttpsClient = Client<ConnectDeadline<HttpsConnector<HttpConnector>>, UpstreamRequestBody>;
 
@@ -184,6 +184,7 @@ fn shared_client(config: &Config, tls: rustls::ClientConfig) -> HttpsClient {
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(IDLE_TIMEOUT)
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
         .build(connector)
 }
 
@@ -309,6 +310,7 @@ impl OwnPool {
     async fn connect(&self, limit: Duration) -> Result<Idle, UpstreamError> {
         let stream = connect_tcp(&self.address, Instant::now() + limit, limit).await?;
         let (sender, connection) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_READ_BUFFER)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|error| UpstreamError::classify(&error, true, limit))?;

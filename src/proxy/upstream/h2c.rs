@@ -47,7 +47,9 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::transport::{address, connect_tcp, UpstreamError, UpstreamRequestBody, IDLE_TIMEOUT};
+use super::transport::{
+    address, connect_tcp, UpstreamError, UpstreamRequestBody, IDLE_TIMEOUT, UPSTREAM_READ_BUFFER,
+};
 use crate::config::Config;
 use crate::error::BoxError;
 use crate::translate::upstream_body::{has_no_body, UpstreamBody};
@@ -57,9 +59,8 @@ use crate::translate::upstream_body::{has_no_body, UpstreamBody};
 const STREAM_WINDOW: u32 = 64 * 1024;
 /// Request body bytes buffered per stream for sending.
 const MAX_SEND_BUF: usize = 64 * 1024;
-/// The largest response head, as on the HTTP/1.1 path: hyper's HTTP/1 client reads a head
-/// into a buffer of at most this size (its default `max_buf_size`, which that path keeps).
-const MAX_HEAD_BYTES: u32 = 8192 + 4096 * 100;
+/// The largest response head, as on the HTTP/1.1 path (whose read buffer bounds it).
+const MAX_HEAD_BYTES: u32 = UPSTREAM_READ_BUFFER as u32;
 /// Pings on a connection without traffic: a dead connection (a host gone without a FIN) is
 /// found within interval + timeout, instead of a request waiting for --response-timeout on
 /// it — and one dead connection carries many streams.

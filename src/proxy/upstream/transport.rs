@@ -22,6 +22,13 @@ pub(crate) type UpstreamRequestBody = Limited<crate::proxy::request_body::Client
 /// How long an idle pooled connection is kept (hyper-util's default, kept for `https://`).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The most an upstream connection reads at once, and so the largest response head it takes
+/// (nginx and haproxy bound theirs by their buffers too). hyper's HTTP/1 client doubles its
+/// read buffer while reads fill it, up to this — its default, about 400 KiB, would then stay
+/// allocated for the connection's life, as would a client connection's write buffer, which
+/// takes each read whole as one body frame.
+pub(crate) const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+
 /// `host:port` of an `http://` upstream, what its connections are made to.
 pub(super) fn address(config: &Config) -> String {
     let authority = &config.upstream.authority;
@@ -78,6 +85,9 @@ pub(crate) enum UpstreamError {
     ConnectTimeout { limit: Duration, detail: String },
     #[error("upstream TLS handshake failed: {0}")]
     Tls(String),
+    /// The response head did not fit in [`UPSTREAM_READ_BUFFER`].
+    #[error("upstream response head exceeds the read buffer: {0}")]
+    HeadTooLarge(String),
     #[error("upstream did not send response headers within {}s", .0.as_secs_f64())]
     ResponseTimeout(Duration),
     #[error("request body exceeds the limit")]
@@ -98,6 +108,14 @@ impl UpstreamError {
         while let Some(current) = source {
             if current.is::<LengthLimitError>() {
                 return UpstreamError::RequestBodyTooLarge;
+            }
+            // The head filled the read buffer (HTTP/1.1; over HTTP/2, h2 resets the stream with
+            // a protocol error of its own, which says nothing more specific).
+            if current
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_parse_too_large)
+            {
+                return UpstreamError::HeadTooLarge(chain);
             }
             // hyper-rustls may hand the rustls error on as it is.
             if let Some(tls) = current.downcast_ref::<rustls::Error>() {
@@ -154,6 +172,13 @@ impl UpstreamError {
                 ErrorCode::UpstreamTlsError,
                 self.to_string(),
             ),
+            UpstreamError::HeadTooLarge(_) => (
+                ErrorCode::UpstreamInvalidResponse,
+                format!(
+                    "upstream response head is larger than {} KiB, the most the proxy reads",
+                    UPSTREAM_READ_BUFFER / 1024
+                ),
+            ),
             UpstreamError::Other(_) => (
                 ErrorCode::UpstreamError,
                 "upstream connection failed: the upstream closed or reset the connection before answering".to_owned(),
@@ -183,6 +208,7 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout(_) => "timeout",
             UpstreamError::Tls(_) => "tls",
             UpstreamError::RequestBodyTooLarge => "request_too_large",
+            UpstreamError::HeadTooLarge(_) => "invalid_body",
             UpstreamError::Other(_) => "reset",
         }
     }
