@@ -651,7 +651,13 @@ async fn an_upstream_101_is_a_502() {
     let proxy = proxy_for(&up, "bare").await;
     let message =
         "upstream answered HTTP 101 Switching Protocols to a request that asked for no upgrade";
-    let got = post(&proxy, "/api/v1/chat/completions", "status-101").await;
+    assert_invalid_response(&proxy, message, "status-101").await;
+}
+
+/// `proxy` answers both routes with a 502 `upstream_invalid_response` saying `message`, in
+/// each client's dialect (request ids `id` and `id-bare`), logged as `upstream_error`.
+async fn assert_invalid_response(proxy: &RunningServer, message: &str, id: &str) {
+    let got = post(proxy, "/api/v1/chat/completions", id).await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
     assert_eq!(
         got.json(),
@@ -662,8 +668,9 @@ async fn an_upstream_101_is_a_502() {
             json!("upstream_invalid_response")
         )
     );
-    assert_eq!(outcome("status-101").await, "upstream_error");
-    let got = post(&proxy, "/v1/chat/completions", "status-101-bare").await;
+    assert_eq!(outcome(id).await, "upstream_error");
+    let bare_id = format!("{id}-bare");
+    let got = post(proxy, "/v1/chat/completions", &bare_id).await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
     assert_eq!(
         got.json(),
@@ -673,6 +680,7 @@ async fn an_upstream_101_is_a_502() {
             json!("upstream_invalid_response")
         )
     );
+    assert_eq!(outcome(&bare_id).await, "upstream_error");
 }
 
 // === Point 11: --connect-timeout covers TLS ===
@@ -864,26 +872,5 @@ async fn a_response_head_larger_than_the_read_buffer_is_a_502() {
     let message = "upstream response head is larger than 64 KiB, the most the proxy reads";
     let up = answering(head_of(200 * 1024)).await;
     let proxy = proxy_for(&up, "bare").await;
-    let got = post(&proxy, "/api/v1/chat/completions", "head-too-large").await;
-    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(
-        got.json(),
-        envelope_error(
-            502,
-            message,
-            "upstream_error",
-            json!("upstream_invalid_response")
-        )
-    );
-    assert_eq!(outcome("head-too-large").await, "upstream_error");
-    let got = post(&proxy, "/v1/chat/completions", "head-too-large-bare").await;
-    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(
-        got.json(),
-        bare_error(
-            message,
-            "upstream_error",
-            json!("upstream_invalid_response")
-        )
-    );
+    assert_invalid_response(&proxy, message, "head-too-large").await;
 }

@@ -118,6 +118,22 @@ fn upstream_url(front: &pki::TlsFront) -> String {
     format!("https://localhost:{}/v1", front.addr.port())
 }
 
+/// A proxy in front of `front` (an upstream speaking `shape`), trusting `ca` (written to `dir`).
+async fn proxy_trusting(
+    front: &pki::TlsFront,
+    ca: &TestCa,
+    dir: &TempDir,
+    shape: &str,
+) -> envelope_proxy::RunningServer {
+    let ca_file = ca.write(&dir.0, "ca.pem");
+    start_proxy(
+        &upstream_url(front),
+        shape,
+        &["--upstream-ca", ca_file.to_str().unwrap()],
+    )
+    .await
+}
+
 async fn plain_get(addr: SocketAddr, path: &str) -> harness::Reply {
     let request = Request::get(format!("http://{addr}{path}"))
         .body(Full::new(Bytes::new()))
@@ -139,13 +155,7 @@ async fn the_proxy_reaches_an_https_upstream_signed_by_a_private_ca() {
     let dir = TempDir::new("tls-up");
     let ca = TestCa::new("upstream test CA");
     let (_mock, front) = https_upstream(&ca, None).await;
-    let ca_file = ca.write(&dir.0, "ca.pem");
-    let proxy = start_proxy(
-        &upstream_url(&front),
-        "bare",
-        &["--upstream-ca", ca_file.to_str().unwrap()],
-    )
-    .await;
+    let proxy = proxy_trusting(&front, &ca, &dir, "bare").await;
     let reply = plain_get(proxy.addr, "/v1/models").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body, fixture("bare/models.json"));
@@ -169,13 +179,7 @@ async fn an_https_upstream_with_a_head_larger_than_the_read_buffer_is_a_502() {
     );
     let raw = RawUpstream::start(vec![Step::ReadRequest, Step::send(bytes), Step::Close]).await;
     let front = tls_front(raw.addr, &ca.server(), None).await;
-    let ca_file = ca.write(&dir.0, "ca.pem");
-    let proxy = start_proxy(
-        &upstream_url(&front),
-        "bare",
-        &["--upstream-ca", ca_file.to_str().unwrap()],
-    )
-    .await;
+    let proxy = proxy_trusting(&front, &ca, &dir, "bare").await;
     let reply = plain_get(proxy.addr, "/v1/models").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(
@@ -193,13 +197,7 @@ async fn an_https_upstream_over_h2_answers_a_head_on_a_translated_route_without_
     // The mock speaks h2c behind the front, so ALPN's `h2` is HTTP/2 end to end.
     let mock = mock_upstream::start(Shape::Envelope).await;
     let front = pki::tls_front_with_alpn(mock.addr, &ca.server(), None, &[b"h2"]).await;
-    let ca_file = ca.write(&dir.0, "ca.pem");
-    let proxy = start_proxy(
-        &upstream_url(&front),
-        "envelope",
-        &["--upstream-ca", ca_file.to_str().unwrap()],
-    )
-    .await;
+    let proxy = proxy_trusting(&front, &ca, &dir, "envelope").await;
     let head = Request::head(format!("http://{}/v1/models", proxy.addr))
         .header("x-mock-fixture", "envelope/models.json")
         .header("x-mock-status", "200")
