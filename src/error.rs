@@ -502,6 +502,16 @@ pub(crate) fn body_failure(error: &(dyn std::error::Error + 'static)) -> &'stati
         {
             return "the upstream sent invalid framing";
         }
+        // HTTP/2 (`--upstream-http2`, or an `https://` upstream that chose h2); a GOAWAY that
+        // cuts a stream is the connection ending early, below.
+        if let Some(h2) = current.downcast_ref::<h2::Error>() {
+            if h2.is_library() {
+                return "the upstream broke the HTTP/2 protocol";
+            }
+            if h2.is_remote() && h2.is_reset() {
+                return "the upstream reset the stream";
+            }
+        }
         source = current.source();
     }
     "the upstream connection ended early"

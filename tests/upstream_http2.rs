@@ -363,9 +363,12 @@ async fn serve_h2(tcp: TcpStream, script: &Script) {
             let sse = case != "json" && case != "big-head";
             // `big-head`: a header list of 70 KiB, beyond the 64 KiB the proxy takes.
             let filler = "a".repeat(if case == "big-head" { 70 * 1024 } else { 0 });
-            let head = Response::builder()
-                .status(200)
-                .header("x-filler", filler)
+            let mut head = Response::builder().status(200).header("x-filler", filler);
+            if case == "overlong" {
+                // A length the stream then exceeds: h2 (the proxy's client) must refuse it.
+                head = head.header("content-length", EVENTS[0].len());
+            }
+            let head = head
                 .header(
                     "content-type",
                     if sse {
@@ -411,8 +414,8 @@ async fn serve_h2(tcp: TcpStream, script: &Script) {
 }
 
 /// The response head is bounded over HTTP/2 as over HTTP/1.1 (64 KiB): h2 resets the stream
-/// of a larger one, which is a 502 (h2's error names no cause more specific than a protocol
-/// error), and the connection goes on serving the next request.
+/// of a larger one with a protocol error of its own, a 502 `upstream_invalid_response` (h2
+/// names no finer cause), and the connection goes on serving the next request.
 #[tokio::test]
 async fn a_response_head_larger_than_the_limit_is_a_502() {
     let script = script(false);
@@ -428,9 +431,9 @@ async fn a_response_head_larger_than_the_limit_is_a_502() {
     assert_eq!(
         got.json(),
         bare_error(
-            "upstream connection failed: the upstream closed or reset the connection before answering",
+            "upstream broke the HTTP/2 protocol in its response (a frame it may not send, or a header list larger than 64 KiB)",
             "upstream_error",
-            json!("upstream_error")
+            json!("upstream_invalid_response")
         )
     );
     let got = read_all(send(proxy.addr, "/v1/chat/completions", "json").await).await;
@@ -547,22 +550,54 @@ async fn a_stream_reset_mid_sse_ends_that_stream_only() {
             .expect("the proxy ends the stream cleanly")
             .to_bytes()
     };
-    let broken = rest(reset).await;
-    let text = std::str::from_utf8(&broken).expect("UTF-8");
+    assert_eq!(
+        broken_stream_event(reset).await,
+        broken("the upstream reset the stream")
+    );
+    assert_eq!(rest(whole).await, EVENTS[1..].concat());
+}
+
+/// What is left of a stream after its first event: one error event, read as JSON.
+async fn broken_stream_event(body: Incoming) -> Value {
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .expect("the stream ends within the wait bound")
+        .expect("the proxy ends the stream cleanly")
+        .to_bytes();
+    let text = std::str::from_utf8(&rest).expect("UTF-8");
     let event = text
         .strip_prefix("data: ")
         .and_then(|t| t.strip_suffix("\n\n"))
         .unwrap_or_else(|| panic!("not one error event: {text:?}"));
+    serde_json::from_str(event).expect("JSON event")
+}
+
+/// The error event of a stream the upstream broke, `why` (error::body_failure).
+fn broken(why: &str) -> Value {
+    bare_error(
+        &format!("the upstream stream broke before it finished ({why}); the answer is incomplete"),
+        "upstream_error",
+        json!("upstream_broken"),
+    )
+}
+
+/// An upstream that sends more than the `content-length` it announced breaks HTTP/2: h2
+/// resets the stream itself, and the client's error event says so.
+#[tokio::test]
+async fn a_stream_that_breaks_http2_mid_sse_says_so() {
+    let script = script(false);
+    let addr = h2_upstream(script.clone()).await;
+    let flags = ["--upstream-http2", "--worker-threads", "1"];
+    let proxy = start_proxy(&format!("http://{addr}/v1"), "bare", &flags).await;
+    let mut body = send(proxy.addr, "/v1/chat/completions", "overlong")
+        .await
+        .into_body();
+    assert_eq!(first_bytes(&mut body, EVENTS[0].len()).await, EVENTS[0]);
+    script.go.notify_waiters();
     assert_eq!(
-        serde_json::from_str::<Value>(event).expect("JSON event"),
-        bare_error(
-            // As for an HTTP/2 upstream over https:// today (error::body_failure).
-            "the upstream stream broke before it finished (the upstream connection ended early); the answer is incomplete",
-            "upstream_error",
-            json!("upstream_broken")
-        )
+        broken_stream_event(body).await,
+        broken("the upstream broke the HTTP/2 protocol")
     );
-    assert_eq!(rest(whole).await, EVENTS[1..].concat());
 }
 
 #[tokio::test]

@@ -88,6 +88,9 @@ pub(crate) enum UpstreamError {
     /// The response head did not fit in [`UPSTREAM_READ_BUFFER`].
     #[error("upstream response head exceeds the read buffer: {0}")]
     HeadTooLarge(String),
+    /// h2 refused the upstream's HTTP/2 frames (a protocol error, an oversized header list).
+    #[error("upstream broke the HTTP/2 protocol: {0}")]
+    Http2Protocol(String),
     #[error("upstream did not send response headers within {}s", .0.as_secs_f64())]
     ResponseTimeout(Duration),
     #[error("request body exceeds the limit")]
@@ -109,13 +112,21 @@ impl UpstreamError {
             if current.is::<LengthLimitError>() {
                 return UpstreamError::RequestBodyTooLarge;
             }
-            // The head filled the read buffer (HTTP/1.1; over HTTP/2, h2 resets the stream with
-            // a protocol error of its own, which says nothing more specific).
+            // The head filled the read buffer (HTTP/1.1).
             if current
                 .downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_parse_too_large)
             {
                 return UpstreamError::HeadTooLarge(chain);
+            }
+            // h2 gave the stream or the connection up itself: the upstream broke the protocol
+            // (a header list over the limit is one such break: h2 names no cause finer than a
+            // protocol error or "too many continuations").
+            if current
+                .downcast_ref::<h2::Error>()
+                .is_some_and(h2::Error::is_library)
+            {
+                return UpstreamError::Http2Protocol(chain);
             }
             // hyper-rustls may hand the rustls error on as it is.
             if let Some(tls) = current.downcast_ref::<rustls::Error>() {
@@ -179,6 +190,13 @@ impl UpstreamError {
                     UPSTREAM_READ_BUFFER / 1024
                 ),
             ),
+            UpstreamError::Http2Protocol(_) => (
+                ErrorCode::UpstreamInvalidResponse,
+                format!(
+                    "upstream broke the HTTP/2 protocol in its response (a frame it may not send, or a header list larger than {} KiB)",
+                    UPSTREAM_READ_BUFFER / 1024
+                ),
+            ),
             UpstreamError::Other(_) => (
                 ErrorCode::UpstreamError,
                 "upstream connection failed: the upstream closed or reset the connection before answering".to_owned(),
@@ -208,7 +226,7 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout(_) => "timeout",
             UpstreamError::Tls(_) => "tls",
             UpstreamError::RequestBodyTooLarge => "request_too_large",
-            UpstreamError::HeadTooLarge(_) => "invalid_body",
+            UpstreamError::HeadTooLarge(_) | UpstreamError::Http2Protocol(_) => "invalid_body",
             UpstreamError::Other(_) => "reset",
         }
     }
