@@ -724,6 +724,108 @@ mod tests {
         check(&[(wrong.as_bytes(), false)]);
     }
 
+    /// Compact bodies with every kind of token, keys and strings of every length around a word
+    /// of eight, escapes and UTF-8 next to the quotes, numbers of every shape, empty and nested
+    /// containers.
+    fn compact_bodies() -> Vec<Vec<u8>> {
+        let strings: Vec<String> = (0..=18)
+            .map(|n| "abcdefghijklmnopqrs"[..n].to_string())
+            .collect();
+        let members: Vec<String> = strings.iter().map(|s| format!("\"{s}\":\"{s}\"")).collect();
+        let items: Vec<String> = strings.iter().map(|s| format!("\"{s}\"")).collect();
+        vec![
+            br#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"lorem ipsum"},"finish_reason":null}]}"#.to_vec(),
+            format!("{{{}}}", members.join(",")).into_bytes(),
+            format!("[{}]", items.join(",")).into_bytes(),
+            br#"{"a":[],"b":{},"c":[[]],"d":[{}],"e":{"f":[1,-0,0.5,-1.25e-3,1E+5,0e0]},"g":[true,false,null]}"#.to_vec(),
+            br#"[{"\"":"\\","\u00e9x":"x\n","k\/":"\t"},"\"\"","a\"b"]"#.to_vec(),
+            "{\"é\":\"日本\",\"ab\u{e9}\":\"😀\",\"abcdefg\u{e9}\":\"abcdef\u{e9}\"}".as_bytes().to_vec(),
+            br#"[[[{"a":[{"b":[0]}]}]],1,"x",{"c":{"d":{}}}]"#.to_vec(),
+            b"0".to_vec(),
+            b"\"abcdefg\"".to_vec(),
+        ]
+    }
+
+    #[test]
+    fn compact_fast_paths_agree_at_every_place() {
+        for body in compact_bodies() {
+            let mut variants = vec![body.clone()];
+            for at in 0..=body.len() {
+                // Cut after every token and inside each.
+                variants.push(body[..at].to_vec());
+                // Whitespace where compact JSON has none (and bytes that are not whitespace).
+                for byte in [b' ', b'\t', b'\n', b'\r', 0x0c, 0] {
+                    let mut spaced = body.clone();
+                    spaced.insert(at, byte);
+                    variants.push(spaced);
+                }
+                if at < body.len() {
+                    let mut removed = body.clone();
+                    removed.remove(at);
+                    variants.push(removed);
+                }
+            }
+            for variant in variants {
+                assert_eq!(
+                    is_json(&variant),
+                    oracle(&variant),
+                    "{:?}",
+                    String::from_utf8_lossy(&variant)
+                );
+                assert_eq!(
+                    members(&variant),
+                    members_oracle(&variant),
+                    "{:?}",
+                    String::from_utf8_lossy(&variant)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_across_the_register_agrees_with_serde() {
+        // Down past 64 and 128 levels of arrays and objects, each level with an element or a
+        // member after its inner value: read after the levels below are closed, when a spilled
+        // level has come back into the register.
+        for depth in [63usize, 64, 65, 66, 127, 128, 129, 130, 200] {
+            let kinds: Vec<bool> = (0..depth).map(|i| i % 3 == 0).collect();
+            let open: String = kinds
+                .iter()
+                .map(|&o| if o { "{\"k\":" } else { "[" })
+                .collect();
+            let close: String = kinds
+                .iter()
+                .rev()
+                .map(|&o| if o { ",\"z\":1}" } else { ",0]" })
+                .collect();
+            let body = format!("{open}null{close}");
+            let text = body.as_bytes();
+            assert!(oracle(text), "{depth}");
+            assert!(is_json(text), "{depth}");
+            // The outermost level is an object: its members as serde reads them.
+            assert!(members(text).is_some_and(|m| m.len() == 2), "{depth}");
+            assert_eq!(members(text), members_oracle(text), "{depth}");
+            // One level's closing bracket swapped: wrong wherever it is.
+            for level in [
+                0,
+                depth / 2,
+                depth.saturating_sub(65),
+                depth - 64.min(depth),
+                depth - 1,
+            ] {
+                let mut wrong = body.clone().into_bytes();
+                let at = {
+                    // The closing bracket of `level` is the last byte of its piece of `close`.
+                    let pieces: usize = kinds[level..].iter().map(|&o| if o { 7 } else { 3 }).sum();
+                    open.len() + 4 + pieces - 1
+                };
+                wrong[at] = if wrong[at] == b']' { b'}' } else { b']' };
+                assert!(!oracle(&wrong), "{depth} {level}");
+                assert!(!is_json(&wrong), "{depth} {level}");
+            }
+        }
+    }
+
     /// Any JSON value serde_json can write: strings from all of Unicode (control characters,
     /// surrogates' neighbours, astral planes), integers and floats.
     fn value() -> impl Strategy<Value = Value> {
