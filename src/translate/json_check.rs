@@ -338,8 +338,14 @@ impl<'a> Checker<'a> {
                 if colon != b':' {
                     return None;
                 }
-                let (_, start) = next(bytes, after + 1)?;
-                let end = self.value(start)?;
+                let (first, start) = next(bytes, after + 1)?;
+                // Strings and numbers here, sparing most members the call that sets up the
+                // container stack.
+                let end = match first {
+                    b'"' => string(bytes, start + 1)?,
+                    b'-' | b'0'..=b'9' => number(bytes, start, first)?,
+                    _ => self.value(start)?,
+                };
                 member(key, start..end);
                 let (after, here) = next(bytes, end)?;
                 match after {
