@@ -8,7 +8,9 @@
 //! multi-byte UTF-8 is checked where it stands (RFC 3629, the set `from_utf8` accepts), and the
 //! open containers are a bit stack whose innermost 64 levels are held in a register. Compact
 //! JSON (no whitespace between tokens) takes the shortest paths: whitespace is looked for only
-//! where a token is not next, and a string that ends within a word of eight is done in it.
+//! where a token is not next, a string that ends within its first sixteen bytes is done
+//! inline, and an object's string and number members are read without entering the loop that
+//! keeps the container stack.
 //!
 //! serde_json's rules, as its `ignore_value` applies them (and so, here):
 //! - whitespace is space, `\t`, `\n`, `\r` only; one value, surrounded by whitespace at most;
