@@ -6,7 +6,11 @@
 //! `ignore_value`) and serde keeps a scratch `Vec` of the open containers (one allocation per
 //! body that nests). Here string contents are scanned a word of eight bytes at a time,
 //! multi-byte UTF-8 is checked where it stands (RFC 3629, the set `from_utf8` accepts), and the
-//! open containers are a bit stack held in a `u64` for the first 64 levels.
+//! open containers are a bit stack whose innermost 64 levels are held in a register. Compact
+//! JSON (no whitespace between tokens) takes the shortest paths: whitespace is looked for only
+//! where a token is not next, a string that ends within its first sixteen bytes is done
+//! inline, and an object's string and number members are read without entering the loop that
+//! keeps the container stack.
 //!
 //! serde_json's rules, as its `ignore_value` applies them (and so, here):
 //! - whitespace is space, `\t`, `\n`, `\r` only; one value, surrounded by whitespace at most;
@@ -26,8 +30,7 @@ use std::ops::Range;
 pub fn is_json(body: &[u8]) -> bool {
     Checker {
         bytes: body,
-        at: 0,
-        open: Containers::default(),
+        deeper: Vec::new(),
     }
     .document()
     .is_some()
@@ -41,8 +44,7 @@ pub fn is_json(body: &[u8]) -> bool {
 pub fn object_members<'a>(body: &'a [u8], member: impl FnMut(&'a [u8], Range<usize>)) -> bool {
     Checker {
         bytes: body,
-        at: 0,
-        open: Containers::default(),
+        deeper: Vec::new(),
     }
     .object(member)
     .is_some()
@@ -53,358 +55,416 @@ const ONES: u64 = u64::MAX / 0xff;
 const HIGHS: u64 = ONES << 7;
 
 /// The high bit of each byte of `word` that is `"`, `\`, a control character or non-ASCII.
-/// For an ASCII byte (not borrowed from), `byte - 0x20` sets the high bit exactly below 0x20
-/// and `(byte ^ c) - 1` exactly at `c`. A non-ASCII byte never borrows, and is flagged by one
-/// of the two XORs: both are at least 0x80 and only one can be 0x80 itself. A borrow comes only
+/// For an ASCII byte (not borrowed from), `(byte ^ 2) - 0x21` sets the high bit exactly below
+/// 0x20 and at `"` (`^ 2` keeps 0..=0x1f among themselves and takes `"` to 0x20), and
+/// `(byte ^ 0x5c) - 1` exactly at `\`. A non-ASCII byte never borrows, and is flagged by one
+/// of the two: the second misses only 0xdc, whose `^ 2` is above 0xa0. A borrow comes only
 /// out of a lower byte that is flagged, so the lowest flagged byte is always exact (those above
 /// it may not be).
 #[inline(always)]
 fn specials(word: u64) -> u64 {
-    let control = word.wrapping_sub(ONES * 0x20);
-    let quote = (word ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
+    let control_or_quote = (word ^ (ONES * 2)).wrapping_sub(ONES * 0x21);
     let backslash = (word ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
-    (control | quote | backslash) & HIGHS
+    (control_or_quote | backslash) & HIGHS
 }
 
-/// The kinds of the open containers, innermost last: one bit per level (1 = object).
-#[derive(Default)]
-struct Containers {
-    depth: usize,
-    /// Levels 0..64.
-    first: u64,
-    /// Levels 64.., 64 to a word; grown on the way down, never shrunk.
-    deeper: Vec<u64>,
+/// The first flagged byte of `word` (`flags` not 0): its offset in the word, and the byte.
+#[inline(always)]
+fn first_flagged(word: u64, flags: u64) -> (usize, u8) {
+    let shift = flags.trailing_zeros() & !7;
+    (shift as usize / 8, (word >> shift) as u8)
 }
 
-impl Containers {
-    #[inline(always)]
-    fn push(&mut self, object: bool) {
-        let depth = self.depth;
-        if depth < 64 {
-            self.first = (self.first & !(1u64 << depth)) | (u64::from(object) << depth);
-        } else {
-            self.push_deeper(depth, object);
-        }
-        self.depth = depth + 1;
+/// The next byte at or after `at` that is not whitespace, and where it is; None at the end.
+/// Compact JSON has none between its tokens: one comparison when the byte at `at` is not.
+#[inline(always)]
+fn next(bytes: &[u8], at: usize) -> Option<(u8, usize)> {
+    let &byte = bytes.get(at)?;
+    // Every whitespace byte is at most a space.
+    if byte > b' ' {
+        Some((byte, at))
+    } else {
+        after_whitespace(bytes, at)
     }
+}
 
-    #[cold]
-    fn push_deeper(&mut self, depth: usize, object: bool) {
-        let (word, bit) = ((depth - 64) / 64, (depth - 64) % 64);
-        if word == self.deeper.len() {
-            self.deeper.push(0);
+/// [`next`] past whitespace, out of line: rarer, and the hot paths stay short.
+#[inline(never)]
+fn after_whitespace(bytes: &[u8], mut at: usize) -> Option<(u8, usize)> {
+    while let Some(&byte) = bytes.get(at) {
+        if !matches!(byte, b' ' | b'\n' | b'\t' | b'\r') {
+            return Some((byte, at));
         }
-        if let Some(w) = self.deeper.get_mut(word) {
-            *w = (*w & !(1u64 << bit)) | (u64::from(object) << bit);
-        }
+        at += 1;
     }
+    None
+}
 
-    /// The innermost open container (true: an object), or None at the top level.
-    fn innermost(&self) -> Option<bool> {
-        let depth = self.depth.checked_sub(1)?;
-        let (word, bit) = if depth < 64 {
-            (self.first, depth)
+/// A string whose opening quote is before `at`: where it ends. The usual string (a key, an
+/// id, a model's name) ends within the next sixteen bytes with nothing to look at before its
+/// quote, and is done here, with one load and the second word looked at only when the first
+/// has nothing; any other goes on out of line.
+#[inline(always)]
+fn string(bytes: &[u8], at: usize) -> Option<usize> {
+    if let Some(chunk) = bytes
+        .get(at..at + 16)
+        .and_then(|c| <&[u8; 16]>::try_from(c).ok())
+    {
+        let both = u128::from_le_bytes(*chunk);
+        let (low, high) = (both as u64, (both >> 64) as u64);
+        let low_flags = specials(low);
+        let (word, flags, at) = if low_flags != 0 {
+            (low, low_flags, at)
         } else {
-            (*self.deeper.get((depth - 64) / 64)?, (depth - 64) % 64)
+            let high_flags = specials(high);
+            if high_flags == 0 {
+                return long_string(bytes, at + 16);
+            }
+            (high, high_flags, at + 8)
         };
-        Some(word >> bit & 1 == 1)
+        let (offset, byte) = first_flagged(word, flags);
+        if byte == b'"' {
+            return Some(at + offset + 1);
+        }
+        return long_string(bytes, at + offset);
     }
+    long_string(bytes, at)
+}
 
-    fn pop(&mut self) {
-        self.depth = self.depth.saturating_sub(1);
+/// The rest of a string from `at` (inside it, after no quote): where it ends. Plain ASCII is
+/// skipped sixteen then eight bytes at a time; the first byte that is not is usually the
+/// closing quote. (A leaf but for its last call: no registers to save on the way in.)
+#[inline(never)]
+fn long_string(bytes: &[u8], at: usize) -> Option<usize> {
+    let (byte, stop) = scan(bytes, at)?;
+    if byte == b'"' {
+        return Some(stop + 1);
     }
+    string_specials(bytes, stop)
+}
+
+/// The rest of a string from `at`, escapes and multi-byte UTF-8 included: where it ends.
+#[inline(never)]
+fn string_specials(bytes: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let (byte, stop) = scan(bytes, at)?;
+        at = stop;
+        match byte {
+            b'"' => return Some(at + 1),
+            b'\\' => at = escape(bytes, at)?,
+            0..=0x1f => return None,
+            0x80..=0xff => at = utf8(bytes, at)?,
+            // Only in the last few bytes, which are read one at a time.
+            _ => at += 1,
+        }
+    }
+}
+
+/// Skips plain ASCII string contents from `at`, sixteen then eight bytes at a time, and
+/// returns the byte it stopped at and where (the byte taken from the word: reading it again
+/// from memory would lengthen the chain of every string). Fewer than eight bytes from the end,
+/// it returns the next byte whatever it is; None at the end.
+#[inline(always)]
+fn scan(bytes: &[u8], mut at: usize) -> Option<(u8, usize)> {
+    let mut rest = bytes.get(at..)?;
+    // Fixed-size loads: no bounds check per word.
+    while let Some(chunk) = rest.first_chunk::<16>() {
+        let both = u128::from_le_bytes(*chunk);
+        let (low, high) = (both as u64, (both >> 64) as u64);
+        let (low_flags, high_flags) = (specials(low), specials(high));
+        if low_flags != 0 {
+            let (offset, byte) = first_flagged(low, low_flags);
+            return Some((byte, at + offset));
+        }
+        if high_flags != 0 {
+            let (offset, byte) = first_flagged(high, high_flags);
+            return Some((byte, at + 8 + offset));
+        }
+        at += 16;
+        rest = rest.get(16..).unwrap_or_default();
+    }
+    if let Some(chunk) = rest.first_chunk::<8>() {
+        let word = u64::from_le_bytes(*chunk);
+        let flags = specials(word);
+        if flags != 0 {
+            let (offset, byte) = first_flagged(word, flags);
+            return Some((byte, at + offset));
+        }
+        at += 8;
+        rest = rest.get(8..).unwrap_or_default();
+    }
+    rest.first().map(|&byte| (byte, at))
+}
+
+/// An escape whose backslash is at `at`: where it ends. Any four hex digits after `\u`
+/// (ignored strings are never decoded, so serde accepts lone surrogates there).
+fn escape(bytes: &[u8], at: usize) -> Option<usize> {
+    match *bytes.get(at + 1)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(at + 2),
+        b'u' => {
+            let hex = bytes.get(at + 2..at + 6)?;
+            hex.iter().all(u8::is_ascii_hexdigit).then_some(at + 6)
+        }
+        _ => None,
+    }
+}
+
+/// One multi-byte UTF-8 sequence at `at` (RFC 3629 table 3-7: no overlongs, no surrogates,
+/// nothing above U+10FFFF): where it ends.
+fn utf8(bytes: &[u8], at: usize) -> Option<usize> {
+    let lead = *bytes.get(at)?;
+    let (len, second) = match lead {
+        0xc2..=0xdf => (2, 0x80..=0xbf),
+        0xe0 => (3, 0xa0..=0xbf),
+        0xe1..=0xec | 0xee..=0xef => (3, 0x80..=0xbf),
+        0xed => (3, 0x80..=0x9f),
+        0xf0 => (4, 0x90..=0xbf),
+        0xf1..=0xf3 => (4, 0x80..=0xbf),
+        0xf4 => (4, 0x80..=0x8f),
+        _ => return None,
+    };
+    let sequence = bytes.get(at..at + len)?;
+    let continued = sequence.get(2..)?.iter().all(|b| (0x80..=0xbf).contains(b));
+    if !second.contains(sequence.get(1)?) || !continued {
+        return None;
+    }
+    Some(at + len)
+}
+
+/// An object's key and its colon, the key's opening quote expected at `at` (`first` is the
+/// byte there, not whitespace): where the colon ends.
+#[inline(always)]
+fn key(bytes: &[u8], at: usize, first: u8) -> Option<usize> {
+    if first != b'"' {
+        return None;
+    }
+    let end = string(bytes, at + 1)?;
+    let (colon, at) = next(bytes, end)?;
+    (colon == b':').then_some(at + 1)
+}
+
+/// A number whose first byte (`-` or a digit) is at `at`: where it ends.
+#[inline(always)]
+fn number(bytes: &[u8], at: usize, first: u8) -> Option<usize> {
+    let (first, mut at) = if first == b'-' {
+        (*bytes.get(at + 1)?, at + 2)
+    } else {
+        (first, at + 1)
+    };
+    match first {
+        // One leading zero, never followed by a digit (checked with the byte after it).
+        b'0' => {}
+        b'1'..=b'9' => at = digits(bytes, at),
+        _ => return None,
+    }
+    match bytes.get(at) {
+        // Only after a leading zero: the run of digits above ends on a byte that is not one.
+        Some(b'0'..=b'9') => None,
+        Some(b'.' | b'e' | b'E') => fraction_and_exponent(bytes, at),
+        _ => Some(at),
+    }
+}
+
+/// The run of digits from `at`: where it ends.
+#[inline(always)]
+fn digits(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+        at += 1;
+    }
+    at
+}
+
+/// A number's fraction and exponent, either optional, from `at` (after its integer part).
+#[inline(never)]
+fn fraction_and_exponent(bytes: &[u8], mut at: usize) -> Option<usize> {
+    if bytes.get(at) == Some(&b'.') {
+        let start = at + 1;
+        at = digits(bytes, start);
+        if at == start {
+            return None;
+        }
+    }
+    if matches!(bytes.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(bytes.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        let start = at;
+        at = digits(bytes, start);
+        if at == start {
+            return None;
+        }
+    }
+    Some(at)
+}
+
+/// `word` at `at`: where it ends.
+#[inline(always)]
+fn literal<const N: usize>(bytes: &[u8], at: usize, word: &[u8; N]) -> Option<usize> {
+    (bytes.get(at..)?.first_chunk::<N>()? == word).then_some(at + N)
+}
+
+/// Whether only whitespace is left from `at`.
+fn only_whitespace(bytes: &[u8], at: usize) -> bool {
+    bytes.get(at..).is_some_and(|rest| {
+        rest.iter()
+            .all(|b| matches!(b, b' ' | b'\n' | b'\t' | b'\r'))
+    })
 }
 
 struct Checker<'a> {
     bytes: &'a [u8],
-    at: usize,
-    open: Containers,
+    /// The kinds of the open containers below the innermost 64 (which [`Checker::value`]
+    /// holds in a register), one bit per level (1 = object), 64 to a word, outermost first:
+    /// grown on the way down, never shrunk.
+    deeper: Vec<u64>,
 }
 
 impl<'a> Checker<'a> {
-    /// The next byte that is not whitespace (not consumed), or None at the end.
-    #[inline(always)]
-    fn skip_whitespace(&mut self) -> Option<u8> {
-        // Usually none: every whitespace byte is at most a space.
-        let &next = self.bytes.get(self.at)?;
-        if next > b' ' {
-            return Some(next);
-        }
-        while let Some(&b) = self.bytes.get(self.at) {
-            if !matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
-                return Some(b);
-            }
-            self.at += 1;
-        }
-        None
-    }
-
-    /// Consumes `byte` if it is next.
-    #[inline(always)]
-    fn eat(&mut self, byte: u8) -> bool {
-        let next = self.bytes.get(self.at) == Some(&byte);
-        self.at += usize::from(next);
-        next
-    }
-
-    /// Consumes a run of digits; false if there was none.
-    #[inline(always)]
-    fn digits(&mut self) -> bool {
-        let start = self.at;
-        while self.bytes.get(self.at).is_some_and(u8::is_ascii_digit) {
-            self.at += 1;
-        }
-        self.at > start
-    }
-
     /// The whole body: a value, then whitespace only.
     fn document(&mut self) -> Option<()> {
-        self.value()?;
-        self.skip_whitespace().is_none().then_some(())
+        let at = self.value(0)?;
+        only_whitespace(self.bytes, at).then_some(())
     }
 
     /// The whole body: an object, then whitespace only; `member` sees each of the object's
     /// members as it is read.
     fn object(&mut self, mut member: impl FnMut(&'a [u8], Range<usize>)) -> Option<()> {
-        if self.skip_whitespace()? != b'{' {
+        let bytes = self.bytes;
+        let (open, at) = next(bytes, 0)?;
+        if open != b'{' {
             return None;
         }
-        self.at += 1;
-        if self.skip_whitespace()? == b'}' {
-            self.at += 1;
+        let (mut byte, mut at) = next(bytes, at + 1)?;
+        if byte == b'}' {
+            at += 1;
         } else {
             loop {
-                if self.skip_whitespace()? != b'"' {
+                if byte != b'"' {
                     return None;
                 }
-                let key_start = self.at + 1;
-                self.at = key_start;
-                self.string()?;
+                let key_start = at + 1;
+                let key_end = string(bytes, key_start)?;
                 // The closing quote is consumed: the key's contents end one byte before.
-                let key = self.bytes.get(key_start..self.at - 1)?;
-                if self.skip_whitespace()? != b':' {
+                let key = bytes.get(key_start..key_end - 1)?;
+                let (colon, after) = next(bytes, key_end)?;
+                if colon != b':' {
                     return None;
                 }
-                self.at += 1;
-                self.skip_whitespace()?;
-                let start = self.at;
-                self.value()?;
-                member(key, start..self.at);
-                match self.skip_whitespace()? {
-                    b',' => self.at += 1,
+                let (first, start) = next(bytes, after + 1)?;
+                // Strings and numbers here, sparing most members the call that sets up the
+                // container stack.
+                let end = match first {
+                    b'"' => string(bytes, start + 1)?,
+                    b'-' | b'0'..=b'9' => number(bytes, start, first)?,
+                    _ => self.value(start)?,
+                };
+                member(key, start..end);
+                let (after, here) = next(bytes, end)?;
+                match after {
+                    b',' => (byte, at) = next(bytes, here + 1)?,
                     b'}' => {
-                        self.at += 1;
+                        at = here + 1;
                         break;
                     }
                     _ => return None,
                 }
             }
         }
-        self.skip_whitespace().is_none().then_some(())
+        only_whitespace(bytes, at).then_some(())
     }
 
-    /// One value after optional whitespace, ending right after it. Values nest by the
-    /// container stack, not by recursion (it is empty before and after).
-    fn value(&mut self) -> Option<()> {
+    /// One value from `at`, after optional whitespace: where it ends. Values nest by a stack
+    /// of container kinds, not by recursion (it is empty before and after): the innermost 64
+    /// levels in a register, innermost in the lowest bit, the deeper ones in `self.deeper`.
+    fn value(&mut self, mut at: usize) -> Option<usize> {
+        let bytes = self.bytes;
+        let mut depth = 0usize;
+        let mut kinds = 0u64;
         loop {
             // A value is expected here.
-            match self.skip_whitespace()? {
-                b'{' => {
-                    self.at += 1;
-                    if self.skip_whitespace()? == b'}' {
-                        self.at += 1;
-                    } else {
-                        self.open.push(true);
-                        self.key()?;
-                        continue;
-                    }
-                }
-                b'[' => {
-                    self.at += 1;
-                    if self.skip_whitespace()? == b']' {
-                        self.at += 1;
-                    } else {
-                        self.open.push(false);
-                        continue;
-                    }
-                }
-                b'"' => {
-                    self.at += 1;
-                    self.string()?;
-                }
-                b't' => self.literal(b"true")?,
-                b'f' => self.literal(b"false")?,
-                b'n' => self.literal(b"null")?,
-                b'-' | b'0'..=b'9' => self.number()?,
-                _ => return None,
-            }
-            // A value ended: what follows it in its container (or the end of the value).
-            loop {
-                let Some(object) = self.open.innermost() else {
-                    return Some(());
-                };
-                match self.skip_whitespace()? {
-                    b',' => {
-                        self.at += 1;
-                        if object {
-                            self.key()?;
+            let (byte, here) = next(bytes, at)?;
+            // Strings first: the most frequent value, taken before the table of the others.
+            at = if byte == b'"' {
+                string(bytes, here + 1)?
+            } else {
+                match byte {
+                    b'{' | b'[' => {
+                        // `}` and `]` are two above their opening brackets.
+                        let (inner, inside) = next(bytes, here + 1)?;
+                        if inner == byte + 2 {
+                            inside + 1
+                        } else {
+                            let object = byte == b'{';
+                            if depth >= 64 {
+                                self.spill(depth - 64, kinds >> 63);
+                            }
+                            kinds = kinds << 1 | u64::from(object);
+                            depth += 1;
+                            at = if object {
+                                key(bytes, inside, inner)?
+                            } else {
+                                inside
+                            };
+                            continue;
                         }
-                        break;
                     }
-                    b'}' if object => {}
-                    b']' if !object => {}
+                    b'-' | b'0'..=b'9' => number(bytes, here, byte)?,
+                    b't' => literal(bytes, here, b"true")?,
+                    b'f' => literal(bytes, here, b"false")?,
+                    b'n' => literal(bytes, here, b"null")?,
                     _ => return None,
                 }
-                self.at += 1;
-                self.open.pop();
-            }
-        }
-    }
-
-    /// An object's key and its colon.
-    #[inline(always)]
-    fn key(&mut self) -> Option<()> {
-        if self.skip_whitespace()? != b'"' {
-            return None;
-        }
-        self.at += 1;
-        self.string()?;
-        (self.skip_whitespace()? == b':').then(|| self.at += 1)
-    }
-
-    #[inline(always)]
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        let end = self.at + word.len();
-        (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
-    }
-
-    fn number(&mut self) -> Option<()> {
-        self.eat(b'-');
-        match *self.bytes.get(self.at)? {
-            // One leading zero, never followed by a digit.
-            b'0' => {
-                self.at += 1;
-                if self.bytes.get(self.at).is_some_and(u8::is_ascii_digit) {
+            };
+            // A value ended: what follows it in its container (or the end of the value).
+            loop {
+                if depth == 0 {
+                    return Some(at);
+                }
+                let (after, here) = next(bytes, at)?;
+                at = here + 1;
+                let object = kinds & 1 == 1;
+                if after == b',' {
+                    if object {
+                        let (first, here) = next(bytes, at)?;
+                        at = key(bytes, here, first)?;
+                    }
+                    break;
+                }
+                // `]`, or `}` (0x20 above it) in an object.
+                if after != b']' | ((kinds as u8 & 1) << 5) {
                     return None;
                 }
-            }
-            b'1'..=b'9' => {
-                self.digits();
-            }
-            _ => return None,
-        }
-        if self.eat(b'.') && !self.digits() {
-            return None;
-        }
-        if self.eat(b'e') || self.eat(b'E') {
-            let _ = self.eat(b'+') || self.eat(b'-');
-            if !self.digits() {
-                return None;
-            }
-        }
-        Some(())
-    }
-
-    /// A string's contents and its closing quote (the opening one is consumed).
-    #[inline(always)]
-    fn string(&mut self) -> Option<()> {
-        loop {
-            match self.scan()? {
-                b'"' => {
-                    self.at += 1;
-                    return Some(());
+                kinds >>= 1;
+                depth -= 1;
+                if depth >= 64 {
+                    kinds |= self.unspill(depth - 64) << 63;
                 }
-                b'\\' => self.escape()?,
-                0..=0x1f => return None,
-                0x80..=0xff => self.utf8()?,
-                // Only in the last few bytes, which are read one at a time.
-                _ => self.at += 1,
             }
         }
     }
 
-    /// Skips plain ASCII string contents, sixteen then eight bytes at a time, and returns the
-    /// byte it stopped at (taken from the word: reading it again from memory would lengthen
-    /// the chain of every string). Fewer than eight bytes from the end, it returns the next
-    /// byte whatever it is; None at the end.
-    #[inline(always)]
-    fn scan(&mut self) -> Option<u8> {
-        let bytes = self.bytes;
-        let mut rest = bytes.get(self.at..)?;
-        // Fixed-size loads: no bounds check per word.
-        while let Some(chunk) = rest.first_chunk::<16>() {
-            let both = u128::from_le_bytes(*chunk);
-            let (low, high) = (both as u64, (both >> 64) as u64);
-            let (low_flags, high_flags) = (specials(low), specials(high));
-            if low_flags != 0 {
-                return Some(self.stop_at(low, low_flags));
-            }
-            self.at += 8;
-            if high_flags != 0 {
-                return Some(self.stop_at(high, high_flags));
-            }
-            self.at += 8;
-            rest = rest.get(16..).unwrap_or_default();
+    /// Keeps the kind (`bit`) of the container at `level`, on its way out of the register.
+    #[cold]
+    fn spill(&mut self, level: usize, bit: u64) {
+        let (word, bit_at) = (level / 64, level % 64);
+        if word == self.deeper.len() {
+            self.deeper.push(0);
         }
-        if let Some(chunk) = rest.first_chunk::<8>() {
-            let low = u64::from_le_bytes(*chunk);
-            let flags = specials(low);
-            if flags != 0 {
-                return Some(self.stop_at(low, flags));
-            }
-            self.at += 8;
-            rest = rest.get(8..).unwrap_or_default();
+        if let Some(w) = self.deeper.get_mut(word) {
+            *w = (*w & !(1u64 << bit_at)) | (bit << bit_at);
         }
-        rest.first().copied()
     }
 
-    /// Moves to the first flagged byte of the word at `self.at`, and returns it.
-    #[inline(always)]
-    fn stop_at(&mut self, word: u64, flags: u64) -> u8 {
-        let shift = flags.trailing_zeros() & !7;
-        self.at += shift as usize / 8;
-        (word >> shift) as u8
-    }
-
-    /// An escape after its backslash: any four hex digits after `\u` (ignored strings are never
-    /// decoded, so serde accepts lone surrogates there).
-    fn escape(&mut self) -> Option<()> {
-        match *self.bytes.get(self.at + 1)? {
-            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 2,
-            b'u' => {
-                let hex = self.bytes.get(self.at + 2..self.at + 6)?;
-                if !hex.iter().all(u8::is_ascii_hexdigit) {
-                    return None;
-                }
-                self.at += 6;
-            }
-            _ => return None,
-        }
-        Some(())
-    }
-
-    /// One multi-byte UTF-8 sequence (RFC 3629 table 3-7: no overlongs, no surrogates, nothing
-    /// above U+10FFFF).
-    fn utf8(&mut self) -> Option<()> {
-        let bytes = self.bytes;
-        let lead = *bytes.get(self.at)?;
-        let (len, second) = match lead {
-            0xc2..=0xdf => (2, 0x80..=0xbf),
-            0xe0 => (3, 0xa0..=0xbf),
-            0xe1..=0xec | 0xee..=0xef => (3, 0x80..=0xbf),
-            0xed => (3, 0x80..=0x9f),
-            0xf0 => (4, 0x90..=0xbf),
-            0xf1..=0xf3 => (4, 0x80..=0xbf),
-            0xf4 => (4, 0x80..=0x8f),
-            _ => return None,
-        };
-        let sequence = bytes.get(self.at..self.at + len)?;
-        let continued = sequence.get(2..)?.iter().all(|b| (0x80..=0xbf).contains(b));
-        if !second.contains(sequence.get(1)?) || !continued {
-            return None;
-        }
-        self.at += len;
-        Some(())
+    /// The kind of the container at `level`, back into the register. (Taking `self` by
+    /// `&mut` and never inlined: else its loads of `deeper` are hoisted into every value's
+    /// end, spent for nothing in all but the deepest bodies.)
+    #[cold]
+    #[inline(never)]
+    fn unspill(&mut self, level: usize) -> u64 {
+        self.deeper
+            .get(level / 64)
+            .map_or(0, |w| w >> (level % 64) & 1)
     }
 }
 
@@ -693,6 +753,108 @@ mod tests {
         check(&[(body.as_bytes(), true)]);
         let wrong = format!("[{down}1{up},{}2{up}]", "{\"\":[".repeat(80));
         check(&[(wrong.as_bytes(), false)]);
+    }
+
+    /// Compact bodies with every kind of token, keys and strings of every length around a word
+    /// of eight, escapes and UTF-8 next to the quotes, numbers of every shape, empty and nested
+    /// containers.
+    fn compact_bodies() -> Vec<Vec<u8>> {
+        let strings: Vec<String> = (0..=18)
+            .map(|n| "abcdefghijklmnopqrs"[..n].to_string())
+            .collect();
+        let members: Vec<String> = strings.iter().map(|s| format!("\"{s}\":\"{s}\"")).collect();
+        let items: Vec<String> = strings.iter().map(|s| format!("\"{s}\"")).collect();
+        vec![
+            br#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"lorem ipsum"},"finish_reason":null}]}"#.to_vec(),
+            format!("{{{}}}", members.join(",")).into_bytes(),
+            format!("[{}]", items.join(",")).into_bytes(),
+            br#"{"a":[],"b":{},"c":[[]],"d":[{}],"e":{"f":[1,-0,0.5,-1.25e-3,1E+5,0e0]},"g":[true,false,null]}"#.to_vec(),
+            br#"[{"\"":"\\","\u00e9x":"x\n","k\/":"\t"},"\"\"","a\"b"]"#.to_vec(),
+            "{\"é\":\"日本\",\"ab\u{e9}\":\"😀\",\"abcdefg\u{e9}\":\"abcdef\u{e9}\"}".as_bytes().to_vec(),
+            br#"[[[{"a":[{"b":[0]}]}]],1,"x",{"c":{"d":{}}}]"#.to_vec(),
+            b"0".to_vec(),
+            b"\"abcdefg\"".to_vec(),
+        ]
+    }
+
+    #[test]
+    fn compact_fast_paths_agree_at_every_place() {
+        for body in compact_bodies() {
+            let mut variants = vec![body.clone()];
+            for at in 0..=body.len() {
+                // Cut after every token and inside each.
+                variants.push(body[..at].to_vec());
+                // Whitespace where compact JSON has none (and bytes that are not whitespace).
+                for byte in [b' ', b'\t', b'\n', b'\r', 0x0c, 0] {
+                    let mut spaced = body.clone();
+                    spaced.insert(at, byte);
+                    variants.push(spaced);
+                }
+                if at < body.len() {
+                    let mut removed = body.clone();
+                    removed.remove(at);
+                    variants.push(removed);
+                }
+            }
+            for variant in variants {
+                assert_eq!(
+                    is_json(&variant),
+                    oracle(&variant),
+                    "{:?}",
+                    String::from_utf8_lossy(&variant)
+                );
+                assert_eq!(
+                    members(&variant),
+                    members_oracle(&variant),
+                    "{:?}",
+                    String::from_utf8_lossy(&variant)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_across_the_register_agrees_with_serde() {
+        // Down past 64 and 128 levels of arrays and objects, each level with an element or a
+        // member after its inner value: read after the levels below are closed, when a spilled
+        // level has come back into the register.
+        for depth in [63usize, 64, 65, 66, 127, 128, 129, 130, 200] {
+            let kinds: Vec<bool> = (0..depth).map(|i| i % 3 == 0).collect();
+            let open: String = kinds
+                .iter()
+                .map(|&o| if o { "{\"k\":" } else { "[" })
+                .collect();
+            let close: String = kinds
+                .iter()
+                .rev()
+                .map(|&o| if o { ",\"z\":1}" } else { ",0]" })
+                .collect();
+            let body = format!("{open}null{close}");
+            let text = body.as_bytes();
+            assert!(oracle(text), "{depth}");
+            assert!(is_json(text), "{depth}");
+            // The outermost level is an object: its members as serde reads them.
+            assert!(members(text).is_some_and(|m| m.len() == 2), "{depth}");
+            assert_eq!(members(text), members_oracle(text), "{depth}");
+            // One level's closing bracket swapped: wrong wherever it is.
+            for level in [
+                0,
+                depth / 2,
+                depth.saturating_sub(65),
+                depth - 64.min(depth),
+                depth - 1,
+            ] {
+                let mut wrong = body.clone().into_bytes();
+                let at = {
+                    // The closing bracket of `level` is the last byte of its piece of `close`.
+                    let pieces: usize = kinds[level..].iter().map(|&o| if o { 7 } else { 3 }).sum();
+                    open.len() + 4 + pieces - 1
+                };
+                wrong[at] = if wrong[at] == b']' { b'}' } else { b']' };
+                assert!(!oracle(&wrong), "{depth} {level}");
+                assert!(!is_json(&wrong), "{depth} {level}");
+            }
+        }
     }
 
     /// Any JSON value serde_json can write: strings from all of Unicode (control characters,
