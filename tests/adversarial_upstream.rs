@@ -748,17 +748,7 @@ async fn broken_stream(up_script: Vec<Step>, go: Arc<Notify>, id: &str) -> (Vec<
     }
     assert_eq!(received, EVENTS[0]);
     go.notify_one();
-    let rest = tokio::time::timeout(WAIT, body.collect())
-        .await
-        .expect("the stream ends within the wait bound")
-        .expect("the proxy ends the stream cleanly, with an error event")
-        .to_bytes();
-    let text = std::str::from_utf8(&rest).expect("UTF-8");
-    let event = text
-        .strip_prefix("data: ")
-        .and_then(|t| t.strip_suffix("\n\n"))
-        .unwrap_or_else(|| panic!("not one error event: {text:?}"));
-    (received, serde_json::from_str(event).expect("JSON event"))
+    (received, harness::last_error_event(body).await)
 }
 
 #[tokio::test]

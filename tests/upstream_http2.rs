@@ -551,25 +551,10 @@ async fn a_stream_reset_mid_sse_ends_that_stream_only() {
             .to_bytes()
     };
     assert_eq!(
-        broken_stream_event(reset).await,
+        harness::last_error_event(reset).await,
         broken("the upstream reset the stream")
     );
     assert_eq!(rest(whole).await, EVENTS[1..].concat());
-}
-
-/// What is left of a stream after its first event: one error event, read as JSON.
-async fn broken_stream_event(body: Incoming) -> Value {
-    let rest = tokio::time::timeout(WAIT, body.collect())
-        .await
-        .expect("the stream ends within the wait bound")
-        .expect("the proxy ends the stream cleanly")
-        .to_bytes();
-    let text = std::str::from_utf8(&rest).expect("UTF-8");
-    let event = text
-        .strip_prefix("data: ")
-        .and_then(|t| t.strip_suffix("\n\n"))
-        .unwrap_or_else(|| panic!("not one error event: {text:?}"));
-    serde_json::from_str(event).expect("JSON event")
 }
 
 /// The error event of a stream the upstream broke, `why` (error::body_failure).
@@ -595,7 +580,7 @@ async fn a_stream_that_breaks_http2_mid_sse_says_so() {
     assert_eq!(first_bytes(&mut body, EVENTS[0].len()).await, EVENTS[0]);
     script.go.notify_waiters();
     assert_eq!(
-        broken_stream_event(body).await,
+        harness::last_error_event(body).await,
         broken("the upstream broke the HTTP/2 protocol")
     );
 }

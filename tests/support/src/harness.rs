@@ -196,6 +196,22 @@ pub fn fixture_json(path: &str) -> Value {
     serde_json::from_slice(&fixture(path)).expect("fixture is JSON")
 }
 
+/// What is left of an event stream the proxy ended with an error event: read to its end
+/// (within [`WAIT`]), it must be exactly one `data: <JSON>` event; the JSON.
+pub async fn last_error_event(body: Incoming) -> Value {
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .expect("the stream ends within the wait bound")
+        .expect("the proxy ends the stream cleanly, with an error event")
+        .to_bytes();
+    let text = std::str::from_utf8(&rest).expect("UTF-8");
+    let event = text
+        .strip_prefix("data: ")
+        .and_then(|t| t.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("not one error event: {text:?}"));
+    serde_json::from_str(event).expect("JSON event")
+}
+
 /// `{"success":true,"code":"200","message":"successful","data":<payload>}` as bytes.
 pub fn wrapped(payload: &[u8]) -> Vec<u8> {
     let mut out = br#"{"success":true,"code":"200","message":"successful","data":"#.to_vec();
