@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use test_support::harness::{self, fixture, start_proxy, wrapped, Harness, Reply, WAIT};
 use test_support::mock_upstream::Shape;
 use test_support::process;
-use test_support::raw_upstream::{RawUpstream, Step};
+use test_support::raw_upstream::{self, RawUpstream, Step};
 
 const BIN: &str = test_support::proxy_bin!();
 
@@ -253,6 +253,39 @@ async fn clients_that_stop_reading_do_not_block_the_other_streams_of_a_connectio
     drop(stalled);
 }
 
+/// `--upstream-http2` in front of a server that speaks HTTP/1.1 only (it answers the client
+/// preface with a 400): a 502 that says the upstream does not speak HTTP/2 as it must.
+#[tokio::test]
+async fn an_http1_only_upstream_behind_the_flag_is_a_502_that_says_so() {
+    let refusal = raw_upstream::response(
+        "400 Bad Request",
+        &[("content-type", "text/plain"), ("connection", "close")],
+        b"bad request",
+    );
+    let up = RawUpstream::start(vec![Step::ReadRequest, Step::send(refusal), Step::Close]).await;
+    let proxy = start_proxy(&up.url(), "bare", &["--upstream-http2"]).await;
+    let request = Request::post(format!("http://{}/v1/chat/completions", proxy.addr))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"model":"m"}"#)))
+        .expect("request");
+    let got = read_all(
+        tokio::time::timeout(WAIT, harness::client().request(request))
+            .await
+            .expect("an answer within the wait bound")
+            .expect("response"),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        got.json(),
+        bare_error(
+            "upstream answered in HTTP/1.1: with --upstream-http2 it must speak HTTP/2 with prior knowledge (h2c)",
+            "upstream_error",
+            json!("upstream_invalid_response")
+        )
+    );
+}
+
 #[tokio::test]
 async fn an_upstream_that_accepts_and_never_speaks_is_a_connect_timeout() {
     // Accepts TCP, reads nothing, says nothing: no answer to the client preface.
@@ -359,10 +392,17 @@ async fn serve_h2(tcp: TcpStream, script: &Script) {
             .unwrap_or("json")
             .to_owned();
         let go = Arc::clone(&script.go);
+        let mut request_body = request.into_body();
         let stream = async move {
             let sse = case != "json" && case != "big-head";
-            // `big-head`: a header list of 70 KiB, beyond the 64 KiB the proxy takes.
+            // `big-head`: a header list of 70 KiB, beyond the 64 KiB the proxy takes. The
+            // request is read whole first: answering before it ends would make h2 reset the
+            // stream (NO_ERROR, "stop sending"), which may reach the proxy before it refuses
+            // the head.
             let filler = "a".repeat(if case == "big-head" { 70 * 1024 } else { 0 });
+            if case == "big-head" {
+                while let Some(Ok(_)) = request_body.data().await {}
+            }
             let mut head = Response::builder().status(200).header("x-filler", filler);
             if case == "overlong" {
                 // A length the stream then exceeds: h2 (the proxy's client) must refuse it.

@@ -256,7 +256,14 @@ impl<B: RequestBody> H2cPool<B> {
         tokio::spawn(drive(connection, Arc::clone(&load), limits));
         // The upstream's first frame, its SETTINGS, answers the client preface.
         match tokio::time::timeout_at(deadline, first_read_done).await {
-            Ok(Ok(true)) => {}
+            Ok(Ok(FirstBytes::Frames)) => {}
+            Ok(Ok(FirstBytes::Http1)) => {
+                load.lock().closed = true;
+                return Err(UpstreamError::NotHttp2(format!(
+                    "{}: answered the HTTP/2 preface in HTTP/1",
+                    self.address
+                )));
+            }
             Ok(_) => {
                 return Err(UpstreamError::Connect {
                     reason: "the connection was closed before the HTTP/2 handshake",
@@ -322,7 +329,18 @@ async fn drive<B: RequestBody>(
 /// ended it (`false`): the upstream answered the client preface, or will not.
 struct FirstRead {
     stream: TcpStream,
-    first: Option<oneshot::Sender<bool>>,
+    first: Option<oneshot::Sender<FirstBytes>>,
+}
+
+/// What the upstream's first read on a new connection brought.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FirstBytes {
+    /// The connection closed or failed first.
+    Nothing,
+    /// An HTTP/1 status line: a server that does not speak HTTP/2 answered the preface.
+    Http1,
+    /// Anything else (an HTTP/2 server's SETTINGS frame, which h2 then checks).
+    Frames,
 }
 
 impl AsyncRead for FirstRead {
@@ -336,7 +354,12 @@ impl AsyncRead for FirstRead {
         let read = Pin::new(&mut this.stream).poll_read(cx, buf);
         if let Poll::Ready(result) = &read {
             if let Some(first) = this.first.take() {
-                let _ = first.send(result.is_ok() && buf.filled().len() > before);
+                let bytes = buf.filled().get(before..).unwrap_or_default();
+                let _ = first.send(match result {
+                    Ok(()) if bytes.starts_with(b"HTTP/") => FirstBytes::Http1,
+                    Ok(()) if !bytes.is_empty() => FirstBytes::Frames,
+                    _ => FirstBytes::Nothing,
+                });
             }
         }
         read

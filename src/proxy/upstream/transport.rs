@@ -91,6 +91,9 @@ pub(crate) enum UpstreamError {
     /// h2 refused the upstream's HTTP/2 frames (a protocol error, an oversized header list).
     #[error("upstream broke the HTTP/2 protocol: {0}")]
     Http2Protocol(String),
+    /// `--upstream-http2`, and the upstream answered the preface in HTTP/1.
+    #[error("upstream does not speak HTTP/2: {0}")]
+    NotHttp2(String),
     #[error("upstream did not send response headers within {}s", .0.as_secs_f64())]
     ResponseTimeout(Duration),
     #[error("request body exceeds the limit")]
@@ -197,6 +200,10 @@ impl UpstreamError {
                     UPSTREAM_READ_BUFFER / 1024
                 ),
             ),
+            UpstreamError::NotHttp2(_) => (
+                ErrorCode::UpstreamInvalidResponse,
+                "upstream answered in HTTP/1.1: with --upstream-http2 it must speak HTTP/2 with prior knowledge (h2c)".to_owned(),
+            ),
             UpstreamError::Other(_) => (
                 ErrorCode::UpstreamError,
                 "upstream connection failed: the upstream closed or reset the connection before answering".to_owned(),
@@ -226,7 +233,9 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout(_) => "timeout",
             UpstreamError::Tls(_) => "tls",
             UpstreamError::RequestBodyTooLarge => "request_too_large",
-            UpstreamError::HeadTooLarge(_) | UpstreamError::Http2Protocol(_) => "invalid_body",
+            UpstreamError::HeadTooLarge(_)
+            | UpstreamError::Http2Protocol(_)
+            | UpstreamError::NotHttp2(_) => "invalid_body",
             UpstreamError::Other(_) => "reset",
         }
     }
