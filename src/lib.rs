@@ -24,6 +24,7 @@ pub mod ops;
 pub mod proxy;
 mod tls;
 pub mod translate;
+mod woken;
 
 pub use config::Config;
 pub use dialect::Dialect;

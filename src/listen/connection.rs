@@ -43,7 +43,7 @@ use crate::translate::synthetic::{overloaded, Limit};
 
 use super::progress::{Abandon, Action, Tracker};
 use super::sockets::Stream;
-use super::woken::Woken;
+use crate::woken::Woken;
 
 /// How long an HTTP/2 client has to answer a keep-alive ping (hyper's default).
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);

@@ -16,7 +16,6 @@ mod handle;
 mod progress;
 mod serve;
 pub(crate) mod sockets;
-mod woken;
 mod workers;
 
 pub use handle::RunningServer;

@@ -43,6 +43,7 @@ use crate::dialect::Dialect;
 use crate::error::BoxError;
 use crate::error::{ApiError, ErrorCode};
 use crate::translate::template::Envelopes;
+use crate::woken::WokenBody;
 
 /// Everything a stream needs to know, fixed when the response headers arrive.
 #[derive(Debug, Clone, Copy)]
@@ -121,8 +122,10 @@ const MAX_GATHERED_PIECES: usize = 64;
 pin_project! {
     /// A response body that streams SSE events from `B`, translated per [`EventMode`].
     pub struct SseBody<B> {
+        // Asked again after an empty ask only once it has woken the task: the ask before each
+        // frame (see `poll_frame`) costs a dripping stream nothing.
         #[pin]
-        inner: B,
+        inner: WokenBody<B>,
         #[pin]
         wakeups: Wakeups,
         state: StreamState,
@@ -139,7 +142,7 @@ impl<B> SseBody<B> {
     pub(crate) fn with_cut(inner: B, settings: StreamSettings, cut: CancellationToken) -> Self {
         let state = StreamState::new(settings, Instant::now());
         Self {
-            inner,
+            inner: WokenBody::new(inner),
             wakeups: Wakeups::new(state.deadlines.next(), cut),
             state,
         }
@@ -174,7 +177,21 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        // Set once the upstream had nothing ready in this call: asked again only to wait.
+        let mut upstream_waits = false;
         loop {
+            // Before a frame goes out, frames the upstream already has join it: servers send an
+            // event per chunk, and a burst of them becomes one frame (one pass through hyper's
+            // write path), not one per event. Only what is ready: nothing waits for more.
+            if !upstream_waits && this.state.has_room_to_gather() {
+                match this.inner.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => this.state.on_frame(frame),
+                    Poll::Ready(Some(Err(error))) => this.state.on_upstream_error(error.into()),
+                    Poll::Ready(None) => this.state.on_upstream_end(),
+                    Poll::Pending => upstream_waits = true,
+                }
+                continue;
+            }
             if let Some(data) = this.state.next_output() {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
@@ -290,6 +307,24 @@ impl StreamState {
             self.gathered.extend_from_slice(&piece);
         }
         Some(self.gathered.split().freeze())
+    }
+
+    /// True when pieces wait for the client and the frame they make has room for more than the
+    /// framer holds (its whole events are transformed first): the upstream may be asked for
+    /// what it has ready.
+    fn has_room_to_gather(&mut self) -> bool {
+        if self.out.is_empty() {
+            return false;
+        }
+        loop {
+            let room = self.outcome.is_none()
+                && !self.upstream_ended
+                && self.out.len() < MAX_GATHERED_PIECES
+                && self.out.iter().map(Bytes::len).sum::<usize>() < GATHER_LIMIT;
+            if !room || !self.transform_next_event() {
+                return room;
+            }
+        }
     }
 
     /// Hands the next whole event the framer holds to the transform; false when it holds none.
@@ -822,6 +857,19 @@ mod tests {
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
+    /// `frames` as the body sends them when all that is ready at one instant is ready at one
+    /// poll (as the test upstream has it): consecutive pieces of one time in one frame.
+    fn gathered(frames: Vec<(Duration, String)>) -> Vec<(Duration, String)> {
+        let mut out: Vec<(Duration, String)> = Vec::new();
+        for (time, frame) in frames {
+            match out.last_mut() {
+                Some((last, joined)) if *last == time => joined.push_str(&frame),
+                _ => out.push((time, frame)),
+            }
+        }
+        out
+    }
+
     /// The frames that carry [`CHUNK`] to the client in `mode` (a wrapped event's three
     /// pieces gathered into one), at `time`.
     fn chunk_frames(mode: EventMode, time: u64) -> Vec<(Duration, String)> {
@@ -969,7 +1017,7 @@ mod tests {
                 play(SseBody::new(Upstream::new(steps), settings(mode, false))).await;
             let broken = (secs(1), proxy_error_event(form, "upstream_broken", message));
             let expected = [chunk_frames(mode, 0), chunk_frames(mode, 1), vec![broken]].concat();
-            assert_eq!(frames, expected, "{mode:?}");
+            assert_eq!(frames, gathered(expected), "{mode:?}");
             assert_eq!(end, Some(StreamEnd::Broken), "{mode:?}");
         }
     }
@@ -979,8 +1027,8 @@ mod tests {
         let settings = settings(EventMode::Passthru, true);
         let steps = [Step::Chunk(CHUNK), Step::Chunk(DONE), Step::Fail("reset")];
         let (out, end) = play(SseBody::new(Upstream::new(steps), settings)).await;
-        let expected = [(secs(0), text(CHUNK)), (secs(0), text(DONE))];
-        assert_eq!((out, end), (expected.to_vec(), Some(StreamEnd::Complete)));
+        let expected = gathered(vec![(secs(0), text(CHUNK)), (secs(0), text(DONE))]);
+        assert_eq!((out, end), (expected, Some(StreamEnd::Complete)));
         let error: &[u8] = b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n";
         let steps = [Step::Chunk(error), Step::Fail("reset")];
         let (out, end) = play(SseBody::new(Upstream::new(steps), settings)).await;
@@ -1006,6 +1054,7 @@ mod tests {
             let (frames, end) = play(SseBody::new(Upstream::new(steps), settings)).await;
             let mut expected = chunk_frames(mode, 0);
             expected.push((secs(0), proxy_error_event(form, "event_too_large", message)));
+            let expected = gathered(expected);
             assert_eq!(frames, expected, "{mode:?}");
             assert_eq!(end, Some(StreamEnd::EventTooLarge), "{mode:?}");
             let steps = [Step::Chunk(CHUNK), Step::Chunk(&large[..70]), Step::Stall];
@@ -1022,11 +1071,8 @@ mod tests {
         let steps = [Step::Chunk(CHUNK), Step::Trailers, Step::Chunk(DONE)];
         let body = SseBody::new(Upstream::new(steps), settings(EventMode::Passthru, true));
         let (frames, end) = play(body).await;
-        let expected = [(secs(0), text(CHUNK)), (secs(0), text(DONE))];
-        assert_eq!(
-            (frames, end),
-            (expected.to_vec(), Some(StreamEnd::Complete))
-        );
+        let expected = gathered(vec![(secs(0), text(CHUNK)), (secs(0), text(DONE))]);
+        assert_eq!((frames, end), (expected, Some(StreamEnd::Complete)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1051,10 +1097,30 @@ mod tests {
         let upstream = Upstream::new([Step::Chunk(error), Step::Chunk(DONE)]);
         let body = SseBody::new(upstream, settings(EventMode::Passthru, true));
         let (frames, end) = play(body).await;
-        let expected = [(secs(0), text(error)), (secs(0), text(DONE))];
+        let expected = gathered(vec![(secs(0), text(error)), (secs(0), text(DONE))]);
         assert_eq!(
             (frames, end),
-            (expected.to_vec(), Some(StreamEnd::UpstreamErrorEvent))
+            (expected, Some(StreamEnd::UpstreamErrorEvent))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_the_upstream_has_ready_in_chunks_of_their_own_go_out_together() {
+        // An event per upstream chunk, as servers send them: a burst is one frame, and an event
+        // that comes alone goes out as soon as it comes, without waiting for more.
+        let mut steps: Vec<Step> = (0..10).map(|_| Step::Chunk(CHUNK)).collect();
+        steps.extend([Step::Wait(secs(1)), Step::Chunk(CHUNK), Step::Wait(secs(1))]);
+        steps.push(Step::Chunk(DONE));
+        let body = SseBody::new(Upstream::new(steps), settings(EventMode::Passthru, true));
+        let (frames, end) = play(body).await;
+        let expected = [
+            (secs(0), text(CHUNK).repeat(10)),
+            (secs(1), text(CHUNK)),
+            (secs(2), text(DONE)),
+        ];
+        assert_eq!(
+            (frames, end),
+            (expected.to_vec(), Some(StreamEnd::Complete))
         );
     }
 
@@ -1074,14 +1140,14 @@ mod tests {
                 String::from_utf8([event.repeat(200), b"data: [DONE]\n\n".to_vec()].concat());
             assert_eq!(joined, expected.unwrap(), "{mode:?}");
             // Whole events (at most 64 pieces queued ahead), each frame within the limit; the
-            // `[DONE]` came in a read of its own.
+            // `[DONE]`, in a read of its own but ready with the others, joins the last frame.
             let per_frame = match mode {
                 EventMode::Wrap => 64 / 3 + 1,
                 _ => 64,
             };
             assert!(event.len() * per_frame <= GATHER_LIMIT, "{mode:?}");
             let mut expected = vec![event.len() * per_frame; 200 / per_frame];
-            expected.extend([event.len() * (200 % per_frame), 14]);
+            expected.push(event.len() * (200 % per_frame) + 14);
             let sizes: Vec<usize> = frames.iter().map(|(_, frame)| frame.len()).collect();
             assert_eq!(sizes, expected, "{mode:?}");
         }

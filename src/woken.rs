@@ -1,0 +1,267 @@
+//! Polling only what has something to say: [`Woken`], a future polled only once its own waker
+//! has fired, and [`WokenBody`], a body asked again after a `Pending` only once its own waker
+//! has fired.
+//!
+//! A connection's task waits on the connection itself beside two watchers (the server's drain
+//! and the progress tracker), and every wake-up of the task — several per request, almost all
+//! for the connection — used to poll all three. The watchers' futures (a timer, a `Notify`, a
+//! cancellation token) cost more to poll than anything they had to say; behind `Woken` they
+//! are polled only when something they wait for happened. An event stream asks its upstream
+//! body for what it has ready before each frame it sends; behind `WokenBody` the ask that
+//! follows an empty one costs nothing until the upstream has woken the task.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use http_body::{Body, Frame, SizeHint};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+pin_project_lite::pin_project! {
+    /// `F`, polled on the first poll and after each wake-up of its own.
+    pub(crate) struct Woken<F> {
+        #[pin]
+        inner: F,
+        signal: Arc<Signal>,
+    }
+}
+
+/// The waker `F` is given: notes the wake-up, then wakes the task that polled last.
+struct Signal {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = self.lock_task().as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl Signal {
+    fn lock_task(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        // Nothing panics while holding it; a poisoned lock still holds a valid waker.
+        self.task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Signal {
+    fn new() -> Arc<Self> {
+        Arc::new(Signal {
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        })
+    }
+
+    /// Keeps `cx`'s waker as the task to wake; then whether a wake-up came since the last
+    /// call (taken: a wake-up during the poll that follows is kept for the next one).
+    fn take_wake_up(&self, cx: &Context<'_>) -> bool {
+        {
+            let mut task = self.lock_task();
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl<F: Future> Woken<F> {
+    pub(crate) fn new(inner: F) -> Self {
+        Self {
+            inner,
+            signal: Signal::new(),
+        }
+    }
+}
+
+impl<F: Future> Future for Woken<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if !this.signal.take_wake_up(cx) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(Arc::clone(this.signal));
+        this.inner.poll(&mut Context::from_waker(&waker))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `B`, asked for a frame on the first ask, after each frame, and after a `Pending` only
+    /// once it has woken the task (its waker is one of ours, which notes the wake-up).
+    pub(crate) struct WokenBody<B> {
+        #[pin]
+        inner: B,
+        signal: Arc<Signal>,
+        // `signal` as a waker, made once.
+        waker: Waker,
+    }
+}
+
+impl<B> WokenBody<B> {
+    pub(crate) fn new(inner: B) -> Self {
+        let signal = Signal::new();
+        let waker = Waker::from(Arc::clone(&signal));
+        Self {
+            inner,
+            signal,
+            waker,
+        }
+    }
+}
+
+impl<B: Body> Body for WokenBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        if !this.signal.take_wake_up(cx) {
+            return Poll::Pending;
+        }
+        let polled = this.inner.poll_frame(&mut Context::from_waker(this.waker));
+        if polled.is_ready() {
+            // A body has more after a frame: the next ask goes through.
+            this.signal.woken.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts its polls; ready once `ready` is set, waking through the last waker it was given.
+    struct Probe {
+        polls: Arc<AtomicUsize>,
+        waker: Arc<Mutex<Option<Waker>>>,
+        ready: Arc<AtomicBool>,
+    }
+
+    impl Future for Probe {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            if self.ready.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn polled_first_then_only_after_its_own_wake_up() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let inner_waker = Arc::new(Mutex::new(None::<Waker>));
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut woken = Box::pin(Woken::new(Probe {
+            polls: Arc::clone(&polls),
+            waker: Arc::clone(&inner_waker),
+            ready: Arc::clone(&ready),
+        }));
+        let task_wakes = Arc::new(Counter(AtomicUsize::new(0)));
+        let task = Waker::from(Arc::clone(&task_wakes));
+        let mut cx = Context::from_waker(&task);
+
+        assert!(woken.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        // The task woken for something else: the inner future is not polled.
+        for _ in 0..5 {
+            assert!(woken.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        // Its own wake-up wakes the task and lets the next poll through.
+        ready.store(true, Ordering::SeqCst);
+        let inner = inner_waker.lock().unwrap().take().unwrap();
+        inner.wake();
+        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 1);
+        assert!(woken.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A body that counts its asks: a frame when `ready` is set, else `Pending` (keeping the
+    /// waker it was given).
+    struct ProbeBody(Probe);
+
+    impl Body for ProbeBody {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+            let probe = Pin::new(&mut self.get_mut().0);
+            probe
+                .poll(cx)
+                .map(|()| Some(Ok(Frame::data(bytes::Bytes::from_static(b"x")))))
+        }
+    }
+
+    #[test]
+    fn a_body_is_asked_again_after_a_frame_and_after_its_own_wake_up_only() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let inner_waker = Arc::new(Mutex::new(None::<Waker>));
+        let ready = Arc::new(AtomicBool::new(true));
+        let mut body = Box::pin(WokenBody::new(ProbeBody(Probe {
+            polls: Arc::clone(&polls),
+            waker: Arc::clone(&inner_waker),
+            ready: Arc::clone(&ready),
+        })));
+        let task_wakes = Arc::new(Counter(AtomicUsize::new(0)));
+        let task = Waker::from(Arc::clone(&task_wakes));
+        let mut cx = Context::from_waker(&task);
+
+        // Frames in a row: every ask goes through.
+        for n in 1..=3 {
+            assert!(body.as_mut().poll_frame(&mut cx).is_ready());
+            assert_eq!(polls.load(Ordering::SeqCst), n);
+        }
+        // Nothing ready: asked once, then not again while it has not woken the task.
+        ready.store(false, Ordering::SeqCst);
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        for _ in 0..5 {
+            assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 4);
+        // Its wake-up, even spent on a task run that did not ask, lets the next ask through.
+        ready.store(true, Ordering::SeqCst);
+        inner_waker.lock().unwrap().take().unwrap().wake();
+        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 1);
+        assert!(body.as_mut().poll_frame(&mut cx).is_ready());
+        assert_eq!(polls.load(Ordering::SeqCst), 5);
+    }
+
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
