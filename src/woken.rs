@@ -177,16 +177,9 @@ mod tests {
 
     #[test]
     fn polled_first_then_only_after_its_own_wake_up() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let inner_waker = Arc::new(Mutex::new(None::<Waker>));
-        let ready = Arc::new(AtomicBool::new(false));
-        let mut woken = Box::pin(Woken::new(Probe {
-            polls: Arc::clone(&polls),
-            waker: Arc::clone(&inner_waker),
-            ready: Arc::clone(&ready),
-        }));
-        let task_wakes = Arc::new(Counter(AtomicUsize::new(0)));
-        let task = Waker::from(Arc::clone(&task_wakes));
+        let (probe, (polls, inner_waker, ready)) = Probe::new(false);
+        let mut woken = Box::pin(Woken::new(probe));
+        let (task_wakes, task) = counted_task();
         let mut cx = Context::from_waker(&task);
 
         assert!(woken.as_mut().poll(&mut cx).is_pending());
@@ -225,16 +218,9 @@ mod tests {
 
     #[test]
     fn a_body_is_asked_again_after_a_frame_and_after_its_own_wake_up_only() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let inner_waker = Arc::new(Mutex::new(None::<Waker>));
-        let ready = Arc::new(AtomicBool::new(true));
-        let mut body = Box::pin(WokenBody::new(ProbeBody(Probe {
-            polls: Arc::clone(&polls),
-            waker: Arc::clone(&inner_waker),
-            ready: Arc::clone(&ready),
-        })));
-        let task_wakes = Arc::new(Counter(AtomicUsize::new(0)));
-        let task = Waker::from(Arc::clone(&task_wakes));
+        let (probe, (polls, inner_waker, ready)) = Probe::new(true);
+        let mut body = Box::pin(WokenBody::new(ProbeBody(probe)));
+        let (task_wakes, task) = counted_task();
         let mut cx = Context::from_waker(&task);
 
         // Frames in a row: every ask goes through.
@@ -255,6 +241,31 @@ mod tests {
         assert_eq!(task_wakes.0.load(Ordering::SeqCst), 1);
         assert!(body.as_mut().poll_frame(&mut cx).is_ready());
         assert_eq!(polls.load(Ordering::SeqCst), 5);
+    }
+
+    type Handles = (Arc<AtomicUsize>, Arc<Mutex<Option<Waker>>>, Arc<AtomicBool>);
+
+    impl Probe {
+        /// A probe, and its poll count, the waker it keeps and its `ready` switch.
+        fn new(ready: bool) -> (Self, Handles) {
+            let handles: Handles = (
+                Arc::new(AtomicUsize::new(0)),
+                Arc::new(Mutex::new(None)),
+                Arc::new(AtomicBool::new(ready)),
+            );
+            let probe = Probe {
+                polls: Arc::clone(&handles.0),
+                waker: Arc::clone(&handles.1),
+                ready: Arc::clone(&handles.2),
+            };
+            (probe, handles)
+        }
+    }
+
+    /// A task waker that counts its wake-ups.
+    fn counted_task() -> (Arc<Counter>, Waker) {
+        let wakes = Arc::new(Counter(AtomicUsize::new(0)));
+        (Arc::clone(&wakes), Waker::from(wakes))
     }
 
     struct Counter(AtomicUsize);
