@@ -22,6 +22,8 @@
 //!   whether it is the first half of a CRLF.
 //! - Every byte is scanned once and copied at most once. Events lying inside one chunk are
 //!   `split_to` slices of it; only an event straddling chunks is assembled in a `BytesMut`.
+//!   An event of one non-empty line (the usual `data:` line) is read where the scanner saw
+//!   that line; only other events have their lines looked for again.
 //! - Memory is bounded: the assembly buffer never holds more than `max_event_bytes`, so the
 //!   framer holds about the cap plus whatever chunks were pushed but not yet drained.
 
@@ -83,11 +85,7 @@ impl SseEvent {
     /// `skip_bom` is set only for the stream's first event, and only when the stream really
     /// began with a BOM: a BOM anywhere else is ordinary content.
     fn parse(raw: Bytes, skip_bom: bool) -> Self {
-        let start = if skip_bom && raw.starts_with(BOM) {
-            BOM.len()
-        } else {
-            0
-        };
+        let start = Self::lines_start(&raw, skip_bom);
         // One pass over the lines finds what is a comment and where the data is; only data
         // over several lines (rare) is read again, to join it.
         let body = raw.get(start..).unwrap_or_default();
@@ -118,6 +116,44 @@ impl SseEvent {
             comment: content && comment,
             start,
             one_data_line,
+        }
+    }
+
+    /// [`SseEvent::parse`] for an event whose only non-empty line is `raw[line]`, as the
+    /// framer's scanner saw it go by: the lines are not looked for again. (Most events are
+    /// one `data:` line and the blank line after it.)
+    fn parse_one_line(raw: Bytes, skip_bom: bool, line: Range<usize>) -> Self {
+        let start = Self::lines_start(&raw, skip_bom);
+        let text = raw.get(line.clone()).unwrap_or_default();
+        let comment = text.starts_with(b":");
+        let (data, one_data_line) = match data_value(text) {
+            Some(value) => (
+                Some(raw.slice(line.start + value.start..line.start + value.end)),
+                Some((line.start, line.start + value.end)),
+            ),
+            None => (None, None),
+        };
+        let event = SseEvent {
+            raw,
+            data,
+            comment,
+            start,
+            one_data_line,
+        };
+        debug_assert_eq!(
+            event,
+            SseEvent::parse(event.raw.clone(), skip_bom),
+            "the scanner's line {line:?} misread the event"
+        );
+        event
+    }
+
+    /// Where the event's lines start in `raw`: past the stream's BOM when it has one.
+    fn lines_start(raw: &[u8], skip_bom: bool) -> usize {
+        if skip_bom && raw.starts_with(BOM) {
+            BOM.len()
+        } else {
+            0
         }
     }
 
@@ -265,6 +301,13 @@ struct Scanner {
     bom_matched: Option<usize>,
     /// The current event begins with the stream's BOM, which parsing must skip.
     event_has_bom: bool,
+    /// Non-empty lines the current event has begun (saturating).
+    lines: u8,
+    /// Where its first non-empty line starts and ends, counted from the event's first byte;
+    /// the end is known once a line ending followed.
+    first_line: Range<usize>,
+    /// The event that ended last had this one non-empty line (see [`Scanner::take_one_line`]).
+    ended_one_line: Option<Range<usize>>,
 }
 
 impl Scanner {
@@ -276,6 +319,9 @@ impl Scanner {
             end_after_cr: false,
             bom_matched: Some(0),
             event_has_bom: false,
+            lines: 0,
+            first_line: 0..0,
+            ended_one_line: None,
         }
     }
 
@@ -286,23 +332,43 @@ impl Scanner {
         self.seen_content = false;
         self.after_cr = false;
         self.end_after_cr = false;
+        self.ended_one_line = (self.lines == 1).then(|| self.first_line.clone());
+        self.lines = 0;
+    }
+
+    /// A non-empty line begins at `at` (from the event's first byte).
+    fn line_starts(&mut self, at: usize) {
+        self.at_line_start = false;
+        self.seen_content = true;
+        if self.lines == 0 {
+            self.first_line = at..at;
+        }
+        self.lines = self.lines.saturating_add(1);
+    }
+
+    /// Where the one non-empty line of the event that just ended lies in it, when it had
+    /// exactly one.
+    fn take_one_line(&mut self) -> Option<Range<usize>> {
+        self.ended_one_line.take()
     }
 
     /// Consumes `buf` up to the end of the current event, returning that end's offset, or
-    /// `None` when all of `buf` belongs to the still unfinished event.
-    fn scan(&mut self, buf: &[u8]) -> Option<usize> {
+    /// `None` when all of `buf` belongs to the still unfinished event. `base`: how many of
+    /// the event's bytes came before `buf`.
+    fn scan(&mut self, buf: &[u8], base: usize) -> Option<usize> {
         let mut i = 0;
         while let Some(&b) = buf.get(i) {
             // Fast path: ordinary content runs to the next line ending, found with memchr
             // instead of byte by byte; only line endings (and a stream's BOM) need the
             // state machine below.
             if !self.after_cr && self.bom_matched.is_none() && b != b'\r' && b != b'\n' {
-                self.at_line_start = false;
-                self.seen_content = true;
+                if self.at_line_start {
+                    self.line_starts(base + i);
+                }
                 i = memchr::memchr2(b'\n', b'\r', &buf[i..]).map_or(buf.len(), |n| i + n);
                 continue;
             }
-            if let Some(end) = self.step(i, b) {
+            if let Some(end) = self.step(i, b, base) {
                 return Some(end);
             }
             i += 1;
@@ -310,8 +376,9 @@ impl Scanner {
         None
     }
 
-    /// One byte of the state machine at offset `i`; `Some(end)` when the event ends.
-    fn step(&mut self, i: usize, b: u8) -> Option<usize> {
+    /// One byte of the state machine at offset `i` of a buffer that starts `base` bytes into
+    /// the event; `Some(end)` when the event ends.
+    fn step(&mut self, i: usize, b: u8, base: usize) -> Option<usize> {
         if std::mem::take(&mut self.after_cr) {
             let end = if b == b'\n' { i + 1 } else { i };
             if std::mem::take(&mut self.end_after_cr) {
@@ -330,13 +397,17 @@ impl Scanner {
             }
             self.bom_matched = None;
             if n > 0 {
-                // A broken BOM prefix is ordinary content of the first line.
-                self.at_line_start = false;
-                self.seen_content = true;
+                // A broken BOM prefix is ordinary content of the first line, which began
+                // with it.
+                self.line_starts((base + i).saturating_sub(n));
             }
         }
         match b {
             b'\r' | b'\n' => {
+                if !self.at_line_start && self.lines == 1 {
+                    // The event's first non-empty line ends here.
+                    self.first_line.end = base + i;
+                }
                 let blank_ends_event = self.at_line_start && self.seen_content;
                 self.at_line_start = true;
                 self.after_cr = b == b'\r';
@@ -349,10 +420,8 @@ impl Scanner {
                     }
                 }
             }
-            _ => {
-                self.at_line_start = false;
-                self.seen_content = true;
-            }
+            _ if self.at_line_start => self.line_starts(base + i),
+            _ => {}
         }
         None
     }
@@ -406,7 +475,7 @@ impl SseFramer {
             // One byte past the budget may still be scanned: after a blank line's `\r` it
             // can end the event without becoming part of it.
             let window = front.len().min(budget.saturating_add(1));
-            match self.scanner.scan(&front[..window]) {
+            match self.scanner.scan(&front[..window], self.pending.len()) {
                 Some(end) if end <= budget => {
                     let raw = if self.pending.is_empty() {
                         front.split_to(end)
@@ -422,7 +491,10 @@ impl SseFramer {
                         self.queue.pop_front();
                     }
                     let bom = std::mem::take(&mut self.scanner.event_has_bom);
-                    return Ok(Some(SseEvent::parse(raw, bom)));
+                    return Ok(Some(match self.scanner.take_one_line() {
+                        Some(line) => SseEvent::parse_one_line(raw, bom, line),
+                        None => SseEvent::parse(raw, bom),
+                    }));
                 }
                 None if window <= budget => {
                     self.pending.extend_from_slice(front);
@@ -661,6 +733,37 @@ mod tests {
             pair(b"", b"\nid: 1\n: c\n\n")
         );
         assert_eq!(around(b"event: e\n: c\n\n"), None);
+    }
+
+    /// Where the scanner says the one non-empty line of each event of `chunks` lies, event by
+    /// event (`None`: not one line, so the event is parsed line by line).
+    fn one_lines(chunks: &[&[u8]]) -> Vec<Option<Range<usize>>> {
+        let (mut scanner, mut found, mut base) = (Scanner::new(), Vec::new(), 0);
+        for chunk in chunks {
+            let mut rest = *chunk;
+            while let Some(end) = scanner.scan(rest, base) {
+                found.push(scanner.take_one_line());
+                (rest, base) = (&rest[end..], 0);
+            }
+            base += rest.len();
+        }
+        found
+    }
+
+    #[test]
+    fn the_scanner_notes_where_an_events_only_line_lies() {
+        assert_eq!(one_lines(&[b"data: x\n\n"]), [Some(0..7)]);
+        // Across chunks, after blank lines, with CRLF and a lone CR.
+        assert_eq!(
+            one_lines(&[b"\r\nda", b"ta: x\r", b"\n\r\n: c\r\r", b"\n"]),
+            [Some(2..9), Some(0..3)]
+        );
+        // Two lines: parsed line by line.
+        assert_eq!(one_lines(&[b"event: e\ndata: x\n\n"]), [None]);
+        // The stream's BOM is not part of the line; a broken one is.
+        assert_eq!(one_lines(&[b"\xEF\xBB\xBFdata: x\n\n"]), [Some(3..10)]);
+        assert_eq!(one_lines(&[b"\xEF", b"\xBB\n\n"]), [Some(0..2)]);
+        assert_eq!(one_lines(&[b"\xEF\xBBx\n: c\n\n"]), [None]);
     }
 
     #[test]
