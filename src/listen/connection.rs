@@ -65,10 +65,11 @@ pub(super) fn connection_builder(config: &Config) -> Protocols {
         .header_read_timeout(config.header_read_timeout)
         .max_headers(config.max_headers)
         .max_buf_size(config.max_header_bytes as usize)
-        // Frames are copied into one write buffer (flushed when full or when the body has
-        // nothing more at once) rather than queued for writev, which takes a limited number
-        // of pieces per write: the events of one upstream read go out in one write.
-        .writev(false);
+        // Frames are queued for writev, not copied into hyper's write buffer: a large body goes
+        // out without a copy (64 KiB responses: −5 % CPU wrapped, −9 % passed through), and the
+        // buffer keeps nothing of it afterwards (tests/memory.rs). Event streams lose nothing:
+        // SseBody gathers the events of one upstream read into one frame.
+        .writev(true);
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2
         .timer(TokioTimer::new())

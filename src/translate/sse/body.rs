@@ -277,9 +277,9 @@ impl StreamState {
     /// What goes to the client next, if anything is ready: every event already buffered is
     /// transformed first, and the queued pieces are handed over as one frame of up to
     /// [`GATHER_LIMIT`] bytes. A rewritten event is three pieces and one upstream read often
-    /// holds several events; hyper's write buffer copies each frame anyway, and a frame per
-    /// piece cost more (a trip through every body layer and hyper's write loop) than copying
-    /// the small ones once more. A piece that does not fit goes alone, uncopied.
+    /// holds several events; a frame per piece cost more (a trip through every body layer
+    /// and hyper's write loop, and a piece in writev's list) than copying the small ones
+    /// once. A piece that does not fit goes alone, uncopied.
     fn next_output(&mut self) -> Option<Bytes> {
         if self.out.is_empty() {
             return None;
@@ -301,7 +301,7 @@ impl StreamState {
             return self.out.pop_front();
         }
         // Reserved at once: the buffer grows to the largest frame gathered and is reused once
-        // hyper has let go of the last frame (always, over HTTP/1.1: it copies frames).
+        // hyper has let go of the last frame (written it, or copied it over HTTP/2).
         self.gathered.reserve(size);
         for piece in self.out.drain(..pieces) {
             self.gathered.extend_from_slice(&piece);
