@@ -213,21 +213,30 @@ fn translate_success(exchange: &Exchange, parts: Parts, body: Bytes) -> Response
     match exchange.client {
         Dialect::Envelope => {
             // An empty success carries no payload: `data` is null.
-            let payload = if payload.is_empty() {
-                Bytes::from_static(b"null")
-            } else if unwrapped || envelope::is_json(&payload) {
-                // Validate, never rebuild: the payload goes out as the upstream wrote it.
-                payload
+            let (payload, report) = if payload.is_empty() {
+                (Bytes::from_static(b"null"), None)
+            } else if unwrapped {
+                let report = usage::UsageReport::of(&payload, false);
+                (payload, report)
             } else {
-                return exchange.error_response(&invalid_json(&parts), Some(parts.headers));
+                // Validate, never rebuild: the payload goes out as the upstream wrote it. Its
+                // usage is read in the same pass.
+                match usage::UsageReport::of_json(&payload) {
+                    Some(report) => (payload, report),
+                    None => {
+                        return exchange.error_response(&invalid_json(&parts), Some(parts.headers))
+                    }
+                }
             };
-            let report = payload.clone();
-            let response = translated(json_response(
+            let mut response = translated(json_response(
                 parts.status,
                 parts.headers,
                 exchange.envelopes().client().wrap(parts.status, payload),
             ));
-            with_usage(response, &report)
+            if let Some(report) = report {
+                response.body_mut().set_usage_report(report);
+            }
+            response
         }
         // An empty success is relayed empty.
         Dialect::Bare if payload.is_empty() => json_response(

@@ -19,6 +19,8 @@
 
 use std::sync::LazyLock;
 
+use crate::translate::json_check;
+
 /// The longest model name kept, in bytes (cut on a character boundary).
 pub(crate) const MAX_MODEL_BYTES: usize = 128;
 /// The longest `model` string read as written (escapes included): enough for
@@ -81,6 +83,32 @@ impl UsageReport {
         let mut scan = UsageScan::new(envelope);
         scan.feed(body);
         scan.finish()
+    }
+
+    /// A bare body read whole, checked: `None` when it is not one JSON text (as
+    /// [`json_check::is_json`] decides), else what [`UsageReport::of`] reads in it. One pass
+    /// over the body checks it and hands the top-level `model` and `usage` members to the
+    /// scanner as it goes; the rest of the body (its `choices`) is not read a second time.
+    pub fn of_json(body: &[u8]) -> Option<Option<UsageReport>> {
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            // Not an object: JSON or not, it has no report.
+            return json_check::is_json(body).then_some(None);
+        }
+        let mut scan = UsageScan::new(false);
+        scan.feed(b"{");
+        let mut first = true;
+        let json = json_check::object_members(body, |key, value| {
+            // Names as written, as the scanner compares them.
+            if key == b"model" || key == b"usage" {
+                scan.feed(if first { b"\"" } else { b",\"" });
+                scan.feed(key);
+                scan.feed(b"\":");
+                scan.feed(body.get(value).unwrap_or_default());
+                first = false;
+            }
+        });
+        scan.feed(b"}");
+        json.then(|| scan.finish())
     }
 }
 
@@ -899,7 +927,78 @@ mod tests {
         proptest::collection::vec(tokens, 0..60).prop_map(|t| t.concat().into_bytes())
     }
 
+    /// Objects made of members that matter to the report, and some that only look as if they
+    /// did, in any order and number (names repeated), spaced or not.
+    fn member_soup() -> impl Strategy<Value = Vec<u8>> {
+        let members = prop::sample::select(vec![
+            r#""model":"gpt-4o""#,
+            r#""model" : "a\u00e9\"b""#,
+            r#""model":7"#,
+            r#""model":null"#,
+            r#""model":{"usage":{"prompt_tokens":1}}"#,
+            r#""usage":{"prompt_tokens":3,"completion_tokens":4}"#,
+            r#""usage" : { "prompt_tokens_details" : {"cached_tokens":2}, "completion_tokens_details":{"reasoning_tokens":1} }"#,
+            r#""usage":null"#,
+            r#""usage":[1,{"prompt_tokens":2}]"#,
+            r#""usage":{"prompt_tokens":-1,"completion_tokens":1.5}"#,
+            r#""usage":"x""#,
+            r#""us\u0061ge":{"prompt_tokens":5}"#,
+            r#""choices":[{"message":{"content":"\"usage\":{}"},"usage":{"prompt_tokens":9}}]"#,
+            r#""data":{"usage":{"prompt_tokens":8},"model":"m"}"#,
+            r#""success":false"#,
+            r#""id":"chatcmpl-1""#,
+        ]);
+        (proptest::collection::vec(members, 0..6), any::<bool>()).prop_map(|(members, spaced)| {
+            let gap = if spaced { " \n" } else { "" };
+            format!(
+                "{gap}{{{gap}{}{gap}}}{gap}",
+                members.join(&format!(",{gap}"))
+            )
+            .into_bytes()
+        })
+    }
+
+    /// [`UsageReport::of_json`] as its two parts read it.
+    fn of_json_oracle(body: &[u8]) -> Option<Option<UsageReport>> {
+        json_check::is_json(body).then(|| UsageReport::of(body, false))
+    }
+
+    #[test]
+    fn of_json_checks_and_reads_as_the_scan_of_the_whole_body() {
+        for body in [
+            BARE,
+            ENVELOPE,
+            b"[1]",
+            b" 7 ",
+            b"{}",
+            b"{",
+            b"",
+            b"{\"usage\":{}}x",
+        ] {
+            assert_eq!(UsageReport::of_json(body), of_json_oracle(body), "{body:?}");
+        }
+        assert_eq!(
+            UsageReport::of_json(BARE),
+            Some(report("gpt-4o-mini-2024-07-18", Some(full())))
+        );
+    }
+
     proptest! {
+        #[test]
+        fn of_json_agrees_with_the_check_and_the_scan(
+            body in member_soup(),
+            cut in 0usize..400,
+            soup in token_soup(),
+        ) {
+            prop_assert_eq!(UsageReport::of_json(&body), of_json_oracle(&body));
+            // Broken ones too: cut short, or followed by anything.
+            let short = &body[..cut.min(body.len())];
+            prop_assert_eq!(UsageReport::of_json(short), of_json_oracle(short));
+            let long = [&body[..], &soup[..]].concat();
+            prop_assert_eq!(UsageReport::of_json(&long), of_json_oracle(&long));
+            prop_assert_eq!(UsageReport::of_json(&soup), of_json_oracle(&soup));
+        }
+
         #[test]
         fn skipping_changes_nothing(
             body in token_soup(),
