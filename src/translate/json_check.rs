@@ -68,6 +68,17 @@ fn specials(word: u64) -> u64 {
     (control_or_quote | backslash) & HIGHS
 }
 
+/// The bytes [`scan`] passes over at once when none of them is special.
+const BLOCK: usize = 64;
+
+/// `"`, `\`, a control character or non-ASCII: what [`specials`] flags, for one byte, written
+/// without branches (as a signed byte, everything from 0x80 up is below 0x20) so that a block
+/// of them is checked in vector registers.
+#[inline(always)]
+fn is_special(byte: u8) -> bool {
+    (i8::from_ne_bytes([byte]) < 0x20) | (byte == b'"') | (byte == b'\\')
+}
+
 /// The first flagged byte of `word` (`flags` not 0): its offset in the word, and the byte.
 #[inline(always)]
 fn first_flagged(word: u64, flags: u64) -> (usize, u8) {
@@ -167,6 +178,7 @@ fn string_specials(bytes: &[u8], mut at: usize) -> Option<usize> {
 #[inline(always)]
 fn scan(bytes: &[u8], mut at: usize) -> Option<(u8, usize)> {
     let mut rest = bytes.get(at..)?;
+    let mut long = false;
     // Fixed-size loads: no bounds check per word.
     while let Some(chunk) = rest.first_chunk::<16>() {
         let both = u128::from_le_bytes(*chunk);
@@ -182,6 +194,22 @@ fn scan(bytes: &[u8], mut at: usize) -> Option<(u8, usize)> {
         }
         at += 16;
         rest = rest.get(16..).unwrap_or_default();
+        if !long {
+            // Sixteen plain bytes: a long text, likely (a completion's content). The rest of
+            // it is passed over a block at a time, in a check the compiler does in vector
+            // registers; the block that holds the stop is read word by word, as above.
+            long = true;
+            while let Some(block) = rest.first_chunk::<BLOCK>() {
+                if block
+                    .iter()
+                    .fold(false, |any, &byte| any | is_special(byte))
+                {
+                    break;
+                }
+                at += BLOCK;
+                rest = rest.get(BLOCK..).unwrap_or_default();
+            }
+        }
     }
     if let Some(chunk) = rest.first_chunk::<8>() {
         let word = u64::from_le_bytes(*chunk);
@@ -665,6 +693,27 @@ mod tests {
                     assert_eq!(is_json(&body), oracle(&body), "{body:02x?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_byte_at_every_place_of_a_block() {
+        // A string long enough for words, blocks of BLOCK bytes, then words again: each byte
+        // at each place of the first words, of the first blocks and of the words after them.
+        for byte in 0..=255u8 {
+            for at in 0..(3 * BLOCK + 20) {
+                let mut body = vec![b'"'];
+                body.extend(std::iter::repeat_n(b'a', at));
+                body.push(byte);
+                body.extend(std::iter::repeat_n(b'b', 3 * BLOCK + 20 - at));
+                body.push(b'"');
+                assert_eq!(is_json(&body), oracle(&body), "{byte:02x} at {at}");
+            }
+        }
+        for byte in 0..=255u8 {
+            // The word's lowest byte, which no borrow reaches: flagged exactly.
+            let word = u64::from_le_bytes([byte, b'a', b'a', b'a', b'a', b'a', b'a', b'a']);
+            assert_eq!(is_special(byte), specials(word) & 0x80 != 0, "{byte:02x}");
         }
     }
 
