@@ -27,9 +27,12 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// The waker `F` is given: notes the wake-up, then wakes the task that polled last.
+/// The waker `F` is given: notes the wake-up, then wakes the task that polled last (unless
+/// the wake-up came while a [`WokenBody`] was being asked, which then decides).
 struct Signal {
     woken: AtomicBool,
+    /// A `WokenBody` is asking its body: a wake-up now is the body's own doing.
+    asking: AtomicBool,
     task: Mutex<Option<Waker>>,
 }
 
@@ -40,6 +43,9 @@ impl Wake for Signal {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
+        if self.asking.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(task) = self.lock_task().as_ref() {
             task.wake_by_ref();
         }
@@ -59,6 +65,7 @@ impl Signal {
     fn new() -> Arc<Self> {
         Arc::new(Signal {
             woken: AtomicBool::new(true),
+            asking: AtomicBool::new(false),
             task: Mutex::new(None),
         })
     }
@@ -134,10 +141,20 @@ impl<B: Body> Body for WokenBody<B> {
         if !this.signal.take_wake_up(cx) {
             return Poll::Pending;
         }
+        // Wake-ups while the body is asked are held back. hyper's HTTP/1.1 client, driven from
+        // inside the ask (`UpstreamBody`), wakes the body's waker for every chunk it hands over
+        // in that same ask: a task wake-up each, and a whole run of the task after it for
+        // nothing.
+        this.signal.asking.store(true, Ordering::Release);
         let polled = this.inner.poll_frame(&mut Context::from_waker(this.waker));
+        this.signal.asking.store(false, Ordering::Release);
         if polled.is_ready() {
-            // A body has more after a frame: the next ask goes through.
+            // A body has more after a frame: the next ask goes through (and answers whatever
+            // woke it during this one).
             this.signal.woken.store(true, Ordering::Release);
+        } else if this.signal.woken.load(Ordering::Acquire) {
+            // Woken during an ask that found nothing: the wake-up held back is due.
+            cx.waker().wake_by_ref();
         }
         polled
     }
@@ -241,6 +258,54 @@ mod tests {
         assert_eq!(task_wakes.0.load(Ordering::SeqCst), 1);
         assert!(body.as_mut().poll_frame(&mut cx).is_ready());
         assert_eq!(polls.load(Ordering::SeqCst), 5);
+    }
+
+    /// A body that wakes its own waker while it is asked, then answers a frame when `ready`.
+    struct SelfWaking {
+        asks: usize,
+        ready: bool,
+    }
+
+    impl Body for SelfWaking {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+            self.asks += 1;
+            cx.waker().wake_by_ref();
+            if self.ready {
+                Poll::Ready(Some(Ok(Frame::data(bytes::Bytes::from_static(b"x")))))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    #[test]
+    fn a_wake_up_during_an_ask_wakes_the_task_only_when_the_ask_found_nothing() {
+        let mut body = Box::pin(WokenBody::new(SelfWaking {
+            asks: 0,
+            ready: true,
+        }));
+        let (task_wakes, task) = counted_task();
+        let mut cx = Context::from_waker(&task);
+
+        // A frame answers the wake-up: the task is not woken, the next ask goes through.
+        for asks in 1..=3 {
+            assert!(body.as_mut().poll_frame(&mut cx).is_ready());
+            assert_eq!(body.inner.asks, asks);
+        }
+        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 0);
+        // Nothing ready, but woken during the ask: the task is woken once, after the ask,
+        // and asks again.
+        body.as_mut().project().inner.ready = false;
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 1);
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 2);
+        assert_eq!(body.inner.asks, 5);
     }
 
     type Handles = (Arc<AtomicUsize>, Arc<Mutex<Option<Waker>>>, Arc<AtomicBool>);
