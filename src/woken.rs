@@ -1,6 +1,7 @@
 //! Polling only what has something to say: [`Woken`], a future polled only once its own waker
 //! has fired, and [`WokenBody`], a body asked again after a `Pending` only once its own waker
-//! has fired.
+//! has fired. And not waking the task for what it is doing already: [`HeldWakes`] holds back
+//! the wake-ups that what it asks gives itself during the ask.
 //!
 //! A connection's task waits on the connection itself beside two watchers (the server's drain
 //! and the progress tracker), and every wake-up of the task — several per request, almost all
@@ -83,6 +84,57 @@ impl Signal {
     }
 }
 
+impl Signal {
+    /// Runs `ask` with `waker` (this signal's), holding back the wake-ups given meanwhile. An
+    /// answer answers them; after a `Pending` they are passed on to `cx`'s task (`woken` stays
+    /// set for the next ask).
+    fn held_ask<T>(
+        &self,
+        waker: &Waker,
+        cx: &Context<'_>,
+        ask: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        self.asking.store(true, Ordering::Release);
+        let answer = ask(&mut Context::from_waker(waker));
+        self.asking.store(false, Ordering::Release);
+        if answer.is_pending() && self.woken.load(Ordering::Acquire) {
+            cx.waker().wake_by_ref();
+        }
+        answer
+    }
+}
+
+/// Holds back the wake-ups a future or body gives itself while it is asked for something.
+/// hyper's HTTP/1.1 client, driven from the request's own task, wakes the waker it was given
+/// for what it hands over: the response head through a oneshot, each chunk of the body
+/// through a channel, each ask for more back to the connection. Each such wake-up, given
+/// during the very poll that takes what it announces, would make the task run once more for
+/// nothing. Wake-ups that come later (the socket, a timer) wake the task as usual.
+pub(crate) struct HeldWakes {
+    signal: Arc<Signal>,
+    /// `signal` as a waker, made once.
+    waker: Waker,
+}
+
+impl HeldWakes {
+    pub(crate) fn new() -> Self {
+        let signal = Signal::new();
+        let waker = Waker::from(Arc::clone(&signal));
+        Self { signal, waker }
+    }
+
+    /// `ask`, polled with this waker; see [`HeldWakes`].
+    pub(crate) fn ask<T>(
+        &self,
+        cx: &mut Context<'_>,
+        ask: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        // Only whether this ask was woken counts.
+        self.signal.take_wake_up(cx);
+        self.signal.held_ask(&self.waker, cx, ask)
+    }
+}
+
 impl<F: Future> Woken<F> {
     pub(crate) fn new(inner: F) -> Self {
         Self {
@@ -141,10 +193,8 @@ impl<B: Body> Body for WokenBody<B> {
         if !this.signal.take_wake_up(cx) {
             return Poll::Pending;
         }
-        // Wake-ups while the body is asked are held back. hyper's HTTP/1.1 client, driven from
-        // inside the ask (`UpstreamBody`), wakes the body's waker for every chunk it hands over
-        // in that same ask: a task wake-up each, and a whole run of the task after it for
-        // nothing.
+        // Wake-ups while the body is asked are held back, as `HeldWakes` does: a chunk handed
+        // over during the ask it answers wakes no task.
         this.signal.asking.store(true, Ordering::Release);
         let polled = this.inner.poll_frame(&mut Context::from_waker(this.waker));
         this.signal.asking.store(false, Ordering::Release);
@@ -306,6 +356,35 @@ mod tests {
         assert!(body.as_mut().poll_frame(&mut cx).is_pending());
         assert_eq!(task_wakes.0.load(Ordering::SeqCst), 2);
         assert_eq!(body.inner.asks, 5);
+    }
+
+    #[test]
+    fn held_wakes_wake_the_task_after_a_pending_ask_and_for_later_wake_ups_only() {
+        let held = HeldWakes::new();
+        let (task_wakes, task) = counted_task();
+        let mut cx = Context::from_waker(&task);
+        let mut kept = None;
+        // Woken during an ask that is answered: no task wake-up.
+        let answer = held.ask(&mut cx, |cx| {
+            cx.waker().wake_by_ref();
+            Poll::Ready(1)
+        });
+        assert_eq!(answer, Poll::Ready(1));
+        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 0);
+        // Woken during an ask that found nothing: one, after it.
+        let answer: Poll<()> = held.ask(&mut cx, |cx| {
+            cx.waker().wake_by_ref();
+            kept = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        assert!(answer.is_pending());
+        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 1);
+        // Nothing during the ask, woken later (the socket): the task is woken then.
+        let answer: Poll<()> = held.ask(&mut cx, |_| Poll::Pending);
+        assert!(answer.is_pending());
+        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 1);
+        kept.take().unwrap().wake();
+        assert_eq!(task_wakes.0.load(Ordering::SeqCst), 2);
     }
 
     type Handles = (Arc<AtomicUsize>, Arc<Mutex<Option<Waker>>>, Arc<AtomicBool>);

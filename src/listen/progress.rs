@@ -205,9 +205,13 @@ impl Tracker {
         // which takes the tracker's lock.
         let mut stalled = false;
         // Frames handed over are not announced, so every response is looked at again a
-        // quarter period later (see the module docs), until the last one is gone.
+        // quarter period later (see the module docs). The tracker looks that often whether or
+        // not a response is open: a response that begins is then sampled in time without
+        // waking the tracker (`OpenRequest::watch`). A wake-up per request, which a short
+        // response made as the tracker then found it gone and slept until the idle deadline,
+        // cost a run of the connection's task per request.
         let sample_again = now + self.limits.client_write / 4;
-        if !responses.is_empty() {
+        if !self.limits.client_write.is_zero() {
             next = Some(next.map_or(sample_again, |n| n.min(sample_again)));
         }
         for response in responses {

@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::BoxError;
 use crate::translate::upstream_body::{has_no_body, DriveConnection, UpstreamBody};
+use crate::woken::HeldWakes;
 
 mod h2c;
 mod transport;
@@ -247,14 +248,18 @@ impl OwnPool {
             let sending = used.sender.try_send_request(request);
             tokio::pin!(sending);
             let mut connection = Some(used.connection);
-            // The request's own task drives the connection while it waits for the head.
+            // The request's own task drives the connection while it waits for the head; the
+            // connection's wake-ups to itself (the head handed over) are held back.
+            let wakes = HeldWakes::new();
             let sent = std::future::poll_fn(|cx| {
-                if let Some(driven) = connection.as_mut() {
-                    if driven.as_mut().poll(cx).is_ready() {
-                        connection = None;
+                wakes.ask(cx, |cx| {
+                    if let Some(driven) = connection.as_mut() {
+                        if driven.as_mut().poll(cx).is_ready() {
+                            connection = None;
+                        }
                     }
-                }
-                sending.as_mut().poll(cx)
+                    sending.as_mut().poll(cx)
+                })
             })
             .await;
             match sent {
@@ -268,7 +273,7 @@ impl OwnPool {
                         connection,
                         pool: Arc::clone(&self.idle),
                     });
-                    return Ok(response.map(|body| UpstreamBody::driven(body, driver)));
+                    return Ok(response.map(|body| UpstreamBody::driven(body, driver, wakes)));
                 }
                 Err(mut error) => match error.take_message() {
                     // A pooled connection the upstream closed before the request went out:

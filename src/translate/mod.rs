@@ -182,7 +182,12 @@ fn stream_response(
     // Tells nginx (and compatible buffering proxies in front of us) not to buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     let rewrites = exchange.stream.mode != EventMode::Passthru;
-    let body = SseBody::with_cut(body, exchange.stream, exchange.cut.clone());
+    // SseBody asks its upstream body through a WokenBody.
+    let body = SseBody::with_cut(
+        body.wakes_held_outside(),
+        exchange.stream,
+        exchange.cut.clone(),
+    );
     let response = Response::from_parts(parts, ProxyBody::sse(body));
     if rewrites {
         translated(response)

@@ -19,6 +19,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::woken::HeldWakes;
+
 /// An upstream connection driven by the request that uses it.
 pub(crate) trait DriveConnection: Send + 'static {
     /// Lets the connection make progress (read, decode, write the request body). `Ready` once
@@ -34,6 +36,9 @@ pub struct UpstreamBody {
     inner: Incoming,
     /// `None` when another task drives the connection, and once it has ended.
     connection: Option<Box<dyn DriveConnection>>,
+    /// With a driven connection: its wake-ups to itself, held back during each ask (see
+    /// [`HeldWakes`]).
+    wakes: Option<HeldWakes>,
     /// An error held back for one poll, so that what arrived before it is sent first.
     held_error: Option<hyper::Error>,
     /// The response head, or data, was handed out since the last `Pending`: the server may
@@ -60,6 +65,7 @@ impl From<Incoming> for UpstreamBody {
         Self {
             inner,
             connection: None,
+            wakes: None,
             held_error: None,
             unflushed: true,
             held: None,
@@ -69,16 +75,30 @@ impl From<Incoming> for UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// A body fed by `connection`, which this body drives.
-    pub(crate) fn driven(inner: Incoming, connection: Box<dyn DriveConnection>) -> Self {
+    /// A body fed by `connection`, which this body drives, holding back the wake-ups `wakes`
+    /// (what drove the connection to the response head) is given during each ask.
+    pub(crate) fn driven(
+        inner: Incoming,
+        connection: Box<dyn DriveConnection>,
+        wakes: HeldWakes,
+    ) -> Self {
         Self {
             inner,
             connection: Some(connection),
+            wakes: Some(wakes),
             held_error: None,
             unflushed: true,
             held: None,
             bodiless: false,
         }
+    }
+
+    /// For a body read behind a `WokenBody` (event streams), which holds back the wake-ups
+    /// its body gives itself during each ask already: the body's own holding would cost a
+    /// second round of it per event.
+    pub(crate) fn wakes_held_outside(mut self) -> Self {
+        self.wakes = None;
+        self
     }
 
     /// Empty from the start when `bodiless` (see [`has_no_body`]).
@@ -93,6 +113,7 @@ impl UpstreamBody {
         Self {
             inner,
             connection: None,
+            wakes: None,
             held_error: None,
             unflushed: true,
             held: Some(held),
@@ -116,6 +137,30 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        let Some(wakes) = this.wakes.take() else {
+            return this.ask(cx);
+        };
+        let answer = wakes.ask(cx, |cx| this.ask(cx));
+        this.wakes = Some(wakes);
+        answer
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bodiless || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.bodiless {
+            return SizeHint::with_exact(0);
+        }
+        self.inner.size_hint()
+    }
+}
+
+impl UpstreamBody {
+    /// The next frame: from the channel, after driving the connection when it is empty.
+    fn ask(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self;
         if let Some(error) = this.held_error.take() {
             return Poll::Ready(Some(Err(error)));
         }
@@ -166,17 +211,6 @@ impl Body for UpstreamBody {
                 this.connection = None;
             }
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.bodiless || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.bodiless {
-            return SizeHint::with_exact(0);
-        }
-        self.inner.size_hint()
     }
 }
 
