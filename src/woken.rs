@@ -32,7 +32,7 @@ pin_project_lite::pin_project! {
 /// the wake-up came while a [`WokenBody`] was being asked, which then decides).
 struct Signal {
     woken: AtomicBool,
-    /// A `WokenBody` is asking its body: a wake-up now is the body's own doing.
+    /// A `WokenBody` or `HeldWakes` is asking: a wake-up now is the asked one's own doing.
     asking: AtomicBool,
     task: Mutex<Option<Waker>>,
 }
@@ -195,6 +195,8 @@ impl<B: Body> Body for WokenBody<B> {
         }
         // Wake-ups while the body is asked are held back, as `HeldWakes` does: a chunk handed
         // over during the ask it answers wakes no task.
+        // `held_ask`, written out: through it, per event, this cost 0.5 % (saturated) to 1.9 %
+        // (dripping) more instructions per stream.
         this.signal.asking.store(true, Ordering::Release);
         let polled = this.inner.poll_frame(&mut Context::from_waker(this.waker));
         this.signal.asking.store(false, Ordering::Release);
