@@ -222,6 +222,48 @@ async fn the_same_envelope_on_both_sides_passes_byte_for_byte() {
     assert_eq!(text(&reply.body), body);
 }
 
+#[tokio::test]
+async fn usage_passing_through_is_read_inside_the_envelopes_payload_member() {
+    let h = proxy(Shape::Envelope, &cases()[3].client).await;
+    let payload = harness::fixture("bare/chat_completion.json");
+    // A decoy under `data`, which is no member of this envelope.
+    let body = [
+        br#"{"ok":true,"retCode":"0000","data":{"model":"decoy","usage":{"prompt_tokens":5}},"result":"#,
+        &payload[..],
+        b"}",
+    ]
+    .concat();
+    let reply = h
+        .chat("/api/v1/chat/completions", false)
+        .header("x-mock-body-pct", &pct(&body))
+        .header("x-mock-behaviour", "split:7")
+        .send()
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, body);
+    let expected = [
+        r#"envelope_proxy_tokens_total{model="gpt-4o-mini-2024-07-18",kind="cached_prompt"} 0"#,
+        r#"envelope_proxy_tokens_total{model="gpt-4o-mini-2024-07-18",kind="completion"} 86"#,
+        r#"envelope_proxy_tokens_total{model="gpt-4o-mini-2024-07-18",kind="prompt"} 27"#,
+        r#"envelope_proxy_tokens_total{model="gpt-4o-mini-2024-07-18",kind="reasoning"} 0"#,
+    ];
+    // The scan's report is counted once the body is done, which may follow the reply's end.
+    let deadline = std::time::Instant::now() + harness::WAIT;
+    loop {
+        let metrics = h.get("/metrics").send().await.text();
+        let mut tokens: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("envelope_proxy_tokens_total{"))
+            .collect();
+        tokens.sort();
+        if tokens == expected || std::time::Instant::now() > deadline {
+            assert_eq!(tokens, expected);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 // === Errors ===
 
 #[tokio::test]

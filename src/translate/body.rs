@@ -43,12 +43,11 @@ impl ProxyBody {
         ProxyBody::Passthru { inner, scan: None }
     }
 
-    /// A pass-through JSON success whose `usage` and `model` are read on the way
-    /// (`envelope`: inside its `data`).
-    pub fn passthru_scanned(inner: UpstreamBody, envelope: bool) -> Self {
+    /// A pass-through JSON success whose `usage` and `model` `scan` reads on the way.
+    pub fn passthru_scanned(inner: UpstreamBody, scan: UsageScan) -> Self {
         ProxyBody::Passthru {
             inner,
-            scan: Some(Box::new(UsageScan::new(envelope))),
+            scan: Some(Box::new(scan)),
         }
     }
 

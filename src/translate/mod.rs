@@ -55,6 +55,7 @@ use sse::{EventMode, SseBody, StreamSettings};
 use synthetic::{error_response, set_json_headers};
 use template::{Envelopes, Unwrapped};
 use tokio_util::sync::CancellationToken;
+use usage::UsageScan;
 
 /// What the response path needs to know about one exchange.
 #[derive(Debug, Clone)]
@@ -84,6 +85,17 @@ impl Exchange {
     /// envelopes the same envelope on both sides.
     pub fn passes_through(&self) -> bool {
         self.client == self.upstream && (self.client == Dialect::Bare || self.envelopes().same())
+    }
+
+    /// What reads the `usage` and `model` of a success passing through: at the top level of a
+    /// bare body, inside the payload member of an envelope.
+    fn usage_scan(&self) -> UsageScan {
+        let shape = self.envelopes().upstream();
+        match self.upstream {
+            Dialect::Bare => UsageScan::new(false),
+            Dialect::Envelope if shape.is_standard() => UsageScan::new(true),
+            Dialect::Envelope => UsageScan::in_payload(shape.payload_member().as_bytes()),
+        }
     }
 
     /// `error` as a response in the client's dialect and envelope.
@@ -153,7 +165,7 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
             let body = if encoded {
                 ProxyBody::passthru(body)
             } else {
-                ProxyBody::passthru_scanned(body, exchange.upstream == Dialect::Envelope)
+                ProxyBody::passthru_scanned(body, exchange.usage_scan())
             };
             return Response::from_parts(parts, body);
         }

@@ -574,6 +574,14 @@ impl Shape {
         self.templates.is_none()
     }
 
+    /// The member where a success holds its payload (`$data` in the template).
+    pub fn payload_member(&self) -> &str {
+        self.templates
+            .as_ref()
+            .and_then(|t| t.success.0.member(|slot| *slot == Slot::Data))
+            .unwrap_or("data")
+    }
+
     /// `payload` inside the success envelope, in three pieces; the payload is not copied.
     pub fn wrap(&self, status: StatusCode, payload: Bytes) -> [Bytes; 3] {
         match &self.templates {

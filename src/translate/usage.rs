@@ -5,12 +5,13 @@
 //! (a bit per nesting level for the first 64 levels, the member names on the path down to
 //! `usage.*_details.*`, and at most [`MODEL_RAW_BYTES`] of the `model` string), linear in the
 //! body and blind to how it is cut into frames. It looks only at the top-level `model` and
-//! `usage` members (inside `data` for an envelope): a `"usage"` inside a string or inside a
+//! `usage` members (inside `data` for an envelope, or inside the member where a custom
+//! envelope's template puts `$data`): a `"usage"` inside a string or inside a
 //! nested object is not the response's usage. A container that cannot hold either (an array,
 //! or an object under another name, like `choices`) is skipped: only its strings and brackets
 //! are looked for, with a search rather than a step per byte. It does not validate the JSON; it reports only a
 //! body whose top-level object closed and had nothing but whitespace after it, and nothing for
-//! an envelope that says `"success":false` (an error, whatever its status). Member names are
+//! a standard envelope that says `"success":false` (an error, whatever its status). Member names are
 //! matched as written: a name spelt with escapes (`"us\u0061ge"`) is not recognised, which no
 //! API does.
 //!
@@ -222,7 +223,10 @@ enum State {
 
 /// The streaming scanner: see the module docs.
 pub struct UsageScan {
-    envelope: bool,
+    /// The envelope member that holds the payload; `None`: a bare body.
+    payload: Option<&'static [u8]>,
+    /// The standard envelope: its `"success":false` means an error.
+    reads_success: bool,
     state: State,
     depth: u32,
     /// Bit `d - 1` set: the container at depth `d` (≤ 64) is an array.
@@ -244,9 +248,24 @@ pub struct UsageScan {
 }
 
 impl UsageScan {
+    /// A bare body's scan, or (`envelope`) the standard envelope's: inside `data`, and nothing
+    /// for one that says `"success":false`.
     pub fn new(envelope: bool) -> Self {
+        Self::reading(envelope.then_some(b"data"), envelope)
+    }
+
+    /// A custom envelope's scan: inside its `payload` member (where its success template puts
+    /// `$data`). Its failures are told by its discriminator, which this scan does not read; a
+    /// failure carries no payload in any template seen. A name longer than [`KEY_BYTES`]
+    /// matches nothing (no usage is read).
+    pub fn in_payload(payload: &'static [u8]) -> Self {
+        Self::reading(Some(payload), false)
+    }
+
+    fn reading(payload: Option<&'static [u8]>, reads_success: bool) -> Self {
         Self {
-            envelope,
+            payload,
+            reads_success,
             state: State::Between,
             depth: 0,
             arrays: 0,
@@ -525,7 +544,7 @@ impl UsageScan {
             return false;
         }
         // The names of the members whose values are the containers from depth 2 to here.
-        let path = if self.envelope {
+        let path = if self.payload.is_some() {
             if self.keys[0] != Key::Data {
                 return false;
             }
@@ -551,7 +570,7 @@ impl UsageScan {
         if d == 0 || d > PATH || self.arrays & ((1 << d) - 1) != 0 {
             return Target::None;
         }
-        let path = if self.envelope {
+        let path = if self.payload.is_some() {
             if d == 1 && self.keys[0] == Key::Success {
                 return Target::Success;
             }
@@ -599,8 +618,22 @@ impl UsageScan {
             Str::Key => {
                 let d = self.depth as usize;
                 let name = self.key.get(..self.key_len).unwrap_or_default();
+                let kind = match self.payload {
+                    // An envelope's own members: its payload, and its `success` if it is
+                    // the standard one.
+                    Some(payload) if d == 1 => {
+                        if name == payload {
+                            Key::Data
+                        } else if self.reads_success && name == b"success" {
+                            Key::Success
+                        } else {
+                            Key::Other
+                        }
+                    }
+                    _ => key(name),
+                };
                 if let Some(slot) = self.keys.get_mut(d.wrapping_sub(1)) {
-                    *slot = key(name);
+                    *slot = kind;
                 }
             }
             Str::Model => self.report.model = Some(model_name(&self.model_raw)),
@@ -759,6 +792,40 @@ mod tests {
             UsageReport::of(ENVELOPE, false),
             Some(UsageReport::default())
         );
+    }
+
+    #[test]
+    fn a_custom_envelope_is_read_inside_its_payload_member() {
+        let bare = std::str::from_utf8(BARE).unwrap();
+        // `data` and `success` are nothing special to it; its payload is under `result`.
+        let body = format!(
+            r#"{{"success":false,"data":{{"model":"decoy","usage":{{"prompt_tokens":9}}}},"ok":true,"result":{bare}}}"#
+        );
+        let expected = report("gpt-4o-mini-2024-07-18", Some(full()));
+        let read = |cuts: &[usize]| {
+            let mut scan = UsageScan::in_payload(b"result");
+            let mut at = 0;
+            for &cut in cuts {
+                scan.feed(&body.as_bytes()[at..cut]);
+                at = cut;
+            }
+            scan.feed(&body.as_bytes()[at..]);
+            scan.finish()
+        };
+        for cut in 0..=body.len() {
+            assert_eq!(read(&[cut]), expected, "cut at {cut}");
+        }
+        // The standard envelope's scan finds the decoy's failure, a bare one nothing at all.
+        assert_eq!(UsageReport::of(body.as_bytes(), true), None);
+        assert_eq!(
+            UsageReport::of(body.as_bytes(), false),
+            Some(UsageReport::default())
+        );
+        // A payload member nested deeper is not the payload.
+        let nested = format!(r#"{{"meta":{{"result":{bare}}}}}"#);
+        let mut scan = UsageScan::in_payload(b"result");
+        scan.feed(nested.as_bytes());
+        assert_eq!(scan.finish(), Some(UsageReport::default()));
     }
 
     #[test]
