@@ -187,31 +187,34 @@ impl Tracker {
     /// The next deadline, or the action that is due now.
     fn evaluate(&self) -> Result<Option<Instant>, Action> {
         let now = Instant::now();
-        let (mut next, responses, http1) = {
+        let (mut next, responses, http1, sampling) = {
             let mut state = self.lock();
             // Until the new deadline is known, every change wakes the tracker (the wake-up
             // is kept for it: `changed` was enabled before this call).
             state.wakes_at = None;
             let next = self.connection_deadline(&mut state, now)?;
+            let sampling = state.open > 0 || now < state.idle_since + self.limits.client_write;
             state.responses.retain(|r| r.strong_count() > 0);
             let responses: Vec<_> = if self.limits.client_write.is_zero() {
                 Vec::new()
             } else {
                 state.responses.iter().filter_map(Weak::upgrade).collect()
             };
-            (next, responses, state.http1)
+            (next, responses, state.http1, sampling)
         };
         // Slots are locked with the tracker unlocked: abandoning one drops its request guard,
         // which takes the tracker's lock.
         let mut stalled = false;
         // Frames handed over are not announced, so every response is looked at again a
         // quarter period later (see the module docs). The tracker looks that often whether or
-        // not a response is open: a response that begins is then sampled in time without
-        // waking the tracker (`OpenRequest::watch`). A wake-up per request, which a short
-        // response made as the tracker then found it gone and slept until the idle deadline,
-        // cost a run of the connection's task per request.
+        // not a response is open, until the connection has been idle for a whole period: a
+        // response that begins on a busy connection is then sampled in time without waking
+        // the tracker (`OpenRequest::watch`). A wake-up per request, which a short response
+        // made as the tracker then found it gone and slept until the idle deadline, cost a run
+        // of the connection's task per request. A connection idle for longer costs no run
+        // until its next response (or its idle deadline).
         let sample_again = now + self.limits.client_write / 4;
-        if !self.limits.client_write.is_zero() {
+        if !self.limits.client_write.is_zero() && sampling {
             next = Some(next.map_or(sample_again, |n| n.min(sample_again)));
         }
         for response in responses {
@@ -587,6 +590,55 @@ mod tests {
         assert!(abandoned.load(std::sync::atomic::Ordering::SeqCst));
         let error = body.frame().await.unwrap().unwrap_err();
         assert!(error.is::<ClientStalled>());
+    }
+
+    #[tokio::test]
+    async fn the_tracker_samples_a_busy_connection_and_leaves_a_quiet_one_alone() {
+        let no_idle = |client_write| Limits {
+            header_read: Duration::from_secs(60),
+            idle: Duration::ZERO,
+            client_write,
+        };
+        // A response just ended: the next one may begin at any time, so the tracker looks
+        // again a quarter period on, response or not.
+        let busy = Tracker::new(no_idle(Duration::from_secs(60)), false);
+        drop(busy.request_started(Version::HTTP_11));
+        let next = busy.evaluate().unwrap().expect("a sample is due");
+        assert!(next <= Instant::now() + Duration::from_secs(15));
+        // Idle for longer than a period (and no idle deadline): nothing is due.
+        let quiet = Tracker::new(no_idle(Duration::from_millis(100)), false);
+        drop(quiet.request_started(Version::HTTP_11));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(quiet.evaluate(), Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_response_that_stalls_on_a_long_quiet_connection_is_abandoned() {
+        let limits = Limits {
+            header_read: Duration::from_secs(60),
+            idle: Duration::ZERO,
+            client_write: Duration::from_millis(200),
+        };
+        let tracker = Tracker::new(limits, false);
+        drop(tracker.request_started(Version::HTTP_11));
+        let waiting = tokio::spawn({
+            let tracker = Arc::clone(&tracker);
+            async move { tracker.next_action().await }
+        });
+        // Longer than a period: the tracker has stopped sampling and waits to be told.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!waiting.is_finished());
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut body = tracker.request_started(Version::HTTP_11).watch(Endless {
+            abandoned: Arc::clone(&abandoned),
+        });
+        body.frame().await.unwrap().unwrap();
+        let start = Instant::now();
+        // The response told the tracker: the stall closes the connection.
+        let action = tokio::time::timeout(Duration::from_secs(30), waiting).await;
+        assert_eq!(action.unwrap().unwrap(), Action::Close);
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert!(abandoned.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     /// One frame of `len` bytes, then the end.
