@@ -12,6 +12,12 @@
 #                                   and over HTTP/2 client connections, fresh 2-worker proxy
 #   benches/profile.sh faults [N]   which code first touches the resident pages while N streams
 #                                   (default 500) open: perf's page-fault event with call stacks
+#   benches/profile.sh ab A B [PATH] [N] [ROUNDS]
+#                                   CPU per request of two builds A and B side by side, in
+#                                   alternating rounds of N requests (default 10000) to PATH
+#                                   (default /api/v1/bench/json/1024), ROUNDS each (default 6),
+#                                   and each build's median: how a change is measured on a noisy
+#                                   host, where two runs apart differ more than the change
 #
 # PROXY_BIN=path runs another build (for an A/B); SERVER_CPU/LOAD_CPU pin as in load.sh.
 set -euo pipefail
@@ -115,8 +121,37 @@ faults)
   grep -E '^ +[0-9.]+%|--[0-9.]+%--' "$OUT/faults.txt" | cut -c1-160 | head -40
   echo "full report: $OUT/faults.txt"
   ;;
+ab)
+  a=${2:?profile.sh ab A B [PATH] [N] [ROUNDS]} b=${3:?profile.sh ab A B [PATH] [N] [ROUNDS]}
+  path=${4:-/api/v1/bench/json/1024} n=${5:-10000} rounds=${6:-6}
+  PROXY_BIN=$a start_proxy a 1 "$SERVER_CPU"
+  PROXY_BIN=$b start_proxy b 1 "$SERVER_CPU"
+  for build in a b; do # warm-up, not counted
+    port=PORT_$build
+    oha_count "http://127.0.0.1:${!port}$path" -c 16 -n 2000 >/dev/null
+  done
+  for round in $(seq 1 "$rounds"); do
+    for build in a b; do
+      port=PORT_$build pid=PID_$build
+      before=$(cpu_ns "${!pid}")
+      done_n=$(oha_count "http://127.0.0.1:${!port}$path" -c 16 -n "$n")
+      after=$(cpu_ns "${!pid}")
+      echo "$build $round $(((after - before) / done_n))"
+    done
+  done | tee "$OUT/ab.txt"
+  python3 - "$OUT/ab.txt" "$a" "$b" <<'PY'
+import statistics, sys
+rounds = [line.split() for line in open(sys.argv[1])]
+for build, path in (("a", sys.argv[2]), ("b", sys.argv[3])):
+    ns = [int(r[2]) for r in rounds if r[0] == build]
+    print(f"{build} ({path}): median {statistics.median(ns) / 1e3:.2f} us per request, rounds {' '.join(f'{x / 1e3:.1f}' for x in ns)}")
+a = [int(r[2]) for r in rounds if r[0] == "a"]
+b = [int(r[2]) for r in rounds if r[0] == "b"]
+print(f"b lower than a in {sum(y < x for x, y in zip(a, b))} of {len(a)} rounds")
+PY
+  ;;
 *)
-  sed -n '2,16p' "$0" >&2
+  sed -n '2,22p' "$0" >&2
   exit 2
   ;;
 esac
