@@ -316,14 +316,24 @@ impl StreamState {
         if self.out.is_empty() {
             return false;
         }
+        // The pieces' size, kept up to date as events add pieces (summed anew each turn, it
+        // cost a pass over the queue per event).
+        let mut size: usize = self.out.iter().map(Bytes::len).sum();
         loop {
             let room = self.outcome.is_none()
                 && !self.upstream_ended
                 && self.out.len() < MAX_GATHERED_PIECES
-                && self.out.iter().map(Bytes::len).sum::<usize>() < GATHER_LIMIT;
+                && size < GATHER_LIMIT;
+            let before = self.out.len();
             if !room || !self.transform_next_event() {
                 return room;
             }
+            size = if self.out.len() >= before {
+                size + self.out.range(before..).map(Bytes::len).sum::<usize>()
+            } else {
+                // Pieces were taken out (none are, today): count again.
+                self.out.iter().map(Bytes::len).sum()
+            };
         }
     }
 
