@@ -6,14 +6,14 @@
 //! `usage.*_details.*`, and at most [`MODEL_RAW_BYTES`] of the `model` string), linear in the
 //! body and blind to how it is cut into frames. It looks only at the top-level `model` and
 //! `usage` members (inside `data` for an envelope, or inside the member where a custom
-//! envelope's template puts `$data`): a `"usage"` inside a string or inside a
-//! nested object is not the response's usage. A container that cannot hold either (an array,
-//! or an object under another name, like `choices`) is skipped: only its strings and brackets
-//! are looked for, with a search rather than a step per byte. It does not validate the JSON; it reports only a
-//! body whose top-level object closed and had nothing but whitespace after it, and nothing for
-//! a standard envelope that says `"success":false` (an error, whatever its status). Member names are
-//! matched as written: a name spelt with escapes (`"us\u0061ge"`) is not recognised, which no
-//! API does.
+//! envelope's template puts `$data`): a `"usage"` inside a string or inside a nested object is
+//! not the response's usage. A container that cannot hold either (an array, or an object under
+//! another name, like `choices`) is skipped: only its strings and brackets are looked for, with
+//! a search rather than a step per byte. It does not validate the JSON; it reports only a body
+//! whose top-level object closed and had nothing but whitespace after it, and nothing for a
+//! standard envelope that says `"success":false` (an error, whatever its status). Member names
+//! are matched as written: a name spelt with escapes (`"us\u0061ge"`) is not recognised, which
+//! no API does.
 //!
 //! Bodies the proxy reads whole anyway (translated ones) and single stream events use the same
 //! scanner over the whole slice ([`UsageReport::of`]), so every route agrees on what counts.
