@@ -118,7 +118,7 @@ faults)
   wait $!
   perf report -i "$OUT/faults.data" --no-children --stdio --sort sym -G --percent-limit 2 \
     >"$OUT/faults.txt" 2>/dev/null
-  grep -E '^ +[0-9.]+%|--[0-9.]+%--' "$OUT/faults.txt" | cut -c1-160 | head -40
+  grep -E '^ +[0-9.]+%|--[0-9.]+%--' "$OUT/faults.txt" | cut -c1-160 | sed -n '1,40p'
   echo "full report: $OUT/faults.txt"
   ;;
 ab)

@@ -31,7 +31,10 @@ mkdir -p "$rootfs/usr/bin" "$rootfs/etc/ssl/certs"
 install -m 0755 "target/$target/release/envelope-proxy" "$rootfs/usr/bin/envelope-proxy"
 # Symbols are half the file; the image needs none (the build keeps its copy for debugging).
 if command -v strip >/dev/null 2>&1; then strip "$rootfs/usr/bin/envelope-proxy"; fi
-if ldd "$rootfs/usr/bin/envelope-proxy" 2>&1 | grep -q '=>'; then
+# Read whole before grep: under pipefail, `grep -q` leaving at its first match can kill ldd with
+# SIGPIPE, and the failed pipeline would then pass a dynamic binary.
+linked="$(ldd "$rootfs/usr/bin/envelope-proxy" 2>&1 || true)"
+if grep -q '=>' <<<"$linked"; then
     echo "build.sh: the binary is dynamically linked; a FROM scratch image needs a static one" >&2
     exit 1
 fi

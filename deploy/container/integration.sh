@@ -69,7 +69,10 @@ else
     bad "image size '$size' bytes (> 20 MB)"
 fi
 check "runs as a non-root numeric user" "65532:65532" "$(podman image inspect --format '{{.Config.User}}' "$image")"
-if podman image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$image" | grep -qx 'ENVELOPE_PROXY_LISTEN=0.0.0.0:8080'; then
+# Read whole before grep: `grep -q` leaves at its first match, and under pipefail a writer
+# still writing then dies of SIGPIPE and fails the pipeline (this check failed so once).
+env_lines="$(podman image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$image")"
+if grep -qx 'ENVELOPE_PROXY_LISTEN=0.0.0.0:8080' <<<"$env_lines"; then
     ok "listens on 0.0.0.0:8080 by default"
 else
     bad "ENVELOPE_PROXY_LISTEN=0.0.0.0:8080 not in the image's environment"

@@ -107,7 +107,8 @@ verify() { # unit paths...; prints the output, returns systemd-analyze's status
 broken="$root/etc/systemd/system/envelope-proxy-selftest.service"
 printf '[Service]\nExecStart=/usr/bin/envelope-proxy\nNoSuchKey=1\n' >"$broken"
 selftest="$(verify "$broken")"
-if printf '%s\n' "$selftest" | grep -q 'NoSuchKey'; then
+# A here-string, not a pipe: under pipefail, `grep -q` leaving early can fail the writer.
+if grep -q 'NoSuchKey' <<<"$selftest"; then
     ok "systemd-analyze verify reports a deliberately broken unit"
 else
     bad "systemd-analyze verify did not flag a broken unit: this check would pass vacuously"
