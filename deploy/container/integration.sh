@@ -75,7 +75,7 @@ env_lines="$(podman image inspect --format '{{range .Config.Env}}{{println .}}{{
 if grep -qx 'ENVELOPE_PROXY_LISTEN=0.0.0.0:8080' <<<"$env_lines"; then
     ok "listens on 0.0.0.0:8080 by default"
 else
-    bad "ENVELOPE_PROXY_LISTEN=0.0.0.0:8080 not in the image's environment"
+    bad "ENVELOPE_PROXY_LISTEN=0.0.0.0:8080 not in the image's environment (it has: ${env_lines//$'\n'/ })"
 fi
 check "no base image: one layer (FROM scratch + one COPY)" "1" "$(podman image inspect --format '{{len .RootFS.Layers}}' "$image")"
 
