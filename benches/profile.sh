@@ -142,12 +142,10 @@ ab)
   python3 - "$OUT/ab.txt" "$a" "$b" <<'PY'
 import statistics, sys
 rounds = [line.split() for line in open(sys.argv[1])]
+ns = {build: [int(r[2]) for r in rounds if r[0] == build] for build in ("a", "b")}
 for build, path in (("a", sys.argv[2]), ("b", sys.argv[3])):
-    ns = [int(r[2]) for r in rounds if r[0] == build]
-    print(f"{build} ({path}): median {statistics.median(ns) / 1e3:.2f} us per request, rounds {' '.join(f'{x / 1e3:.1f}' for x in ns)}")
-a = [int(r[2]) for r in rounds if r[0] == "a"]
-b = [int(r[2]) for r in rounds if r[0] == "b"]
-print(f"b lower than a in {sum(y < x for x, y in zip(a, b))} of {len(a)} rounds")
+    print(f"{build} ({path}): median {statistics.median(ns[build]) / 1e3:.2f} us per request, rounds {' '.join(f'{x / 1e3:.1f}' for x in ns[build])}")
+print(f"b lower than a in {sum(y < x for x, y in zip(ns['a'], ns['b']))} of {len(ns['a'])} rounds")
 PY
   ;;
 *)
