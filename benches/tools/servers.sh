@@ -166,7 +166,8 @@ cpu_ticks() {
 }
 CLK_TCK=$(getconf CLK_TCK)
 
-# cpu_ns PID -> CPU time used so far by all threads of PID (schedstat), in ns
-cpu_ns() { awk '{s += $1} END {print s}' /proc/"$1"/task/*/schedstat; }
+# cpu_ns PID -> CPU time used so far by all threads of PID (schedstat), in ns. Printed with
+# %.0f: Debian's mawk prints a sum above 2^31 as 2.27627e+09 with print, and clamps it with %d
+cpu_ns() { awk '{s += $1} END {printf "%.0f\n", s}' /proc/"$1"/task/*/schedstat; }
 
 BENCH_BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}]}'
