@@ -10,6 +10,7 @@
 //! the metrics read all three from the body (`proxy/response_body.rs`): typed fields, where
 //! response extensions would allocate a map for every response.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -32,6 +33,9 @@ pin_project! {
         Passthru { #[pin] inner: UpstreamBody, scan: Option<Box<UsageScan>> },
         /// Up to three pieces sent in order (prefix, payload, suffix), with an exact length.
         Parts { parts: [Bytes; 3], next: usize, written: Written },
+        /// More pieces sent in order, none empty, with an exact length: a body read in pieces
+        /// and wrapped without joining them (prefix, the pieces, suffix).
+        Pieces { pieces: VecDeque<Bytes>, written: Written },
         /// An SSE stream re-framed and translated event by event. Boxed: a stream's state is
         /// most of a kilobyte, which every move of every response would copy otherwise.
         Sse { inner: Pin<Box<SseBody<UpstreamBody>>> },
@@ -63,6 +67,27 @@ impl ProxyBody {
         }
     }
 
+    /// `payload`'s pieces between `prefix` and `suffix`, as they are.
+    pub fn around(prefix: Bytes, payload: Vec<Bytes>, suffix: Bytes) -> Self {
+        let mut pieces = VecDeque::with_capacity(payload.len() + 2);
+        pieces.push_back(prefix);
+        pieces.extend(payload);
+        pieces.push_back(suffix);
+        pieces.retain(|piece| !piece.is_empty());
+        ProxyBody::Pieces {
+            pieces,
+            written: Written::default(),
+        }
+    }
+
+    /// What the proxy knows of a body it wrote itself.
+    fn written(&mut self) -> Option<&mut Written> {
+        match self {
+            ProxyBody::Parts { written, .. } | ProxyBody::Pieces { written, .. } => Some(written),
+            _ => None,
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn empty() -> Self {
         Self::full(Bytes::new())
@@ -76,21 +101,21 @@ impl ProxyBody {
 
     /// Marks a body the proxy wrote itself as rewritten from the upstream's dialect.
     pub(crate) fn mark_translated(&mut self) {
-        if let ProxyBody::Parts { written, .. } = self {
+        if let Some(written) = self.written() {
             written.translated = true;
         }
     }
 
     /// Gives a body the proxy wrote itself the proxy's own error code (see [`Written`]).
     pub(crate) fn set_error_code(&mut self, code: ErrorCode) {
-        if let ProxyBody::Parts { written, .. } = self {
+        if let Some(written) = self.written() {
             written.error_code = Some(code);
         }
     }
 
     /// Gives a success the proxy read whole the `usage` and `model` it carried.
     pub(crate) fn set_usage_report(&mut self, report: UsageReport) {
-        if let ProxyBody::Parts { written, .. } = self {
+        if let Some(written) = self.written() {
             written.report = Some(Box::new(report));
         }
     }
@@ -99,7 +124,9 @@ impl ProxyBody {
     pub(crate) fn translated(&self) -> bool {
         match self {
             ProxyBody::Passthru { .. } => false,
-            ProxyBody::Parts { written, .. } => written.translated,
+            ProxyBody::Parts { written, .. } | ProxyBody::Pieces { written, .. } => {
+                written.translated
+            }
             ProxyBody::Sse { inner } => inner.rewrites(),
         }
     }
@@ -107,7 +134,9 @@ impl ProxyBody {
     /// The proxy's own error code when the body is one of its errors.
     pub(crate) fn error_code(&self) -> Option<ErrorCode> {
         match self {
-            ProxyBody::Parts { written, .. } => written.error_code,
+            ProxyBody::Parts { written, .. } | ProxyBody::Pieces { written, .. } => {
+                written.error_code
+            }
             _ => None,
         }
     }
@@ -131,7 +160,9 @@ impl ProxyBody {
             ProxyBodyProj::Passthru {
                 scan: Some(scan), ..
             } => scan.take_report(),
-            ProxyBodyProj::Parts { written, .. } => written.report.take().map(|report| *report),
+            ProxyBodyProj::Parts { written, .. } | ProxyBodyProj::Pieces { written, .. } => {
+                written.report.take().map(|report| *report)
+            }
             _ => None,
         }
     }
@@ -184,6 +215,9 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(None)
             }
+            ProxyBodyProj::Pieces { pieces, .. } => {
+                Poll::Ready(pieces.pop_front().map(|piece| Ok(Frame::data(piece))))
+            }
             ProxyBodyProj::Sse { inner } => inner.as_mut().poll_frame(cx),
         }
     }
@@ -192,6 +226,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Passthru { inner, .. } => inner.is_end_stream(),
             ProxyBody::Parts { parts, next, .. } => parts.iter().skip(*next).all(Bytes::is_empty),
+            ProxyBody::Pieces { pieces, .. } => pieces.is_empty(),
             ProxyBody::Sse { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -201,6 +236,9 @@ impl Body for ProxyBody {
             ProxyBody::Passthru { inner, .. } => inner.size_hint(),
             ProxyBody::Parts { parts, next, .. } => {
                 SizeHint::with_exact(parts.iter().skip(*next).map(|p| p.len() as u64).sum())
+            }
+            ProxyBody::Pieces { pieces, .. } => {
+                SizeHint::with_exact(pieces.iter().map(|p| p.len() as u64).sum())
             }
             ProxyBody::Sse { inner, .. } => inner.size_hint(),
         }
@@ -223,5 +261,31 @@ mod tests {
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(&collected[..], b"{\"data\":[1]}");
         assert!(ProxyBody::empty().is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_payload_in_pieces_goes_between_prefix_and_suffix_frame_by_frame() {
+        let pieces = ["[1,", "", "\"ab", "c\"]"]
+            .map(|p| Bytes::from_static(p.as_bytes()))
+            .to_vec();
+        let mut body = ProxyBody::around(
+            Bytes::from_static(b"{\"data\":"),
+            pieces,
+            Bytes::from_static(b"}"),
+        );
+        body.set_usage_report(UsageReport::default());
+        assert_eq!(body.size_hint().exact(), Some(18));
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+            assert_eq!(
+                body.size_hint().exact(),
+                Some(18 - frames.iter().map(Bytes::len).sum::<usize>() as u64)
+            );
+        }
+        // Empty pieces are no frames.
+        assert_eq!(frames, ["{\"data\":", "[1,", "\"ab", "c\"]", "}"]);
+        assert!(body.is_end_stream());
+        assert!(std::pin::pin!(body).take_usage_report().is_some());
     }
 }

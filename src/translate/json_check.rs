@@ -23,13 +23,35 @@
 //! [`object_members`] is the same check for a body that must be an object, and hands out where
 //! each top-level member's key and value are as it goes (an envelope's members are read so).
 
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
+
+use bytes::Bytes;
 
 /// True when `body` is valid UTF-8 and exactly one JSON value, with optional whitespace around
 /// it. Linear in `body`; allocates only beyond 64 levels of nesting (a bit per level).
 pub fn is_json(body: &[u8]) -> bool {
-    Checker {
+    Checker::<false> {
         bytes: body,
+        rest: &[],
+        deeper: Vec::new(),
+    }
+    .document()
+    .is_some()
+}
+
+/// True when the body cut into `pieces` is one JSON text ([`is_json`] of them joined), read
+/// without joining them: a string runs on from one piece into the next (a long completion's
+/// text, where the cuts of a large body fall), a member's name and whitespace too; a number or
+/// a literal cut in two is read again from a copy of its two halves. False when it is not
+/// JSON, and also when a number's part before the cut is longer than [`STITCH`] / 2 bytes (an
+/// `f64` needs 17 digits): then only [`is_json`] of the joined body can tell.
+pub fn is_json_across(pieces: &[Bytes]) -> bool {
+    let Some((first, rest)) = pieces.split_first() else {
+        return false;
+    };
+    Checker::<true> {
+        bytes: first,
+        rest,
         deeper: Vec::new(),
     }
     .document()
@@ -42,12 +64,56 @@ pub fn is_json(body: &[u8]) -> bool {
 /// whitespace around it). The same single pass: the members of a body that turns out not to be
 /// JSON may have been seen before the verdict, so they count only when this returns true.
 pub fn object_members<'a>(body: &'a [u8], member: impl FnMut(&'a [u8], Range<usize>)) -> bool {
-    Checker {
+    Checker::<false> {
         bytes: body,
+        rest: &[],
         deeper: Vec::new(),
     }
     .object(member)
     .is_some()
+}
+
+/// [`object_members`] for a body in pieces, read without joining them as [`is_json_across`]
+/// reads them (and false where it is false): `member(key, value)` sees where each member's
+/// name (as written between its quotes) and its value lie.
+pub fn object_members_across<'a>(
+    pieces: &'a [Bytes],
+    member: impl FnMut(Spread<'a>, Spread<'a>),
+) -> bool {
+    let Some((first, rest)) = pieces.split_first() else {
+        return false;
+    };
+    Checker::<true> {
+        bytes: first,
+        rest,
+        deeper: Vec::new(),
+    }
+    .object_across(pieces, member)
+    .is_some()
+}
+
+/// Where a value or a name lies in a body read in pieces: from an offset in one piece to an
+/// offset in the same piece or a later one (end excluded).
+#[derive(Clone, Copy, Debug)]
+pub struct Spread<'a> {
+    pieces: &'a [Bytes],
+    /// The piece and the offset in it where the value starts.
+    start: (usize, usize),
+    /// The piece and the offset in it where the value ends.
+    end: (usize, usize),
+}
+
+impl<'a> Spread<'a> {
+    /// Its bytes, piece by piece.
+    pub fn parts(self) -> impl Iterator<Item = &'a [u8]> + Clone {
+        let ((first, start), (last, end)) = (self.start, self.end);
+        let pieces = self.pieces.get(first..=last).unwrap_or_default();
+        pieces.iter().enumerate().map(move |(i, piece)| {
+            let from = if i == 0 { start } else { 0 };
+            let to = if first + i == last { end } else { piece.len() };
+            piece.get(from..to).unwrap_or_default()
+        })
+    }
 }
 
 /// 0x01 and 0x80 in every byte of a word.
@@ -242,8 +308,18 @@ fn escape(bytes: &[u8], at: usize) -> Option<usize> {
 /// One multi-byte UTF-8 sequence at `at` (RFC 3629 table 3-7: no overlongs, no surrogates,
 /// nothing above U+10FFFF): where it ends.
 fn utf8(bytes: &[u8], at: usize) -> Option<usize> {
-    let lead = *bytes.get(at)?;
-    let (len, second) = match lead {
+    let (len, second) = utf8_lead(*bytes.get(at)?)?;
+    let sequence = bytes.get(at..at + len)?;
+    let continued = sequence.get(2..)?.iter().all(|b| (0x80..=0xbf).contains(b));
+    if !second.contains(sequence.get(1)?) || !continued {
+        return None;
+    }
+    Some(at + len)
+}
+
+/// A multi-byte sequence's length from its lead byte, and the bytes its second may be.
+fn utf8_lead(lead: u8) -> Option<(usize, RangeInclusive<u8>)> {
+    Some(match lead {
         0xc2..=0xdf => (2, 0x80..=0xbf),
         0xe0 => (3, 0xa0..=0xbf),
         0xe1..=0xec | 0xee..=0xef => (3, 0x80..=0xbf),
@@ -252,13 +328,64 @@ fn utf8(bytes: &[u8], at: usize) -> Option<usize> {
         0xf1..=0xf3 => (4, 0x80..=0xbf),
         0xf4 => (4, 0x80..=0x8f),
         _ => return None,
-    };
-    let sequence = bytes.get(at..at + len)?;
-    let continued = sequence.get(2..)?.iter().all(|b| (0x80..=0xbf).contains(b));
-    if !second.contains(sequence.get(1)?) || !continued {
-        return None;
+    })
+}
+
+/// Where a string cut at a piece's end stands: what the next piece's first bytes must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Open {
+    /// Between characters.
+    Plain,
+    /// After a backslash.
+    Escape,
+    /// In `\u`'s digits: this many to come.
+    Hex(u8),
+    /// In a multi-byte character: this many bytes to come, the next one in the range.
+    Utf8(u8, RangeInclusive<u8>),
+}
+
+/// The rest of a string from `at` in `bytes`, from where `open` says it stands: `Ok` where it
+/// ends, `Err(Some(open))` when `bytes` ends first (and where the string then stands),
+/// `Err(None)` when it is not a string.
+fn string_rest(bytes: &[u8], mut at: usize, mut open: Open) -> Result<usize, Option<Open>> {
+    loop {
+        let byte = match open {
+            Open::Plain => match scan(bytes, at) {
+                Some((byte, stop)) => {
+                    at = stop;
+                    byte
+                }
+                None => return Err(Some(Open::Plain)),
+            },
+            _ => match bytes.get(at) {
+                Some(&byte) => byte,
+                None => return Err(Some(open)),
+            },
+        };
+        at += 1;
+        open = match (open, byte) {
+            (Open::Plain, b'"') => return Ok(at),
+            (Open::Plain, b'\\') => Open::Escape,
+            (Open::Plain, 0..=0x1f) => return Err(None),
+            (Open::Plain, 0x80..=0xff) => {
+                let (len, second) = utf8_lead(byte).ok_or(None)?;
+                Open::Utf8(len as u8 - 1, second)
+            }
+            // Only in the last few bytes, which `scan` hands over one at a time.
+            (Open::Plain, _) => Open::Plain,
+            (Open::Escape, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Open::Plain,
+            (Open::Escape, b'u') => Open::Hex(4),
+            (Open::Hex(left), _) if byte.is_ascii_hexdigit() => match left {
+                1 => Open::Plain,
+                _ => Open::Hex(left - 1),
+            },
+            (Open::Utf8(left, range), _) if range.contains(&byte) => match left {
+                1 => Open::Plain,
+                _ => Open::Utf8(left - 1, 0x80..=0xbf),
+            },
+            _ => return Err(None),
+        };
     }
-    Some(at + len)
 }
 
 /// An object's key and its colon, the key's opening quote expected at `at` (`first` is the
@@ -334,6 +461,11 @@ fn literal<const N: usize>(bytes: &[u8], at: usize, word: &[u8; N]) -> Option<us
     (bytes.get(at..)?.first_chunk::<N>()? == word).then_some(at + N)
 }
 
+/// [`number`] from `at`, its first byte read there (a token read again across a cut).
+fn first_number(bytes: &[u8], at: usize) -> Option<usize> {
+    number(bytes, at, *bytes.get(at)?)
+}
+
 /// Whether only whitespace is left from `at`.
 fn only_whitespace(bytes: &[u8], at: usize) -> bool {
     bytes.get(at..).is_some_and(|rest| {
@@ -342,19 +474,170 @@ fn only_whitespace(bytes: &[u8], at: usize) -> bool {
     })
 }
 
-struct Checker<'a> {
+/// The bytes a token cut by a piece's end is read again from: its start, and what follows.
+const STITCH: usize = 128;
+
+/// `ACROSS`: the body is in pieces, `bytes` the one being read and `rest` those after it (see
+/// [`is_json_across`]); else `bytes` is all of it. The two are compiled apart, so the one-slice
+/// check has no trace of the other.
+struct Checker<'a, const ACROSS: bool> {
     bytes: &'a [u8],
+    rest: &'a [Bytes],
     /// The kinds of the open containers below the innermost 64 (which [`Checker::value`]
     /// holds in a register), one bit per level (1 = object), 64 to a word, outermost first:
     /// grown on the way down, never shrunk.
     deeper: Vec<u64>,
 }
 
-impl<'a> Checker<'a> {
+impl<'a, const ACROSS: bool> Checker<'a, ACROSS> {
     /// The whole body: a value, then whitespace only.
     fn document(&mut self) -> Option<()> {
         let at = self.value(0)?;
-        only_whitespace(self.bytes, at).then_some(())
+        self.only_whitespace_left(at).then_some(())
+    }
+
+    /// Whether only whitespace is left from `at` in the piece being read, and after it.
+    fn only_whitespace_left(&self, at: usize) -> bool {
+        let rest_blank = !ACROSS || self.rest.iter().all(|piece| only_whitespace(piece, 0));
+        only_whitespace(self.bytes, at) && rest_blank
+    }
+
+    /// A string value whose contents start at `at` and that did not end in this piece: where
+    /// it ends in a later one, which becomes the piece being read. None when it is not a
+    /// string, or no piece is left.
+    #[cold]
+    #[inline(never)]
+    fn string_across(&mut self, at: usize) -> Option<usize> {
+        let mut open = match string_rest(self.bytes, at, Open::Plain) {
+            // It ended here after all: `string` refused it.
+            Ok(_) | Err(None) => return None,
+            Err(Some(open)) => open,
+        };
+        while let Some((piece, rest)) = self.rest.split_first() {
+            (self.bytes, self.rest) = (piece, rest);
+            match string_rest(piece, 0, open) {
+                Ok(end) => return Some(end),
+                Err(None) => return None,
+                Err(Some(still)) => open = still,
+            }
+        }
+        None
+    }
+
+    /// [`next`] in `bytes`, the piece being read; in pieces, on into the pieces after it where
+    /// it ends (then `bytes` is the piece the byte is in).
+    #[inline(always)]
+    fn next_in(&mut self, bytes: &mut &'a [u8], at: usize) -> Option<(u8, usize)> {
+        match next(bytes, at) {
+            None if ACROSS => {
+                let found = self.next_across()?;
+                *bytes = self.bytes;
+                Some(found)
+            }
+            found => found,
+        }
+    }
+
+    /// The first byte that is not whitespace in the pieces after the one being read, which
+    /// become the piece being read as they are passed.
+    #[cold]
+    #[inline(never)]
+    fn next_across(&mut self) -> Option<(u8, usize)> {
+        while let Some((piece, rest)) = self.rest.split_first() {
+            (self.bytes, self.rest) = (piece, rest);
+            if let Some(found) = next(piece, 0) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// A token that starts at `here` in `bytes` and that `read` found to end at `found`: as it
+    /// is, unless in pieces it reached the piece's end or was refused there. Then it may run on
+    /// into the next piece, and is read again across the cut (`bytes` becomes the piece where
+    /// it ends).
+    #[inline(always)]
+    fn token_in(
+        &mut self,
+        bytes: &mut &'a [u8],
+        here: usize,
+        found: Option<usize>,
+        read: impl Fn(&[u8], usize) -> Option<usize>,
+    ) -> Option<usize> {
+        if ACROSS && !self.rest.is_empty() && found.is_none_or(|end| end == bytes.len()) {
+            let end = self.token_across(here, read)?;
+            *bytes = self.bytes;
+            Some(end)
+        } else {
+            found
+        }
+    }
+
+    /// [`key`] in `bytes`, the piece being read; in pieces, the name runs on into the next
+    /// piece as a string does, and the colon may be in a later one (then `bytes` is that piece).
+    #[inline(always)]
+    fn key_in(&mut self, bytes: &mut &'a [u8], at: usize, first: u8) -> Option<usize> {
+        if !ACROSS {
+            return key(bytes, at, first);
+        }
+        if first != b'"' {
+            return None;
+        }
+        let end = match string(bytes, at + 1) {
+            Some(end) => end,
+            None => {
+                let end = self.string_across(at + 1)?;
+                *bytes = self.bytes;
+                end
+            }
+        };
+        let (colon, here) = self.next_in(bytes, end)?;
+        (colon == b':').then_some(here + 1)
+    }
+
+    /// [`Checker::token_in`]'s token cut by the end of the piece being read: `read` again from
+    /// a copy of its start and of the next pieces' first bytes, and where it ends, in the piece
+    /// it ends in (which becomes the piece being read). None when it is no token, when its
+    /// start is more than half of [`STITCH`], and when it runs to the end of the copy with
+    /// more bytes after it (it may go on: left to the joined check).
+    #[cold]
+    #[inline(never)]
+    fn token_across(
+        &mut self,
+        here: usize,
+        read: impl Fn(&[u8], usize) -> Option<usize>,
+    ) -> Option<usize> {
+        let head = self.bytes.get(here..)?;
+        if head.len() > STITCH / 2 {
+            return None;
+        }
+        let mut copy = [0u8; STITCH];
+        let mut copied = head.len();
+        copy.get_mut(..copied)?.copy_from_slice(head);
+        let mut left_out = false;
+        for piece in self.rest {
+            let take = piece.len().min(STITCH - copied);
+            copy.get_mut(copied..copied + take)?
+                .copy_from_slice(piece.get(..take)?);
+            copied += take;
+            left_out |= take < piece.len();
+        }
+        let end = read(copy.get(..copied)?, 0)?;
+        if end == copied && left_out {
+            return None;
+        }
+        // Where `end` is: still in this piece, or so many bytes into the next ones.
+        let Some(mut past) = end.checked_sub(head.len()).filter(|&past| past > 0) else {
+            return Some(here + end);
+        };
+        while let Some((piece, rest)) = self.rest.split_first() {
+            (self.bytes, self.rest) = (piece, rest);
+            if past <= piece.len() {
+                return Some(past);
+            }
+            past -= piece.len();
+        }
+        None
     }
 
     /// The whole body: an object, then whitespace only; `member` sees each of the object's
@@ -408,20 +691,28 @@ impl<'a> Checker<'a> {
     /// of container kinds, not by recursion (it is empty before and after): the innermost 64
     /// levels in a register, innermost in the lowest bit, the deeper ones in `self.deeper`.
     fn value(&mut self, mut at: usize) -> Option<usize> {
-        let bytes = self.bytes;
+        let mut bytes = self.bytes;
         let mut depth = 0usize;
         let mut kinds = 0u64;
         loop {
             // A value is expected here.
-            let (byte, here) = next(bytes, at)?;
+            let (byte, here) = self.next_in(&mut bytes, at)?;
             // Strings first: the most frequent value, taken before the table of the others.
             at = if byte == b'"' {
-                string(bytes, here + 1)?
+                match string(bytes, here + 1) {
+                    Some(end) => end,
+                    None if ACROSS => {
+                        let end = self.string_across(here + 1)?;
+                        bytes = self.bytes;
+                        end
+                    }
+                    None => return None,
+                }
             } else {
                 match byte {
                     b'{' | b'[' => {
                         // `}` and `]` are two above their opening brackets.
-                        let (inner, inside) = next(bytes, here + 1)?;
+                        let (inner, inside) = self.next_in(&mut bytes, here + 1)?;
                         if inner == byte + 2 {
                             inside + 1
                         } else {
@@ -432,17 +723,29 @@ impl<'a> Checker<'a> {
                             kinds = kinds << 1 | u64::from(object);
                             depth += 1;
                             at = if object {
-                                key(bytes, inside, inner)?
+                                self.key_in(&mut bytes, inside, inner)?
                             } else {
                                 inside
                             };
                             continue;
                         }
                     }
-                    b'-' | b'0'..=b'9' => number(bytes, here, byte)?,
-                    b't' => literal(bytes, here, b"true")?,
-                    b'f' => literal(bytes, here, b"false")?,
-                    b'n' => literal(bytes, here, b"null")?,
+                    b'-' | b'0'..=b'9' => {
+                        let found = number(bytes, here, byte);
+                        self.token_in(&mut bytes, here, found, first_number)?
+                    }
+                    b't' => {
+                        let found = literal(bytes, here, b"true");
+                        self.token_in(&mut bytes, here, found, |b, at| literal(b, at, b"true"))?
+                    }
+                    b'f' => {
+                        let found = literal(bytes, here, b"false");
+                        self.token_in(&mut bytes, here, found, |b, at| literal(b, at, b"false"))?
+                    }
+                    b'n' => {
+                        let found = literal(bytes, here, b"null");
+                        self.token_in(&mut bytes, here, found, |b, at| literal(b, at, b"null"))?
+                    }
                     _ => return None,
                 }
             };
@@ -451,13 +754,13 @@ impl<'a> Checker<'a> {
                 if depth == 0 {
                     return Some(at);
                 }
-                let (after, here) = next(bytes, at)?;
+                let (after, here) = self.next_in(&mut bytes, at)?;
                 at = here + 1;
                 let object = kinds & 1 == 1;
                 if after == b',' {
                     if object {
-                        let (first, here) = next(bytes, at)?;
-                        at = key(bytes, here, first)?;
+                        let (first, here) = self.next_in(&mut bytes, at)?;
+                        at = self.key_in(&mut bytes, here, first)?;
                     }
                     break;
                 }
@@ -495,6 +798,87 @@ impl<'a> Checker<'a> {
         self.deeper
             .get(level / 64)
             .map_or(0, |w| w >> (level % 64) & 1)
+    }
+}
+
+impl<'a> Checker<'a, true> {
+    /// Which of `pieces` (all of them) is being read.
+    fn piece(&self, pieces: &[Bytes]) -> usize {
+        pieces.len() - self.rest.len() - 1
+    }
+
+    /// [`Checker::object`] over pieces: the whole body, an object, then whitespace only;
+    /// `member` sees each member's name and where its value lies, as it is read.
+    fn object_across(
+        &mut self,
+        pieces: &'a [Bytes],
+        mut member: impl FnMut(Spread<'a>, Spread<'a>),
+    ) -> Option<()> {
+        let mut bytes = self.bytes;
+        let (open, at) = self.next_in(&mut bytes, 0)?;
+        if open != b'{' {
+            return None;
+        }
+        let (mut byte, mut at) = self.next_in(&mut bytes, at + 1)?;
+        if byte == b'}' {
+            at += 1;
+        } else {
+            loop {
+                if byte != b'"' {
+                    return None;
+                }
+                // The name, from after its opening quote to before its closing one.
+                let from = (self.piece(pieces), at + 1);
+                let end = match string(bytes, at + 1) {
+                    Some(end) => end,
+                    None => self.string_across(at + 1)?,
+                };
+                bytes = self.bytes;
+                let name = Spread {
+                    pieces,
+                    start: from,
+                    end: (self.piece(pieces), end - 1),
+                };
+                let (colon, here) = self.next_in(&mut bytes, end)?;
+                if colon != b':' {
+                    return None;
+                }
+                let after = here + 1;
+                let (first, start) = self.next_in(&mut bytes, after)?;
+                let from = (self.piece(pieces), start);
+                let end = match first {
+                    b'"' => match string(bytes, start + 1) {
+                        Some(end) => end,
+                        None => self.string_across(start + 1)?,
+                    },
+                    b'-' | b'0'..=b'9' => {
+                        let found = number(bytes, start, first);
+                        self.token_in(&mut bytes, start, found, first_number)?
+                    }
+                    _ => self.value(start)?,
+                };
+                bytes = self.bytes;
+                let to = (self.piece(pieces), end);
+                member(
+                    name,
+                    Spread {
+                        pieces,
+                        start: from,
+                        end: to,
+                    },
+                );
+                let (after, here) = self.next_in(&mut bytes, end)?;
+                match after {
+                    b',' => (byte, at) = self.next_in(&mut bytes, here + 1)?,
+                    b'}' => {
+                        at = here + 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.only_whitespace_left(at).then_some(())
     }
 }
 
@@ -753,6 +1137,138 @@ mod tests {
             (b"[[[]]", false),
             (b"{\"a\":{\"b\":{}}}}", false),
         ]);
+    }
+
+    /// `body` cut at `cuts` (ascending), as pieces.
+    fn pieces(body: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+        let mut from = 0;
+        let mut out = Vec::new();
+        for &cut in cuts.iter().chain([&body.len()]) {
+            out.push(Bytes::copy_from_slice(&body[from..cut]));
+            from = cut;
+        }
+        out
+    }
+
+    #[test]
+    fn a_string_runs_on_across_pieces_cut_anywhere_in_it() {
+        // Escapes and characters of two, three and four bytes next to every cut.
+        let text = r#"plain \" \\ \/ \b\f\n\r\t \u00e9\uD83D é 日本 😀 and more plain text"#;
+        let valid =
+            format!(r#"{{"id":"x","choices":[{{"content":"{text}","n":[1,2]}}],"u":{{"t":3}}}}"#);
+        let valid = valid.as_bytes();
+        let start = valid.windows(5).position(|w| w == b"plain").unwrap();
+        let end = start + text.len();
+        // Each of these, put in the text, makes the body no JSON (mostly: see below).
+        let faults: [&[u8]; 6] = [
+            b"\\x",
+            b"\\u12G4",
+            b"\x01",
+            b"\xc3(",
+            b"\xe6\x97",
+            b"\xed\xa0\x80",
+        ];
+        for at in start..=end {
+            assert!(is_json_across(&pieces(valid, &[at])), "cut at {at}");
+            for mid in (at..=end).step_by(7) {
+                let cut = pieces(valid, &[at, mid]);
+                assert!(is_json_across(&cut), "cut at {at} and {mid}");
+            }
+            for fault in faults {
+                // The fault right before and right after the cut.
+                for place in [at.saturating_sub(fault.len()).max(start), at] {
+                    let body = [&valid[..place], fault, &valid[place..]].concat();
+                    // Next to a backslash or inside a character, some make it JSON again.
+                    if oracle(&body) {
+                        continue;
+                    }
+                    for cut in [place, place + fault.len() / 2, place + fault.len()] {
+                        assert!(
+                            !is_json_across(&pieces(&body, &[cut])),
+                            "{fault:02x?} at {place}, cut at {cut}"
+                        );
+                    }
+                }
+            }
+        }
+        // Whitespace after the value, in a piece of its own; anything else after it.
+        let spaced = [valid, b" \n"].concat();
+        assert!(is_json_across(&pieces(&spaced, &[start + 3, valid.len()])));
+        let more = [valid, b" 1"].concat();
+        assert!(!is_json_across(&pieces(&more, &[start + 3, valid.len()])));
+        assert!(!is_json_across(&[]));
+    }
+
+    #[test]
+    fn every_cut_between_and_inside_tokens_agrees_with_the_joined_body() {
+        for body in compact_bodies() {
+            // Compact, whitespace between every token, and broken variants of both.
+            let spaced: Vec<u8> = String::from_utf8(body.clone())
+                .unwrap()
+                .replace(',', " ,\n ")
+                .replace(':', "\t: ")
+                .replace('[', "[ ")
+                .replace('}', " }")
+                .into_bytes();
+            let mut variants = vec![body.clone(), spaced.clone()];
+            for base in [&body, &spaced] {
+                for at in (0..base.len()).step_by(3) {
+                    let mut removed = base.clone();
+                    removed.remove(at);
+                    variants.push(removed);
+                    variants.push([&base[..at], b"x", &base[at..]].concat());
+                }
+            }
+            for variant in variants {
+                let expected = oracle(&variant);
+                for at in 0..=variant.len() {
+                    let one = pieces(&variant, &[at]);
+                    assert_eq!(is_json_across(&one), expected, "{variant:?} cut at {at}");
+                    assert!(members_agree(&variant, &[at]), "{variant:?} cut at {at}");
+                    // A second cut one byte later: a piece of one byte, tokens in three pieces.
+                    if at < variant.len() {
+                        let two = pieces(&variant, &[at, at + 1]);
+                        assert_eq!(is_json_across(&two), expected, "{variant:?} at {at}, +1");
+                        assert!(
+                            members_agree(&variant, &[at, at + 1]),
+                            "{variant:?} {at}, +1"
+                        );
+                    }
+                }
+                // Every byte a piece of its own.
+                let bytes: Vec<usize> = (1..variant.len()).collect();
+                assert_eq!(is_json_across(&pieces(&variant, &bytes)), expected);
+                assert!(members_agree(&variant, &bytes), "{variant:?} byte by byte");
+            }
+        }
+        // Empty pieces anywhere are nothing.
+        let empty = [b"".as_slice(), b"[1", b"", b"2,tr", b"", b"ue]", b""].map(Bytes::from_static);
+        assert!(is_json_across(&empty));
+    }
+
+    #[test]
+    fn a_number_too_long_to_read_again_across_a_cut_is_left_to_the_joined_check() {
+        // A name runs on across cuts as any string does; a number is read again from a copy,
+        // which holds it when no more than half of the copy is before the cut.
+        let name = "n".repeat(3 * STITCH);
+        let digits = "7".repeat(STITCH / 2 + 20);
+        let body = format!(r#"{{"{name}":[{digits},1]}}"#);
+        let body = body.as_bytes();
+        assert!(oracle(body));
+        let digits_at = body.iter().position(|&b| b == b'[').unwrap() + 1;
+        for at in [2, 2 + STITCH, digits_at + 1, digits_at + STITCH / 2] {
+            assert!(is_json_across(&pieces(body, &[at])), "cut at {at}");
+            assert!(members_agree(body, &[at]), "cut at {at}");
+        }
+        // More than half of the copy before the cut: not decided here.
+        let at = digits_at + STITCH / 2 + 1;
+        assert!(!is_json_across(&pieces(body, &[at])));
+        assert_eq!(members_across(&pieces(body, &[at])), None);
+        // A number that runs on past the end of the copy: not decided here either.
+        let long = format!("[{}]", "7".repeat(2 * STITCH));
+        let long = long.as_bytes();
+        assert!(oracle(long));
+        assert!(!is_json_across(&pieces(long, &[10])));
     }
 
     #[test]
@@ -1162,6 +1678,24 @@ mod tests {
         object_members(body, |key, value| seen.push((key, &body[value]))).then_some(seen)
     }
 
+    /// [`members`] of a body in pieces, each name and value joined.
+    fn members_across(pieces: &[Bytes]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut seen = Vec::new();
+        let joined = |spread: Spread<'_>| spread.parts().collect::<Vec<_>>().concat();
+        object_members_across(pieces, |key, value| seen.push((joined(key), joined(value))))
+            .then_some(seen)
+    }
+
+    /// Whether [`members_across`] of `body` cut at `cuts` sees what [`members`] sees whole.
+    fn members_agree(body: &[u8], cuts: &[usize]) -> bool {
+        let whole = members(body).map(|m| {
+            m.into_iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        members_across(&pieces(body, cuts)) == whole
+    }
+
     #[test]
     fn object_members_are_where_they_stand() {
         type Pairs<'a> = Option<Vec<(&'a [u8], &'a [u8])>>;
@@ -1254,6 +1788,41 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn across_pieces_is_never_json_where_the_joined_body_is_not(
+            body in prop_oneof![json_text(), string_like(), token_soup()],
+            edits in prop::collection::vec(edit(), 0..3),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+        ) {
+            let body = apply(body, &edits);
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
+            cuts.sort_unstable();
+            let across = is_json_across(&pieces(&body, &cuts));
+            if across {
+                prop_assert!(oracle(&body), "{:02x?} cut at {:?}", body, cuts);
+            }
+            // No token of a body this short is too long to read again across a cut.
+            if body.len() <= STITCH / 2 {
+                prop_assert_eq!(across, oracle(&body), "{:02x?} cut at {:?}", body, cuts);
+                prop_assert!(members_agree(&body, &cuts), "{:02x?} cut at {:?}", body, cuts);
+            }
+        }
+
+        #[test]
+        fn members_across_pieces_are_those_of_the_joined_object(
+            body in object_text(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+        ) {
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
+            cuts.sort_unstable();
+            // Where a token is too long to read across its cut, both are refused instead.
+            let decided = is_json_across(&pieces(&body, &cuts));
+            prop_assert_eq!(members_across(&pieces(&body, &cuts)).is_some(), decided);
+            if decided {
+                prop_assert!(members_agree(&body, &cuts), "{:02x?} cut at {:?}", body, cuts);
+            }
+        }
+
         #[test]
         fn agrees_with_serde_on_string_like_bytes(body in string_like()) {
             prop_assert_eq!(is_json(&body), oracle(&body), "{:02x?}", body);

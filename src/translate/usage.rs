@@ -20,6 +20,8 @@
 
 use std::sync::LazyLock;
 
+use bytes::Bytes;
+
 use crate::translate::json_check;
 
 /// The longest model name kept, in bytes (cut on a character boundary).
@@ -95,22 +97,82 @@ impl UsageReport {
             // Not an object: JSON or not, it has no report.
             return json_check::is_json(body).then_some(None);
         }
+        let mut members = ReportMembers::new();
+        let json = json_check::object_members(body, |key, value| {
+            members.member([key], [body.get(value).unwrap_or_default()]);
+        });
+        json.then(|| members.finish())
+    }
+
+    /// [`UsageReport::of_json`] of a bare body read in pieces, not joined: `None` also when
+    /// [`json_check::is_json_across`] cannot tell (a cut in a token of over 64 bytes), and
+    /// then only the joined body can. The members' values are read in the pieces they lie in.
+    pub fn of_json_across(pieces: &[Bytes]) -> Option<Option<UsageReport>> {
+        let first = pieces.iter().find_map(|p| p.trim_ascii_start().first());
+        if first != Some(&b'{') {
+            return json_check::is_json_across(pieces).then_some(None);
+        }
+        let mut members = ReportMembers::new();
+        let json = json_check::object_members_across(pieces, |key, value| {
+            members.member(key.parts(), value.parts());
+        });
+        json.then(|| members.finish())
+    }
+}
+
+/// A bare body's top-level `model` and `usage` members, handed over one by one as a check
+/// reads them, scanned as if the body held only those two.
+struct ReportMembers {
+    scan: UsageScan,
+    first: bool,
+}
+
+impl ReportMembers {
+    fn new() -> Self {
         let mut scan = UsageScan::new(false);
         scan.feed(b"{");
-        let mut first = true;
-        let json = json_check::object_members(body, |key, value| {
-            // Names as written, as the scanner compares them.
-            if key == b"model" || key == b"usage" {
-                scan.feed(if first { b"\"" } else { b",\"" });
-                scan.feed(key);
-                scan.feed(b"\":");
-                scan.feed(body.get(value).unwrap_or_default());
-                first = false;
-            }
-        });
-        scan.feed(b"}");
-        json.then(|| scan.finish())
+        Self { scan, first: true }
     }
+
+    /// One member: the bytes of its name as written (as the scanner compares names), and of
+    /// its value.
+    fn member<'v>(
+        &mut self,
+        key: impl IntoIterator<Item = &'v [u8]> + Clone,
+        value: impl IntoIterator<Item = &'v [u8]>,
+    ) {
+        let Some(name) = [&b"model"[..], b"usage"]
+            .into_iter()
+            .find(|name| spells(key.clone(), name))
+        else {
+            return;
+        };
+        let scan = &mut self.scan;
+        scan.feed(if self.first { b"\"" } else { b",\"" });
+        scan.feed(name);
+        scan.feed(b"\":");
+        for part in value {
+            scan.feed(part);
+        }
+        self.first = false;
+    }
+
+    fn finish(mut self) -> Option<UsageReport> {
+        self.scan.feed(b"}");
+        self.scan.finish()
+    }
+}
+
+/// Whether `parts`, joined, are `word`.
+fn spells<'p>(parts: impl IntoIterator<Item = &'p [u8]>, word: &[u8]) -> bool {
+    let mut rest = word;
+    for part in parts {
+        match rest.strip_prefix(part) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 /// True when `data` may carry a non-null `usage` member: some `"usage"` in it is not followed
