@@ -3,9 +3,13 @@
 # numbers themselves (load.sh measures those). Release build, 127.0.0.1 only, every step
 # bounded in time. `syscalls` and `faults` need perf (apt-get install linux-perf).
 #
-#   benches/profile.sh cpu          CPU per request at saturation, 1 KiB: envelope-proxy wrap and
-#                                   pass-through vs nginx and haproxy (where installed), 1 worker
-#                                   each, and how busy each was
+#   benches/profile.sh cpu [SIZE] [ROUNDS]
+#                                   CPU per request at saturation, SIZE-byte JSON (default 1024):
+#                                   envelope-proxy wrap and pass-through vs nginx and haproxy
+#                                   (where installed), 1 worker each, how busy each was; ROUNDS
+#                                   (default 1) alternate the four, and each one's median and
+#                                   ours against the best peer are printed: a host that drifts
+#                                   during the run moves all four alike
 #   benches/profile.sh syscalls     syscalls per request at 1,000 req/s (ours vs nginx and
 #                                   haproxy), and per event of 200-event streams
 #   benches/profile.sh rss [N]      RSS per open stream, N streams (default 2000) over HTTP/1.1
@@ -51,20 +55,36 @@ need_perf() { perf stat -e instructions true >/dev/null 2>&1 || { echo "profile.
 start_upstream "$LOAD_CPU"
 case "$WHAT" in
 cpu)
+  size=${2:-1024} rounds=${3:-1}
   start_proxy p1 1 "$SERVER_CPU"
   command -v nginx >/dev/null && start_nginx n1 1 "$SERVER_CPU"
   command -v haproxy >/dev/null && start_haproxy h1 1 "$SERVER_CPU"
-  targets=("wrap $PID_p1 http://127.0.0.1:$PORT_p1/api/v1/bench/json/1024"
-    "pass $PID_p1 http://127.0.0.1:$PORT_p1/v1/bench/json/1024")
-  command -v nginx >/dev/null && targets+=("nginx $(nginx_workers n1) http://127.0.0.1:$PORT_n1/v1/bench/json/1024")
-  command -v haproxy >/dev/null && targets+=("haproxy $PID_h1 http://127.0.0.1:$PORT_h1/v1/bench/json/1024")
-  for target in "${targets[@]}"; do
-    read -r name pid url <<<"$target"
-    before=$(cpu_ns "$pid")
-    n=$(oha_count "$url" -c 32 -z 5s)
-    after=$(cpu_ns "$pid")
-    python3 -c "print(f'cpu {\"$name\":5} requests=$n busy={($after - $before) / 5e7:.0f}% cpu_us_per_request={($after - $before) / 1e3 / $n:.2f}')"
-  done
+  targets=("wrap $PID_p1 http://127.0.0.1:$PORT_p1/api/v1/bench/json/$size"
+    "pass $PID_p1 http://127.0.0.1:$PORT_p1/v1/bench/json/$size")
+  command -v nginx >/dev/null && targets+=("nginx $(nginx_workers n1) http://127.0.0.1:$PORT_n1/v1/bench/json/$size")
+  command -v haproxy >/dev/null && targets+=("haproxy $PID_h1 http://127.0.0.1:$PORT_h1/v1/bench/json/$size")
+  for round in $(seq 1 "$rounds"); do
+    for target in "${targets[@]}"; do
+      read -r name pid url <<<"$target"
+      before=$(cpu_ns "$pid")
+      n=$(oha_count "$url" -c 32 -z 5s)
+      after=$(cpu_ns "$pid")
+      python3 -c "print(f'cpu {\"$name\":7} round $round requests=$n busy={($after - $before) / 5e7:.0f}% cpu_us_per_request={($after - $before) / 1e3 / $n:.2f}')"
+    done
+  done | tee "$OUT/cpu.txt"
+  # Each target's median over the rounds, and ours against the best peer of the same rounds.
+  python3 - "$OUT/cpu.txt" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    name, us = line.split()[1], float(re.search(r"cpu_us_per_request=([0-9.]+)", line).group(1))
+    runs.setdefault(name, []).append(us)
+median = {name: statistics.median(values) for name, values in runs.items()}
+peers = [median[p] for p in ("nginx", "haproxy") if p in median]
+for name, values in runs.items():
+    gap = f", {median[name] / min(peers):.2f}x the best peer" if peers and name in ("wrap", "pass") else ""
+    print(f"median {name:7} {median[name]:.2f} us per request over {len(values)} rounds{gap}")
+PY
   ;;
 syscalls)
   need_perf
