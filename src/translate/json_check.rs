@@ -502,9 +502,23 @@ impl<'a, const ACROSS: bool> Checker<'a, ACROSS> {
         only_whitespace(self.bytes, at) && rest_blank
     }
 
-    /// A string value whose contents start at `at` and that did not end in this piece: where
-    /// it ends in a later one, which becomes the piece being read. None when it is not a
-    /// string, or no piece is left.
+    /// [`string`] from `at` (after the opening quote) in `bytes`, the piece being read; in
+    /// pieces, on into the next ones (then `bytes` is the piece where it ends).
+    #[inline(always)]
+    fn string_in(&mut self, bytes: &mut &'a [u8], at: usize) -> Option<usize> {
+        match string(bytes, at) {
+            None if ACROSS => {
+                let end = self.string_across(at)?;
+                *bytes = self.bytes;
+                Some(end)
+            }
+            found => found,
+        }
+    }
+
+    /// A string (a value or a name) whose contents start at `at` and that did not end in this
+    /// piece: where it ends in a later one, which becomes the piece being read. None when it is
+    /// not a string, or no piece is left.
     #[cold]
     #[inline(never)]
     fn string_across(&mut self, at: usize) -> Option<usize> {
@@ -583,14 +597,7 @@ impl<'a, const ACROSS: bool> Checker<'a, ACROSS> {
         if first != b'"' {
             return None;
         }
-        let end = match string(bytes, at + 1) {
-            Some(end) => end,
-            None => {
-                let end = self.string_across(at + 1)?;
-                *bytes = self.bytes;
-                end
-            }
-        };
+        let end = self.string_in(bytes, at + 1)?;
         let (colon, here) = self.next_in(bytes, end)?;
         (colon == b':').then_some(here + 1)
     }
@@ -699,15 +706,7 @@ impl<'a, const ACROSS: bool> Checker<'a, ACROSS> {
             let (byte, here) = self.next_in(&mut bytes, at)?;
             // Strings first: the most frequent value, taken before the table of the others.
             at = if byte == b'"' {
-                match string(bytes, here + 1) {
-                    Some(end) => end,
-                    None if ACROSS => {
-                        let end = self.string_across(here + 1)?;
-                        bytes = self.bytes;
-                        end
-                    }
-                    None => return None,
-                }
+                self.string_in(&mut bytes, here + 1)?
             } else {
                 match byte {
                     b'{' | b'[' => {
@@ -829,11 +828,7 @@ impl<'a> Checker<'a, true> {
                 }
                 // The name, from after its opening quote to before its closing one.
                 let from = (self.piece(pieces), at + 1);
-                let end = match string(bytes, at + 1) {
-                    Some(end) => end,
-                    None => self.string_across(at + 1)?,
-                };
-                bytes = self.bytes;
+                let end = self.string_in(&mut bytes, at + 1)?;
                 let name = Spread {
                     pieces,
                     start: from,
@@ -847,10 +842,7 @@ impl<'a> Checker<'a, true> {
                 let (first, start) = self.next_in(&mut bytes, after)?;
                 let from = (self.piece(pieces), start);
                 let end = match first {
-                    b'"' => match string(bytes, start + 1) {
-                        Some(end) => end,
-                        None => self.string_across(start + 1)?,
-                    },
+                    b'"' => self.string_in(&mut bytes, start + 1)?,
                     b'-' | b'0'..=b'9' => {
                         let found = number(bytes, start, first);
                         self.token_in(&mut bytes, start, found, first_number)?
