@@ -10,24 +10,10 @@ use test_support::{harness, mock_upstream};
 
 use std::time::{Duration, Instant};
 
-use harness::{start, Harness, Reply, WAIT};
+use harness::{pct, start, Harness, Reply, WAIT};
 use http::StatusCode;
 use mock_upstream::Shape;
 use serde_json::{json, Value};
-
-/// `bytes` percent-encoded for `x-mock-body-pct` (everything but unreserved ASCII escaped).
-fn pct(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|&b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
 
 /// A streaming request whose upstream answers 200 `text/event-stream` with `body`.
 async fn sse(h: &Harness, path: &str, body: &[u8], behaviour: Option<&str>) -> Reply {

@@ -4,7 +4,7 @@
 
 use test_support::{harness, mock_upstream, process};
 
-use harness::{fixture, start, Harness};
+use harness::{fixture, pct, start, Harness};
 use http::StatusCode;
 use mock_upstream::Shape;
 use process::{field, served_tcp_addr, Notify, ProxyProcess, TempDir};
@@ -59,19 +59,6 @@ fn cases() -> Vec<Case> {
 async fn proxy(shape: Shape, flags: &[String]) -> Harness {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     start(shape, &flags).await
-}
-
-/// Every byte percent-encoded but letters and digits (for `x-mock-body-pct`).
-fn pct(body: &[u8]) -> String {
-    body.iter()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (*b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn text(body: &[u8]) -> String {
@@ -248,20 +235,7 @@ async fn usage_passing_through_is_read_inside_the_envelopes_payload_member() {
         r#"envelope_proxy_tokens_total{model="gpt-4o-mini-2024-07-18",kind="reasoning"} 0"#,
     ];
     // The scan's report is counted once the body is done, which may follow the reply's end.
-    let deadline = std::time::Instant::now() + harness::WAIT;
-    loop {
-        let metrics = h.get("/metrics").send().await.text();
-        let mut tokens: Vec<&str> = metrics
-            .lines()
-            .filter(|l| l.starts_with("envelope_proxy_tokens_total{"))
-            .collect();
-        tokens.sort();
-        if tokens == expected || std::time::Instant::now() > deadline {
-            assert_eq!(tokens, expected);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    assert_eq!(harness::token_series(&h, &expected).await, expected);
 }
 
 // === Errors ===

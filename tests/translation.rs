@@ -5,7 +5,7 @@
 
 use test_support::{harness, mock_upstream};
 
-use harness::{fixture, fixture_json, start, wrapped};
+use harness::{fixture, fixture_json, pct, start, wrapped};
 use http::{Method, StatusCode};
 use mock_upstream::Shape;
 use serde_json::{json, Value};
@@ -401,9 +401,9 @@ async fn a_bare_body_read_in_pieces_is_wrapped_exactly_or_refused() {
     let body = format!(
         r#"{{"id":"c","model":"piece-model","choices":[{{"message":{{"content":"{text}"}}}}],"usage":{{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}}}"#
     );
-    // Frames of 1,000 bytes (cut inside the text), then of 7 (cut anywhere), 2 ms apart: the
-    // proxy reads the body in those pieces.
-    for split in ["split:1000:2", "split:7:0"] {
+    // Frames of 1,000 bytes 2 ms apart (cuts in the text), of 97 bytes 1 ms apart (cuts in
+    // names, numbers and the usage too), of 7 bytes back to back (read as they arrive).
+    for split in ["split:1000:2", "split:97:1", "split:7:0"] {
         let reply = h
             .chat("/api/v1/chat/completions", false)
             .header("x-mock-body", &body)
@@ -417,25 +417,12 @@ async fn a_bare_body_read_in_pieces_is_wrapped_exactly_or_refused() {
             wrapped(body.as_bytes()).len().to_string()
         );
     }
-    // The usage is read from the pieces as from the whole body: twice 5 and 7 tokens.
+    // The usage is read from the pieces as from the whole body: three times 5 and 7 tokens.
     let expected = [
-        r#"envelope_proxy_tokens_total{model="piece-model",kind="completion"} 14"#,
-        r#"envelope_proxy_tokens_total{model="piece-model",kind="prompt"} 10"#,
+        r#"envelope_proxy_tokens_total{model="piece-model",kind="completion"} 21"#,
+        r#"envelope_proxy_tokens_total{model="piece-model",kind="prompt"} 15"#,
     ];
-    let deadline = std::time::Instant::now() + harness::WAIT;
-    loop {
-        let metrics = h.get("/metrics").send().await.text();
-        let mut tokens: Vec<&str> = metrics
-            .lines()
-            .filter(|l| l.starts_with("envelope_proxy_tokens_total{"))
-            .collect();
-        tokens.sort();
-        if tokens == expected || std::time::Instant::now() > deadline {
-            assert_eq!(tokens, expected);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    assert_eq!(harness::token_series(&h, &expected).await, expected);
     // A control character in the text, in a piece of its own: not JSON, whatever the cuts.
     let broken = body.replacen("dolor", "dol\x01r", 3);
     let reply = h
@@ -446,19 +433,6 @@ async fn a_bare_body_read_in_pieces_is_wrapped_exactly_or_refused() {
         .await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.json()["error"]["code"], "upstream_invalid_body");
-}
-
-/// Every byte percent-encoded but letters and digits (for `x-mock-body-pct`).
-fn pct(body: &[u8]) -> String {
-    body.iter()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (*b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 // === Request forwarding ===

@@ -30,13 +30,7 @@ use bytes::Bytes;
 /// True when `body` is valid UTF-8 and exactly one JSON value, with optional whitespace around
 /// it. Linear in `body`; allocates only beyond 64 levels of nesting (a bit per level).
 pub fn is_json(body: &[u8]) -> bool {
-    Checker::<false> {
-        bytes: body,
-        rest: &[],
-        deeper: Vec::new(),
-    }
-    .document()
-    .is_some()
+    Checker::<false>::new(body, &[]).document().is_some()
 }
 
 /// True when the body cut into `pieces` is one JSON text ([`is_json`] of them joined), read
@@ -46,16 +40,7 @@ pub fn is_json(body: &[u8]) -> bool {
 /// JSON, and also when a number's part before the cut is longer than [`STITCH`] / 2 bytes (an
 /// `f64` needs 17 digits): then only [`is_json`] of the joined body can tell.
 pub fn is_json_across(pieces: &[Bytes]) -> bool {
-    let Some((first, rest)) = pieces.split_first() else {
-        return false;
-    };
-    Checker::<true> {
-        bytes: first,
-        rest,
-        deeper: Vec::new(),
-    }
-    .document()
-    .is_some()
+    Checker::<true>::across(pieces).is_some_and(|mut checker| checker.document().is_some())
 }
 
 /// Whether `body` is one JSON text whose value is an object, as [`is_json`] decides, calling
@@ -64,13 +49,7 @@ pub fn is_json_across(pieces: &[Bytes]) -> bool {
 /// whitespace around it). The same single pass: the members of a body that turns out not to be
 /// JSON may have been seen before the verdict, so they count only when this returns true.
 pub fn object_members<'a>(body: &'a [u8], member: impl FnMut(&'a [u8], Range<usize>)) -> bool {
-    Checker::<false> {
-        bytes: body,
-        rest: &[],
-        deeper: Vec::new(),
-    }
-    .object(member)
-    .is_some()
+    Checker::<false>::new(body, &[]).object(member).is_some()
 }
 
 /// [`object_members`] for a body in pieces, read without joining them as [`is_json_across`]
@@ -80,16 +59,8 @@ pub fn object_members_across<'a>(
     pieces: &'a [Bytes],
     member: impl FnMut(Spread<'a>, Spread<'a>),
 ) -> bool {
-    let Some((first, rest)) = pieces.split_first() else {
-        return false;
-    };
-    Checker::<true> {
-        bytes: first,
-        rest,
-        deeper: Vec::new(),
-    }
-    .object_across(pieces, member)
-    .is_some()
+    Checker::<true>::across(pieces)
+        .is_some_and(|mut checker| checker.object_across(pieces, member).is_some())
 }
 
 /// Where a value or a name lies in a body read in pieces: from an offset in one piece to an
@@ -490,6 +461,20 @@ struct Checker<'a, const ACROSS: bool> {
 }
 
 impl<'a, const ACROSS: bool> Checker<'a, ACROSS> {
+    fn new(bytes: &'a [u8], rest: &'a [Bytes]) -> Self {
+        Checker {
+            bytes,
+            rest,
+            deeper: Vec::new(),
+        }
+    }
+
+    /// A check of `pieces`, from the first; None when there are none.
+    fn across(pieces: &'a [Bytes]) -> Option<Self> {
+        let (first, rest) = pieces.split_first()?;
+        Some(Self::new(first, rest))
+    }
+
     /// The whole body: a value, then whitespace only.
     fn document(&mut self) -> Option<()> {
         let at = self.value(0)?;

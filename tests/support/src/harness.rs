@@ -219,3 +219,37 @@ pub fn wrapped(payload: &[u8]) -> Vec<u8> {
     out.push(b'}');
     out
 }
+
+/// `body` percent-encoded for `x-mock-body-pct` (every byte but ASCII letters and digits), so
+/// that any bytes can be the mock's body.
+pub fn pct(body: &[u8]) -> String {
+    body.iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The proxy's `envelope_proxy_tokens_total` lines, sorted, once they are `expected` or when
+/// [`WAIT`] has passed (for the caller to compare): a response's usage is counted when its body
+/// is done, which may follow the reply's end.
+pub async fn token_series(h: &Harness, expected: &[&str]) -> Vec<String> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let metrics = h.get("/metrics").send().await.text();
+        let mut tokens: Vec<String> = metrics
+            .lines()
+            .filter(|l| l.starts_with("envelope_proxy_tokens_total{"))
+            .map(str::to_owned)
+            .collect();
+        tokens.sort();
+        if tokens == expected || std::time::Instant::now() > deadline {
+            return tokens;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
