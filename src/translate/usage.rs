@@ -105,8 +105,9 @@ impl UsageReport {
     }
 
     /// [`UsageReport::of_json`] of a bare body read in pieces, not joined: `None` also when
-    /// [`json_check::is_json_across`] cannot tell (a cut in a token of over 64 bytes), and
-    /// then only the joined body can. The members' values are read in the pieces they lie in.
+    /// [`json_check::is_json_across`] cannot tell (a cut with over 64 bytes of a number before
+    /// it), and then only the joined body can. The members' names and values are read in the
+    /// pieces they lie in.
     pub fn of_json_across(pieces: &[Bytes]) -> Option<Option<UsageReport>> {
         let first = pieces.iter().find_map(|p| p.trim_ascii_start().first());
         if first != Some(&b'{') {
