@@ -3,13 +3,15 @@
 # numbers themselves (load.sh measures those). Release build, 127.0.0.1 only, every step
 # bounded in time. `syscalls` and `faults` need perf (apt-get install linux-perf).
 #
-#   benches/profile.sh cpu [SIZE] [ROUNDS]
-#                                   CPU per request at saturation, SIZE-byte JSON (default 1024):
-#                                   envelope-proxy wrap and pass-through vs nginx and haproxy
-#                                   (where installed), 1 worker each, how busy each was; ROUNDS
-#                                   (default 1) alternate the four, and each one's median and
+#   benches/profile.sh cpu [SIZE|WHAT] [ROUNDS]
+#                                   CPU per request at saturation, SIZE-byte JSON (default 1024)
+#                                   or the bench path WHAT (e.g. sse/200/300/0): envelope-proxy
+#                                   wrap and pass-through vs nginx and haproxy (where installed)
+#                                   and hyper's floor (bench-tool floor: a hyper proxy that does
+#                                   nothing else), 1 worker each, how busy each was; ROUNDS
+#                                   (default 1) alternate the five, and each one's median and
 #                                   ours against the best peer are printed: a host that drifts
-#                                   during the run moves all four alike
+#                                   during the run moves all five alike
 #   benches/profile.sh syscalls     syscalls per request at 1,000 req/s (ours vs nginx and
 #                                   haproxy), and per event of 200-event streams
 #   benches/profile.sh rss [N]      RSS per open stream, N streams (default 2000) over HTTP/1.1
@@ -55,14 +57,17 @@ need_perf() { perf stat -e instructions true >/dev/null 2>&1 || { echo "profile.
 start_upstream "$LOAD_CPU"
 case "$WHAT" in
 cpu)
-  size=${2:-1024} rounds=${3:-1}
+  what=${2:-1024} rounds=${3:-1}
+  [[ $what =~ ^[0-9]+$ ]] && what=json/$what
   start_proxy p1 1 "$SERVER_CPU"
   command -v nginx >/dev/null && start_nginx n1 1 "$SERVER_CPU"
   command -v haproxy >/dev/null && start_haproxy h1 1 "$SERVER_CPU"
-  targets=("wrap $PID_p1 http://127.0.0.1:$PORT_p1/api/v1/bench/json/$size"
-    "pass $PID_p1 http://127.0.0.1:$PORT_p1/v1/bench/json/$size")
-  command -v nginx >/dev/null && targets+=("nginx $(nginx_workers n1) http://127.0.0.1:$PORT_n1/v1/bench/json/$size")
-  command -v haproxy >/dev/null && targets+=("haproxy $PID_h1 http://127.0.0.1:$PORT_h1/v1/bench/json/$size")
+  start_floor f1 "$SERVER_CPU"
+  targets=("wrap $PID_p1 http://127.0.0.1:$PORT_p1/api/v1/bench/$what"
+    "pass $PID_p1 http://127.0.0.1:$PORT_p1/v1/bench/$what")
+  command -v nginx >/dev/null && targets+=("nginx $(nginx_workers n1) http://127.0.0.1:$PORT_n1/v1/bench/$what")
+  command -v haproxy >/dev/null && targets+=("haproxy $PID_h1 http://127.0.0.1:$PORT_h1/v1/bench/$what")
+  targets+=("floor $PID_f1 http://127.0.0.1:$PORT_f1/v1/bench/$what")
   for round in $(seq 1 "$rounds"); do
     for target in "${targets[@]}"; do
       read -r name pid url <<<"$target"
@@ -82,7 +87,7 @@ for line in open(sys.argv[1]):
 median = {name: statistics.median(values) for name, values in runs.items()}
 peers = [median[p] for p in ("nginx", "haproxy") if p in median]
 for name, values in runs.items():
-    gap = f", {median[name] / min(peers):.2f}x the best peer" if peers and name in ("wrap", "pass") else ""
+    gap = f", {median[name] / min(peers):.2f}x the best peer" if peers and name in ("wrap", "pass", "floor") else ""
     print(f"median {name:7} {median[name]:.2f} us per request over {len(values)} rounds{gap}")
 PY
   ;;

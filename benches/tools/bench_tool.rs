@@ -7,6 +7,7 @@
 //! bench-tool sse-cpu --url URL --streams 400 --concurrency 50 --pids PID,...
 //! bench-tool ready --bin target/release/envelope-proxy --n 20   # start to ready
 //! bench-tool free-port
+//! bench-tool floor --listen 127.0.0.1:0 --upstream 127.0.0.1:PORT   # the least a hyper proxy does
 //! ```
 //!
 //! The upstream does no per-request work beyond routing on the path: bodies are built once per
@@ -56,6 +57,7 @@ fn main() {
         "streams" => client_runtime().block_on(streams(&opts)),
         "sse-cpu" => client_runtime().block_on(sse_cpu(&opts)),
         "ready" => ready(&opts),
+        "floor" => floor(&opts),
         "free-port" => {
             let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             println!("{}", socket.local_addr().expect("addr").port());
@@ -66,7 +68,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-tool upstream|ttfe|streams|sse-cpu|ready|free-port [--flag value]... [URL]..."
+        "usage: bench-tool upstream|ttfe|streams|sse-cpu|ready|free-port|floor [--flag value]... [URL]..."
     );
     std::process::exit(2)
 }
@@ -345,6 +347,81 @@ impl Body for UpBody {
             UpBody::Sse(_) => SizeHint::default(),
         }
     }
+}
+
+// === floor ===
+
+/// The least a proxy built on hyper does for one request, as a baseline beside nginx and
+/// haproxy (`benches/profile.sh cpu`): what is left of a gap to them when hyper alone is
+/// measured is hyper's, the rest is envelope-proxy's. One thread; hyper's HTTP/1.1 server with
+/// writev, as envelope-proxy's; each request sent as it came (no header rewrite, no checks, no
+/// log) on an idle connection of a plain pool of `client::conn::http1` connections, each
+/// driven by its own task as in hyper's examples; the response's head and body handed back
+/// untouched. No limits and no timeouts: a bench instrument, never a proxy to deploy.
+fn floor(opts: &Opts) {
+    let listen: SocketAddr = opts.get("listen", "127.0.0.1:0".parse().expect("addr"));
+    let upstream: SocketAddr = opts.get("upstream", "127.0.0.1:80".parse().expect("addr"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(tokio::task::LocalSet::new().run_until(async move {
+        let listener = TcpListener::bind(listen).await.expect("bind");
+        println!(
+            "bench-floor listening on http://{}",
+            listener.local_addr().expect("addr")
+        );
+        let pool: FloorPool = Default::default();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let pool = pool.clone();
+            tokio::task::spawn_local(async move {
+                let service =
+                    service_fn(move |request| floor_forward(pool.clone(), upstream, request));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .writev(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }));
+}
+
+type FloorSender = hyper::client::conn::http1::SendRequest<Incoming>;
+type FloorPool = std::rc::Rc<RefCell<Vec<FloorSender>>>;
+
+async fn floor_forward(
+    pool: FloorPool,
+    upstream: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    // An idle connection, else a new one; back in the pool once the head has come (hyper
+    // holds a request for it until the body has been read).
+    let idle = {
+        let mut idle = pool.borrow_mut();
+        idle.retain(|sender| !sender.is_closed());
+        idle.iter()
+            .position(|sender| sender.is_ready())
+            .map(|at| idle.swap_remove(at))
+    };
+    let mut sender = match idle {
+        Some(sender) => sender,
+        None => {
+            let stream = TcpStream::connect(upstream).await?;
+            let _ = stream.set_nodelay(true);
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::task::spawn_local(connection);
+            sender
+        }
+    };
+    let response = sender.send_request(request).await;
+    pool.borrow_mut().push(sender);
+    Ok(response?)
 }
 
 // === clients ===

@@ -138,6 +138,20 @@ EOF
   wait_port "$port" || { cat "$dir/haproxy.log" >&2; return 1; }
 }
 
+# start_floor NAME CPUS -> sets PORT_<NAME>, PID_<NAME>
+# hyper's floor: bench-tool's minimal pass-through proxy on hyper (one thread), the cost of
+# hyper's HTTP/1.1 server and client alone, beside the same upstream.
+start_floor() {
+  local name=$1 cpus=$2 port
+  port=$("$TOOL" free-port)
+  taskset -c "$cpus" "$TOOL" floor --listen "127.0.0.1:$port" --upstream "127.0.0.1:$UP_PORT" \
+    >"$OUT/floor-$name.log" 2>&1 &
+  PIDS+=($!)
+  printf -v "PID_$name" '%s' "$!"
+  printf -v "PORT_$name" '%s' "$port"
+  wait_port "$port"
+}
+
 # nginx_workers NAME -> the worker pids of that nginx, comma-separated
 nginx_workers() {
   local master_var="PID_$1"
