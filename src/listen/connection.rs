@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::dialect;
 use crate::proxy::response_body::{self, ResponseBody};
-use crate::proxy::{ClientInfo, Proxy, Role};
+use crate::proxy::{ClientInfo, Handled, Proxy, Role};
 use crate::translate::body::ProxyBody;
 use crate::translate::synthetic::{overloaded, Limit};
 
@@ -352,16 +352,22 @@ impl Accepted {
         let proxy = Arc::clone(&self.proxy);
         let (role, refused) = (self.role, self.permit.refused);
         let service = service_fn(move |request: Request<Incoming>| {
-            let proxy = Arc::clone(&proxy);
             let open = tracker.request_started(request.version());
+            let handled = if refused {
+                Handled::Answered(response_body::unobserved(over_connection_limit(
+                    &request, &proxy,
+                )))
+            } else {
+                proxy.handle(request, client, role)
+            };
+            let proxy = Arc::clone(&proxy);
             // Boxed per request: hyper keeps an HTTP/1 connection's service future slot for
             // the connection's whole life (and an HTTP/2 stream's for the stream's), so unboxed
             // every open stream would hold the whole request future after its head was sent.
             Box::pin(async move {
-                let response = if refused {
-                    response_body::unobserved(over_connection_limit(&request, &proxy))
-                } else {
-                    proxy.handle(request, client, role).await
+                let response = match handled {
+                    Handled::Answered(response) => response,
+                    Handled::Forward(forward) => proxy.forwarded(forward).await,
                 };
                 Ok::<_, Infallible>(response.map(|body| open.watch(body)))
             })

@@ -26,7 +26,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         dialect: Dialect,
-        rest: &str,
+        rest_at: usize,
         client: ClientInfo,
         request_id: &HeaderValue,
         record: &mut RequestRecord,
@@ -49,7 +49,8 @@ impl Proxy {
                 client: dialect,
                 upstream: config.upstream_shape,
                 // Only (chat) completions promise `[DONE]`.
-                require_done: config.require_done && rest.ends_with("completions"),
+                require_done: config.require_done
+                    && rest(request.uri(), rest_at).ends_with("completions"),
                 idle_timeout: config.stream_idle_timeout,
                 keepalive: (!config.sse_keepalive.is_zero()).then_some(config.sse_keepalive),
                 max_event_bytes: config.max_sse_event,
@@ -65,7 +66,10 @@ impl Proxy {
         }
 
         let (mut parts, body) = request.into_parts();
-        let uri = match config.upstream.join(rest, parts.uri.query()) {
+        let uri = match config
+            .upstream
+            .join(rest(&parts.uri, rest_at), parts.uri.query())
+        {
             Ok(uri) => uri,
             Err(_) => {
                 let error =
@@ -148,6 +152,11 @@ fn head_keeps_length(exchange: &Exchange, response: &Response<ProxyBody>) -> boo
     exchange.passes_through()
         && response.status().as_u16() < 400
         && !headers::is_event_stream(response.headers())
+}
+
+/// The path below the dialect's prefix (`/v1/` or `/api/v1/`), which starts at `rest_at`.
+fn rest(uri: &http::Uri, rest_at: usize) -> &str {
+    uri.path().get(rest_at..).unwrap_or_default()
 }
 
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {

@@ -1,6 +1,8 @@
 //! The request path: request id → route → checks → upstream request → send → response path.
 //!
-//! [`Proxy::handle`] never fails: every problem becomes a response in the client's dialect
+//! [`Proxy::handle`] does everything before the upstream at once, without a future, and
+//! [`Proxy::forwarded`] runs the exchange of a request it let through. Neither fails: every
+//! problem becomes a response in the client's dialect
 //! (400/431/501 refused targets and heads, 400 a broken upload, 404 unknown path, 413 body too
 //! large, 502 unreachable or broken upstream, 504 timeouts).
 //! It also answers the operational endpoints (`/healthz`, `/readyz`, `/metrics`) on the
@@ -25,10 +27,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -100,6 +102,29 @@ pub enum SetupError {
 /// A request's response: observed for the access log and metrics, holding its concurrency
 /// permit until the body is done.
 pub(crate) type ProxyResponse = Response<ResponseBody>;
+
+/// What [`Proxy::handle`] made of a request: its answer, or a request that passed every check
+/// and waits for its upstream exchange ([`Proxy::forwarded`]).
+pub(crate) enum Handled {
+    Answered(ProxyResponse),
+    Forward(Forward),
+}
+
+/// A proxied request past its route, checks, client key and permit: what the upstream
+/// exchange needs, held by value so that the exchange's future is the only one that waits.
+pub(crate) struct Forward {
+    request: Request<Incoming>,
+    dialect: Dialect,
+    /// Where the path below the dialect's prefix starts (`Route::Proxy`'s `rest`).
+    rest_at: usize,
+    client: ClientInfo,
+    request_id: HeaderValue,
+    record: RequestRecord,
+    permit: OwnedSemaphorePermit,
+}
+
+/// `traceparent`, read for the access log.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 impl Proxy {
     pub(crate) fn new(
@@ -180,34 +205,51 @@ impl Proxy {
         self.cut.cancel();
     }
 
-    /// Serves one request; never fails (every problem is a response in the client's dialect).
-    pub(crate) async fn handle(
+    /// Everything a request needs before the upstream, at once: the request id, the route and
+    /// the checks, the client key and the concurrency permit. Never fails: every problem is an
+    /// answer in the client's dialect. Done outside any future, so that a proxied request's
+    /// only future is its exchange ([`Proxy::forwarded`]), moved and allocated once.
+    pub(crate) fn handle(
         &self,
         mut request: Request<Incoming>,
         client: ClientInfo,
         role: Role,
-    ) -> ProxyResponse {
+    ) -> Handled {
         // Counted before the proxy adds its own `x-request-id` (`--max-headers` is the client's).
         let fields = request.headers().len();
         let request_id = request_id::ensure(request.headers_mut());
-        let mut response = self
-            .dispatch(request, fields, client, role, &request_id)
-            .await;
-        // The upstream's own id, when it sent one, is what the SDKs report; else ours.
-        if !response.headers().contains_key(&X_REQUEST_ID) {
-            response.headers_mut().insert(X_REQUEST_ID, request_id);
+        match self.dispatch(request, fields, client, role, &request_id) {
+            Handled::Answered(response) => Handled::Answered(with_request_id(response, request_id)),
+            forward => forward,
         }
-        response
     }
 
-    async fn dispatch(
+    /// The upstream exchange of a request [`Proxy::handle`] let through, and its response.
+    pub(crate) async fn forwarded(&self, forward: Forward) -> ProxyResponse {
+        let Forward {
+            request,
+            dialect,
+            rest_at,
+            client,
+            request_id,
+            mut record,
+            permit,
+        } = forward;
+        let response = self
+            .forward(request, dialect, rest_at, client, &request_id, &mut record)
+            .await;
+        let response = observed(response, record).map(|body| body.holding(permit));
+        with_request_id(response, request_id)
+    }
+
+    fn dispatch(
         &self,
         request: Request<Incoming>,
         fields: usize,
         client: ClientInfo,
         role: Role,
         request_id: &HeaderValue,
-    ) -> ProxyResponse {
+    ) -> Handled {
         let path = request.uri().path();
         // Before routing: `//v1/models` is a bad path, not an unknown route; a head with too
         // many fields, a foreign transfer coding or two `Authorization`s is refused everywhere.
@@ -222,17 +264,17 @@ impl Proxy {
             if let Route::Proxy { client, .. } = route(path) {
                 record.set_client(client);
             }
-            return observed(
+            return Handled::Answered(observed(
                 error_response(dialect::asked_by(path), &self.envelopes, &error, None),
                 record,
-            );
+            ));
         }
         // The operational endpoints live on the admin listener when there is one.
         let operational = match role {
             Role::Admin => true,
             Role::Public => self.config.admin_listen.is_none(),
         };
-        match route(path) {
+        let response = match route(path) {
             Route::Healthz if operational => unobserved(text_response(StatusCode::OK, "ok\n")),
             Route::Readyz if operational => unobserved(self.readyz()),
             Route::Metrics if operational => {
@@ -246,9 +288,8 @@ impl Proxy {
                 client: dialect,
                 rest,
             } if role == Role::Public => {
-                let rest = rest.to_owned();
-                self.proxied(request, dialect, &rest, client, request_id)
-                    .await
+                let rest_at = path.len() - rest.len();
+                return self.proxied(request, dialect, rest_at, client, request_id);
             }
             _ => {
                 let record = self.record(&request, request_id);
@@ -257,42 +298,47 @@ impl Proxy {
                     record,
                 )
             }
-        }
+        };
+        Handled::Answered(response)
     }
 
-    /// A proxied route: no trailing slash, client key, concurrency permit, then the upstream.
-    async fn proxied(
+    /// A proxied route: no trailing slash, client key, concurrency permit; then it is ready
+    /// for the upstream.
+    fn proxied(
         &self,
         request: Request<Incoming>,
         dialect: Dialect,
-        rest: &str,
+        rest_at: usize,
         client: ClientInfo,
         request_id: &HeaderValue,
-    ) -> ProxyResponse {
+    ) -> Handled {
         let mut record = self.record(&request, request_id);
         record.set_client(dialect);
-        if let Err(error) = request_target::check_proxied_path(request.uri().path()) {
-            return observed(
-                error_response(dialect, &self.envelopes, &error, None),
-                record,
-            );
-        }
-        if let Some(keys) = &self.client_keys {
-            if !keys.allows(request.headers()) {
-                return observed(unauthorized(dialect, &self.envelopes), record);
+        let refused = if let Err(error) = request_target::check_proxied_path(request.uri().path()) {
+            error_response(dialect, &self.envelopes, &error, None)
+        } else if !self
+            .client_keys
+            .as_ref()
+            .is_none_or(|keys| keys.allows(request.headers()))
+        {
+            unauthorized(dialect, &self.envelopes)
+        } else {
+            match Arc::clone(&self.in_flight).try_acquire_owned() {
+                Ok(permit) => {
+                    return Handled::Forward(Forward {
+                        request,
+                        dialect,
+                        rest_at,
+                        client,
+                        request_id: request_id.clone(),
+                        record,
+                        permit,
+                    })
+                }
+                Err(_) => overloaded(dialect, &self.envelopes, Limit::ConcurrentRequests),
             }
-        }
-        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            return observed(
-                overloaded(dialect, &self.envelopes, Limit::ConcurrentRequests),
-                record,
-            );
         };
-        // Boxed: the exchange's future is the largest part of a request's; inline, every
-        // enclosing future (and hyper's per-request box) would carry and move it.
-        let forwarded = self.forward(request, dialect, rest, client, request_id, &mut record);
-        let response = Box::pin(forwarded).await;
-        observed(response, record).map(|body| body.holding(permit))
+        Handled::Answered(observed(refused, record))
     }
 
     fn record<B>(&self, request: &Request<B>, request_id: &HeaderValue) -> RequestRecord {
@@ -305,7 +351,7 @@ impl Proxy {
         );
         record.set_cut(self.cut.clone());
         // Logged only; the header itself is forwarded upstream as it came.
-        record.set_trace_id(access_log::trace_id(request.headers().get("traceparent")));
+        record.set_trace_id(access_log::trace_id(request.headers().get(TRACEPARENT)));
         record
     }
 
@@ -334,6 +380,14 @@ impl Proxy {
         );
         response
     }
+}
+
+/// The upstream's own `x-request-id`, when it sent one, is what the SDKs report; else ours.
+fn with_request_id(mut response: ProxyResponse, request_id: HeaderValue) -> ProxyResponse {
+    if !response.headers().contains_key(&X_REQUEST_ID) {
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
+    }
+    response
 }
 
 /// The single place that decides who may read `/metrics` on a listener.
