@@ -386,9 +386,14 @@ pub(crate) fn trace_id(traceparent: Option<&HeaderValue>) -> Option<String> {
 /// The path as logged: see the module docs.
 fn escape_path(path: &str) -> String {
     use std::fmt::Write as _;
+    let plain = |byte: u8| byte.is_ascii_graphic() && byte != b'"' && byte != b'\\';
+    // The usual path has nothing to escape: one copy, not a push per byte.
+    if path.bytes().all(plain) {
+        return path.to_owned();
+    }
     let mut out = String::with_capacity(path.len());
     for &byte in path.as_bytes() {
-        if byte.is_ascii_graphic() && byte != b'"' && byte != b'\\' {
+        if plain(byte) {
             out.push(char::from(byte));
         } else {
             let _ = write!(out, "\\x{byte:02X}");

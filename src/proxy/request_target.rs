@@ -33,17 +33,19 @@ const DECODE_ROUNDS: usize = 3;
 
 /// Checks a request's path, for every request before it is routed.
 pub(crate) fn check_path(path: &str) -> Result<(), ApiError> {
-    if path.contains('\\') {
+    // Bytes, not chars: a `str` pattern search set up per segment cost more than the checks.
+    let path = path.as_bytes();
+    if path.contains(&b'\\') {
         return Err(refuse("the path must not contain backslashes"));
     }
     // Skip the leading "/"; every segment after it must be a plain name. A trailing slash is
     // left to routing (`/` and `/api/v1/` are unknown routes) and to [`check_proxied_path`].
-    let segments = path.strip_suffix('/').unwrap_or(path);
-    for segment in segments.split('/').skip(1) {
+    let segments = path.strip_suffix(b"/").unwrap_or(path);
+    for segment in segments.split(|&b| b == b'/').skip(1) {
         if segment.is_empty() {
             return Err(refuse("the path must not contain empty segments"));
         }
-        check_segment(segment.as_bytes())?;
+        check_segment(segment)?;
     }
     Ok(())
 }
