@@ -104,7 +104,7 @@ mod tests {
     }
 
     #[test]
-    fn mix_is_a_bijection_on_every_low_number_and_its_neighbours() {
+    fn mix_undone_gives_back_the_lowest_and_the_highest_numbers() {
         // Inverting each step: the finaliser undone gives the number back.
         fn unmix(mut z: u64) -> u64 {
             z ^= (z >> 31) ^ (z >> 62);
