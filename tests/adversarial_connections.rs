@@ -249,6 +249,78 @@ async fn an_idle_http1_keep_alive_connection_is_closed_after_the_idle_timeout() 
     assert_eq!(body.as_bytes(), fixture("bare/models.json"));
 }
 
+/// One whole answer on a raw HTTP/1.1 connection that stays open: its head and its
+/// `Content-Length` bytes (bounded by `WAIT`).
+async fn one_answer(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = String::from_utf8_lossy(&received);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            if body.len() >= length {
+                return text.into_owned();
+            }
+        }
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the answer within the wait bound")
+            .expect("read");
+        assert!(read > 0, "closed before the whole answer: {text}");
+        received.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// A keep-alive connection served once, with the only connection slot and no idle timeout:
+/// only the deadline on its next request head can end it.
+async fn served_once_then(next: &[u8]) -> Vec<u8> {
+    let h = start(
+        Shape::Bare,
+        &[
+            "--max-connections",
+            "1",
+            "--header-read-timeout",
+            "1",
+            "--idle-timeout",
+            "0",
+        ],
+    )
+    .await;
+    let mut stream = TcpStream::connect(h.proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /v1/models HTTP/1.1\r\nHost: p\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = one_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(body.as_bytes(), fixture("bare/models.json"));
+    stream.write_all(next).await.unwrap();
+    let rest = until_closed(&mut stream, WAIT).await;
+    assert_served(h.proxy.addr).await;
+    rest
+}
+
+#[tokio::test]
+async fn a_later_http1_head_that_never_ends_is_closed_after_the_header_read_timeout() {
+    let rest = served_once_then(b"GET /v1/models HTTP/1.1\r\nHost: p\r\n").await;
+    assert_eq!(String::from_utf8_lossy(&rest), "");
+}
+
+#[tokio::test]
+async fn a_silent_http1_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let rest = served_once_then(b"").await;
+    assert_eq!(String::from_utf8_lossy(&rest), "");
+}
+
 /// An h2 client on a new connection; the connection runs on its own task.
 async fn h2_client(
     addr: SocketAddr,

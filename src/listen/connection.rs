@@ -61,8 +61,9 @@ pub(super) struct Builders {
 pub(super) fn connection_builder(config: &Config) -> Protocols {
     let mut http1 = http1::Builder::new();
     http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        // Every request head's deadline is the progress tracker's (`progress.rs`): hyper's
+        // own would arm a timer of its own for each head.
+        .header_read_timeout(None)
         .max_headers(config.max_headers)
         .max_buf_size(config.max_header_bytes as usize)
         // Frames are queued for writev, not copied into hyper's write buffer: a large body goes

@@ -5,11 +5,12 @@
 //! each request and wraps each response body in [`Watched`]) and the connection's task, which
 //! waits on [`Tracker::next_action`] beside the connection itself (see `server.rs`). Deadlines:
 //!
-//! - **First request head** (`--header-read-timeout`): from accept — TLS handshake and HTTP
+//! - **Request head** (`--header-read-timeout`): from accept — TLS handshake and HTTP
 //!   version detection included — until the service is first called, which hyper does once a
-//!   request head is complete (HTTP/1.1 and HTTP/2 alike). Missed: [`Action::Close`], the
-//!   socket is closed. Later HTTP/1.1 heads are bounded by hyper's own `header_read_timeout`,
-//!   which starts when the connection goes idle.
+//!   request head is complete (HTTP/1.1 and HTTP/2 alike); on HTTP/1.1 also from the end of
+//!   each request (when no other is open) until the next head is complete, an idle keep-alive
+//!   connection included, as hyper's own `header_read_timeout` would. That one is off: it
+//!   armed a timer of its own for every head. Missed: [`Action::Close`], the socket is closed.
 //! - **Idle** (`--idle-timeout`): from the moment no request is open. Missed:
 //!   [`Action::Shutdown`] (HTTP/2 GOAWAY; HTTP/1.1 closes at once when idle). A connection over
 //!   `--max-connections` gets that as soon as its first answer is out.
@@ -265,18 +266,42 @@ impl Tracker {
         if state.open > 0 {
             return Ok(None);
         }
-        let shutdown_at = if self.answer_once {
-            now
-        } else if self.limits.idle.is_zero() {
+        let shutdown_at = self.idle_deadline(state);
+        // HTTP/1.1: the next request head is due too; of the two, the sooner.
+        if let Some(head_due) = self.next_head_deadline(state) {
+            if shutdown_at.is_none_or(|at| head_due < at) {
+                return due(head_due).map_err(|()| Action::Close);
+            }
+        }
+        let Some(shutdown_at) = shutdown_at else {
             return Ok(None);
-        } else {
-            state.idle_since + self.limits.idle
         };
         due(shutdown_at).map_err(|()| {
             state.shutdown = true;
             state.idle_since = now;
             Action::Shutdown
         })
+    }
+}
+
+impl Tracker {
+    /// When a connection with no open request must shut down: at once after its one answer
+    /// (over `--max-connections`), else once idle for `--idle-timeout` (zero: never).
+    fn idle_deadline(&self, state: &State) -> Option<Instant> {
+        if self.answer_once {
+            Some(state.idle_since)
+        } else if self.limits.idle.is_zero() {
+            None
+        } else {
+            Some(state.idle_since + self.limits.idle)
+        }
+    }
+
+    /// When an HTTP/1.1 connection with no open request must have its next request head.
+    fn next_head_deadline(&self, state: &State) -> Option<Instant> {
+        state
+            .http1
+            .then(|| state.idle_since + self.limits.header_read)
     }
 }
 
@@ -325,15 +350,15 @@ impl Drop for OpenRequest {
             let now = Instant::now();
             state.idle_since = now;
             let deadline = if tracker.answer_once {
-                now
+                Some(now)
             } else if state.shutdown {
-                now + CLOSE_GRACE
-            } else if tracker.limits.idle.is_zero() {
-                return;
+                Some(now + CLOSE_GRACE)
             } else {
-                now + tracker.limits.idle
+                let idle = tracker.idle_deadline(&state);
+                let head = tracker.next_head_deadline(&state);
+                idle.into_iter().chain(head).min()
             };
-            state.must_wake_by(deadline)
+            deadline.is_some_and(|deadline| state.must_wake_by(deadline))
         };
         drop(state);
         if wake {
@@ -605,11 +630,52 @@ mod tests {
         drop(busy.request_started(Version::HTTP_11));
         let next = busy.evaluate().unwrap().expect("a sample is due");
         assert!(next <= Instant::now() + Duration::from_secs(15));
-        // Idle for longer than a period (and no idle deadline): nothing is due.
+        // Idle for longer than a period (and no idle deadline): nothing is due on HTTP/2; on
+        // HTTP/1.1 only the next request head, a header time after the last request ended.
         let quiet = Tracker::new(no_idle(Duration::from_millis(100)), false);
-        drop(quiet.request_started(Version::HTTP_11));
+        drop(quiet.request_started(Version::HTTP_2));
+        let quiet_http1 = Tracker::new(no_idle(Duration::from_millis(100)), false);
+        let before = Instant::now();
+        drop(quiet_http1.request_started(Version::HTTP_11));
+        let after = Instant::now();
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(quiet.evaluate(), Ok(None));
+        let head_due = quiet_http1
+            .evaluate()
+            .unwrap()
+            .expect("the next head is due");
+        assert!(head_due >= before + Duration::from_secs(60));
+        assert!(head_due <= after + Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn an_http1_connection_must_send_its_next_head_in_time_or_is_closed() {
+        let limits = |header_read, idle| Limits {
+            header_read,
+            idle,
+            client_write: Duration::ZERO,
+        };
+        let (short, long) = (Duration::from_millis(100), Duration::from_secs(60));
+        // The head's deadline comes first: closed, like a first head that never came.
+        let tracker = Tracker::new(limits(short, long), false);
+        let ended = Instant::now();
+        drop(tracker.request_started(Version::HTTP_11));
+        assert_eq!(tracker.next_action().await, Action::Close);
+        assert!(ended.elapsed() >= short);
+        // With no idle timeout at all, too.
+        let tracker = Tracker::new(limits(short, Duration::ZERO), false);
+        drop(tracker.request_started(Version::HTTP_11));
+        assert_eq!(tracker.next_action().await, Action::Close);
+        // The idle deadline comes first: a graceful shutdown, as before.
+        let tracker = Tracker::new(limits(long, short), false);
+        drop(tracker.request_started(Version::HTTP_11));
+        assert_eq!(tracker.next_action().await, Action::Shutdown);
+        // HTTP/2 has no such deadline: only idleness ends it.
+        let tracker = Tracker::new(limits(short, Duration::from_millis(300)), false);
+        let ended = Instant::now();
+        drop(tracker.request_started(Version::HTTP_2));
+        assert_eq!(tracker.next_action().await, Action::Shutdown);
+        assert!(ended.elapsed() >= Duration::from_millis(300));
     }
 
     #[tokio::test]
