@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// Connection-scoped headers that are always removed.
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -72,11 +72,16 @@ pub(crate) fn strip_upstream_framing(headers: &mut HeaderMap, bodiless: bool) {
 /// cannot be read.
 pub(crate) fn prepare_upstream_request(
     headers: &mut HeaderMap,
+    authority: Option<&str>,
     client_ip: Option<IpAddr>,
     client_proto: &'static str,
 ) {
     remove_hop_by_hop(headers);
-    match headers.remove(header::HOST) {
+    // HTTP/2 names the host in `:authority` (`authority`) rather than in Host.
+    let host = headers
+        .remove(header::HOST)
+        .or_else(|| HeaderValue::from_str(authority?).ok());
+    match host {
         Some(host) => headers.insert(X_FORWARDED_HOST, host),
         None => headers.remove(X_FORWARDED_HOST),
     };
@@ -98,19 +103,35 @@ fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
     // Room for a short list and an IPv6 address: one allocation, where pushes from empty
     // regrew it twice.
     let mut list = String::with_capacity(64);
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        // A field that is not visible ASCII cannot be a list of addresses: left out.
-        let Ok(value) = value.to_str() else { continue };
-        let value = value.trim().trim_matches(',').trim();
-        if !value.is_empty() {
-            list.push_str(value);
-            list.push_str(", ");
+    // One lookup of the name for reading the client's fields and replacing them.
+    let entry = headers.entry(X_FORWARDED_FOR);
+    if let Entry::Occupied(fields) = &entry {
+        for value in fields.iter() {
+            // A field that is not visible ASCII cannot be a list of addresses: left out.
+            let Ok(value) = value.to_str() else { continue };
+            let value = value.trim().trim_matches(',').trim();
+            if !value.is_empty() {
+                list.push_str(value);
+                list.push_str(", ");
+            }
         }
     }
     push_ip(&mut list, client_ip);
-    headers.remove(&X_FORWARDED_FOR);
-    if let Ok(value) = HeaderValue::try_from(list) {
-        headers.insert(X_FORWARDED_FOR, value);
+    // Always a valid value: visible ASCII the client sent, and an address.
+    let Ok(value) = HeaderValue::try_from(list) else {
+        if let Entry::Occupied(fields) = entry {
+            fields.remove_entry_mult();
+        }
+        return;
+    };
+    match entry {
+        // Replaces every field the client sent.
+        Entry::Occupied(mut fields) => {
+            fields.insert(value);
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
     }
 }
 
@@ -163,17 +184,43 @@ pub(crate) enum ContentKind {
 }
 
 /// The body's [`ContentKind`]: one header lookup for the questions the response path asks.
+/// The media type as [`media_type`] reads it (a value that is not visible ASCII counts as
+/// none), compared without building it: this runs on every response.
 pub(crate) fn content_kind(headers: &HeaderMap) -> ContentKind {
-    match media_type(headers) {
-        None => ContentKind::Json,
-        Some(media)
-            if media == "application/json"
-                || (media.starts_with("application/") && media.ends_with("+json")) =>
-        {
-            ContentKind::Json
-        }
-        Some(media) if media == "text/event-stream" => ContentKind::EventStream,
-        Some(_) => ContentKind::Other,
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return ContentKind::Json;
+    };
+    let value = value.as_bytes();
+    // The usual values, whole: visible ASCII, so exactly what the general reading says.
+    match value {
+        b"application/json" => return ContentKind::Json,
+        b"text/event-stream" => return ContentKind::EventStream,
+        _ => {}
+    }
+    // `HeaderValue::to_str`'s test.
+    if !value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        return ContentKind::Json;
+    }
+    let end = value.iter().position(|&b| b == b';').unwrap_or(value.len());
+    let media = value[..end].trim_ascii();
+    let is = |word: &[u8]| media.eq_ignore_ascii_case(word);
+    let starts = |word: &[u8]| {
+        media
+            .get(..word.len())
+            .is_some_and(|m| m.eq_ignore_ascii_case(word))
+    };
+    let ends = |word: &[u8]| {
+        media
+            .len()
+            .checked_sub(word.len())
+            .is_some_and(|at| media[at..].eq_ignore_ascii_case(word))
+    };
+    if media.is_empty() || is(b"application/json") || (starts(b"application/") && ends(b"+json")) {
+        ContentKind::Json
+    } else if is(b"text/event-stream") {
+        ContentKind::EventStream
+    } else {
+        ContentKind::Other
     }
 }
 
@@ -252,7 +299,12 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
             ("accept-encoding", "gzip"),
         ]);
-        prepare_upstream_request(&mut headers, Some("127.0.0.1".parse().unwrap()), "http");
+        prepare_upstream_request(
+            &mut headers,
+            None,
+            Some("127.0.0.1".parse().unwrap()),
+            "http",
+        );
         assert_eq!(headers.get("host"), None);
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
@@ -268,7 +320,12 @@ mod tests {
             ("x-forwarded-host", "evil.example"),
             ("forwarded", "for=1.2.3.4;host=evil.example"),
         ]);
-        prepare_upstream_request(&mut headers, Some("10.0.0.5".parse().unwrap()), "https");
+        prepare_upstream_request(
+            &mut headers,
+            None,
+            Some("10.0.0.5".parse().unwrap()),
+            "https",
+        );
         assert_eq!(
             headers
                 .get_all("x-forwarded-for")
@@ -287,8 +344,54 @@ mod tests {
         assert_eq!(headers.get("host"), None);
 
         let mut headers = map(&[("x-forwarded-host", "evil.example")]);
-        prepare_upstream_request(&mut headers, None, "http");
+        prepare_upstream_request(&mut headers, None, None, "http");
         assert_eq!(headers.get("x-forwarded-host"), None);
+    }
+
+    #[test]
+    fn the_forwarded_host_is_the_host_field_else_the_http2_authority() {
+        let forwarded_host = |pairs: &[(&str, &str)], authority| {
+            let mut headers = map(pairs);
+            prepare_upstream_request(&mut headers, authority, None, "https");
+            assert_eq!(headers.get("host"), None);
+            let hosts: Vec<_> = headers
+                .get_all("x-forwarded-host")
+                .iter()
+                .cloned()
+                .collect();
+            hosts
+        };
+        // HTTP/2: no Host field, the `:authority`.
+        assert_eq!(
+            forwarded_host(
+                &[("x-forwarded-host", "evil.example")],
+                Some("api.example:8443")
+            ),
+            ["api.example:8443"]
+        );
+        // A Host field is what the client addressed, whatever else it says.
+        assert_eq!(
+            forwarded_host(&[("host", "api.example")], Some("other.example")),
+            ["api.example"]
+        );
+        // A Host the client itself marked hop-by-hop is not forwarded.
+        assert_eq!(
+            forwarded_host(&[("host", "api.example"), ("connection", "host")], None),
+            Vec::<HeaderValue>::new()
+        );
+    }
+
+    #[test]
+    fn no_forwarded_for_field_gets_one_with_the_client_address() {
+        let mut headers = map(&[("host", "api.example")]);
+        prepare_upstream_request(
+            &mut headers,
+            None,
+            Some("192.0.2.7".parse().unwrap()),
+            "http",
+        );
+        let fields: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(fields, ["192.0.2.7"]);
     }
 
     #[test]
@@ -326,6 +429,46 @@ mod tests {
             "content-type",
             "Text/Event-Stream; charset=utf-8"
         )])));
+        // The same verdicts as reading the media type whole (`media_type`), on every case.
+        let by_media_type = |headers: &HeaderMap| match media_type(headers) {
+            None => ContentKind::Json,
+            Some(m) if m == "application/json" => ContentKind::Json,
+            Some(m) if m.starts_with("application/") && m.ends_with("+json") => ContentKind::Json,
+            Some(m) if m == "text/event-stream" => ContentKind::EventStream,
+            Some(_) => ContentKind::Other,
+        };
+        for value in [
+            &b""[..],
+            b" ",
+            b";",
+            b" ; charset=utf-8",
+            b"application/json",
+            b"APPLICATION/JSON",
+            b"\tapplication/json\t;x",
+            b"application/jsonx",
+            b"application/+json",
+            b"application/vnd.api+JSON; q=1",
+            b"application+json",
+            b"+json",
+            b"text/event-stream",
+            b" TEXT/EVENT-STREAM ;charset=utf-8",
+            b"text/event-stream2",
+            b"text/plain",
+            b"application/json\xc3\xa9",
+            b"\xfftext/event-stream",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+            assert_eq!(
+                content_kind(&headers),
+                by_media_type(&headers),
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
         assert!(is_content_encoded(&map(&[("content-encoding", "gzip")])));
         assert!(!is_content_encoded(&map(&[(
             "content-encoding",

@@ -77,15 +77,12 @@ impl Proxy {
                 return exchange.error_response(&error, None);
             }
         };
-        // HTTP/2 names the host in `:authority`: it becomes `X-Forwarded-Host` like HTTP/1's Host.
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(authority) = parts.uri.authority() {
-                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                    parts.headers.insert(header::HOST, host);
-                }
-            }
-        }
-        headers::prepare_upstream_request(&mut parts.headers, client.ip, client.proto);
+        headers::prepare_upstream_request(
+            &mut parts.headers,
+            parts.uri.authority().map(http::uri::Authority::as_str),
+            client.ip,
+            client.proto,
+        );
         parts.uri = uri;
         // The upstream connection picks its own HTTP version (ALPN or HTTP/1.1).
         parts.version = http::Version::HTTP_11;
