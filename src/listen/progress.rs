@@ -282,9 +282,7 @@ impl Tracker {
             Action::Shutdown
         })
     }
-}
 
-impl Tracker {
     /// When a connection with no open request must shut down: at once after its one answer
     /// (over `--max-connections`), else once idle for `--idle-timeout` (zero: never).
     fn idle_deadline(&self, state: &State) -> Option<Instant> {
@@ -655,26 +653,32 @@ mod tests {
             idle,
             client_write: Duration::ZERO,
         };
+        // What the tracker asks for, waited for no longer than the longest deadline here.
+        let action = |tracker: Arc<Tracker>| async move {
+            tokio::time::timeout(Duration::from_secs(30), tracker.next_action())
+                .await
+                .expect("an action within the bound")
+        };
         let (short, long) = (Duration::from_millis(100), Duration::from_secs(60));
         // The head's deadline comes first: closed, like a first head that never came.
         let tracker = Tracker::new(limits(short, long), false);
         let ended = Instant::now();
         drop(tracker.request_started(Version::HTTP_11));
-        assert_eq!(tracker.next_action().await, Action::Close);
+        assert_eq!(action(tracker).await, Action::Close);
         assert!(ended.elapsed() >= short);
         // With no idle timeout at all, too.
         let tracker = Tracker::new(limits(short, Duration::ZERO), false);
         drop(tracker.request_started(Version::HTTP_11));
-        assert_eq!(tracker.next_action().await, Action::Close);
+        assert_eq!(action(tracker).await, Action::Close);
         // The idle deadline comes first: a graceful shutdown, as before.
         let tracker = Tracker::new(limits(long, short), false);
         drop(tracker.request_started(Version::HTTP_11));
-        assert_eq!(tracker.next_action().await, Action::Shutdown);
+        assert_eq!(action(tracker).await, Action::Shutdown);
         // HTTP/2 has no such deadline: only idleness ends it.
         let tracker = Tracker::new(limits(short, Duration::from_millis(300)), false);
         let ended = Instant::now();
         drop(tracker.request_started(Version::HTTP_2));
-        assert_eq!(tracker.next_action().await, Action::Shutdown);
+        assert_eq!(action(tracker).await, Action::Shutdown);
         assert!(ended.elapsed() >= Duration::from_millis(300));
     }
 
