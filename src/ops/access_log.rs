@@ -123,10 +123,10 @@ impl RequestRecord {
     }
 
     /// What a stream's events said (read when the body ends).
-    pub(crate) fn set_stream_stats(&mut self, stats: StreamStats) {
+    pub(crate) fn set_stream_stats(&mut self, mut stats: StreamStats) {
         self.events = stats.events;
         self.first_token = stats
-            .first_token
+            .first_token()
             .map(|at| at.saturating_duration_since(self.start));
         if stats.report.is_some() {
             self.report = stats.report;

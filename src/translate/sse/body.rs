@@ -27,7 +27,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -177,6 +177,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        // Our last Pending let hyper flush what went before: what was left for then is done.
+        if std::mem::take(&mut this.state.settle_when_woken) {
+            this.state.stats.settle();
+        }
         // Set once the upstream had nothing ready in this call: asked again only to wait.
         let mut upstream_waits = false;
         loop {
@@ -216,7 +220,10 @@ where
                 Poll::Ready(None) => this.state.on_upstream_end(),
                 Poll::Pending => {
                     if let Some(deadline) = this.state.on_quiet(Instant::now()) {
-                        ready!(this.wakeups.as_mut().poll_until(deadline, cx));
+                        if this.wakeups.as_mut().poll_until(deadline, cx).is_pending() {
+                            this.state.on_wait(cx);
+                            return Poll::Pending;
+                        }
                     }
                 }
             }
@@ -254,6 +261,9 @@ struct StreamState {
     outcome: Option<StreamEnd>,
     /// What the events said, for the metrics and the access log.
     stats: StreamStats,
+    /// An event is left to look into for the first token once the client has what went
+    /// before (see [`StreamState::on_wait`]).
+    settle_when_woken: bool,
 }
 
 impl StreamState {
@@ -270,6 +280,7 @@ impl StreamState {
             deadlines: Deadlines::new(&settings, now),
             outcome: None,
             stats: StreamStats::default(),
+            settle_when_woken: false,
             settings,
         }
     }
@@ -345,6 +356,17 @@ impl StreamState {
             Err(error) => self.on_event_too_large(&error),
         }
         true
+    }
+
+    /// The stream waits (returns `Pending`), and hyper flushes what it was given before. An
+    /// event that may hold the first token is looked into right after that ([`StreamStats`]
+    /// keeps when it was queued): the task wakes itself once for it, so the parse is not on
+    /// the way of a stream's first bytes.
+    fn on_wait(&mut self, cx: &Context<'_>) {
+        if self.stats.unsettled() {
+            self.settle_when_woken = true;
+            cx.waker().wake_by_ref();
+        }
     }
 
     /// A frame from the upstream.
@@ -888,6 +910,64 @@ mod tests {
             _ => CHUNK,
         };
         vec![(secs(time), String::from_utf8(event.to_vec()).unwrap())]
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_token_is_looked_into_after_its_frame_went_out_and_keeps_its_time() {
+        const ROLE: &[u8] =
+            b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+        const TOKEN: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+        let upstream = Upstream::new([
+            Step::Chunk(ROLE),
+            Step::Wait(secs(1)),
+            Step::Chunk(TOKEN),
+            Step::Wait(secs(1)),
+            Step::Chunk(b"data: [DONE]\n\n"),
+        ]);
+        let start = Instant::now();
+        let mut body = std::pin::pin!(SseBody::new(upstream, settings(EventMode::Passthru, true)));
+        let wakes = std::sync::Arc::new(CountingWaker::default());
+        let waker = std::task::Waker::from(std::sync::Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let woken = || wakes.0.load(std::sync::atomic::Ordering::SeqCst);
+        let mut poll =
+            |body: &mut Pin<&mut SseBody<Upstream>>| match body.as_mut().poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => Some(frame.into_data().unwrap()),
+                Poll::Pending => None,
+                other => panic!("unexpected {other:?}"),
+            };
+
+        // Each candidate goes out unparsed; the Pending after it (hyper flushes then) wakes the
+        // task once, and only the poll after that looks into it.
+        for (event, at) in [(ROLE, secs(0)), (TOKEN, secs(1))] {
+            assert_eq!(poll(&mut body).as_deref(), Some(event));
+            assert_eq!(start.elapsed(), at);
+            assert!(body.state.stats.unsettled(), "looked into before the flush");
+            let before = woken();
+            assert_eq!(poll(&mut body), None);
+            assert!(body.state.stats.unsettled(), "looked into before the flush");
+            assert_eq!(woken(), before + 1, "no wake-up to look into it");
+            // Late, on purpose: the first token keeps the time its event was queued at.
+            tokio::time::advance(Duration::from_millis(500)).await;
+            assert_eq!(poll(&mut body), None);
+            assert!(!body.state.stats.unsettled());
+            assert_eq!(woken(), before + 1, "a wake-up with nothing to do");
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        assert_eq!(body.take_stats().first_token(), Some(start + secs(1)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,6 +26,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::framer::SseEvent;
 use crate::config::StreamEnvelope;
@@ -392,8 +393,14 @@ fn stream_error(data: &[u8]) -> ApiError {
 pub struct StreamStats {
     /// Events relayed from the upstream (comments not counted).
     pub events: u64,
-    /// When the first event with content in a `choices[].delta` was queued for the client.
-    pub first_token: Option<tokio::time::Instant>,
+    /// When the first event with content in a `choices[].delta` was queued for the client
+    /// (read through [`StreamStats::first_token`]).
+    first_token: Option<Instant>,
+    /// An event that may hold the first token, and when it was queued: looked into later
+    /// ([`StreamStats::settle`]), so that its parse is not on the way of the stream's first
+    /// bytes to the client, where it cost ~7 µs when the CPU comes back cold (BENCHMARKS.md,
+    /// ninth step).
+    unchecked: Option<(Bytes, Instant)>,
     /// The usage of the events that carried one, summed, and the model the last one named.
     pub report: Option<UsageReport>,
 }
@@ -414,17 +421,43 @@ impl StreamStats {
 impl StreamStats {
     /// An event went to the client; `data` and whether it may carry usage (see
     /// [`usage_candidate`]) when it has data.
-    fn note(&mut self, data: Option<&[u8]>, usage: bool, upstream: Dialect) {
+    fn note(&mut self, data: Option<&Bytes>, usage: bool, upstream: Dialect) {
         self.events += 1;
         let Some(data) = data else { return };
-        if self.first_token.is_none() && has_first_token(data) {
-            self.first_token = Some(tokio::time::Instant::now());
+        if self.first_token.is_none() {
+            // In order: an earlier candidate first.
+            self.settle();
+            if self.first_token.is_none() && may_hold_first_token(data) {
+                self.unchecked = Some((data.clone(), Instant::now()));
+            }
         }
         if usage {
             if let Some(report) = usage_of(data, upstream) {
                 self.add(report);
             }
         }
+    }
+}
+
+impl StreamStats {
+    /// True while an event waits to be looked into for the first token.
+    pub(crate) fn unsettled(&self) -> bool {
+        self.unchecked.is_some()
+    }
+
+    /// Looks into the event that may hold the first token, if one waits.
+    pub(crate) fn settle(&mut self) {
+        if let Some((data, queued)) = self.unchecked.take() {
+            if has_first_token(&data) {
+                self.first_token = Some(queued);
+            }
+        }
+    }
+
+    /// When the first event with content in a `choices[].delta` was queued for the client.
+    pub fn first_token(&mut self) -> Option<Instant> {
+        self.settle();
+        self.first_token
     }
 }
 
@@ -435,6 +468,14 @@ fn usage_of(data: &[u8], upstream: Dialect) -> Option<UsageReport> {
         .filter(|r| r.usage.is_some())
         .or_else(|| envelope.then(|| UsageReport::of(data, false)).flatten())
         .filter(|r| r.usage.is_some())
+}
+
+/// The substring check before [`has_first_token`]: only a chunk that names `"delta"` may hold
+/// the first token.
+fn may_hold_first_token(data: &[u8]) -> bool {
+    static DELTA: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"delta\""));
+    DELTA.find(data).is_some()
 }
 
 /// True when a chunk (bare, or wrapped in an envelope's `data`) has a `choices[].delta` with
@@ -470,9 +511,7 @@ fn has_first_token(data: &[u8]) -> bool {
             v != "\"\"" && !(v.starts_with('[') && v[1..].trim_start() == "]")
         })
     }
-    static DELTA: LazyLock<memchr::memmem::Finder<'static>> =
-        LazyLock::new(|| memchr::memmem::Finder::new(b"\"delta\""));
-    if DELTA.find(data).is_none() {
+    if !may_hold_first_token(data) {
         return false;
     }
     let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
@@ -818,10 +857,10 @@ mod tests {
         };
         let bare: &[u8] = include_bytes!("../../../fixtures/bare/chat_completion_stream_usage.sse");
         for mode in [EventMode::Passthru, EventMode::Wrap] {
-            let stats = stats(mode, Dialect::Bare, bare);
+            let mut stats = stats(mode, Dialect::Bare, bare);
             // Role chunk, 10 content chunks, the finish chunk, the usage chunk, [DONE].
             assert_eq!(stats.events, 14, "{mode:?}");
-            assert!(stats.first_token.is_some());
+            assert!(stats.first_token().is_some());
             assert_eq!(
                 stats.report.as_ref(),
                 Some(&UsageReport {
@@ -833,9 +872,9 @@ mod tests {
         // Wrapped events, unwrapped or passed; usage twice is summed.
         let wrapped = b"data: {\"success\":true,\"code\":\"200\",\"message\":\"successful\",\"data\":{\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":2}}}\n\n: ping\n\ndata: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n";
         for mode in [EventMode::Passthru, EventMode::Unwrap] {
-            let stats = stats(mode, Dialect::Envelope, wrapped);
+            let mut stats = stats(mode, Dialect::Envelope, wrapped);
             assert_eq!(stats.events, 2, "{mode:?}");
-            assert_eq!(stats.first_token, None);
+            assert_eq!(stats.first_token(), None);
             let report = stats.report.unwrap();
             assert_eq!(report.model.as_deref(), Some("m"));
             assert_eq!(report.usage.unwrap().prompt, Some(5));
@@ -866,7 +905,7 @@ mod tests {
                 mode.apply(event, Dialect::Envelope, envelopes, &mut out, &mut stats);
             }
             assert_eq!(stats.events, 2, "{mode:?}");
-            assert!(stats.first_token.is_some(), "{mode:?}");
+            assert!(stats.first_token().is_some(), "{mode:?}");
             let report = stats.report.unwrap();
             assert_eq!(report.model.as_deref(), Some("m"));
             let usage = report.usage.unwrap();
