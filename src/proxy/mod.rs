@@ -224,24 +224,6 @@ impl Proxy {
         }
     }
 
-    /// The upstream exchange of a request [`Proxy::handle`] let through, and its response.
-    pub(crate) async fn forwarded(&self, forward: Forward) -> ProxyResponse {
-        let Forward {
-            request,
-            dialect,
-            rest_at,
-            client,
-            request_id,
-            mut record,
-            permit,
-        } = forward;
-        let response = self
-            .forward(request, dialect, rest_at, client, &request_id, &mut record)
-            .await;
-        let response = observed(response, record).map(|body| body.holding(permit));
-        with_request_id(response, request_id)
-    }
-
     fn dispatch(
         &self,
         request: Request<Incoming>,
