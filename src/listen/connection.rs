@@ -37,11 +37,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::dialect;
 use crate::proxy::response_body::{self, ResponseBody};
-use crate::proxy::{ClientInfo, Handled, Proxy, Role};
+use crate::proxy::{ClientInfo, Handled, Proxy, ProxyResponse, Role};
 use crate::translate::body::ProxyBody;
 use crate::translate::synthetic::{overloaded, Limit};
 
-use super::progress::{Abandon, Action, Tracker};
+use super::progress::{Abandon, Action, Tracker, Watched};
 use super::sockets::Stream;
 use crate::woken::Woken;
 
@@ -361,17 +361,18 @@ impl Accepted {
             } else {
                 proxy.handle(request, client, role)
             };
-            let proxy = Arc::clone(&proxy);
+            let watched = move |response: ProxyResponse| Ok(response.map(|body| open.watch(body)));
             // Boxed per request: hyper keeps an HTTP/1 connection's service future slot for
             // the connection's whole life (and an HTTP/2 stream's for the stream's), so unboxed
             // every open stream would hold the whole request future after its head was sent.
-            Box::pin(async move {
-                let response = match handled {
-                    Handled::Answered(response) => response,
-                    Handled::Forward(forward) => proxy.forwarded(forward).await,
-                };
-                Ok::<_, Infallible>(response.map(|body| open.watch(body)))
-            })
+            // An answer is boxed ready; a forwarded request's exchange is the future itself.
+            let respond: Respond = match handled {
+                Handled::Answered(response) => Box::pin(std::future::ready(watched(response))),
+                Handled::Forward(forward) => {
+                    Box::pin(Arc::clone(&proxy).forwarded(forward, watched))
+                }
+            };
+            respond
         });
         let io = TokioIo::new(io);
         let (slot, tracker, drain) = (self.permit, &self.tracker, &self.drain);
@@ -386,6 +387,10 @@ impl Accepted {
         }
     }
 }
+
+/// A request's future, as the service hands it to hyper.
+type Respond =
+    Pin<Box<dyn Future<Output = Result<Response<Watched<ResponseBody>>, Infallible>> + Send>>;
 
 /// A response body the progress tracker may abandon: the access log then says
 /// `client_stalled`.

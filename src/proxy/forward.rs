@@ -6,6 +6,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::Poll;
 
 use http::header;
@@ -21,13 +22,19 @@ use crate::translate::synthetic::{broken_request_body, shutting_down};
 use crate::translate::{self, Exchange};
 
 use super::request_body::ClientBody;
-use super::response_body::observed;
+use super::response_body::observed_holding;
 use super::upstream::UpstreamError;
 use super::{auth, with_request_id, Forward, Proxy, ProxyResponse};
 
 impl Proxy {
     /// The upstream exchange of a request [`Proxy::handle`] let through, and its response.
-    pub(crate) async fn forwarded(&self, forward: Forward) -> ProxyResponse {
+    /// `finish` makes the response what the caller hands on: it runs inside this future, so
+    /// the caller needs no future of its own around it (one layer less to allocate and move).
+    pub(crate) async fn forwarded<R>(
+        self: Arc<Self>,
+        forward: Forward,
+        finish: impl FnOnce(ProxyResponse) -> R,
+    ) -> R {
         let Forward {
             request,
             dialect,
@@ -164,8 +171,8 @@ impl Proxy {
                 }
             }
         };
-        let response = observed(response, record).map(|body| body.holding(permit));
-        with_request_id(response, request_id)
+        let response = observed_holding(response, record, Some(permit));
+        finish(with_request_id(response, request_id))
     }
 }
 

@@ -51,21 +51,6 @@ impl ResponseBody {
             permit: None,
         }
     }
-
-    /// A body whose end `record` writes.
-    pub(crate) fn observed(inner: ProxyBody, record: RequestRecord) -> Self {
-        Self {
-            inner,
-            record: Some(record),
-            permit: None,
-        }
-    }
-
-    /// Keeps `permit` until the body is dropped.
-    pub fn holding(mut self, permit: OwnedSemaphorePermit) -> Self {
-        self.permit = Some(permit);
-        self
-    }
 }
 
 /// Writes the record with what the body saw: its usage, its stream's stats, how it ended.
@@ -89,7 +74,17 @@ fn finish(record: &mut RequestRecord, mut body: Pin<&mut ProxyBody>, end: BodyEn
 /// (its body knows whether it is the proxy's own error, rewritten, or a stream).
 pub(crate) fn observed(
     response: Response<ProxyBody>,
+    record: RequestRecord,
+) -> Response<ResponseBody> {
+    observed_holding(response, record, None)
+}
+
+/// [`observed`], keeping `permit` (the request's concurrency slot) until the body is dropped;
+/// in one step, so the body is moved into its place once.
+pub(crate) fn observed_holding(
+    response: Response<ProxyBody>,
     mut record: RequestRecord,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Response<ResponseBody> {
     let body = response.body();
     record.set_response(
@@ -98,7 +93,11 @@ pub(crate) fn observed(
         body.translated(),
         body.is_stream(),
     );
-    response.map(|body| ResponseBody::observed(body, record))
+    response.map(|inner| ResponseBody {
+        inner,
+        record: Some(record),
+        permit,
+    })
 }
 
 /// A response the proxy answered itself, with nothing to log (the operational endpoints, and
