@@ -24,6 +24,14 @@
 #                                   (default /api/v1/bench/json/1024), ROUNDS each (default 6),
 #                                   and each build's median: how a change is measured on a noisy
 #                                   host, where two runs apart differ more than the change
+#   benches/profile.sh cold [N] [BUILD...]
+#                                   where the cold time to first event goes (load.sh's "CPU left
+#                                   idle" case): N dripping streams (default 300) through each
+#                                   build (default the release build), nginx and hyper's floor,
+#                                   interleaved, while the kernel traces their syscalls; each
+#                                   server's wake, request (client read -> upstream write) and
+#                                   response (upstream read -> client write) phases, medians
+#                                   (benches/tools/cold_phases.py). Needs root and tracefs
 #
 # PROXY_BIN=path runs another build (for an A/B); SERVER_CPU/LOAD_CPU pin as in load.sh.
 set -euo pipefail
@@ -173,8 +181,59 @@ for build, path in (("a", sys.argv[2]), ("b", sys.argv[3])):
 print(f"b lower than a in {sum(y < x for x, y in zip(ns['a'], ns['b']))} of {len(ns['a'])} rounds")
 PY
   ;;
+cold)
+  tracing=/sys/kernel/tracing
+  [[ -w $tracing/set_event ]] || { echo "profile.sh: cold needs root and tracefs ($tracing)" >&2; exit 1; }
+  n=${2:-300}
+  builds=("${@:3}")
+  ((${#builds[@]})) || builds=("$PROXY_BIN")
+  stream=bench/sse/5/300/2
+  urls=("$UP/v1/$stream") names=(direct) servers=()
+  for i in "${!builds[@]}"; do
+    PROXY_BIN=${builds[$i]} start_proxy "c$i" 1 "$SERVER_CPU"
+    pid=PID_c$i port=PORT_c$i
+    urls+=("http://127.0.0.1:${!port}/v1/$stream") names+=("build$i")
+    servers+=("build$i ${!pid}")
+  done
+  if command -v nginx >/dev/null; then
+    start_nginx n1 1 "$SERVER_CPU"
+    urls+=("http://127.0.0.1:$PORT_n1/v1/$stream") names+=(nginx)
+    servers+=("nginx $(nginx_workers n1 | tr , ' ')")
+  fi
+  start_floor f1 "$SERVER_CPU"
+  urls+=("http://127.0.0.1:$PORT_f1/v1/$stream") names+=(floor)
+  servers+=("floor $PID_f1")
+  : >"$OUT/threads"
+  tids=()
+  for server in "${servers[@]}"; do
+    read -r name pids <<<"$server"
+    line=$name
+    for pid in $pids; do
+      for task in /proc/"$pid"/task/*; do line+=" ${task##*/}" tids+=("${task##*/}"); done
+    done
+    echo "$line" >>"$OUT/threads"
+  done
+  # The trace is switched off and emptied again whatever happens.
+  stop_tracing() { echo 0 >$tracing/tracing_on; : >$tracing/set_event; : >$tracing/set_event_pid; }
+  trap 'stop_tracing; cleanup' EXIT
+  stop_tracing
+  : >$tracing/trace
+  echo 8192 >$tracing/buffer_size_kb
+  echo mono >$tracing/trace_clock
+  echo "${tids[*]}" >$tracing/set_event_pid
+  for event in sys_enter_recvfrom sys_exit_recvfrom sys_enter_writev sys_exit_epoll_wait; do
+    echo "syscalls:$event" >>$tracing/set_event
+  done
+  echo 1 >$tracing/tracing_on
+  taskset -c "$LOAD_CPU" "$TOOL" ttfe --n "$n" "${urls[@]}" | tee "$OUT/ttfe.txt" >&2
+  echo 0 >$tracing/tracing_on
+  cp $tracing/trace "$OUT/trace.txt"
+  stop_tracing
+  for i in "${!names[@]}"; do echo "${names[$i]}: $(sed -n "$((i + 1))s/.*p50_us=\([0-9.]*\).*/\1/p" "$OUT/ttfe.txt") us to the first event (p50)"; done
+  python3 benches/tools/cold_phases.py "$OUT/trace.txt" "$OUT/threads"
+  ;;
 *)
-  sed -n '2,22p' "$0" >&2
+  sed -n '2,36p' "$0" >&2
   exit 2
   ;;
 esac
