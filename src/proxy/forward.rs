@@ -115,8 +115,8 @@ impl Proxy {
             // One timer for both limits on the wait for the head: whichever ends first.
             let head_deadline = Instant::now() + upstream.response_timeout();
             // The three waits are polled in place, the response first: `timeout` and `select!`
-            // would each move the upstream's future (1.3 KB) into one of their own.
-            // In a block of their own, so that their room is the response's afterwards.
+            // would each move the upstream's future (1.3 KB) into one of their own. In a block
+            // of their own, so that their room is the response's afterwards.
             let waited = {
                 let mut sending = pin!(upstream.send(upstream_request));
                 let mut timer = pin!(tokio::time::sleep_until(
@@ -152,7 +152,8 @@ impl Proxy {
                     let status = response.status();
                     let mut response = translate::respond(&exchange, response).await;
                     if exchange.head && !head_keeps_length(&exchange, &response) {
-                        // The upstream's length is that of its own body, not the one a GET would get.
+                        // The upstream's length is that of its own body, not the one a GET
+                        // would get.
                         response.headers_mut().remove(header::CONTENT_LENGTH);
                     }
                     record.set_upstream_status(status.as_u16());
