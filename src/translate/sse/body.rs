@@ -248,6 +248,9 @@ struct StreamState {
     framer: SseFramer,
     /// Pieces ready for the client, in order.
     out: VecDeque<Bytes>,
+    /// The bytes of `out[..out_counted]` (see [`StreamState::queued_bytes`]).
+    out_bytes: usize,
+    out_counted: usize,
     /// Where small pieces are gathered into one frame (see [`StreamState::next_output`]);
     /// reused, so gathering allocates nothing per event.
     gathered: BytesMut,
@@ -272,6 +275,8 @@ impl StreamState {
             framer: SseFramer::new(settings.max_event_bytes),
             // Room for a few rewritten events: allocated once per stream, not per event.
             out: VecDeque::with_capacity(8),
+            out_bytes: 0,
+            out_counted: 0,
             gathered: BytesMut::new(),
             error_form: settings.mode.error_form(settings.client, settings.upstream),
             saw_done: false,
@@ -308,6 +313,8 @@ impl StreamState {
             pieces += 1;
             size += piece.len();
         }
+        // What is left is counted again when asked (see `queued_bytes`).
+        (self.out_bytes, self.out_counted) = (0, 0);
         if pieces < 2 {
             return self.out.pop_front();
         }
@@ -327,25 +334,31 @@ impl StreamState {
         if self.out.is_empty() {
             return false;
         }
-        // The pieces' size, kept up to date as events add pieces (summed anew each turn, it
-        // cost a pass over the queue per event).
-        let mut size: usize = self.out.iter().map(Bytes::len).sum();
         loop {
             let room = self.outcome.is_none()
                 && !self.upstream_ended
                 && self.out.len() < MAX_GATHERED_PIECES
-                && size < GATHER_LIMIT;
-            let before = self.out.len();
+                && self.queued_bytes() < GATHER_LIMIT;
             if !room || !self.transform_next_event() {
                 return room;
             }
-            size = if self.out.len() >= before {
-                size + self.out.range(before..).map(Bytes::len).sum::<usize>()
-            } else {
-                // Pieces were taken out (none are, today): count again.
-                self.out.iter().map(Bytes::len).sum()
-            };
         }
+    }
+
+    /// The bytes queued in `out`: only the pieces queued since the last call are added (summed
+    /// anew each time, it cost a pass over the queue per event); pieces leave `out` only in
+    /// [`Self::next_output`], which starts the count again.
+    fn queued_bytes(&mut self) -> usize {
+        if self.out_counted > self.out.len() {
+            (self.out_bytes, self.out_counted) = (0, 0);
+        }
+        self.out_bytes += self
+            .out
+            .range(self.out_counted..)
+            .map(Bytes::len)
+            .sum::<usize>();
+        self.out_counted = self.out.len();
+        self.out_bytes
     }
 
     /// Hands the next whole event the framer holds to the transform; false when it holds none.
@@ -1241,6 +1254,23 @@ mod tests {
             let sizes: Vec<usize> = frames.iter().map(|(_, frame)| frame.len()).collect();
             assert_eq!(sizes, expected, "{mode:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_events_ready_together_fill_each_frame_up_to_the_byte_limit() {
+        // Twelve events of 1,000 bytes, each in an upstream read of its own, all ready: four
+        // fit under the limit, a fifth would not, and what is left over starts the next frame.
+        let payload = format!(r#"{{"id":"{}"}}"#, "x".repeat(1000 - 17));
+        let event: &'static [u8] = format!("data: {payload}\n\n").into_bytes().leak();
+        assert_eq!(event.len(), 1000);
+        let steps = (0..12).map(|_| Step::Chunk(event));
+        let upstream = Upstream::new(steps.chain([Step::Chunk(b"data: [DONE]\n\n")]));
+        let (frames, end) = play(SseBody::new(upstream, settings(EventMode::Passthru, true))).await;
+        assert_eq!(end, Some(StreamEnd::Complete));
+        let sizes: Vec<usize> = frames.iter().map(|(_, frame)| frame.len()).collect();
+        assert_eq!(sizes, [4000, 4000, 4014]);
+        let joined: String = frames.iter().map(|(_, frame)| frame.as_str()).collect();
+        assert_eq!(joined, text(event).repeat(12) + "data: [DONE]\n\n");
     }
 
     #[tokio::test(start_paused = true)]
