@@ -213,9 +213,18 @@ cold)
     done
     echo "$line" >>"$OUT/threads"
   done
-  # The trace is switched off and emptied again whatever happens.
+  # Whatever happens, the trace is emptied and the tracer left as it was found.
+  saved=("$(cat $tracing/tracing_on)" "$(cat $tracing/buffer_size_kb)"
+    "$(sed -n 's/.*\[\(.*\)\].*/\1/p' $tracing/trace_clock)")
   stop_tracing() { echo 0 >$tracing/tracing_on; : >$tracing/set_event; : >$tracing/set_event_pid; }
-  trap 'stop_tracing; cleanup' EXIT
+  restore_tracing() {
+    stop_tracing
+    : >$tracing/trace
+    echo "${saved[1]}" >$tracing/buffer_size_kb
+    echo "${saved[2]}" >$tracing/trace_clock
+    echo "${saved[0]}" >$tracing/tracing_on
+  }
+  trap 'restore_tracing; cleanup' EXIT
   stop_tracing
   : >$tracing/trace
   echo 8192 >$tracing/buffer_size_kb
@@ -228,7 +237,7 @@ cold)
   taskset -c "$LOAD_CPU" "$TOOL" ttfe --n "$n" "${urls[@]}" | tee "$OUT/ttfe.txt" >&2
   echo 0 >$tracing/tracing_on
   cp $tracing/trace "$OUT/trace.txt"
-  stop_tracing
+  restore_tracing
   for i in "${!names[@]}"; do echo "${names[$i]}: $(sed -n "$((i + 1))s/.*p50_us=\([0-9.]*\).*/\1/p" "$OUT/ttfe.txt") us to the first event (p50)"; done
   python3 benches/tools/cold_phases.py "$OUT/trace.txt" "$OUT/threads"
   ;;
