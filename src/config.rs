@@ -406,8 +406,10 @@ impl UpstreamUrl {
 
     /// `<base>/<rest>?<query>` as a full URI for the upstream client.
     pub fn join(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        // Exactly as long as it will be: `Bytes` then takes the buffer as it is, where spare
+        // room would cost it an allocation of its own to keep the capacity.
         let mut path_and_query = String::with_capacity(
-            self.base_path.len() + rest.len() + 2 + query.map_or(0, str::len),
+            self.base_path.len() + 1 + rest.len() + query.map_or(0, |query| 1 + query.len()),
         );
         path_and_query.push_str(&self.base_path);
         path_and_query.push('/');

@@ -310,13 +310,13 @@ impl OpenRequest {
     /// Wraps a response body so that a client that stops taking it is noticed.
     pub fn watch<B>(self, body: B) -> Watched<B>
     where
-        B: Body + Abandon + Send + 'static,
+        B: Body + Abandon + Send + Unpin + 'static,
     {
         let tracker = Arc::clone(&self.0);
         let now = Instant::now();
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState {
-                body: Some(Box::pin(body)),
+                body: Some(body),
                 open: Some(self),
                 awaiting_client: true,
                 handed: 0,
@@ -380,8 +380,9 @@ struct Slot<B> {
 }
 
 struct SlotState<B> {
-    /// `None` once finished with or abandoned.
-    body: Option<Pin<Box<B>>>,
+    /// `None` once finished with or abandoned. Held in the slot itself, not boxed apart:
+    /// one allocation per response.
+    body: Option<B>,
     open: Option<OpenRequest>,
     /// The body handed hyper a frame (or its headers went out) and has not been polled since;
     /// false while it waits for the upstream (it answered `Pending`) or is done.
@@ -402,7 +403,7 @@ impl<B> Slot<B> {
     }
 }
 
-impl<B: Abandon + Send> Stall for Slot<B> {
+impl<B: Abandon + Send + Unpin> Stall for Slot<B> {
     fn awaiting_client_since(&self, now: Instant) -> Option<Option<Instant>> {
         let mut state = self.lock();
         state.body.as_ref()?;
@@ -422,7 +423,7 @@ impl<B: Abandon + Send> Stall for Slot<B> {
             (state.body.take(), state.open.take())
         };
         if let Some(mut body) = body {
-            body.as_mut().abandon();
+            Pin::new(&mut body).abandon();
         }
         drop(open);
     }
@@ -440,7 +441,7 @@ pub(crate) struct ClientStalled;
 
 impl<B> Body for Watched<B>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;
@@ -461,7 +462,7 @@ where
             let piece = state.rest.split_to(state.rest.len().min(MAX_HANDED));
             return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
-        let polled = body.as_mut().poll_frame(cx);
+        let polled = Pin::new(body).poll_frame(cx);
         state.awaiting_client = matches!(polled, Poll::Ready(Some(Ok(_))));
         state.handed += u64::from(state.awaiting_client);
         match polled {

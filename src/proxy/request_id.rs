@@ -9,6 +9,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -46,7 +47,10 @@ fn generate() -> HeaderValue {
     let mut id = [0u8; 32];
     hex(prefix, &mut id[..16]);
     hex(mix(n ^ key), &mut id[16..]);
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    // Owned by its `Bytes` (one allocation, with the count): the id is cloned for the log,
+    // and a value copied from a slice would make that clone allocate its count apart.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// splitmix64's finaliser: a bijection of `u64` (each step is invertible), so distinct

@@ -226,11 +226,11 @@ impl OwnPool {
         mut request: Request<UpstreamRequestBody>,
         connect_timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        // Origin form and a Host header, as hyper-util's client sends HTTP/1.1 requests.
-        let path = request
-            .uri()
-            .path_and_query()
-            .cloned()
+        // Origin form and a Host header, as hyper-util's client sends HTTP/1.1 requests. The
+        // path is taken, not cloned: a clone would allocate its buffer's count.
+        let path = std::mem::take(request.uri_mut())
+            .into_parts()
+            .path_and_query
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *request.uri_mut() = Uri::from(path);
         if !request.headers().contains_key(header::HOST) {

@@ -699,7 +699,9 @@ impl UsageScan {
                     *slot = kind;
                 }
             }
-            Str::Model => self.report.model = Some(model_name(&self.model_raw)),
+            Str::Model => {
+                self.report.model = Some(model_name(std::mem::take(&mut self.model_raw)));
+            }
         }
     }
 
@@ -720,9 +722,18 @@ impl UsageScan {
 
 /// A JSON string's contents (as written, maybe cut short) decoded, at most
 /// [`MAX_MODEL_BYTES`] long. Stops at an escape it cannot read whole.
-fn model_name(raw: &[u8]) -> String {
+fn model_name(raw: Vec<u8>) -> String {
+    // The usual name (short, UTF-8, no escape) is the buffer it was read into, as it is.
+    let raw = if raw.len() <= MAX_MODEL_BYTES && memchr::memchr(b'\\', &raw).is_none() {
+        match String::from_utf8(raw) {
+            Ok(name) => return name,
+            Err(error) => error.into_bytes(),
+        }
+    } else {
+        raw
+    };
     let mut out = String::new();
-    let mut rest = raw;
+    let mut rest = raw.as_slice();
     while let Some((&byte, tail)) = rest.split_first() {
         let (ch, tail): (Option<char>, &[u8]) = if byte == b'\\' {
             match tail.split_first() {
@@ -956,6 +967,21 @@ mod tests {
             .model
             .unwrap();
         assert_eq!(got, "x".repeat(127));
+        // A plain name is kept whole up to the cap, and cut past it; bytes that are not UTF-8
+        // are replaced, escaped or not.
+        for (name, kept) in [(128, 128), (129, 128)] {
+            let body = format!(r#"{{"model":"{}"}}"#, "z".repeat(name));
+            let got = UsageReport::of(body.as_bytes(), false).unwrap().model;
+            assert_eq!(got, Some("z".repeat(kept)));
+        }
+        let not_utf8 = [
+            (&b"{\"model\":\"a\xffb\"}"[..], "a\u{fffd}b"),
+            (b"{\"model\":\"a\xff\\/b\"}", "a\u{fffd}/b"),
+        ];
+        for (body, name) in not_utf8 {
+            let got = UsageReport::of(body, false).unwrap().model;
+            assert_eq!(got.as_deref(), Some(name));
+        }
     }
 
     #[test]
