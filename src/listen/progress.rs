@@ -509,12 +509,14 @@ where
 
 impl<B> Drop for Watched<B> {
     fn drop(&mut self) {
-        // Dropped outside the slot's lock: the request guard takes the tracker's.
-        let (body, open) = {
+        // The body is dropped where it lies (large to move, and it takes no lock of the
+        // tracker's); the request guard after it, outside the slot's lock: it takes the
+        // tracker's.
+        let open = {
             let mut state = self.slot.lock();
-            (state.body.take(), state.open.take())
+            state.body = None;
+            state.open.take()
         };
-        drop(body);
         drop(open);
     }
 }
