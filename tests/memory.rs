@@ -301,7 +301,7 @@ async fn bytes_per_stream(clients: Clients, upstream_http2: bool) -> i64 {
 
 /// Most of an open HTTP/1.1 stream is hyper's buffers, 8 KiB each: the client connection's
 /// read and write buffers, the upstream connection's, and the upstream connection's request
-/// channel (a block of 32 request slots, about 10 KB). 51.4 KB in a debug build; 62.0 KB when
+/// channel (a block of 32 request slots, about 10 KB). 52.0 KB in a debug build; 62.0 KB when
 /// the client connection's read buffer grew to 16 KiB (hyper-util's protocol detection).
 const HTTP1_BOUND: i64 = 56 * 1024;
 /// Over HTTP/2 the client connection's buffers are shared by its streams. 31.0–31.3 KB in a

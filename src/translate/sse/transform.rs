@@ -335,8 +335,7 @@ pub fn bare_event(data: &[u8]) -> BareEvent {
         if key == b"error" {
             errors += 1;
             null_error = data.get(value) == Some(b"null".as_slice());
-        } else if key.iter().any(|&byte| byte == b'\\') {
-            // A plain loop: names are short, and `contains` set up a vector search for each.
+        } else if has_escape(key) {
             escaped = true;
         }
     });
@@ -351,6 +350,13 @@ pub fn bare_event(data: &[u8]) -> BareEvent {
         (false, true) => BareEvent::Json,
         (false, false) => BareEvent::NotJson,
     }
+}
+
+/// Whether a member name holds an escape. A plain loop: names are short, and `contains` set
+/// up a vector search for each one (0.7 % of a wrapped stream's instructions).
+#[allow(clippy::manual_contains)]
+fn has_escape(name: &[u8]) -> bool {
+    name.iter().any(|&byte| byte == b'\\')
 }
 
 /// What a standard envelope upstream's event means (passed on unchanged): the verdict alone,
