@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 
 use crate::dialect::Dialect;
@@ -404,20 +404,38 @@ impl UpstreamUrl {
         })
     }
 
-    /// `<base>/<rest>?<query>` as a full URI for the upstream client.
-    pub fn join(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        // Exactly as long as it will be: `Bytes` then takes the buffer as it is, where spare
-        // room would cost it an allocation of its own to keep the capacity.
-        let mut path_and_query = String::with_capacity(
-            self.base_path.len() + 1 + rest.len() + query.map_or(0, |query| 1 + query.len()),
-        );
-        path_and_query.push_str(&self.base_path);
-        path_and_query.push('/');
-        path_and_query.push_str(rest);
-        if let Some(query) = query {
-            path_and_query.push('?');
-            path_and_query.push_str(query);
-        }
+    /// `<base>/<rest>?<query>` as a full URI for the upstream client: `rest` is the client's
+    /// path from `rest_at` on, the query the client's. When that is the client's own path
+    /// (the proxy's prefix is the upstream's, as `/v1/…` to `…/v1`), the client's path and
+    /// query are taken as they are: hyper checked them already, and they share its buffer.
+    pub fn join(&self, client: &Uri, rest_at: usize) -> Result<Uri, http::Error> {
+        let path = client.path();
+        let base = self.base_path.as_bytes();
+        let own = rest_at == base.len() + 1
+            && path
+                .as_bytes()
+                .get(..rest_at)
+                .is_some_and(|prefix| prefix.starts_with(base) && prefix.ends_with(b"/"));
+        let path_and_query = match client.path_and_query() {
+            Some(path_and_query) if own => path_and_query.clone(),
+            _ => {
+                let rest = path.get(rest_at..).unwrap_or_default();
+                let query = client.query();
+                // Exactly as long as it will be: `Bytes` then takes the buffer as it is, where
+                // spare room would cost it an allocation of its own to keep the capacity.
+                let mut joined = String::with_capacity(
+                    base.len() + 1 + rest.len() + query.map_or(0, |query| 1 + query.len()),
+                );
+                joined.push_str(&self.base_path);
+                joined.push('/');
+                joined.push_str(rest);
+                if let Some(query) = query {
+                    joined.push('?');
+                    joined.push_str(query);
+                }
+                PathAndQuery::try_from(joined)?
+            }
+        };
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -464,17 +482,41 @@ mod tests {
     fn upstream_url_joins_rest_and_query() {
         let url = UpstreamUrl::parse("https://api.example.com/v1/").unwrap();
         assert_eq!(url.base_path, "/v1");
+        let client = |target: &str| target.parse::<Uri>().unwrap();
+        // The client's path from `rest_at` on (after `/api/v1/`), and its query.
+        let asked = client("/api/v1/chat/completions?a=1&b=2");
         assert_eq!(
-            url.join("chat/completions", Some("a=1&b=2"))
-                .unwrap()
-                .to_string(),
+            url.join(&asked, 8).unwrap().to_string(),
             "https://api.example.com/v1/chat/completions?a=1&b=2"
         );
         let root = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
         assert_eq!(
-            root.join("models", None).unwrap().to_string(),
+            root.join(&client("/v1/models"), 4).unwrap().to_string(),
             "http://127.0.0.1:9000/models"
         );
+        // The client's path is the upstream's: taken as it is, its bytes shared, not copied.
+        for target in ["/v1/chat/completions?a=1&b=2", "/v1/models", "/v1/x?"] {
+            let asked = client(target);
+            let joined = url.join(&asked, 4).unwrap();
+            assert_eq!(
+                joined.to_string(),
+                format!("https://api.example.com{target}")
+            );
+            let (own, upstream) = (asked.path_and_query(), joined.path_and_query());
+            assert_eq!(
+                own.map(|p| p.as_str().as_ptr()),
+                upstream.map(|p| p.as_str().as_ptr())
+            );
+        }
+        // Prefixes that only look alike are joined anew: a base that is not the client's
+        // prefix, and a root upstream (`/models`, not `/v1/models`).
+        let other = UpstreamUrl::parse("http://u/v2").unwrap();
+        let joined = other.join(&client("/v1/models?q"), 4).unwrap();
+        assert_eq!(joined.to_string(), "http://u/v2/models?q");
+        let asked = client("/v1/models");
+        let joined = root.join(&asked, 4).unwrap();
+        assert_eq!(joined.path(), "/models");
+        assert_ne!(asked.path().as_ptr(), joined.path().as_ptr());
     }
 
     #[test]

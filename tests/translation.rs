@@ -438,6 +438,32 @@ async fn a_bare_body_read_in_pieces_is_wrapped_exactly_or_refused() {
 // === Request forwarding ===
 
 #[tokio::test]
+async fn a_bare_route_forwards_the_clients_own_path_and_query() {
+    // The proxy's `/v1/` is the upstream's `/v1/`: the client's path and query go as they are.
+    let h = start(Shape::Bare, &[]).await;
+    for (target, path, query) in [
+        (
+            "/v1/chat/completions?api-version=2024-10-21&x=a%20b",
+            "/v1/chat/completions",
+            json!("api-version=2024-10-21&x=a%20b"),
+        ),
+        ("/v1/chat/completions?", "/v1/chat/completions", json!("")),
+        ("/v1/models", "/v1/models", Value::Null),
+    ] {
+        let reply = h
+            .call(Method::POST, target)
+            .json(r#"{"model":"m"}"#)
+            .header("x-mock-behaviour", "echo")
+            .send()
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{target}");
+        let echo = reply.json();
+        assert_eq!(echo["path"], path, "{target}");
+        assert_eq!(echo["query"], query, "{target}");
+    }
+}
+
+#[tokio::test]
 async fn requests_are_forwarded_with_path_query_and_end_to_end_headers() {
     let h = start(Shape::Bare, &[]).await;
     let reply = h

@@ -82,10 +82,7 @@ impl Proxy {
             }
 
             let (mut parts, body) = request.into_parts();
-            let uri = match config
-                .upstream
-                .join(rest(&parts.uri, rest_at), parts.uri.query())
-            {
+            let uri = match config.upstream.join(&parts.uri, rest_at) {
                 Ok(uri) => uri,
                 Err(_) => {
                     let error =
