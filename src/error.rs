@@ -481,6 +481,9 @@ struct EnvelopeError<'a> {
     error: InnerError<'a>,
 }
 
+/// [`body_failure`] for a body whose HTTP framing (chunked encoding, or the head) was invalid.
+pub(crate) const INVALID_FRAMING: &str = "the upstream sent invalid framing";
+
 /// What a client may be told about a response body the upstream broke: the kind of failure,
 /// without the OS error text (log [`describe_chain`] for that).
 pub(crate) fn body_failure(error: &(dyn std::error::Error + 'static)) -> &'static str {
@@ -495,12 +498,20 @@ pub(crate) fn body_failure(error: &(dyn std::error::Error + 'static)) -> &'stati
             ) {
                 return "the upstream reset the connection";
             }
+            // hyper's chunked decoder: a bad size line, a bad chunk end, a trailer line not
+            // ended by CRLF (rustls's corrupt records are `InvalidData` too, and invalid).
+            if matches!(
+                io_error.kind(),
+                io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData
+            ) {
+                return INVALID_FRAMING;
+            }
         }
         if current
             .downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_parse)
         {
-            return "the upstream sent invalid framing";
+            return INVALID_FRAMING;
         }
         // HTTP/2 (`--upstream-http2`, or an `https://` upstream that chose h2); a GOAWAY that
         // cuts a stream is the connection ending early, below.

@@ -265,6 +265,50 @@ async fn a_bad_chunk_size_is_the_clients_error() {
     assert_eq!(reply.status, 200);
 }
 
+/// A trailer line ended by a bare LF is a broken body, not the end of one: read leniently, the
+/// bytes after it would be taken for a second request the client's front proxy never saw
+/// (request smuggling). hyper refuses it from 1.13 on; before, the body ended there and the
+/// smuggled request went upstream.
+#[tokio::test]
+async fn a_trailer_ended_by_a_bare_lf_is_a_broken_body_and_smuggles_nothing() {
+    let h = start(Shape::Envelope, &[]).await;
+    let answer = send_then_read(
+        &h,
+        b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX: value\n\nGET /api/v1/models HTTP/1.1\r\nHost: p\r\n\r\n",
+        false,
+    )
+    .await;
+    assert_eq!(
+        status_and_json(&answer),
+        (
+            400,
+            envelope_error(
+                400,
+                BROKEN_BODY,
+                "invalid_request_error",
+                "invalid_request_body"
+            )
+        )
+    );
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer, for one request: {answer:?}"
+    );
+    metrics_with(
+        &h,
+        &[
+            "envelope_proxy_requests_total{dialect=\"envelope\",upstream_shape=\"envelope\",status_class=\"4xx\"} 1",
+            "envelope_proxy_requests_total{dialect=\"envelope\",upstream_shape=\"envelope\",status_class=\"2xx\"} 0",
+        ],
+    )
+    .await;
+    assert!(
+        h.mock.state.requests().is_empty(),
+        "the upstream got neither the broken request nor the smuggled one"
+    );
+}
+
 /// On HTTP/2 a reset stream drops its handler inside hyper, so this held before the HTTP/1 fix
 /// too; it is here so that it stays so.
 #[tokio::test]

@@ -353,6 +353,51 @@ async fn a_short_body_that_must_be_read_is_a_502_logged_as_upstream_broken() {
     assert_eq!(outcome("short-429").await, "upstream_broken");
 }
 
+/// A chunked body whose framing breaks after `body`: a bad chunk size, or a trailer line ended
+/// by a bare LF followed by a second response (read leniently, that response would be left on
+/// the connection for the next request).
+fn broken_chunks(body: &[u8], tail: &[u8]) -> Vec<u8> {
+    let mut out = head(
+        "200 OK",
+        &[
+            ("content-type", "application/json"),
+            ("transfer-encoding", "chunked"),
+        ],
+    );
+    out.extend(chunk(body));
+    out.extend_from_slice(tail);
+    out
+}
+
+const BARE_LF_TRAILER: &[u8] =
+    b"0\r\nx-checksum: 1\n\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+
+#[tokio::test]
+async fn broken_chunked_framing_is_a_502_that_says_so() {
+    let message = "upstream response was cut short: the upstream sent invalid framing";
+    for (tail, id) in [
+        (&b"zz\r\n{}\r\n0\r\n\r\n"[..], "bad-chunk-size"),
+        (BARE_LF_TRAILER, "bare-lf-trailer"),
+    ] {
+        let up = RawUpstream::start(vec![
+            Step::ReadRequest,
+            Step::send(broken_chunks(COMPLETION, tail)),
+            Step::ReadRequest,
+            Step::Close,
+        ])
+        .await;
+        let proxy = proxy_for(&up, "bare").await;
+        let got = post(&proxy, "/api/v1/chat/completions", id).await;
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{id}");
+        assert_eq!(
+            got.json(),
+            envelope_error(502, message, "upstream_error", json!("upstream_truncated")),
+            "{id}"
+        );
+        assert_eq!(outcome(id).await, "upstream_broken", "{id}");
+    }
+}
+
 // === Point 4: Content-Encoding ===
 
 const EVENTS: &[&[u8]] = &[
@@ -796,6 +841,26 @@ async fn a_broken_event_stream_says_what_broke_without_os_details() {
     let (_, event) = broken_stream(script, go, "sse-short").await;
     assert_eq!(event, broke("the upstream connection ended early"));
     assert_eq!(outcome("sse-short").await, "upstream_broken");
+
+    // Chunked framing that breaks: a bad chunk size, then a trailer ended by a bare LF.
+    for (tail, id) in [
+        (&b"zz\r\n"[..], "sse-bad-chunk-size"),
+        (BARE_LF_TRAILER, "sse-bare-lf-trailer"),
+    ] {
+        let go = Arc::new(Notify::new());
+        let mut bytes = sse(None);
+        bytes.extend(chunk(EVENTS[0]));
+        let script = vec![
+            Step::ReadRequest,
+            Step::send(bytes),
+            Step::Wait(Arc::clone(&go)),
+            Step::send(tail.to_vec()),
+            Step::ReadRequest,
+        ];
+        let (_, event) = broken_stream(script, go, id).await;
+        assert_eq!(event, broke("the upstream sent invalid framing"), "{id}");
+        assert_eq!(outcome(id).await, "upstream_broken", "{id}");
+    }
 }
 
 #[tokio::test]

@@ -47,7 +47,7 @@ use http::{Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::dialect::Dialect;
-use crate::error::{ApiError, BoxError, ErrorCode};
+use crate::error::{ApiError, BoxError, ErrorCode, INVALID_FRAMING};
 use crate::headers::{self, ContentKind};
 use crate::translate::upstream_body::UpstreamBody;
 use body::ProxyBody;
@@ -399,10 +399,12 @@ async fn read_pieces(exchange: &Exchange, body: UpstreamBody) -> Result<Vec<Byte
             // The cause (often an OS error) is for the log; the client gets what it means.
             let cause = crate::error::describe_chain(error.as_ref());
             tracing::warn!(%cause, "upstream response body was cut short");
-            Err(ApiError::proxy(
-                ErrorCode::UpstreamTruncated,
-                "upstream response was cut short: the upstream connection ended before the body was complete",
-            ))
+            let message = if crate::error::body_failure(error.as_ref()) == INVALID_FRAMING {
+                "upstream response was cut short: the upstream sent invalid framing"
+            } else {
+                "upstream response was cut short: the upstream connection ended before the body was complete"
+            };
+            Err(ApiError::proxy(ErrorCode::UpstreamTruncated, message))
         }
     }
 }
