@@ -144,7 +144,8 @@ fn sent_lists<'a>(entry: &'a Entry<'_, HeaderValue>) -> impl Iterator<Item = &'a
     })
 }
 
-/// The longest address [`ip_text`] writes: a full IPv6 address with an IPv4 tail.
+/// Room for any textual address: a full IPv6 address with an IPv4 tail (RFC 4291 §2.2) is 45
+/// bytes; Rust's `Display` writes at most 39 (eight groups of four hex digits).
 const IP_TEXT: usize = 45;
 
 /// `ip` as `Display` writes it, in `out`; an IPv4 address (the common case) without the
