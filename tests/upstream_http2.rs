@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
@@ -204,6 +204,192 @@ async fn streams_beyond_the_cap_open_exactly_one_more_connection() {
     assert_eq!(got.body, whole);
     assert_eq!(h2.mock.state.connections(), 2);
     assert_versions(&h2, Version::HTTP_2);
+}
+
+// === Credentials on a shared connection ===
+
+/// A relay in front of `upstream` that records every byte the proxy sends through it.
+async fn recording_relay(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&sent);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let (mut from_proxy, mut to_proxy) = client.into_split();
+                let (mut from_upstream, mut to_upstream) = server.into_split();
+                let up = async {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = from_proxy.read(&mut buf).await {
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if to_upstream.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_upstream.shutdown().await;
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut from_upstream, &mut to_proxy).await;
+                    let _ = to_proxy.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (addr, sent)
+}
+
+/// How each HEADERS block in `bytes` (an HTTP/2 client's side of a connection) sends the
+/// `authorization` field: the representation of every field named by static index 23 (RFC
+/// 7541 appendix A), per block, and of every reference to a dynamic entry that was one.
+/// String literals are skipped unread, so Huffman coding needs no decoding; a few small
+/// requests never fill the 4,096-byte table, so nothing is evicted.
+fn authorization_representations(bytes: &[u8]) -> Vec<Vec<&'static str>> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    assert!(bytes.starts_with(PREFACE), "no client preface");
+    let mut at = PREFACE.len();
+    // Newest first, as HPACK numbers them: whether each dynamic entry is an `authorization`.
+    let mut dynamic = std::collections::VecDeque::new();
+    let mut blocks = Vec::new();
+    while at + 9 <= bytes.len() {
+        let len = usize::from(bytes[at]) << 16
+            | usize::from(bytes[at + 1]) << 8
+            | usize::from(bytes[at + 2]);
+        let (kind, flags) = (bytes[at + 3], bytes[at + 4]);
+        let payload = &bytes[at + 9..at + 9 + len];
+        at += 9 + len;
+        if kind != 0x1 {
+            continue;
+        }
+        assert_eq!(
+            flags & 0x4,
+            0x4,
+            "a header block in one frame (END_HEADERS)"
+        );
+        let mut block = payload;
+        if flags & 0x8 != 0 {
+            let pad = usize::from(block[0]);
+            block = &block[1..block.len() - pad];
+        }
+        if flags & 0x20 != 0 {
+            block = &block[5..];
+        }
+        blocks.push(hpack_authorizations(block, &mut dynamic));
+    }
+    blocks
+}
+
+/// An HPACK integer with an `n`-bit prefix at `block[*at]`.
+fn hpack_int(block: &[u8], at: &mut usize, n: u32) -> usize {
+    let max = (1usize << n) - 1;
+    let mut value = usize::from(block[*at]) & max;
+    *at += 1;
+    if value == max {
+        let mut shift = 0;
+        loop {
+            let byte = block[*at];
+            *at += 1;
+            value += usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    value
+}
+
+fn hpack_authorizations(
+    block: &[u8],
+    dynamic: &mut std::collections::VecDeque<bool>,
+) -> Vec<&'static str> {
+    const AUTHORIZATION: usize = 23;
+    const STATIC_ENTRIES: usize = 61;
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at < block.len() {
+        let (kind, prefix) = match block[at] {
+            0x80.. => ("indexed", 7),
+            0x40.. => ("incremental indexing", 6),
+            0x20.. => {
+                hpack_int(block, &mut at, 5); // a dynamic table size update
+                continue;
+            }
+            0x10.. => ("never indexed", 4),
+            _ => ("without indexing", 4),
+        };
+        let index = hpack_int(block, &mut at, prefix);
+        let is_authorization = match index {
+            0 => false, // a literal name: h2 names `authorization` by its static index
+            1..=STATIC_ENTRIES => index == AUTHORIZATION,
+            _ => dynamic[index - STATIC_ENTRIES - 1],
+        };
+        if kind != "indexed" {
+            for _ in 0..if index == 0 { 2 } else { 1 } {
+                let len = hpack_int(block, &mut at, 7); // a string literal: skipped
+                at += len;
+            }
+        }
+        if kind == "incremental indexing" {
+            dynamic.push_front(is_authorization);
+        }
+        if is_authorization {
+            found.push(kind);
+        }
+    }
+    found
+}
+
+/// With neither `--upstream-key-file` nor client keys the client's own `Authorization` goes
+/// upstream, where the requests of every client share connections. It goes as a never-indexed
+/// literal, as the upstream key does, so that an HTTP/2 intermediary behind the upstream URL
+/// never indexes it either (RFC 7541 §7.1.3); unmarked, h2 sends it without indexing, a form
+/// an intermediary may index when it re-encodes.
+#[tokio::test]
+async fn a_clients_authorization_is_never_indexed_on_the_shared_upstream_connection() {
+    let mock = test_support::mock_upstream::start(Shape::Bare).await;
+    let (relay, sent) = recording_relay(mock.addr).await;
+    let proxy = start_proxy(
+        &format!("http://{relay}/v1"),
+        "bare",
+        &["--upstream-http2", "--worker-threads", "1"],
+    )
+    .await;
+    for _ in 0..2 {
+        let request = Request::post(format!("http://{}/v1/chat/completions", proxy.addr))
+            .header("authorization", "Bearer sk-client-one")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(br#"{"model":"gpt-4o-mini"}"#)))
+            .unwrap();
+        let response = tokio::time::timeout(WAIT, harness::client().request(request))
+            .await
+            .expect("an answer within the wait bound")
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let requests = mock.state.requests();
+    assert_eq!(requests.len(), 2);
+    for request in &requests {
+        assert_eq!(
+            request.header("authorization"),
+            Some("Bearer sk-client-one")
+        );
+    }
+    assert_eq!(
+        mock.state.connections(),
+        1,
+        "both requests shared one upstream connection"
+    );
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(
+        authorization_representations(&sent),
+        vec![vec!["never indexed"], vec!["never indexed"]]
+    );
 }
 
 // === Attacker cases ===

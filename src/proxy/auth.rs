@@ -187,7 +187,11 @@ impl UpstreamKey {
 }
 
 /// Sets the `Authorization` the upstream gets: the upstream key when there is one; none when
-/// client keys are in use (what the client sent was its proxy key); else the client's own.
+/// client keys are in use (what the client sent was its proxy key); else the client's own,
+/// marked sensitive like the key. Over HTTP/2, h2 keeps `Authorization` values out of its own
+/// HPACK table either way; a sensitive one goes as a never-indexed literal, which also tells
+/// an HTTP/2 intermediary behind the upstream URL never to index the token (RFC 7541 §7.1.3),
+/// where the requests of many clients share its connections.
 pub(crate) fn upstream_authorization(
     headers: &mut HeaderMap,
     upstream_key: Option<&UpstreamKey>,
@@ -198,7 +202,11 @@ pub(crate) fn upstream_authorization(
         None if client_keys_in_use => {
             headers.remove(AUTHORIZATION);
         }
-        None => {}
+        None => {
+            if let Some(value) = headers.get_mut(AUTHORIZATION) {
+                value.set_sensitive(true);
+            }
+        }
     }
 }
 
@@ -298,6 +306,7 @@ mod tests {
         let mut headers = auth("Bearer sk-for-the-upstream");
         upstream_authorization(&mut headers, None, false);
         assert_eq!(headers[AUTHORIZATION], "Bearer sk-for-the-upstream");
+        assert!(headers[AUTHORIZATION].is_sensitive());
     }
 
     #[test]
