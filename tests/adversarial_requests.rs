@@ -225,15 +225,10 @@ async fn a_client_that_aborts_mid_body_is_a_client_cancellation_not_an_upstream_
     );
 }
 
-#[tokio::test]
-async fn a_bad_chunk_size_is_the_clients_error() {
-    let h = start(Shape::Envelope, &[]).await;
-    let answer = send_then_read(
-        &h,
-        b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{\"model\":\r\nzz\r\n1\r\n}\r\n0\r\n\r\n",
-        false,
-    )
-    .await;
+/// Sends `request` raw to an envelope route and checks that the answer is the 400 for a body
+/// that could not be read; returns the whole answer.
+async fn broken_body_answer(h: &Harness, request: &[u8]) -> String {
+    let answer = send_then_read(h, request, false).await;
     assert_eq!(
         status_and_json(&answer),
         (
@@ -246,6 +241,17 @@ async fn a_bad_chunk_size_is_the_clients_error() {
             )
         )
     );
+    answer
+}
+
+#[tokio::test]
+async fn a_bad_chunk_size_is_the_clients_error() {
+    let h = start(Shape::Envelope, &[]).await;
+    broken_body_answer(
+        &h,
+        b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{\"model\":\r\nzz\r\n1\r\n}\r\n0\r\n\r\n",
+    )
+    .await;
     metrics_with(
         &h,
         &[
@@ -272,24 +278,11 @@ async fn a_bad_chunk_size_is_the_clients_error() {
 #[tokio::test]
 async fn a_trailer_ended_by_a_bare_lf_is_a_broken_body_and_smuggles_nothing() {
     let h = start(Shape::Envelope, &[]).await;
-    let answer = send_then_read(
+    let answer = broken_body_answer(
         &h,
         b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX: value\n\nGET /api/v1/models HTTP/1.1\r\nHost: p\r\n\r\n",
-        false,
     )
     .await;
-    assert_eq!(
-        status_and_json(&answer),
-        (
-            400,
-            envelope_error(
-                400,
-                BROKEN_BODY,
-                "invalid_request_error",
-                "invalid_request_body"
-            )
-        )
-    );
     assert_eq!(
         answer.matches("HTTP/1.1 ").count(),
         1,

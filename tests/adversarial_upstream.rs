@@ -814,16 +814,22 @@ async fn a_broken_event_stream_says_what_broke_without_os_details() {
         )
     };
 
+    // A chunked stream's head and first event, then, once the client has that event, `rest`.
+    let chunked_then = |go: &Arc<Notify>, rest: &[Step]| {
+        let mut bytes = sse(None);
+        bytes.extend(chunk(EVENTS[0]));
+        let mut script = vec![
+            Step::ReadRequest,
+            Step::send(bytes),
+            Step::Wait(Arc::clone(go)),
+        ];
+        script.extend_from_slice(rest);
+        script
+    };
+
     // Reset after the first event (reported today as "Connection reset by peer (os error 104)").
     let go = Arc::new(Notify::new());
-    let mut bytes = sse(None);
-    bytes.extend(chunk(EVENTS[0]));
-    let script = vec![
-        Step::ReadRequest,
-        Step::send(bytes),
-        Step::Wait(Arc::clone(&go)),
-        Step::Reset,
-    ];
+    let script = chunked_then(&go, &[Step::Reset]);
     let (_, event) = broken_stream(script, go, "sse-reset").await;
     assert_eq!(event, broke("the upstream reset the connection"));
     assert_eq!(outcome("sse-reset").await, "upstream_broken");
@@ -848,15 +854,7 @@ async fn a_broken_event_stream_says_what_broke_without_os_details() {
         (BARE_LF_TRAILER, "sse-bare-lf-trailer"),
     ] {
         let go = Arc::new(Notify::new());
-        let mut bytes = sse(None);
-        bytes.extend(chunk(EVENTS[0]));
-        let script = vec![
-            Step::ReadRequest,
-            Step::send(bytes),
-            Step::Wait(Arc::clone(&go)),
-            Step::send(tail.to_vec()),
-            Step::ReadRequest,
-        ];
+        let script = chunked_then(&go, &[Step::send(tail.to_vec()), Step::ReadRequest]);
         let (_, event) = broken_stream(script, go, id).await;
         assert_eq!(event, broke("the upstream sent invalid framing"), "{id}");
         assert_eq!(outcome(id).await, "upstream_broken", "{id}");
