@@ -274,7 +274,7 @@ async fn a_bad_chunk_size_is_the_clients_error() {
 /// A trailer line ended by a bare LF is a broken body, not the end of one: read leniently, the
 /// bytes after it would be taken for a second request the client's front proxy never saw
 /// (request smuggling). hyper refuses it from 1.13 on; before, the body ended there and the
-/// smuggled request went upstream.
+/// bytes after it were read as the connection's next request.
 #[tokio::test]
 async fn a_trailer_ended_by_a_bare_lf_is_a_broken_body_and_smuggles_nothing() {
     let h = start(Shape::Envelope, &[]).await;

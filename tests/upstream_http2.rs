@@ -261,7 +261,10 @@ fn authorization_representations(bytes: &[u8]) -> Vec<Vec<&'static str>> {
             | usize::from(bytes[at + 1]) << 8
             | usize::from(bytes[at + 2]);
         let (kind, flags) = (bytes[at + 3], bytes[at + 4]);
-        let payload = &bytes[at + 9..at + 9 + len];
+        // The relay may have recorded only the start of the last frame.
+        let Some(payload) = bytes.get(at + 9..at + 9 + len) else {
+            break;
+        };
         at += 9 + len;
         if kind != 0x1 {
             continue;
