@@ -18,7 +18,7 @@
 #                                   and over HTTP/2 client connections, fresh 2-worker proxy
 #   benches/profile.sh faults [N]   which code first touches the resident pages while N streams
 #                                   (default 500) open: perf's page-fault event with call stacks
-#   benches/profile.sh ab A B [PATH] [N] [ROUNDS]
+#   benches/profile.sh ab A B [PATH] [N] [ROUNDS] [SHAPE]
 #                                   CPU per request of two builds A and B side by side, in
 #                                   alternating rounds of N requests (default 10000) to PATH
 #                                   (default /api/v1/bench/json/1024), ROUNDS each (default 6),
@@ -155,10 +155,11 @@ faults)
   echo "full report: $OUT/faults.txt"
   ;;
 ab)
-  a=${2:?profile.sh ab A B [PATH] [N] [ROUNDS]} b=${3:?profile.sh ab A B [PATH] [N] [ROUNDS]}
-  path=${4:-/api/v1/bench/json/1024} n=${5:-10000} rounds=${6:-6}
-  PROXY_BIN=$a start_proxy a 1 "$SERVER_CPU"
-  PROXY_BIN=$b start_proxy b 1 "$SERVER_CPU"
+  usage="profile.sh ab A B [PATH] [N] [ROUNDS] [SHAPE]"
+  a=${2:?$usage} b=${3:?$usage}
+  path=${4:-/api/v1/bench/json/1024} n=${5:-10000} rounds=${6:-6} shape=${7:-bare}
+  PROXY_BIN=$a start_proxy a 1 "$SERVER_CPU" --upstream-shape "$shape"
+  PROXY_BIN=$b start_proxy b 1 "$SERVER_CPU" --upstream-shape "$shape"
   for build in a b; do # warm-up, not counted
     port=PORT_$build
     oha_count "http://127.0.0.1:${!port}$path" -c 16 -n 2000 >/dev/null

@@ -10,12 +10,14 @@
 //! Checked on the input as it is and inside `{"data":…}` (so that the fuzzer's bytes are also
 //! judged as a member's value): the two agree on whether the body is an object of JSON, on its
 //! members, on not JSON / JSON / envelope, on each envelope member's exact text, and on error
-//! event / JSON / not JSON.
+//! event / JSON / not JSON. Then the same three as a stream's events check them
+//! (`json_check::EventChecks`, each check resumed where the text stops matching the one
+//! before), on `{"data":…}` of the input, of its first half, and of the input again.
 
 #![no_main]
 
-use envelope_proxy::translate::envelope::{classify, is_json, Classified};
-use envelope_proxy::translate::json_check::object_members;
+use envelope_proxy::translate::envelope::{classify_in, is_json, Classified};
+use envelope_proxy::translate::json_check::{object_members, EventChecks};
 use envelope_proxy::translate::sse::transform::{bare_event, BareEvent};
 use libfuzzer_sys::fuzz_target;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
@@ -161,8 +163,9 @@ fn classify_oracle(body: &[u8]) -> Outcome<'_> {
     }
 }
 
-fn outcome(body: &[u8]) -> Outcome<'_> {
-    match classify(body) {
+/// What `classify` says, its check done by `checks` when given (a stream's).
+fn outcome<'a>(body: &'a [u8], checks: Option<&mut EventChecks>) -> Outcome<'a> {
+    match classify_in(body, checks) {
         Classified::NotJson => Outcome::NotJson,
         Classified::Json => Outcome::Json,
         Classified::Envelope(env) => Outcome::Envelope(
@@ -196,7 +199,7 @@ fn bare_oracle(data: &[u8]) -> BareEvent {
 
 fn agree(body: &[u8]) {
     assert_eq!(
-        bare_event(body),
+        bare_event(body, &mut EventChecks::default()),
         bare_oracle(body),
         "bare_event and the two checks disagree on {:?}",
         String::from_utf8_lossy(body)
@@ -210,15 +213,44 @@ fn agree(body: &[u8]) {
         String::from_utf8_lossy(body)
     );
     assert_eq!(
-        outcome(body),
+        outcome(body, None),
         classify_oracle(body),
         "classify and serde disagree on {:?}",
         String::from_utf8_lossy(body)
     );
 }
 
+/// The same verdicts for `texts` checked in turn as one stream's events.
+fn agree_in_turn(texts: &[Vec<u8>]) {
+    let (mut members_checks, mut bare_checks) = (EventChecks::default(), EventChecks::default());
+    let mut classify_checks = EventChecks::default();
+    for body in texts {
+        let shown = String::from_utf8_lossy(body);
+        let mut seen = Vec::new();
+        let members = members_checks
+            .object_members(body, |key, value| seen.push((key, &body[value])))
+            .then_some(seen);
+        assert_eq!(
+            members,
+            members_oracle(body),
+            "resumed members on {shown:?}"
+        );
+        let bare = bare_event(body, &mut bare_checks);
+        assert_eq!(bare, bare_oracle(body), "resumed bare_event on {shown:?}");
+        let classified = outcome(body, Some(&mut classify_checks));
+        assert_eq!(
+            classified,
+            classify_oracle(body),
+            "resumed classify on {shown:?}"
+        );
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     agree(data);
-    agree(&[b"{\"data\":", data, b"}"].concat());
+    let in_data = |value: &[u8]| [b"{\"data\":", value, b"}"].concat();
+    agree(&in_data(data));
     agree(&[b"{\"error\":", data, b"}"].concat());
+    let half = &data[..data.len() / 2];
+    agree_in_turn(&[in_data(data), in_data(half), in_data(data)]);
 });

@@ -128,6 +128,7 @@ fn check(event: &SseEvent, first: bool, mode: EventMode, upstream: Dialect) {
         Envelopes::standard(),
         &mut out,
         &mut envelope_proxy::translate::sse::transform::StreamStats::default(),
+        &mut envelope_proxy::translate::json_check::EventChecks::default(),
     );
     let output: Vec<u8> = out.iter().flat_map(|piece| piece.iter().copied()).collect();
     let context = Context(mode, upstream, event.raw());

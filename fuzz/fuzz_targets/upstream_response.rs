@@ -367,6 +367,7 @@ fn applied(mode: EventMode, upstream: Dialect, event: SseEvent) -> (Vec<u8>, Eve
         Envelopes::standard(),
         &mut out,
         &mut envelope_proxy::translate::sse::transform::StreamStats::default(),
+        &mut envelope_proxy::translate::json_check::EventChecks::default(),
     );
     (out.iter().flat_map(|p| p.iter().copied()).collect(), kind)
 }

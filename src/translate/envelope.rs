@@ -17,6 +17,7 @@ use http::StatusCode;
 use serde_json::Value;
 
 use crate::error::{error_type_for, ApiError, ErrorCode};
+use crate::translate::json_check::{self, EventChecks};
 
 /// `{"success":true,"code":"200","message":"successful","data":` — the payload follows.
 pub(crate) const SUCCESS_PREFIX: Bytes =
@@ -108,6 +109,12 @@ const NAMES: [&str; 6] = ["success", "code", "message", "data", "error", "object
 /// compared unescaped, and a name whose escapes do not decode (a lone surrogate, `"\ud800"`)
 /// makes the body not JSON, as serde refused it; a value is the member's exact text.
 pub fn classify(body: &[u8]) -> Classified<'_> {
+    classify_in(body, None)
+}
+
+/// [`classify`], the check of an object done by `checks` when given (a stream's events, each
+/// checked from where it stops matching the one before).
+pub fn classify_in<'a>(body: &'a [u8], checks: Option<&mut EventChecks>) -> Classified<'a> {
     let is_object = body.trim_ascii_start().first() == Some(&b'{');
     if !is_object {
         return if is_json(body) {
@@ -120,7 +127,7 @@ pub fn classify(body: &[u8]) -> Classified<'_> {
     let mut seen = [false; 6];
     let mut duplicate = None;
     let mut names_ok = true;
-    let json = super::json_check::object_members(body, |key, value| {
+    let note_member = |key: &'a [u8], value| {
         let index = match member_index(key) {
             Some(i) => Some(i),
             // Not a name of ours, or one spelt with escapes: serde decoded every name.
@@ -136,7 +143,11 @@ pub fn classify(body: &[u8]) -> Classified<'_> {
         if let Some(i) = index {
             note(i, &mut seen, &mut duplicate, &mut values, body, value);
         }
-    });
+    };
+    let json = match checks {
+        Some(checks) => checks.object_members(body, note_member),
+        None => json_check::object_members(body, note_member),
+    };
     if !json || !names_ok {
         return Classified::NotJson;
     }

@@ -31,6 +31,7 @@ use serde_json::Value;
 use crate::dialect::Dialect;
 use crate::error::{ApiError, Form};
 use crate::translate::envelope::{self, Classified, Verdict};
+use crate::translate::json_check::EventChecks;
 
 /// The named envelopes (`--envelope`, `--upstream-envelope`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -617,8 +618,19 @@ impl Shape {
 
     /// Reads a success body (HTTP 2xx) from an envelope upstream.
     pub fn unwrap(&self, body: &Bytes, http_status: StatusCode) -> Unwrapped {
+        self.unwrap_checked(body, http_status, None)
+    }
+
+    /// [`Shape::unwrap`], the standard envelope's JSON check done by `checks` when given (the
+    /// checks of a stream's events).
+    fn unwrap_checked(
+        &self,
+        body: &Bytes,
+        http_status: StatusCode,
+        checks: Option<&mut EventChecks>,
+    ) -> Unwrapped {
         let Some(t) = &self.templates else {
-            return match envelope::classify(body) {
+            return match envelope::classify_in(body, checks) {
                 Classified::Envelope(env) => match env.verdict(http_status) {
                     Verdict::Success(data) => {
                         Unwrapped::Payload(envelope::slice_payload(body, data))
@@ -644,9 +656,10 @@ impl Shape {
     /// Reads one event's data from an envelope upstream's stream. As for the standard
     /// envelope, an event that is no envelope (not a JSON object, or without the
     /// discriminator) is `Bare`: it goes on as it came.
-    pub fn unwrap_event(&self, data: &Bytes) -> Unwrapped {
+    /// `checks` are the stream's: each event's check starts where it stops matching the last.
+    pub fn unwrap_event(&self, data: &Bytes, checks: &mut EventChecks) -> Unwrapped {
         let Some(t) = &self.templates else {
-            return self.unwrap(data, StatusCode::OK);
+            return self.unwrap_checked(data, StatusCode::OK, Some(checks));
         };
         match &t.reader {
             Ok(reader) => match reader.read(data, StatusCode::OK) {
@@ -1709,7 +1722,7 @@ mod tests {
                     Unwrapped::Error(e) => prop_assert!(e.status.as_u16() >= 400),
                     other => prop_assert!(false, "{:?}", other),
                 }
-                let _ = shape.unwrap_event(&body);
+                let _ = shape.unwrap_event(&body, &mut EventChecks::default());
                 if let Some(error) = shape.read_error(status, &body) {
                     prop_assert!(error.status.as_u16() >= 400);
                 }

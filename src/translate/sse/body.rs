@@ -42,6 +42,7 @@ use super::transform::{error_event, EventKind, EventMode, StreamStats};
 use crate::dialect::Dialect;
 use crate::error::BoxError;
 use crate::error::{ApiError, ErrorCode};
+use crate::translate::json_check::EventChecks;
 use crate::translate::template::Envelopes;
 use crate::woken::WokenBody;
 
@@ -264,6 +265,8 @@ struct StreamState {
     outcome: Option<StreamEnd>,
     /// What the events said, for the metrics and the access log.
     stats: StreamStats,
+    /// The checks of the events' JSON, each resumed where it stops matching the last.
+    checks: EventChecks,
     /// An event is left to look into for the first token once the client has what went
     /// before (see [`StreamState::on_wait`]).
     settle_when_woken: bool,
@@ -285,6 +288,7 @@ impl StreamState {
             deadlines: Deadlines::new(&settings, now),
             outcome: None,
             stats: StreamStats::default(),
+            checks: EventChecks::default(),
             settle_when_woken: false,
             settings,
         }
@@ -398,6 +402,7 @@ impl StreamState {
             self.settings.envelopes,
             &mut self.out,
             &mut self.stats,
+            &mut self.checks,
         ) {
             EventKind::Done => self.saw_done = true,
             EventKind::Error => self.saw_error = true,

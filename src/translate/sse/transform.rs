@@ -34,7 +34,7 @@ use crate::dialect::Dialect;
 use crate::error::ApiError;
 use crate::translate::envelope::{self, Classified, Verdict};
 use crate::translate::error_body;
-use crate::translate::json_check;
+use crate::translate::json_check::EventChecks;
 use crate::translate::template::{Envelopes, Shape, Unwrapped};
 use crate::translate::usage::{may_carry_usage, UsageReport};
 
@@ -106,7 +106,8 @@ impl EventMode {
     }
 
     /// Queues what `event` becomes and says what it meant. `envelopes` are the templates of
-    /// both sides (envelope events are read and written by them).
+    /// both sides (envelope events are read and written by them); `checks` check the stream's
+    /// JSON events, each from where it stops matching the one before.
     pub fn apply(
         self,
         event: SseEvent,
@@ -114,6 +115,7 @@ impl EventMode {
         envelopes: Envelopes,
         out: &mut VecDeque<Bytes>,
         stats: &mut StreamStats,
+        checks: &mut EventChecks,
     ) -> EventKind {
         if event.is_done() {
             stats.note(None, false, upstream);
@@ -131,7 +133,7 @@ impl EventMode {
         // payload (which need not be under `data`), and the modes below use what was read.
         let shape = envelopes.upstream();
         let read = (upstream == Dialect::Envelope && !shape.is_standard())
-            .then(|| shape.unwrap_event(&data));
+            .then(|| shape.unwrap_event(&data, checks));
         match &read {
             Some(Unwrapped::Payload(payload)) => {
                 stats.note(Some(payload), usage_candidate(payload), Dialect::Bare)
@@ -143,7 +145,7 @@ impl EventMode {
                 let kind = if let Some(read) = read {
                     read_kind(read, &data)
                 } else if upstream == Dialect::Envelope {
-                    envelope_kind(&data)
+                    envelope_kind(&data, checks)
                 } else if is_bare_error(&data) {
                     EventKind::Error
                 } else {
@@ -153,7 +155,7 @@ impl EventMode {
                 kind
             }
             EventMode::Unwrap | EventMode::Rewrap => {
-                match read.unwrap_or_else(|| shape.unwrap_event(&data)) {
+                match read.unwrap_or_else(|| shape.unwrap_event(&data, checks)) {
                     Unwrapped::Payload(payload) => {
                         let payload = data_lines(&event, payload);
                         if self == EventMode::Rewrap {
@@ -183,7 +185,7 @@ impl EventMode {
                     }
                 }
             }
-            EventMode::Wrap => match bare_event(&data) {
+            EventMode::Wrap => match bare_event(&data, checks) {
                 BareEvent::Error => {
                     let error = envelopes.client().error_body(&stream_error(&data));
                     rewrite(&event, [DATA_PREFIX, error], None, out);
@@ -321,7 +323,7 @@ pub enum BareEvent {
 /// chunk (a JSON object whose member names are spelt without escapes) in the one pass that
 /// checks the JSON, which notes the `error` members on the way. Anything else (not JSON, or
 /// a name with escapes, which serde would decode) is left to the two checks as they are.
-pub fn bare_event(data: &[u8]) -> BareEvent {
+pub fn bare_event(data: &[u8], checks: &mut EventChecks) -> BareEvent {
     if data.trim_ascii_start().first() != Some(&b'{') {
         // Not an object: never an error event.
         return if envelope::is_json(data) {
@@ -331,7 +333,7 @@ pub fn bare_event(data: &[u8]) -> BareEvent {
         };
     }
     let (mut errors, mut null_error, mut escaped) = (0usize, false, false);
-    let json = json_check::object_members(data, |key, value| {
+    let json = checks.object_members(data, |key, value| {
         if key == b"error" {
             errors += 1;
             null_error = data.get(value) == Some(b"null".as_slice());
@@ -361,8 +363,8 @@ fn has_escape(name: &[u8]) -> bool {
 
 /// What a standard envelope upstream's event means (passed on unchanged): the verdict alone,
 /// the payload is not needed.
-fn envelope_kind(data: &[u8]) -> EventKind {
-    match envelope::classify(data) {
+fn envelope_kind(data: &[u8], checks: &mut EventChecks) -> EventKind {
+    match envelope::classify_in(data, Some(checks)) {
         Classified::Envelope(env) => match env.verdict(StatusCode::OK) {
             Verdict::Success(_) => EventKind::Normal,
             Verdict::Error(_) => EventKind::Error,
@@ -550,9 +552,10 @@ mod tests {
         framer.push(Bytes::copy_from_slice(input));
         let mut out = VecDeque::new();
         let mut kinds = Vec::new();
-        let mut stats = StreamStats::default();
+        let (mut stats, mut checks) = (StreamStats::default(), EventChecks::default());
         while let Ok(Some(event)) = framer.next_event() {
-            kinds.push(mode.apply(event, upstream, Envelopes::standard(), &mut out, &mut stats));
+            let standard = Envelopes::standard();
+            kinds.push(mode.apply(event, upstream, standard, &mut out, &mut stats, &mut checks));
         }
         let bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
         (String::from_utf8(bytes).unwrap(), kinds)
@@ -743,6 +746,7 @@ mod tests {
             Envelopes::standard(),
             &mut out,
             &mut StreamStats::default(),
+            &mut EventChecks::default(),
         );
         let pieces: Vec<&[u8]> = out.iter().map(|p| p.as_ref()).collect();
         assert_eq!(
@@ -779,6 +783,7 @@ mod tests {
                 envelopes,
                 &mut out,
                 &mut StreamStats::default(),
+                &mut EventChecks::default(),
             );
             (out, kind)
         };
@@ -848,8 +853,10 @@ mod tests {
         let mut framer = SseFramer::new(1 << 20);
         framer.push(Bytes::copy_from_slice(input));
         let (mut out, mut stats) = (VecDeque::new(), StreamStats::default());
+        let mut checks = EventChecks::default();
         while let Ok(Some(event)) = framer.next_event() {
-            mode.apply(event, upstream, Envelopes::standard(), &mut out, &mut stats);
+            let standard = Envelopes::standard();
+            mode.apply(event, upstream, standard, &mut out, &mut stats, &mut checks);
         }
         stats
     }
@@ -908,8 +915,16 @@ mod tests {
             let mut framer = SseFramer::new(1 << 20);
             framer.push(Bytes::from_static(input));
             let (mut out, mut stats) = (VecDeque::new(), StreamStats::default());
+            let mut checks = EventChecks::default();
             while let Ok(Some(event)) = framer.next_event() {
-                mode.apply(event, Dialect::Envelope, envelopes, &mut out, &mut stats);
+                mode.apply(
+                    event,
+                    Dialect::Envelope,
+                    envelopes,
+                    &mut out,
+                    &mut stats,
+                    &mut checks,
+                );
             }
             assert_eq!(stats.events, 2, "{mode:?}");
             assert!(stats.first_token().is_some(), "{mode:?}");
@@ -989,10 +1004,16 @@ mod tests {
             (b"data", NotJson),
             (b"", NotJson),
         ];
+        // Each case alone, and all of them in turn as the events of one stream (each check
+        // resumed where it stops matching the case before).
+        let mut stream = EventChecks::default();
         for (data, expected) in cases {
             let shown = String::from_utf8_lossy(data);
             assert_eq!(bare_oracle(data), expected, "oracle on {shown}");
-            assert_eq!(bare_event(data), expected, "bare_event on {shown}");
+            let alone = bare_event(data, &mut EventChecks::default());
+            assert_eq!(alone, expected, "bare_event on {shown}");
+            let in_turn = bare_event(data, &mut stream);
+            assert_eq!(in_turn, expected, "bare_event in a stream on {shown}");
         }
     }
 
@@ -1035,6 +1056,7 @@ mod tests {
             data in bare_chunk(),
             edits in prop::collection::vec((any::<usize>(), any::<u8>(), 0..3u8), 0..3),
         ) {
+            let before = data.clone();
             let mut data = data;
             for (at, byte, how) in edits {
                 let len = data.len();
@@ -1045,7 +1067,12 @@ mod tests {
                     _ => {}
                 }
             }
-            prop_assert_eq!(bare_event(&data), bare_oracle(&data), "{:?}", String::from_utf8_lossy(&data));
+            let expected = bare_oracle(&data);
+            prop_assert_eq!(bare_event(&data, &mut EventChecks::default()), expected, "{:?}", String::from_utf8_lossy(&data));
+            // After the unedited chunk: checked from where the two stop matching.
+            let mut stream = EventChecks::default();
+            bare_event(&before, &mut stream);
+            prop_assert_eq!(bare_event(&data, &mut stream), expected, "{:?} after {:?}", String::from_utf8_lossy(&data), String::from_utf8_lossy(&before));
         }
     }
 

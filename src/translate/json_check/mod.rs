@@ -27,6 +27,11 @@ use std::ops::{Range, RangeInclusive};
 
 use bytes::Bytes;
 
+mod resume;
+
+pub use resume::EventChecks;
+use resume::{Entry, Notes};
+
 /// True when `body` is valid UTF-8 and exactly one JSON value, with optional whitespace around
 /// it. Linear in `body`; allocates only beyond 64 levels of nesting (a bit per level).
 pub fn is_json(body: &[u8]) -> bool {
@@ -61,6 +66,23 @@ pub fn object_members_across<'a>(
 ) -> bool {
     Checker::<true>::across(pieces)
         .is_some_and(|mut checker| checker.object_across(pieces, member).is_some())
+}
+
+impl EventChecks {
+    /// [`object_members`] of `body`, the next event of a stream: the same verdict, the same
+    /// members handed to `member` in the same order, the check started where `body` stops
+    /// matching the event before (see [`resume`]).
+    pub fn object_members<'a>(
+        &mut self,
+        body: &'a [u8],
+        member: impl FnMut(&'a [u8], Range<usize>),
+    ) -> bool {
+        self.resume(body, member, |entry, marks, member| {
+            Checker::<false, _>::noting(body, &[], marks)
+                .object_from(entry, member)
+                .is_some()
+        })
+    }
 }
 
 /// Where a value or a name lies in a body read in pieces: from an offset in one piece to an
@@ -449,30 +471,39 @@ fn only_whitespace(bytes: &[u8], at: usize) -> bool {
 const STITCH: usize = 128;
 
 /// `ACROSS`: the body is in pieces, `bytes` the one being read and `rest` those after it (see
-/// [`is_json_across`]); else `bytes` is all of it. The two are compiled apart, so the one-slice
-/// check has no trace of the other.
-struct Checker<'a, const ACROSS: bool> {
+/// [`is_json_across`]); else `bytes` is all of it. `N` is told where the check stands at each
+/// point it could later be resumed from ([`EventChecks`]); `()` is told nothing. Each is
+/// compiled apart, so the plain one-slice check has no trace of the others.
+struct Checker<'a, const ACROSS: bool, N: Notes = ()> {
     bytes: &'a [u8],
     rest: &'a [Bytes],
     /// The kinds of the open containers below the innermost 64 (which [`Checker::value`]
     /// holds in a register), one bit per level (1 = object), 64 to a word, outermost first:
     /// grown on the way down, never shrunk.
     deeper: Vec<u64>,
+    notes: N,
 }
 
 impl<'a, const ACROSS: bool> Checker<'a, ACROSS> {
     fn new(bytes: &'a [u8], rest: &'a [Bytes]) -> Self {
-        Checker {
-            bytes,
-            rest,
-            deeper: Vec::new(),
-        }
+        Self::noting(bytes, rest, ())
     }
 
     /// A check of `pieces`, from the first; None when there are none.
     fn across(pieces: &'a [Bytes]) -> Option<Self> {
         let (first, rest) = pieces.split_first()?;
         Some(Self::new(first, rest))
+    }
+}
+
+impl<'a, const ACROSS: bool, N: Notes> Checker<'a, ACROSS, N> {
+    fn noting(bytes: &'a [u8], rest: &'a [Bytes], notes: N) -> Self {
+        Checker {
+            bytes,
+            rest,
+            deeper: Vec::new(),
+            notes,
+        }
     }
 
     /// The whole body: a value, then whitespace only.
@@ -632,62 +663,21 @@ impl<'a, const ACROSS: bool> Checker<'a, ACROSS> {
         None
     }
 
-    /// The whole body: an object, then whitespace only; `member` sees each of the object's
-    /// members as it is read.
-    fn object(&mut self, mut member: impl FnMut(&'a [u8], Range<usize>)) -> Option<()> {
-        let bytes = self.bytes;
-        let (open, at) = next(bytes, 0)?;
-        if open != b'{' {
-            return None;
-        }
-        let (mut byte, mut at) = next(bytes, at + 1)?;
-        if byte == b'}' {
-            at += 1;
-        } else {
-            loop {
-                if byte != b'"' {
-                    return None;
-                }
-                let key_start = at + 1;
-                let key_end = string(bytes, key_start)?;
-                // The closing quote is consumed: the key's contents end one byte before.
-                let key = bytes.get(key_start..key_end - 1)?;
-                let (colon, after) = next(bytes, key_end)?;
-                if colon != b':' {
-                    return None;
-                }
-                let (first, start) = next(bytes, after + 1)?;
-                // Strings and numbers here, sparing most members the call that sets up the
-                // container stack.
-                let end = match first {
-                    b'"' => string(bytes, start + 1)?,
-                    b'-' | b'0'..=b'9' => number(bytes, start, first)?,
-                    _ => self.value(start)?,
-                };
-                member(key, start..end);
-                let (after, here) = next(bytes, end)?;
-                match after {
-                    b',' => (byte, at) = next(bytes, here + 1)?,
-                    b'}' => {
-                        at = here + 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
-        }
-        only_whitespace(bytes, at).then_some(())
-    }
-
     /// One value from `at`, after optional whitespace: where it ends. Values nest by a stack
     /// of container kinds, not by recursion (it is empty before and after): the innermost 64
     /// levels in a register, innermost in the lowest bit, the deeper ones in `self.deeper`.
-    fn value(&mut self, mut at: usize) -> Option<usize> {
+    #[inline(always)]
+    fn value(&mut self, at: usize) -> Option<usize> {
+        self.value_from(at, 0, 0)
+    }
+
+    /// [`Checker::value`] resumed where a value is expected at `at` inside `depth` open
+    /// containers of `kinds` (at most 64: none in `self.deeper`): where the outermost ends.
+    fn value_from(&mut self, mut at: usize, mut depth: usize, mut kinds: u64) -> Option<usize> {
         let mut bytes = self.bytes;
-        let mut depth = 0usize;
-        let mut kinds = 0u64;
         loop {
             // A value is expected here.
+            self.notes.value(at, depth, kinds);
             let (byte, here) = self.next_in(&mut bytes, at)?;
             // Strings first: the most frequent value, taken before the table of the others.
             at = if byte == b'"' {
@@ -782,6 +772,96 @@ impl<'a, const ACROSS: bool> Checker<'a, ACROSS> {
         self.deeper
             .get(level / 64)
             .map_or(0, |w| w >> (level % 64) & 1)
+    }
+}
+
+impl<'a, N: Notes> Checker<'a, false, N> {
+    /// The whole body: an object, then whitespace only; `member` sees each of the object's
+    /// members as it is read.
+    #[inline(always)]
+    fn object(&mut self, member: impl FnMut(&'a [u8], Range<usize>)) -> Option<()> {
+        self.object_from(Entry::Start, member)
+    }
+
+    /// [`Checker::object`] from `entry`: its start, or a point inside it where an earlier
+    /// check of the same first bytes stood (see [`EventChecks`]; `member` has already seen
+    /// the members before that point).
+    fn object_from(
+        &mut self,
+        entry: Entry,
+        mut member: impl FnMut(&'a [u8], Range<usize>),
+    ) -> Option<()> {
+        let bytes = self.bytes;
+        let (mut byte, mut at) = match entry {
+            Entry::Start => {
+                let (open, at) = next(bytes, 0)?;
+                if open != b'{' {
+                    return None;
+                }
+                let (byte, at) = next(bytes, at + 1)?;
+                if byte == b'}' {
+                    return only_whitespace(bytes, at + 1).then_some(());
+                }
+                (byte, at)
+            }
+            Entry::Key { at } => (*bytes.get(at)?, at),
+            Entry::Value {
+                key,
+                start,
+                at,
+                depth,
+                kinds,
+            } => {
+                let end = self.value_from(at, depth, kinds)?;
+                member(bytes.get(key)?, start..end);
+                self.notes.ended(end);
+                match after_member(bytes, end)? {
+                    Ok(next) => next,
+                    Err(end) => return only_whitespace(bytes, end).then_some(()),
+                }
+            }
+        };
+        loop {
+            if byte != b'"' {
+                return None;
+            }
+            self.notes.key(at);
+            let key_start = at + 1;
+            let key_end = string(bytes, key_start)?;
+            // The closing quote is consumed: the key's contents end one byte before.
+            let key = bytes.get(key_start..key_end - 1)?;
+            let (colon, after) = next(bytes, key_end)?;
+            if colon != b':' {
+                return None;
+            }
+            let (first, start) = next(bytes, after + 1)?;
+            self.notes.member(key_start..key_end - 1, start);
+            // Strings and numbers here, sparing most members the call that sets up the
+            // container stack.
+            let end = match first {
+                b'"' => string(bytes, start + 1)?,
+                b'-' | b'0'..=b'9' => number(bytes, start, first)?,
+                _ => self.value(start)?,
+            };
+            member(key, start..end);
+            self.notes.ended(end);
+            match after_member(bytes, end)? {
+                Ok(next) => (byte, at) = next,
+                Err(end) => return only_whitespace(bytes, end).then_some(()),
+            }
+        }
+    }
+}
+
+/// What follows a member's value that ends at `end`: `Ok` with the next member's first byte
+/// and where it is, `Err` with where the object ended; None when neither follows.
+#[inline(always)]
+fn after_member(bytes: &[u8], end: usize) -> Option<Result<(u8, usize), usize>> {
+    let (after, here) = next(bytes, end)?;
+    match after {
+        b',' => next(bytes, here + 1).map(Ok),
+        b'}' => Some(Err(here + 1)),
+        _ => None,
     }
 }
 
@@ -1427,7 +1507,7 @@ mod tests {
 
     /// `value` written compactly, or pretty with whitespace of every kind between the tokens,
     /// with whitespace around it.
-    fn json_text() -> impl Strategy<Value = Vec<u8>> {
+    pub(super) fn json_text() -> impl Strategy<Value = Vec<u8>> {
         (
             value(),
             prop::option::of(whitespace()),
@@ -1451,7 +1531,7 @@ mod tests {
     }
 
     #[derive(Debug, Clone)]
-    enum Edit {
+    pub(super) enum Edit {
         Replace(usize, u8),
         Insert(usize, u8),
         Delete(usize),
@@ -1469,7 +1549,7 @@ mod tests {
         ]
     }
 
-    fn edit() -> impl Strategy<Value = Edit> {
+    pub(super) fn edit() -> impl Strategy<Value = Edit> {
         prop_oneof![
             3 => (any::<usize>(), edit_byte()).prop_map(|(at, b)| Edit::Replace(at, b)),
             3 => (any::<usize>(), edit_byte()).prop_map(|(at, b)| Edit::Insert(at, b)),
@@ -1478,7 +1558,7 @@ mod tests {
         ]
     }
 
-    fn apply(mut body: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+    pub(super) fn apply(mut body: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
         for edit in edits {
             let len = body.len();
             match *edit {
@@ -1511,7 +1591,7 @@ mod tests {
     }
 
     /// Pieces of JSON and of UTF-8 (whole, partial, invalid) strung together at random.
-    fn token_soup() -> impl Strategy<Value = Vec<u8>> {
+    pub(super) fn token_soup() -> impl Strategy<Value = Vec<u8>> {
         let pieces: Vec<&'static [u8]> = vec![
             b"0",
             b"1",
@@ -1650,7 +1730,7 @@ mod tests {
     }
 
     /// [`object_members`] with what it saw, `None` when it said no.
-    fn members(body: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    pub(super) fn members(body: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
         let mut seen = Vec::new();
         object_members(body, |key, value| seen.push((key, &body[value]))).then_some(seen)
     }
@@ -1724,7 +1804,7 @@ mod tests {
     }
 
     /// Objects: a JSON text whose value is an object, or such a text's members mutated.
-    fn object_text() -> impl Strategy<Value = Vec<u8>> {
+    pub(super) fn object_text() -> impl Strategy<Value = Vec<u8>> {
         (
             prop::collection::vec((any::<String>(), value()), 0..6),
             whitespace(),
