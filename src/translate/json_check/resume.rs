@@ -3,7 +3,7 @@
 //! The events of one chat stream begin alike: the same `id`, `object`, `created`, `model`
 //! (and `system_fingerprint`, `service_tier`), then `"choices":[{"index":0,"delta":{"content":"`
 //! before the few bytes of text that differ. Checking each event from its first byte spends
-//! most of the check on that repeated prefix (about 940 of 1,280 instructions for a short
+//! most of the check on that repeated prefix (about 940 of 1,290 instructions for a short
 //! chunk). The check reads left to right and what it decides at a point depends only on the
 //! bytes before that point, so where an event's first bytes are those of the event before,
 //! the check of the new event may start where the old one stood at the last point inside the
@@ -135,7 +135,7 @@ pub(super) enum Entry {
     },
     /// Inside the value of the top-level member whose name is at `key` and whose value
     /// starts at `start`: a value is expected at `at`, inside `depth` containers of `kinds`
-    /// (as [`Checker::value_from`] takes them).
+    /// (as [`super::Checker::value_from`] takes them).
     Value {
         key: Range<usize>,
         start: usize,
