@@ -40,7 +40,8 @@ struct Last {
     /// At most [`REMEMBERED`] bytes.
     text: Vec<u8>,
     marks: Marks,
-    /// Where the last check started (0: from the beginning), for the tests.
+    /// Where the last check started (0: from the beginning).
+    #[cfg(test)]
     resumed_at: usize,
 }
 
@@ -58,10 +59,13 @@ impl EventChecks {
         let last = self.last.get_or_insert_with(Box::default);
         let same = shared_prefix(body, &last.text);
         let entry = last.marks.resume(same, body, &mut member);
-        last.resumed_at = match entry {
-            Entry::Start => 0,
-            Entry::Key { at } | Entry::Value { at, .. } => at,
-        };
+        #[cfg(test)]
+        {
+            last.resumed_at = match entry {
+                Entry::Start => 0,
+                Entry::Key { at } | Entry::Value { at, .. } => at,
+            };
+        }
         let json = check(entry, &mut last.marks, member);
         // The shared bytes are in place already.
         last.text.truncate(same);
