@@ -71,12 +71,16 @@ pub fn object_members_across<'a>(
 impl EventChecks {
     /// [`object_members`] of `body`, the next event of a stream: the same verdict, the same
     /// members handed to `member` in the same order, the check started where `body` stops
-    /// matching the event before (see [`resume`]).
+    /// matching the event before (see [`resume`]). The stream's first event is checked as
+    /// alone: nothing is noted or allocated on the way of a stream's first bytes out.
     pub fn object_members<'a>(
         &mut self,
         body: &'a [u8],
         member: impl FnMut(&'a [u8], Range<usize>),
     ) -> bool {
+        if self.first() {
+            return object_members(body, member);
+        }
         self.resume(body, member, |entry, marks, member| {
             Checker::<false, _>::noting(body, &[], marks)
                 .object_from(entry, member)
