@@ -22,6 +22,8 @@
 //!
 //! [`object_members`] is the same check for a body that must be an object, and hands out where
 //! each top-level member's key and value are as it goes (an envelope's members are read so).
+//! [`EventChecks`] (`resume.rs`) is that check for a stream's events, each started where it
+//! stops matching the event before.
 
 use std::ops::{Range, RangeInclusive};
 
