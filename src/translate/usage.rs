@@ -102,7 +102,7 @@ impl UsageReport {
         let json = json_check::object_members(body, |key, value| {
             members.member([key], [body.get(value).unwrap_or_default()]);
         });
-        json.then(|| Some(members.report))
+        json.then_some(Some(members.report))
     }
 
     /// [`UsageReport::of_json`] of a bare body read in pieces, not joined: `None` also when
@@ -118,7 +118,7 @@ impl UsageReport {
         let json = json_check::object_members_across(pieces, |key, value| {
             members.member(key.parts(), value.parts());
         });
-        json.then(|| Some(members.report))
+        json.then_some(Some(members.report))
     }
 }
 
