@@ -215,7 +215,8 @@ cold)
     echo "$line" >>"$OUT/threads"
   done
   # Whatever happens, the trace is emptied and the tracer left as it was found.
-  saved=("$(cat $tracing/tracing_on)" "$(cat $tracing/buffer_size_kb)"
+  # buffer_size_kb reads "7 (expanded: 1408)" until the buffer is first sized: its number only.
+  saved=("$(cat $tracing/tracing_on)" "$(cut -d' ' -f1 $tracing/buffer_size_kb)"
     "$(sed -n 's/.*\[\(.*\)\].*/\1/p' $tracing/trace_clock)")
   stop_tracing() { echo 0 >$tracing/tracing_on; : >$tracing/set_event; : >$tracing/set_event_pid; }
   restore_tracing() {
@@ -225,7 +226,9 @@ cold)
     echo "${saved[2]}" >$tracing/trace_clock
     echo "${saved[0]}" >$tracing/tracing_on
   }
-  trap 'restore_tracing; cleanup' EXIT
+  # Under `set -e` a failed restore would end the trap before `cleanup`: the servers would
+  # outlive the script.
+  trap 'restore_tracing || true; cleanup' EXIT
   stop_tracing
   : >$tracing/trace
   echo 8192 >$tracing/buffer_size_kb
