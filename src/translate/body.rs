@@ -197,11 +197,16 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            ProxyBodyProj::Passthru { inner, scan } => {
-                let polled = inner.poll_frame(cx);
+            ProxyBodyProj::Passthru { mut inner, scan } => {
+                let polled = inner.as_mut().poll_frame(cx);
                 if let (Some(scan), Poll::Ready(Some(Ok(frame)))) = (scan.as_mut(), &polled) {
                     if let Some(data) = frame.data_ref() {
-                        scan.feed(data);
+                        if inner.is_end_stream() {
+                            // Most bodies of a known length come in one piece.
+                            scan.feed_last(data);
+                        } else {
+                            scan.feed(data);
+                        }
                     }
                 }
                 polled.map_err(Into::into)

@@ -16,7 +16,10 @@
 //! no API does.
 //!
 //! Bodies the proxy reads whole anyway (translated ones) and single stream events use the same
-//! scanner over the whole slice ([`UsageReport::of`]), so every route agrees on what counts.
+//! rules over the whole slice ([`UsageReport::of`], [`UsageReport::of_json`]), so every route
+//! agrees on what counts. A bare pass-through body that comes in one frame is read as the whole
+//! ones are ([`UsageScan::feed_last`]): a JSON object's two members where they lie, with no
+//! scan; one that is no JSON object is scanned.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -398,6 +401,9 @@ pub struct UsageScan {
     /// Containers that cannot hold ours are skipped (off only to test that skipping changes
     /// nothing).
     skips: bool,
+    /// The body was read whole by [`UsageReport::of_json`], not scanned (for tests).
+    #[cfg(test)]
+    read_whole: bool,
 }
 
 impl UsageScan {
@@ -430,7 +436,29 @@ impl UsageScan {
             report: UsageReport::default(),
             failure: false,
             skips: true,
+            #[cfg(test)]
+            read_whole: false,
         }
+    }
+
+    /// Reads the last piece of the body. When it is also the first (nothing but whitespace
+    /// came before) and the scan is a bare body's, a JSON object's `model` and `usage` are read
+    /// where they lie ([`UsageReport::of_json`]: what this scan reads, for a sixth less on the
+    /// benchmark's kilobyte); anything else, or a body that is no JSON object, is scanned.
+    pub fn feed_last(&mut self, body: &[u8]) {
+        let fresh = self.state == State::Between && self.depth == 0;
+        if fresh && self.payload.is_none() && body.trim_ascii_start().first() == Some(&b'{') {
+            if let Some(Some(report)) = UsageReport::of_json(body) {
+                self.report = report;
+                self.state = State::Done;
+                #[cfg(test)]
+                {
+                    self.read_whole = true;
+                }
+                return;
+            }
+        }
+        self.feed(body);
     }
 
     /// Reads the next piece of the body.
@@ -1222,6 +1250,28 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_object_given_whole_is_read_where_its_members_lie() {
+        // (first piece, last piece, envelope scan) -> read whole?
+        let cases: [(&[u8], &[u8], bool, bool); 7] = [
+            (b"", BARE, false, true),
+            (b" \r\n", BARE, false, true),
+            (b"{", &BARE[1..], false, false),
+            (b"", ENVELOPE, true, false),
+            (b"", b"[1]", false, false),
+            (b"", b"{\"usage\":{}}x", false, false),
+            (b"", &BARE[..100], false, false),
+        ];
+        for (first, last, envelope, whole) in cases {
+            let mut scan = UsageScan::new(envelope);
+            scan.feed(first);
+            scan.feed_last(last);
+            assert_eq!(scan.read_whole, whole, "{first:?} then {last:?}");
+            let joined = [first, last].concat();
+            assert_eq!(scan.finish(), UsageReport::of(&joined, envelope));
+        }
+    }
+
+    #[test]
     fn of_json_checks_and_reads_as_the_scan_of_the_whole_body() {
         for body in [
             BARE,
@@ -1272,6 +1322,26 @@ mod tests {
             }
             // No number here is long enough to be left to the joined check.
             prop_assert_eq!(UsageReport::of_json_across(&pieces), UsageReport::of_json(&body));
+        }
+
+        #[test]
+        fn a_last_piece_reads_what_the_scan_reads(
+            body in member_soup(),
+            soup in token_soup(),
+            cut in 0usize..400,
+            first in 0usize..400,
+            envelope in any::<bool>(),
+        ) {
+            let long = [&body[..], &soup[..]].concat();
+            for text in [&body[..], &body[..cut.min(body.len())], &long[..], &soup[..]] {
+                // Given whole, and after a first piece (whitespace or not).
+                for first in [0, first.min(text.len())] {
+                    let mut scan = UsageScan::new(envelope);
+                    scan.feed(&text[..first]);
+                    scan.feed_last(&text[first..]);
+                    prop_assert_eq!(scan.finish(), UsageReport::of(text, envelope));
+                }
+            }
         }
 
         #[test]
