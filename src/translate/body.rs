@@ -202,7 +202,7 @@ impl Body for ProxyBody {
                 if let (Some(scan), Poll::Ready(Some(Ok(frame)))) = (scan.as_mut(), &polled) {
                     if let Some(data) = frame.data_ref() {
                         if inner.is_end_stream() {
-                            // Most bodies of a known length come in one piece.
+                            // A body of a known length that fits one read: all of it.
                             scan.feed_last(data);
                         } else {
                             scan.feed(data);
