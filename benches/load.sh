@@ -231,6 +231,10 @@ for round in $(seq 1 "$ROUNDS"); do
     ((HAVE_HAPROXY)) && sat_run "$wl" haproxy2 "http://127.0.0.1:$PORT_hp2/v1/$path" "$PID_hp2"
   done
 done
+# Idle again after every run above: what a busy proxy keeps (a tracker that held each finished
+# response until its next sample once kept 300 MB after a 1 KiB saturation run).
+record kind=idle_after_load workers=1 rss_kb="$(idle_rss "$PID_p1")"
+record kind=idle_after_load workers=2 rss_kb="$(idle_rss "$PID_p2")"
 
 # --- 3. streams: time to first event, CPU per event ---------------------------------------
 log "time to first event (dripping stream: 5 events 2 ms apart), $TTFE_N each, interleaved"

@@ -275,6 +275,10 @@ for many in many_runs:
            many.get("dropped") == 0 and rss_mb <= 64 and many.get("n", 0) >= 10000)
 if idle:
     target("idle RSS", "≤ 10 MB", f"{idle['rss_kb'] / 1024:.1f} MB", idle["rss_kb"] / 1024 <= 10)
+for after in by_kind("idle_after_load"):
+    workers = after["workers"]
+    target(f"idle RSS after the saturation runs, {workers} worker{'s' if workers > 1 else ''}",
+           "≤ 10 MB", f"{after['rss_kb'] / 1024:.1f} MB", after["rss_kb"] / 1024 <= 10)
 if ready:
     target("start to ready (spawn → /healthz answers), median", "≤ 20 ms",
            f"{ready['p50_ms']:.1f} ms (max {ready['max_ms']:.1f})", ready["p50_ms"] <= 20)
