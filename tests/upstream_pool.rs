@@ -1,6 +1,7 @@
 //! The worker's own HTTP/1.1 connections to an `http://` upstream (`proxy/upstream.rs`): a
 //! connection whose response ended whole serves the next request, a bodiless response gives
-//! its connection back too, and a connection the upstream said it would close is not reused.
+//! its connection back too, a connection the upstream said it would close is not reused, and
+//! one the upstream closed while idle is closed here too without waiting for a request.
 //! A raw-socket upstream counts the connections it accepted; a listener whose accept queue is
 //! full makes a connect that makes no progress at all (--connect-timeout).
 
@@ -111,6 +112,34 @@ async fn a_connection_the_upstream_said_it_closes_is_not_reused() {
             (StatusCode::OK, Bytes::from_static(COMPLETION))
         );
     }
+    assert_eq!(up.connections(), 2);
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_closed_without_another_request() {
+    // An upstream with a keep-alive timeout (uvicorn's, under vLLM): it answers, then closes
+    // its end of the idle connection. Ours must follow without a next request to notice it
+    // (one may never come): else it stays half-closed (CLOSE_WAIT) with its descriptor.
+    let up = RawUpstream::start(vec![
+        Step::ReadRequest,
+        Step::send(ok_json()),
+        Step::CloseWrite,
+        Step::AwaitPeerClose,
+    ])
+    .await;
+    let proxy = start_proxy(&up.url(), "bare", &["--worker-threads", "1"]).await;
+    assert_eq!(
+        call(&proxy, Method::POST).await,
+        (StatusCode::OK, Bytes::from_static(COMPLETION))
+    );
+    tokio::time::timeout(WAIT, up.peer_closed())
+        .await
+        .expect("the proxy closes the connection the upstream closed, with no request after");
+    // The next request takes a new connection.
+    assert_eq!(
+        call(&proxy, Method::POST).await,
+        (StatusCode::OK, Bytes::from_static(COMPLETION))
+    );
     assert_eq!(up.connections(), 2);
 }
 

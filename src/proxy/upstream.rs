@@ -6,8 +6,8 @@
 //!   its connection itself — while waiting for the response head here, then from its response
 //!   body (`translate/upstream_body.rs`) — so no task runs per connection and no channel hop
 //!   separates the socket from the response. A body that ended whole gives its connection back
-//!   for the next request (most recently used first); idle connections are checked before use
-//!   and dropped after 90 s.
+//!   for the next request (most recently used first); idle connections are checked before use,
+//!   swept every second while there are any, and dropped after 90 s (`upstream/idle.rs`).
 //! - `http://` upstreams with `--upstream-http2`: HTTP/2 with prior knowledge (h2c), the
 //!   streams multiplexed over a few connections per worker (`upstream/h2c.rs`).
 //! - `https://` upstreams: hyper-util's pooled client with rustls and ALPN (HTTP/2 when the
@@ -24,10 +24,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::task::Waker;
-
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
@@ -36,7 +32,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -45,15 +40,15 @@ use crate::translate::upstream_body::{has_no_body, DriveConnection, UpstreamBody
 use crate::woken::HeldWakes;
 
 mod h2c;
+mod idle;
 mod transport;
+
+use idle::{Connection, IdleConnections};
 
 pub(crate) use transport::UpstreamError;
 use transport::{address, connect_tcp, UpstreamRequestBody, IDLE_TIMEOUT, UPSTREAM_READ_BUFFER};
 
 type HttpsClient = Client<ConnectDeadline<HttpsConnector<HttpConnector>>, UpstreamRequestBody>;
-
-/// The most idle connections one worker keeps; the oldest go first.
-const MAX_IDLE: usize = 256;
 
 /// One worker's way to the upstream.
 pub struct Upstream {
@@ -189,22 +184,13 @@ fn shared_client(config: &Config, tls: rustls::ClientConfig) -> HttpsClient {
         .build(connector)
 }
 
-type OwnConnection = Pin<Box<http1::Connection<TokioIo<TcpStream>, UpstreamRequestBody>>>;
-
 /// One worker's HTTP/1.1 connections to an `http://` upstream: see the module docs.
 struct OwnPool {
     /// `host:port`, what the connection is made to.
     address: String,
     /// The `Host` header (the port only when it is not 80), as hyper-util sends it.
     host: HeaderValue,
-    idle: Arc<Mutex<VecDeque<Idle>>>,
-}
-
-/// A connection waiting in the pool.
-struct Idle {
-    sender: http1::SendRequest<UpstreamRequestBody>,
-    connection: OwnConnection,
-    since: Instant,
+    idle: IdleConnections,
 }
 
 impl OwnPool {
@@ -217,7 +203,7 @@ impl OwnPool {
         Self {
             address: address(config),
             host: HeaderValue::try_from(host).unwrap_or_else(|_| HeaderValue::from_static("")),
-            idle: Arc::default(),
+            idle: IdleConnections::default(),
         }
     }
 
@@ -239,7 +225,7 @@ impl OwnPool {
                 .insert(header::HOST, self.host.clone());
         }
         loop {
-            let (mut used, pooled) = match self.checkout() {
+            let (mut used, pooled) = match self.idle.take() {
                 Some(idle) => (idle, true),
                 // Boxed: only new connections pay for the connect future's size; inline, every
                 // request's future would carry (and move) it.
@@ -271,7 +257,7 @@ impl OwnPool {
                     let driver = Box::new(InUse {
                         sender: used.sender,
                         connection,
-                        pool: Arc::clone(&self.idle),
+                        pool: self.idle.clone(),
                     });
                     return Ok(response.map(|body| UpstreamBody::driven(body, driver, wakes)));
                 }
@@ -288,41 +274,17 @@ impl OwnPool {
         }
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    fn checkout(&self) -> Option<Idle> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while idle
-            .front()
-            .is_some_and(|oldest| oldest.since.elapsed() >= IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
-        while let Some(mut candidate) = idle.pop_back() {
-            // One poll lets the connection notice a close or a stray byte from the upstream
-            // (either ends it); the waker is not kept: the request polls it again.
-            let mut cx = Context::from_waker(Waker::noop());
-            if candidate.connection.as_mut().poll(&mut cx).is_ready() {
-                continue;
-            }
-            if candidate.sender.is_ready() {
-                return Some(candidate);
-            }
-        }
-        None
-    }
-
     /// A new connection: resolve, TCP, handshake, all within `--connect-timeout`.
-    async fn connect(&self, limit: Duration) -> Result<Idle, UpstreamError> {
+    async fn connect(&self, limit: Duration) -> Result<Connection, UpstreamError> {
         let stream = connect_tcp(&self.address, Instant::now() + limit, limit).await?;
         let (sender, connection) = http1::Builder::new()
             .max_buf_size(UPSTREAM_READ_BUFFER)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|error| UpstreamError::classify(&error, true, limit))?;
-        Ok(Idle {
+        Ok(Connection {
             sender,
             connection: Box::pin(connection),
-            since: Instant::now(),
         })
     }
 }
@@ -330,8 +292,8 @@ impl OwnPool {
 /// A connection while a request uses it: driven by the response body, pooled again after it.
 struct InUse {
     sender: http1::SendRequest<UpstreamRequestBody>,
-    connection: OwnConnection,
-    pool: Arc<Mutex<VecDeque<Idle>>>,
+    connection: idle::OwnConnection,
+    pool: IdleConnections,
 }
 
 impl DriveConnection for InUse {
@@ -345,14 +307,6 @@ impl DriveConnection for InUse {
             connection,
             pool,
         } = *self;
-        let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() >= MAX_IDLE {
-            idle.pop_front();
-        }
-        idle.push_back(Idle {
-            sender,
-            connection,
-            since: Instant::now(),
-        });
+        pool.put_back(Connection { sender, connection });
     }
 }

@@ -54,6 +54,11 @@ pub enum Step {
     Wait(Arc<Notify>),
     /// Close cleanly (FIN) and stop.
     Close,
+    /// Close the writing half (FIN) and go on: the peer may still write, or close its end.
+    CloseWrite,
+    /// Read (and drop) whatever comes until the peer closes its end, then tell
+    /// [`RawUpstream::peer_closed`] and stop.
+    AwaitPeerClose,
     /// Reset the connection (`SO_LINGER` 0, then close: the peer gets RST) and stop.
     Reset,
     /// Keep the connection open, doing nothing, until the upstream is dropped.
@@ -89,6 +94,7 @@ pub struct RawUpstream {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     accepted: Arc<AtomicUsize>,
+    peer_closes: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
@@ -106,7 +112,9 @@ impl RawUpstream {
         let addr = listener.local_addr().expect("raw upstream address");
         let received = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let peer_closes = Arc::new(Notify::new());
         let (log, count) = (Arc::clone(&received), Arc::clone(&accepted));
+        let closes = Arc::clone(&peer_closes);
         let task = tokio::spawn(async move {
             // Dropped (and so aborted) with this task: held connections end with the test.
             let mut connections = JoinSet::new();
@@ -115,7 +123,8 @@ impl RawUpstream {
                     return;
                 };
                 let n = count.fetch_add(1, Ordering::SeqCst);
-                connections.spawn(play(stream, script(n), Arc::clone(&log)));
+                let (log, closes) = (Arc::clone(&log), Arc::clone(&closes));
+                connections.spawn(play(stream, script(n), log, closes));
                 // Reap finished connections so the set stays small.
                 while connections.try_join_next().is_some() {}
             }
@@ -124,6 +133,7 @@ impl RawUpstream {
             addr,
             received,
             accepted,
+            peer_closes,
             task,
         }
     }
@@ -142,6 +152,12 @@ impl RawUpstream {
     pub fn connections(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+
+    /// Waits until a peer closed its end during [`Step::AwaitPeerClose`] (one that did before
+    /// the call counts).
+    pub async fn peer_closed(&self) {
+        self.peer_closes.notified().await;
+    }
 }
 
 impl Drop for RawUpstream {
@@ -150,7 +166,12 @@ impl Drop for RawUpstream {
     }
 }
 
-async fn play(mut stream: TcpStream, script: Vec<Step>, log: Arc<Mutex<Vec<Received>>>) {
+async fn play(
+    mut stream: TcpStream,
+    script: Vec<Step>,
+    log: Arc<Mutex<Vec<Received>>>,
+    peer_closes: Arc<Notify>,
+) {
     let mut buffered = Vec::new();
     for step in script {
         match step {
@@ -165,6 +186,17 @@ async fn play(mut stream: TcpStream, script: Vec<Step>, log: Arc<Mutex<Vec<Recei
             }
             Step::Wait(go) => go.notified().await,
             Step::Close => break,
+            Step::CloseWrite => {
+                if stream.shutdown().await.is_err() {
+                    return;
+                }
+            }
+            Step::AwaitPeerClose => {
+                let mut sink = [0u8; 1024];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                peer_closes.notify_one();
+                return;
+            }
             Step::Reset => {
                 let _ = stream.set_zero_linger();
                 return;
