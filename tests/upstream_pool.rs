@@ -7,12 +7,15 @@
 
 use test_support::{harness, raw_upstream};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use envelope_proxy::RunningServer;
 use harness::{start_proxy, WAIT};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use raw_upstream::{response, RawUpstream, Step};
+use tokio::sync::Notify;
 
 const COMPLETION: &[u8] = br#"{"id":"chatcmpl-1","object":"chat.completion","choices":[]}"#;
 
@@ -117,21 +120,31 @@ async fn a_connection_the_upstream_said_it_closes_is_not_reused() {
 
 #[tokio::test]
 async fn an_idle_connection_the_upstream_closed_is_closed_without_another_request() {
-    // An upstream with a keep-alive timeout (uvicorn's, under vLLM): it answers, then closes
-    // its end of the idle connection. Ours must follow without a next request to notice it
-    // (one may never come): else it stays half-closed (CLOSE_WAIT) with its descriptor.
-    let up = RawUpstream::start(vec![
-        Step::ReadRequest,
-        Step::send(ok_json()),
-        Step::CloseWrite,
-        Step::AwaitPeerClose,
-    ])
+    // An upstream with a keep-alive timeout (uvicorn's, under vLLM): it answers, then, once
+    // the connection waits in the pool, closes its end. Ours must follow without a next
+    // request to notice it (one may never come): else it stays half-closed (CLOSE_WAIT) with
+    // its descriptor.
+    let idle = Arc::new(Notify::new());
+    let up = RawUpstream::start_with({
+        let idle = Arc::clone(&idle);
+        move |n| match n {
+            0 => vec![
+                Step::ReadRequest,
+                Step::send(ok_json()),
+                Step::Wait(Arc::clone(&idle)),
+                Step::CloseWrite,
+                Step::AwaitPeerClose,
+            ],
+            _ => vec![Step::ReadRequest, Step::send(ok_json()), Step::Hold],
+        }
+    })
     .await;
     let proxy = start_proxy(&up.url(), "bare", &["--worker-threads", "1"]).await;
     assert_eq!(
         call(&proxy, Method::POST).await,
         (StatusCode::OK, Bytes::from_static(COMPLETION))
     );
+    idle.notify_one();
     tokio::time::timeout(WAIT, up.peer_closed())
         .await
         .expect("the proxy closes the connection the upstream closed, with no request after");
