@@ -5,20 +5,23 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use envelope_proxy::config::{Config, LogFormat};
+use envelope_proxy::config::Config;
 use envelope_proxy::listen::{self, Server};
 use envelope_proxy::ops::credentials::{self, Sources};
+use envelope_proxy::ops::logging;
 use envelope_proxy::ops::reload::Reload;
 use envelope_proxy::ops::systemd;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = match Config::try_parse() {
         Ok(config) => config,
         Err(error) => return exit_with_usage_error(error),
     };
-    init_logging(&config);
+    // Before any thread exists (the log writer is one): this unsets LISTEN_FDS/LISTEN_PID.
+    let inherited = listen::take_inherited();
+    // Kept to the end of `main`: dropping it writes the lines still queued.
+    let _logging = logging::init(&config);
 
     // Where each secret comes from, for the ready line and STATUS= (never the secret itself).
     if let Some(warning) = credentials::none_found_warning() {
@@ -28,9 +31,7 @@ fn main() -> ExitCode {
         Ok(secrets) => secrets,
         Err(error) => return fail(&error.to_string()),
     };
-
-    // Before any thread exists: this unsets LISTEN_FDS/LISTEN_PID.
-    let inherited = match listen::take_inherited() {
+    let inherited = match inherited {
         Ok(sockets) => sockets,
         Err(error) => return fail(&error.to_string()),
     };
@@ -107,6 +108,8 @@ async fn run(config: Config, secrets: Sources, inherited: Vec<listen::Inherited>
 /// A startup failure: logged, on stderr as one line, and exit code 1.
 fn fail(message: &str) -> ExitCode {
     tracing::error!("cannot start: {message}");
+    // The plain line last, after every log line (they are written by a thread of their own).
+    logging::finish();
     eprintln!("envelope-proxy: {message}");
     ExitCode::FAILURE
 }
@@ -133,21 +136,4 @@ fn exit_with_usage_error(error: clap::Error) -> ExitCode {
     let line = line.strip_prefix("error: ").unwrap_or(&line);
     eprintln!("envelope-proxy: {line}");
     ExitCode::from(2)
-}
-
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only on a terminal: journald and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        // One flat JSON object per line, fields at the top level (journald / log shippers).
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
 }

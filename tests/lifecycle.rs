@@ -1,6 +1,6 @@
 //! The real binary's lifecycle: READY after the port accepts, STOPPING and exit 0 on SIGTERM,
-//! in-flight streams drained, the grace deadline, the watchdog, socket activation, and the
-//! start-to-ready time (measured and printed, never asserted).
+//! in-flight streams drained, the grace deadline, the watchdog, socket activation, a stderr
+//! that takes nothing, and the start-to-ready time (measured and printed, never asserted).
 
 use test_support::{harness, mock_upstream, process};
 
@@ -447,7 +447,7 @@ async fn sighup_reloads_the_key_files_through_the_same_registry() {
 }
 
 #[tokio::test]
-async fn the_process_is_the_main_thread_plus_one_thread_per_worker_and_all_serve() {
+async fn the_process_is_the_main_thread_the_workers_and_the_log_writer_and_all_serve() {
     let mock = mock_upstream::start(Shape::Bare).await;
     let dir = TempDir::new("workers");
     let upstream = mock.base_url();
@@ -502,8 +502,8 @@ async fn the_process_is_the_main_thread_plus_one_thread_per_worker_and_all_serve
     threads.sort();
     assert_eq!(
         threads,
-        ["envelope-proxy", "worker-0", "worker-1", "worker-2"],
-        "the main thread and three workers, nothing else"
+        ["envelope-proxy", "log", "worker-0", "worker-1", "worker-2"],
+        "the main thread, three workers and the log writer, nothing else"
     );
 
     mock.state.release();
@@ -514,4 +514,95 @@ async fn the_process_is_the_main_thread_plus_one_thread_per_worker_and_all_serve
     proxy.signal(Signal::SIGTERM);
     let exit = proxy.wait().await;
     assert_eq!(exit.code(), Some(0), "stderr:\n{}", proxy.stderr());
+}
+
+#[tokio::test]
+async fn a_stderr_that_takes_nothing_never_holds_up_the_proxy() {
+    // A log pipe nobody drains (a stalled journal, a container runtime that stopped reading).
+    // Once the pipe (64 KiB) and the proxy's queue (8,192 lines) are full, access-log lines
+    // are dropped and counted, and every request is still answered.
+    const REQUESTS: usize = 10_000;
+    const CONCURRENCY: usize = 8;
+    let mock = mock_upstream::start(Shape::Bare).await;
+    let dir = TempDir::new("stderr-stalled");
+    let notify = Notify::bind(&dir);
+    let upstream = mock.base_url();
+    let mut child = std::process::Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--upstream", &upstream])
+        .args(["--worker-threads", "1", "--log-level", "info"])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("LISTEN_FDS")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the proxy");
+    // Held, and not read until every request is answered.
+    let mut stderr = child.stderr.take().expect("the stderr pipe");
+    let ready = notify.until("READY=1").await;
+    let addr = served_tcp_addr(field(&ready, "STATUS").expect("STATUS"));
+
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        clients.spawn(async move {
+            let mut ok = 0;
+            for _ in 0..REQUESTS / CONCURRENCY {
+                if get(addr, "/v1/models").await.0 == StatusCode::OK {
+                    ok += 1;
+                }
+            }
+            ok
+        });
+    }
+    let answered: usize = clients.join_all().await.into_iter().sum();
+    assert_eq!(answered, REQUESTS);
+    assert_eq!(get(addr, "/healthz").await.0, StatusCode::OK);
+    let (_, metrics) = get(addr, "/metrics").await;
+    let dropped: usize = String::from_utf8_lossy(&metrics)
+        .lines()
+        .find_map(|line| line.strip_prefix("envelope_proxy_log_lines_dropped_total "))
+        .expect("the dropped lines' counter")
+        .parse()
+        .expect("a count");
+    assert!(dropped > 0, "the queue overflowed, so lines were dropped");
+
+    // Drained now: every line of the requests above was either dropped or comes out, in order
+    // of the requests' ends (waited for within the bound: the queue is written as it drains).
+    let logged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = std::thread::spawn({
+        let logged = std::sync::Arc::clone(&logged);
+        move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(&mut stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(" access: ") && line.contains("path=/v1/models ") {
+                    logged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    let all_accounted = tokio::time::timeout(WAIT, async {
+        while logged.load(std::sync::atomic::Ordering::SeqCst) + dropped < REQUESTS {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(all_accounted.is_ok(), "lines written or counted as dropped");
+    assert_eq!(
+        logged.load(std::sync::atomic::Ordering::SeqCst) + dropped,
+        REQUESTS
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid")),
+        Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("the wait")
+        .expect("the exit status");
+    assert_eq!(exit.code(), Some(0));
+    reader.join().expect("the reader");
 }

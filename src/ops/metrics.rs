@@ -535,6 +535,12 @@ impl Metrics {
                 "Requests the client abandoned before the response was complete.",
                 self.client_cancellations.load(Relaxed),
             ),
+            (
+                "envelope_proxy_log_lines_dropped_total",
+                "counter",
+                "Log lines dropped because stderr took none while the queue was full.",
+                crate::ops::logging::dropped_lines(),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
