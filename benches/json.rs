@@ -28,6 +28,11 @@ use http::StatusCode;
 use serde::de::IgnoredAny;
 
 fn completion(envelope: bool, size: usize) -> Bytes {
+    completion_of(envelope, size, "lorem ipsum ")
+}
+
+/// A completion of about `size` bytes whose content repeats `text`.
+fn completion_of(envelope: bool, size: usize, text: &str) -> Bytes {
     let head = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":""#;
     let tail = r#""},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}"#;
     let fill = size.saturating_sub(head.len() + tail.len()).max(1);
@@ -36,7 +41,16 @@ fn completion(envelope: bool, size: usize) -> Bytes {
         body.push_str(r#"{"success":true,"code":"200","message":"successful","data":"#);
     }
     body.push_str(head);
-    body.push_str(&"lorem ipsum ".repeat(fill / 12 + 1)[..fill]);
+    let mut content = text.repeat(fill / text.len() + 1);
+    let mut end = fill;
+    while !content.is_char_boundary(end) {
+        end -= 1;
+    }
+    content.truncate(end);
+    if content.ends_with('\\') {
+        content.pop(); // half of an escape
+    }
+    body.push_str(&content);
     body.push_str(tail);
     if envelope {
         body.push('}');
@@ -145,14 +159,29 @@ fn bench_json(c: &mut Criterion) {
 
 /// A streamed chat completion chunk of 300 bytes, as one SSE event's data.
 fn chat_chunk() -> Bytes {
+    chat_chunk_of("lorem ipsum ")
+}
+
+/// A chat completion chunk whose content, 5 characters of Chinese, is one token's.
+fn chat_chunk_zh() -> Bytes {
+    let head = r#"{"id":"chatcmpl-AbCdEf0123456789","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_0123456789","choices":[{"index":0,"delta":{"content":""#;
+    let tail = r#""},"logprobs":null,"finish_reason":null}]}"#;
+    Bytes::from(format!("{head}代理服务器{tail}"))
+}
+
+/// A chat completion chunk of 300 bytes whose content repeats `text` (ASCII).
+fn chat_chunk_of(text: &str) -> Bytes {
     let head = r#"{"id":"chatcmpl-AbCdEf0123456789","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_0123456789","choices":[{"index":0,"delta":{"content":""#;
     let tail = r#""},"logprobs":null,"finish_reason":null}]}"#;
     let fill = 300 - head.len() - tail.len();
     Bytes::from(format!(
         "{head}{}{tail}",
-        &"lorem ipsum ".repeat(fill / 12 + 1)[..fill]
+        &text.repeat(fill / text.len() + 1)[..fill]
     ))
 }
+
+/// A line of a Chinese answer, with the punctuation and line break such text carries.
+const ZH_TEXT: &str = "你好！这是一个关于代理服务器性能的测试，内容全部为中文。\\n";
 
 /// What `envelope::is_json` was before `json_check`.
 fn serde_is_json(body: &[u8]) -> bool {
@@ -166,7 +195,10 @@ fn bench_validate(c: &mut Criterion) {
     assert_eq!(chat_chunk().len(), 300);
     for (label, body) in [
         ("300B", chat_chunk()),
+        ("chunk-zh", chat_chunk_zh()),
         ("64KiB", completion(false, 64 << 10)),
+        // A Chinese completion: three-byte characters, most of its bytes non-ASCII.
+        ("64KiB-zh", completion_of(false, 64 << 10, ZH_TEXT)),
     ] {
         assert!(serde_is_json(&body) && envelope::is_json(&body));
         group.throughput(Throughput::Bytes(body.len() as u64));
