@@ -20,6 +20,7 @@
 //! |---|---|
 //! | `…/json/<bytes>` | a bare chat completion of about that size |
 //! | `…/env/<bytes>` | the same inside a success envelope |
+//! | `…/zh/<bytes>` | a bare chat completion whose text is Chinese (three-byte characters, a `\n` escape a line) |
 //! | `…/sse/<events>/<bytes>/<gap_ms>` | a bare chat stream: `events` chunks of about `bytes` each, `gap_ms` apart (first one at once), then `[DONE]` |
 //! | `…/envsse/<events>/<bytes>/<gap_ms>` | the same with every chunk in a success envelope |
 //!
@@ -196,11 +197,10 @@ async fn serve(request: Request<Incoming>) -> Result<Response<UpBody>, Infallibl
     let num = |i: usize| -> Option<usize> { segments.get(i)?.parse().ok() };
     let at = segments
         .iter()
-        .position(|s| matches!(*s, "json" | "env" | "sse" | "envsse"));
+        .position(|s| matches!(*s, "json" | "env" | "zh" | "sse" | "envsse"));
     let response = match at.map(|i| (segments[i], i)) {
-        Some(("json", i)) | Some(("env", i)) => num(i + 1).map(|size| {
-            let envelope = segments[i] == "env";
-            let body = cached(envelope, size);
+        Some(("json", i)) | Some(("env", i)) | Some(("zh", i)) => num(i + 1).map(|size| {
+            let body = cached(segments[i], size);
             Response::builder()
                 .header("content-type", "application/json")
                 .body(UpBody::Full(Some(body)))
@@ -235,21 +235,32 @@ async fn serve(request: Request<Incoming>) -> Result<Response<UpBody>, Infallibl
 }
 
 thread_local! {
-    static CACHE: RefCell<HashMap<(bool, usize), Bytes>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<HashMap<(&'static str, usize), Bytes>> = RefCell::new(HashMap::new());
 }
 
-/// A chat completion of about `size` bytes (`size` ≥ ~300), built once per thread.
-fn cached(envelope: bool, size: usize) -> Bytes {
+/// A chat completion of about `size` bytes (`size` ≥ ~300) of a `kind` the path names (`json`,
+/// `env` or `zh`), built once per thread.
+fn cached(kind: &str, size: usize) -> Bytes {
+    let (kind, envelope, text) = match kind {
+        "env" => ("env", true, LATIN),
+        "zh" => ("zh", false, CHINESE),
+        _ => ("json", false, LATIN),
+    };
     CACHE.with(|cache| {
         cache
             .borrow_mut()
-            .entry((envelope, size))
-            .or_insert_with(|| completion(envelope, size))
+            .entry((kind, size))
+            .or_insert_with(|| completion(envelope, size, text))
             .clone()
     })
 }
 
-fn completion(envelope: bool, size: usize) -> Bytes {
+/// The text of the `json` and `env` completions, repeated.
+const LATIN: &str = "lorem ipsum ";
+/// The text of the `zh` completions, repeated: a line of Chinese and its line break.
+const CHINESE: &str = "你好！这是一个关于代理服务器性能的测试，内容全部为中文。\\n";
+
+fn completion(envelope: bool, size: usize, text: &str) -> Bytes {
     let head = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":""#;
     let tail = r#""},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}"#;
     let fill = size.saturating_sub(head.len() + tail.len()).max(1);
@@ -258,7 +269,18 @@ fn completion(envelope: bool, size: usize) -> Bytes {
         body.push_str(r#"{"success":true,"code":"200","message":"successful","data":"#);
     }
     body.push_str(head);
-    body.push_str(&"lorem ipsum ".repeat(fill / 12 + 1)[..fill]);
+    // Cut to the size, never in half a character or an escape, and padded with spaces.
+    let mut content = text.repeat(fill / text.len() + 1);
+    let mut end = fill;
+    while !content.is_char_boundary(end) {
+        end -= 1;
+    }
+    content.truncate(end);
+    if content.ends_with('\\') {
+        content.pop();
+    }
+    body.push_str(&content);
+    body.push_str(&" ".repeat(fill - content.len()));
     body.push_str(tail);
     if envelope {
         body.push('}');

@@ -242,18 +242,23 @@ fn scan(bytes: &[u8], at: usize) -> Option<(u8, usize)> {
         if let Some(stop) = stop_in(chunk, at) {
             return Some(stop);
         }
-        if rest.len() >= 16 + blocks::BLOCK {
-            // Sixteen plain bytes and more to come: a long text, likely (a completion's
-            // content), passed over out of line. No call on the way of a short string: its
-            // callers stay leaves (a call there cost every string some thirty instructions).
-            return long_text(bytes, at + 16);
+        // Sixteen plain bytes: a long text, likely (a completion's content). The next few
+        // blocks are looked at here, in vector registers (`blocks.rs`); a text that runs on past
+        // them goes on out of line, where the CPU's widest vectors are used. No call on the way
+        // of a shorter string: its callers stay leaves (a call cost every string some thirty
+        // instructions). The block that holds the stop is read word by word.
+        let after = rest.get(16..).unwrap_or_default();
+        let plain = blocks::plain_few(after);
+        if plain == blocks::FEW * blocks::BLOCK && after.len() - plain >= blocks::BLOCK {
+            return long_text(bytes, at + 16 + plain);
         }
+        return words(bytes, at + 16 + plain);
     }
     words(bytes, at)
 }
 
-/// [`scan`] of a long text: a block at a time in vector registers (`blocks.rs`), then the block
-/// that holds the stop word by word.
+/// [`scan`] of a long text, past its first blocks: the rest of its plain blocks (`blocks.rs`),
+/// then the block that holds the stop word by word.
 #[inline(never)]
 fn long_text(bytes: &[u8], at: usize) -> Option<(u8, usize)> {
     let plain = blocks::plain(bytes.get(at..)?);
@@ -1270,7 +1275,11 @@ mod tests {
         for byte in 0..=255u8 {
             // The word's lowest byte, which no borrow reaches: flagged exactly.
             let word = u64::from_le_bytes([byte, b'a', b'a', b'a', b'a', b'a', b'a', b'a']);
-            assert_eq!(blocks::is_special(byte), specials(word) & 0x80 != 0, "{byte:02x}");
+            assert_eq!(
+                blocks::is_special(byte),
+                specials(word) & 0x80 != 0,
+                "{byte:02x}"
+            );
         }
     }
 
@@ -1319,6 +1328,63 @@ mod tests {
             from = cut;
         }
         out
+    }
+
+    #[test]
+    fn a_text_in_another_script_is_checked_in_one_go_whole_and_cut_anywhere() {
+        // More multi-byte characters than are taken one at a time, then escapes of every kind
+        // between characters of two, three and four bytes: what `text_run` takes in one go.
+        let text = format!(
+            "{}\\n{}\\\"引用\\\\ \\/\\u00e9\\uD83D\\t 😀é{}",
+            "日本語".repeat(ONE_BY_ONE as usize),
+            "中文",
+            "한국어 ".repeat(3)
+        );
+        let valid = format!(r#"{{"id":"x","content":"{text}","n":1}}"#);
+        let valid = valid.as_bytes();
+        assert!(oracle(valid) && is_json(valid));
+        let start = valid.windows(3).position(|w| w == "日".as_bytes()).unwrap();
+        let end = start + text.len();
+        // Past the characters taken one at a time: where the one-go check stands.
+        let one_go = start + 3 * ONE_BY_ONE as usize + 1;
+        let faults: [&[u8]; 9] = [
+            b"\\x",
+            b"\\u12G4",
+            b"\\",
+            b"\x01",
+            b"\x1f",
+            b"\"",
+            b"\xc3(",
+            b"\xe6\x97",
+            b"\xed\xa0\x80",
+        ];
+        for place in one_go..=end {
+            for fault in faults {
+                let body = [&valid[..place], fault, &valid[place..]].concat();
+                let expected = oracle(&body);
+                assert_eq!(is_json(&body), expected, "{fault:02x?} at {place}");
+                for cut in [place, place + 1, place + fault.len()] {
+                    assert_eq!(
+                        is_json_across(&pieces(&body, &[cut])),
+                        expected,
+                        "{fault:02x?} at {place}, cut at {cut}"
+                    );
+                }
+            }
+        }
+        for at in start..=end {
+            assert!(is_json_across(&pieces(valid, &[at])), "cut at {at}");
+            assert!(members_agree(valid, &[at]), "cut at {at}");
+            assert!(
+                is_json_across(&pieces(valid, &[start, at])),
+                "cut at {start}, {at}"
+            );
+        }
+        // Every byte a piece of its own, and the text that never ends.
+        let bytes: Vec<usize> = (1..valid.len()).collect();
+        assert!(is_json_across(&pieces(valid, &bytes)));
+        assert!(!is_json(&valid[..end]));
+        assert!(!is_json_across(&pieces(&valid[..end], &[one_go])));
     }
 
     #[test]
