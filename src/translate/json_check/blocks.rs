@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn is_special_is_quote_backslash_control_or_non_ascii() {
         for byte in 0..=255u8 {
-            let expected = byte == b'"' || byte == b'\\' || byte < 0x20 || byte >= 0x80;
+            let expected = byte == b'"' || byte == b'\\' || !(0x20..0x80).contains(&byte);
             assert_eq!(is_special(byte), expected, "{byte:02x}");
         }
     }
