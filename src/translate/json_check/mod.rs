@@ -321,8 +321,10 @@ fn escape(bytes: &[u8], at: usize) -> Option<usize> {
 }
 
 /// Multi-byte characters a string's check takes one at a time before it takes the rest of the
-/// string in one go ([`text_run`]): a word in another script, a name with an accent, a
-/// typographic quote cost less so (chat chunks of five Chinese characters: 13 % less time).
+/// string in one go ([`text_run`], whose setup costs about 200 instructions): a word in another
+/// script, a name with an accent, a typographic quote cost less so. Measured on a streamed
+/// chunk's check: with " café" 1,768 instructions (taken in one go from the first character:
+/// 1,949), with five Chinese characters 2,108 (2,142); with twenty, 2,940 (2,622).
 const ONE_BY_ONE: u32 = 8;
 
 /// One multi-byte UTF-8 sequence at `at` (RFC 3629 table 3-7: no overlongs, no surrogates,
