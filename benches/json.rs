@@ -27,35 +27,11 @@ use envelope_proxy::Dialect;
 use http::StatusCode;
 use serde::de::IgnoredAny;
 
-fn completion(envelope: bool, size: usize) -> Bytes {
-    completion_of(envelope, size, "lorem ipsum ")
-}
+#[path = "tools/bodies.rs"]
+mod bodies;
 
-/// A completion of about `size` bytes whose content repeats `text`.
-fn completion_of(envelope: bool, size: usize, text: &str) -> Bytes {
-    let head = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":""#;
-    let tail = r#""},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}"#;
-    let fill = size.saturating_sub(head.len() + tail.len()).max(1);
-    let mut body = String::with_capacity(size + 80);
-    if envelope {
-        body.push_str(r#"{"success":true,"code":"200","message":"successful","data":"#);
-    }
-    body.push_str(head);
-    let mut content = text.repeat(fill / text.len() + 1);
-    let mut end = fill;
-    while !content.is_char_boundary(end) {
-        end -= 1;
-    }
-    content.truncate(end);
-    if content.ends_with('\\') {
-        content.pop(); // half of an escape
-    }
-    body.push_str(&content);
-    body.push_str(tail);
-    if envelope {
-        body.push('}');
-    }
-    Bytes::from(body)
+fn completion(envelope: bool, size: usize) -> Bytes {
+    bodies::completion(envelope, size, bodies::LATIN)
 }
 
 fn openai_error(size: usize) -> Bytes {
@@ -180,9 +156,6 @@ fn chat_chunk_of(text: &str) -> Bytes {
     ))
 }
 
-/// A line of a Chinese answer, with the punctuation and line break such text carries.
-const ZH_TEXT: &str = "你好！这是一个关于代理服务器性能的测试，内容全部为中文。\\n";
-
 /// What `envelope::is_json` was before `json_check`.
 fn serde_is_json(body: &[u8]) -> bool {
     std::str::from_utf8(body).is_ok() && serde_json::from_slice::<IgnoredAny>(body).is_ok()
@@ -198,7 +171,10 @@ fn bench_validate(c: &mut Criterion) {
         ("chunk-zh", chat_chunk_zh()),
         ("64KiB", completion(false, 64 << 10)),
         // A Chinese completion: three-byte characters, most of its bytes non-ASCII.
-        ("64KiB-zh", completion_of(false, 64 << 10, ZH_TEXT)),
+        (
+            "64KiB-zh",
+            bodies::completion(false, 64 << 10, bodies::CHINESE),
+        ),
     ] {
         assert!(serde_is_json(&body) && envelope::is_json(&body));
         group.throughput(Throughput::Bytes(body.len() as u64));

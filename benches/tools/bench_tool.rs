@@ -46,6 +46,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+mod bodies;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
@@ -242,50 +244,17 @@ thread_local! {
 /// `env` or `zh`), built once per thread.
 fn cached(kind: &str, size: usize) -> Bytes {
     let (kind, envelope, text) = match kind {
-        "env" => ("env", true, LATIN),
-        "zh" => ("zh", false, CHINESE),
-        _ => ("json", false, LATIN),
+        "env" => ("env", true, bodies::LATIN),
+        "zh" => ("zh", false, bodies::CHINESE),
+        _ => ("json", false, bodies::LATIN),
     };
     CACHE.with(|cache| {
         cache
             .borrow_mut()
             .entry((kind, size))
-            .or_insert_with(|| completion(envelope, size, text))
+            .or_insert_with(|| bodies::completion(envelope, size, text))
             .clone()
     })
-}
-
-/// The text of the `json` and `env` completions, repeated.
-const LATIN: &str = "lorem ipsum ";
-/// The text of the `zh` completions, repeated: a line of Chinese and its line break.
-const CHINESE: &str = "你好！这是一个关于代理服务器性能的测试，内容全部为中文。\\n";
-
-fn completion(envelope: bool, size: usize, text: &str) -> Bytes {
-    let head = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":""#;
-    let tail = r#""},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}"#;
-    let fill = size.saturating_sub(head.len() + tail.len()).max(1);
-    let mut body = String::with_capacity(size + 80);
-    if envelope {
-        body.push_str(r#"{"success":true,"code":"200","message":"successful","data":"#);
-    }
-    body.push_str(head);
-    // Cut to the size, never in half a character or an escape, and padded with spaces.
-    let mut content = text.repeat(fill / text.len() + 1);
-    let mut end = fill;
-    while !content.is_char_boundary(end) {
-        end -= 1;
-    }
-    content.truncate(end);
-    if content.ends_with('\\') {
-        content.pop();
-    }
-    body.push_str(&content);
-    body.push_str(&" ".repeat(fill - content.len()));
-    body.push_str(tail);
-    if envelope {
-        body.push('}');
-    }
-    Bytes::from(body)
 }
 
 /// One `data: <chunk>\n\n` event of about `size` bytes.
