@@ -31,6 +31,7 @@
 //! upstream cuts it short, the client gets a 502 in its dialect, never a partial body.
 
 pub mod body;
+pub(crate) mod byte_search;
 pub mod envelope;
 pub mod error_body;
 pub mod json_check;

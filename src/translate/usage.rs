@@ -26,7 +26,7 @@ use std::sync::LazyLock;
 
 use bytes::Bytes;
 
-use crate::translate::json_check;
+use crate::translate::{byte_search, json_check};
 
 /// The longest model name kept, in bytes (cut on a character boundary).
 pub(crate) const MAX_MODEL_BYTES: usize = 128;
@@ -290,7 +290,7 @@ fn key(name: &[u8]) -> Key {
 
 /// The first `"` or `\\` in `bytes`. Most strings are short (names, ids, a model's name): their
 /// first sixteen bytes are looked at as two words, without the setup of a vector search, which
-/// cost more than the search itself; a longer string goes on with `memchr2`.
+/// cost more than the search itself; a longer string goes on with [`byte_search`].
 #[inline(always)]
 fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
     let Some(chunk) = bytes.first_chunk::<16>() else {
@@ -306,7 +306,7 @@ fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
     if high != 0 {
         return Some(8 + high.trailing_zeros() as usize / 8);
     }
-    memchr::memchr2(b'"', b'\\', bytes.get(16..).unwrap_or_default()).map(|at| at + 16)
+    byte_search::quote_or_backslash(bytes.get(16..).unwrap_or_default()).map(|at| at + 16)
 }
 
 /// The high bit of each byte of `word` that is `byte`: exact at the lowest one (a borrow

@@ -29,6 +29,8 @@ use std::ops::{Range, RangeInclusive};
 
 use bytes::Bytes;
 
+use crate::translate::byte_search;
+
 mod blocks;
 mod resume;
 
@@ -346,7 +348,7 @@ fn utf8(bytes: &[u8], at: usize) -> Option<usize> {
 ///
 /// A text in another script than Latin is mostly multi-byte characters, each of which stopped
 /// the scan for a check of its own (some fifty instructions a character: a 64 KiB Chinese
-/// body cost 50 times an English one). Here the escapes are looked for with `memchr` and
+/// body cost 50 times an English one). Here the escapes are looked for with [`byte_search`] and
 /// checked where they are, and the whole stretch up to the quote is checked at once: no
 /// control character, and UTF-8 (simdutf8, in vector registers; it accepts what `from_utf8`
 /// accepts: RFC 3629, no overlongs, no surrogates, nothing above U+10FFFF). Every byte is
@@ -355,18 +357,16 @@ fn utf8(bytes: &[u8], at: usize) -> Option<usize> {
 fn text_run(bytes: &[u8], at: usize) -> Result<usize, Option<Open>> {
     let rest = bytes.get(at..).unwrap_or_default();
     let (mut len, mut cut) = (rest.len(), None);
-    // Where the escape before ends: a `"` or `\` before it is the escaped character.
-    let mut escaped_to = 0;
-    for stop in memchr::memchr2_iter(b'"', b'\\', rest) {
-        if stop < escaped_to {
-            continue;
-        }
+    // The search starts again past each escape: a `"` or `\` in it is the escaped character.
+    let mut from = 0;
+    while let Some(found) = byte_search::quote_or_backslash(rest.get(from..).unwrap_or_default()) {
+        let stop = from + found;
         if rest.get(stop) == Some(&b'"') {
             len = stop;
             break;
         }
         match escape_open(rest, stop)? {
-            Ok(end) => escaped_to = end,
+            Ok(end) => from = end,
             Err(open) => {
                 (len, cut) = (stop, Some(open));
                 break;

@@ -28,6 +28,8 @@
 //!   framer holds about the cap plus whatever chunks were pushed but not yet drained.
 
 use bytes::{Buf, Bytes, BytesMut};
+
+use crate::translate::byte_search;
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Range;
@@ -242,7 +244,7 @@ fn lines(buf: &[u8]) -> impl Iterator<Item = (usize, &[u8])> + Clone {
     let mut pos = 0;
     std::iter::from_fn(move || {
         let rest = buf.get(pos..).filter(|rest| !rest.is_empty())?;
-        let len = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
+        let len = byte_search::line_end(rest).unwrap_or(rest.len());
         let (line, tail) = rest.split_at(len);
         let ending = match tail {
             [b'\r', b'\n', ..] => 2,
@@ -365,7 +367,7 @@ impl Scanner {
                 if self.at_line_start {
                     self.line_starts(base + i);
                 }
-                i = memchr::memchr2(b'\n', b'\r', &buf[i..]).map_or(buf.len(), |n| i + n);
+                i = byte_search::line_end(&buf[i..]).map_or(buf.len(), |n| i + n);
                 continue;
             }
             if let Some(end) = self.step(i, b, base) {
