@@ -309,6 +309,49 @@ fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
     byte_search::quote_or_backslash(bytes.get(16..).unwrap_or_default()).map(|at| at + 16)
 }
 
+/// Where the string that `bytes` continues ends: `Ok` with its closing quote's offset, or
+/// `Err(open_escape)` when `bytes` ends first, `open_escape` when its last byte opens an escape.
+/// `bytes` starts where no escape is open (after the opening quote, an escape, or a piece's end
+/// outside one). Only quotes are looked for, for a string whose text is not kept: an escape
+/// matters there only where it is a quote, and a quote after an odd run of backslashes is
+/// text. (A search for quotes and backslashes both stopped at every escape, and real answers
+/// have one a line, markdown's line breaks: about 100 instructions each.) Each backslash is
+/// counted once at most: linear.
+fn closing_quote(bytes: &[u8]) -> Result<usize, bool> {
+    let odd_run_before = |from: usize, at: usize| {
+        let run = bytes.get(from..at).unwrap_or_default();
+        run.iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
+    };
+    let mut from = 0;
+    while let Some(found) = first_quote(bytes.get(from..).unwrap_or_default()) {
+        let at = from + found;
+        if !odd_run_before(from, at) {
+            return Ok(at);
+        }
+        from = at + 1;
+    }
+    Err(odd_run_before(from, bytes.len()))
+}
+
+/// The first `"` in `bytes`: the first sixteen bytes as two words, as in
+/// [`quote_or_backslash`], then [`byte_search`].
+#[inline(always)]
+fn first_quote(bytes: &[u8]) -> Option<usize> {
+    let Some(chunk) = bytes.first_chunk::<16>() else {
+        return bytes.iter().position(|&b| b == b'"');
+    };
+    let both = u128::from_le_bytes(*chunk);
+    let low = has_byte(both as u64, b'"');
+    if low != 0 {
+        return Some(low.trailing_zeros() as usize / 8);
+    }
+    let high = has_byte((both >> 64) as u64, b'"');
+    if high != 0 {
+        return Some(8 + high.trailing_zeros() as usize / 8);
+    }
+    byte_search::quote(bytes.get(16..).unwrap_or_default()).map(|at| at + 16)
+}
+
 /// The high bit of each byte of `word` that is `byte`: exact at the lowest one (a borrow
 /// flags only bytes above a byte that matched), which is the one [`quote_or_backslash`] takes.
 #[inline(always)]
@@ -567,18 +610,15 @@ impl UsageScan {
                     bytes = rest;
                     escaped = false;
                 }
-                match quote_or_backslash(bytes) {
-                    None => {
+                match closing_quote(bytes) {
+                    Ok(at) => {
+                        in_string = false;
+                        bytes = bytes.get(at + 1..).unwrap_or_default();
+                    }
+                    Err(open_escape) => {
+                        escaped = open_escape;
                         bytes = &[];
                         break;
-                    }
-                    Some(at) => {
-                        if bytes[at] == b'\\' {
-                            escaped = true;
-                        } else {
-                            in_string = false;
-                        }
-                        bytes = &bytes[at + 1..];
                     }
                 }
             } else {
@@ -1027,6 +1067,45 @@ mod tests {
             assert!(whole.as_ref().is_some_and(|r| r.usage.is_some()));
             for cut in 0..=body.len() {
                 assert_eq!(split(body, envelope, &[cut]), whole, "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_skipped_text_ends_at_the_first_quote_after_an_even_run_of_backslashes() {
+        // Texts inside `choices` (skipped): quotes after odd runs of backslashes (text), the
+        // closing quote after even ones, and escapes that are no quote. Cut anywhere, once and
+        // twice, the scan reads the usage after them, and what a scan of every byte reads.
+        let texts = [
+            r#"a\"b"#,
+            r#"\\\"b\\\\\"c"#,
+            r#"x\\"#,
+            r#"x\\\\"#,
+            r#"\\\\\\"#,
+            r#"line\nline\n\"quoted\"\t\u0022\\"#,
+            r#"\"\"\"\\\\\""#,
+            "",
+        ];
+        for text in texts {
+            let body = format!(
+                r#"{{"choices":[{{"message":{{"content":"{text}","role":"x"}}}}],"model":"m","usage":{{"prompt_tokens":7}}}}"#
+            );
+            let body = body.as_bytes();
+            assert!(serde_json::from_slice::<serde_json::Value>(body).is_ok(), "{text}");
+            let expected = report(
+                "m",
+                Some(Usage {
+                    prompt: Some(7),
+                    ..Usage::default()
+                }),
+            );
+            for first in 0..=body.len() {
+                for second in first..=body.len() {
+                    let cuts = [first, second];
+                    assert_eq!(split(body, false, &cuts), expected, "{text} cut at {cuts:?}");
+                    let (skipping, stepping) = with_and_without_skipping(body, false, &cuts);
+                    assert_eq!(skipping, stepping, "{text} cut at {cuts:?}");
+                }
             }
         }
     }
