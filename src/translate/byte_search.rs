@@ -2,10 +2,10 @@
 //! `\`), an event stream's next line ending. Each searcher is built once.
 //!
 //! `memchr::memchr2` picks its implementation through a function pointer and builds its
-//! vectors of the two bytes on every call (`memchr` likewise for one): about 35 of the ~80 instructions of a search over
-//! the few dozen bytes between two escapes of a text, or across one streamed event. Where the
-//! CPU has AVX2, the same search from a searcher built at the first use costs only the search;
-//! elsewhere it is `memchr2` as before.
+//! vectors of the two bytes on every call (`memchr` likewise for one): about 35 of the ~80
+//! instructions of a search over the few dozen bytes between two escapes of a text, or across
+//! one streamed event. Where the CPU has AVX2, the same search from a searcher built at the
+//! first use costs only the search; elsewhere it is `memchr2` (or `memchr`) as before.
 
 use std::sync::LazyLock;
 

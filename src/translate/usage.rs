@@ -1091,7 +1091,10 @@ mod tests {
                 r#"{{"choices":[{{"message":{{"content":"{text}","role":"x"}}}}],"model":"m","usage":{{"prompt_tokens":7}}}}"#
             );
             let body = body.as_bytes();
-            assert!(serde_json::from_slice::<serde_json::Value>(body).is_ok(), "{text}");
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(body).is_ok(),
+                "{text}"
+            );
             let expected = report(
                 "m",
                 Some(Usage {
@@ -1102,7 +1105,11 @@ mod tests {
             for first in 0..=body.len() {
                 for second in first..=body.len() {
                     let cuts = [first, second];
-                    assert_eq!(split(body, false, &cuts), expected, "{text} cut at {cuts:?}");
+                    assert_eq!(
+                        split(body, false, &cuts),
+                        expected,
+                        "{text} cut at {cuts:?}"
+                    );
                     let (skipping, stepping) = with_and_without_skipping(body, false, &cuts);
                     assert_eq!(skipping, stepping, "{text} cut at {cuts:?}");
                 }
