@@ -8,12 +8,13 @@
 //! `usage` members (inside `data` for an envelope, or inside the member where a custom
 //! envelope's template puts `$data`): a `"usage"` inside a string or inside a nested object is
 //! not the response's usage. A container that cannot hold either (an array, or an object under
-//! another name, like `choices`) is skipped: only its strings and brackets are looked for, with
-//! a search rather than a step per byte. It does not validate the JSON; it reports only a body
-//! whose top-level object closed and had nothing but whitespace after it, and nothing for a
-//! standard envelope that says `"success":false` (an error, whatever its status). Member names
-//! are matched as written: a name spelt with escapes (`"us\u0061ge"`) is not recognised, which
-//! no API does.
+//! another name, like `choices`) is skipped: only its brackets and its strings' ends are looked
+//! for (a string's closing quote by its quotes alone: an escape matters there only where it is
+//! a quote), with a search rather than a step per byte. It does not validate the JSON; it
+//! reports only a body whose top-level object closed and had nothing but whitespace after it,
+//! and nothing for a standard envelope that says `"success":false` (an error, whatever its
+//! status). Member names are matched as written: a name spelt with escapes (`"us\u0061ge"`)
+//! is not recognised, which no API does.
 //!
 //! Bodies the proxy reads whole anyway (translated ones) and single stream events use the same
 //! rules over the whole slice ([`UsageReport::of`], [`UsageReport::of_json`]), so every route
