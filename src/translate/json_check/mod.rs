@@ -323,16 +323,17 @@ fn escape(bytes: &[u8], at: usize) -> Option<usize> {
 }
 
 /// True when the four bytes of `word` are all hex digits (`0-9`, `a-f`, `A-F`), looked at
-/// together: a text written in `\u` escapes has four of them every six bytes. Each byte's test
-/// is a sum that cannot carry into the next byte once all four are ASCII: `+ 0x50` sets a
-/// byte's high bit from `0` up, `+ 0x46` from past `9`; the same for the letters in lower case.
+/// together: a text written in `\u` escapes has four of them every six bytes. Per byte, `+ 0x50`
+/// sets the high bit from `0` up and `+ 0x46` from past `9`; the same for the letters in lower
+/// case. A sum carries into the next byte only from a byte that is not ASCII, which fails its
+/// own test first, so the four pass exactly when every high bit comes out set.
 #[inline(always)]
 fn hex_digits(word: u32) -> bool {
     const HIGH: u32 = 0x8080_8080;
     let lower = word | 0x2020_2020;
     let digit = word.wrapping_add(0x5050_5050) & !word.wrapping_add(0x4646_4646);
     let letter = lower.wrapping_add(0x1f1f_1f1f) & !lower.wrapping_add(0x1919_1919);
-    word & HIGH == 0 && (digit | letter) & HIGH == HIGH
+    (digit | letter) & HIGH == HIGH
 }
 
 /// A run of escapes from the one at `at`: where the last one ends. Escapes come in runs: a
