@@ -175,6 +175,10 @@ fn bench_validate(c: &mut Criterion) {
             "64KiB-zh",
             bodies::completion(false, 64 << 10, bodies::CHINESE),
         ),
+        (
+            "64KiB-zh-ascii",
+            bodies::completion(false, 64 << 10, bodies::CHINESE_ASCII),
+        ),
     ] {
         assert!(serde_is_json(&body) && envelope::is_json(&body));
         group.throughput(Throughput::Bytes(body.len() as u64));

@@ -21,6 +21,7 @@
 //! | `…/json/<bytes>` | a bare chat completion of about that size |
 //! | `…/env/<bytes>` | the same inside a success envelope |
 //! | `…/zh/<bytes>` | a bare chat completion whose text is Chinese (three-byte characters, a `\n` escape a line) |
+//! | `…/zhu/<bytes>` | the same text as a serialiser that writes only ASCII writes it: every character a `\u` escape |
 //! | `…/sse/<events>/<bytes>/<gap_ms>` | a bare chat stream: `events` chunks of about `bytes` each, `gap_ms` apart (first one at once), then `[DONE]` |
 //! | `…/envsse/<events>/<bytes>/<gap_ms>` | the same with every chunk in a success envelope |
 //!
@@ -199,15 +200,16 @@ async fn serve(request: Request<Incoming>) -> Result<Response<UpBody>, Infallibl
     let num = |i: usize| -> Option<usize> { segments.get(i)?.parse().ok() };
     let at = segments
         .iter()
-        .position(|s| matches!(*s, "json" | "env" | "zh" | "sse" | "envsse"));
+        .position(|s| matches!(*s, "json" | "env" | "zh" | "zhu" | "sse" | "envsse"));
     let response = match at.map(|i| (segments[i], i)) {
-        Some(("json", i)) | Some(("env", i)) | Some(("zh", i)) => num(i + 1).map(|size| {
-            let body = cached(segments[i], size);
-            Response::builder()
-                .header("content-type", "application/json")
-                .body(UpBody::Full(Some(body)))
-                .expect("response")
-        }),
+        Some(("json", i)) | Some(("env", i)) | Some(("zh", i)) | Some(("zhu", i)) => num(i + 1)
+            .map(|size| {
+                let body = cached(segments[i], size);
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(UpBody::Full(Some(body)))
+                    .expect("response")
+            }),
         Some(("sse", i)) | Some(("envsse", i)) => match (num(i + 1), num(i + 2), num(i + 3)) {
             (Some(events), Some(size), Some(gap_ms)) => {
                 let envelope = segments[i] == "envsse";
@@ -241,11 +243,12 @@ thread_local! {
 }
 
 /// A chat completion of about `size` bytes (`size` ≥ ~300) of a `kind` the path names (`json`,
-/// `env` or `zh`), built once per thread.
+/// `env`, `zh` or `zhu`), built once per thread.
 fn cached(kind: &str, size: usize) -> Bytes {
     let (kind, envelope, text) = match kind {
         "env" => ("env", true, bodies::LATIN),
         "zh" => ("zh", false, bodies::CHINESE),
+        "zhu" => ("zhu", false, bodies::CHINESE_ASCII),
         _ => ("json", false, bodies::LATIN),
     };
     CACHE.with(|cache| {

@@ -10,6 +10,10 @@ pub const LATIN: &str = "lorem ipsum ";
 /// escape), as such answers come.
 pub const CHINESE: &str = "你好！这是一个关于代理服务器性能的测试，内容全部为中文。\\n";
 
+/// [`CHINESE`] as a serialiser that writes only ASCII writes it (Python's `json.dumps` by
+/// default): every character a `\u` escape.
+pub const CHINESE_ASCII: &str = "\\u4f60\\u597d\\uff01\\u8fd9\\u662f\\u4e00\\u4e2a\\u5173\\u4e8e\\u4ee3\\u7406\\u670d\\u52a1\\u5668\\u6027\\u80fd\\u7684\\u6d4b\\u8bd5\\uff0c\\u5185\\u5bb9\\u5168\\u90e8\\u4e3a\\u4e2d\\u6587\\u3002\\n";
+
 /// A bare chat completion of `size` bytes (at least ~300) whose content repeats `text`, cut to
 /// the size (never in half a character or an escape, padded with spaces), inside a success
 /// envelope when `envelope`.
@@ -28,8 +32,16 @@ pub fn completion(envelope: bool, size: usize, text: &str) -> Bytes {
         end -= 1;
     }
     content.truncate(end);
-    if content.ends_with('\\') {
-        content.pop();
+    // Not cut inside an escape: `\\n` is two bytes, `\\u` six.
+    if let Some(at) = content.rfind('\\') {
+        let whole = if content[at..].starts_with("\\u") {
+            6
+        } else {
+            2
+        };
+        if content.len() - at < whole {
+            content.truncate(at);
+        }
     }
     body.push_str(&content);
     body.push_str(&" ".repeat(fill - content.len()));
