@@ -1362,6 +1362,23 @@ mod tests {
         out
     }
 
+    /// Each of `faults` put into `valid` at `place`: checked whole, and cut at, after and past
+    /// it, as serde judges the whole.
+    fn faults_agree_with_serde(valid: &[u8], place: usize, faults: &[&[u8]]) {
+        for fault in faults {
+            let body = [&valid[..place], fault, &valid[place..]].concat();
+            let expected = oracle(&body);
+            assert_eq!(is_json(&body), expected, "{fault:02x?} at {place}");
+            for cut in [place, place + 1, place + fault.len()] {
+                assert_eq!(
+                    is_json_across(&pieces(&body, &[cut])),
+                    expected,
+                    "{fault:02x?} at {place}, cut at {cut}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn hex_digits_are_the_four_bytes_is_ascii_hexdigit_takes() {
         // Each byte's test is its own (no carry reaches the next once all four are ASCII, and
@@ -1406,18 +1423,7 @@ mod tests {
             b"\\x", b"\\u12G4", b"\\u12", b"\\", b"\x01", b"\"", b"\xc3(",
         ];
         for place in start..=end {
-            for fault in faults {
-                let body = [&valid[..place], fault, &valid[place..]].concat();
-                let expected = oracle(&body);
-                assert_eq!(is_json(&body), expected, "{fault:02x?} at {place}");
-                for cut in [place, place + 1, place + fault.len()] {
-                    assert_eq!(
-                        is_json_across(&pieces(&body, &[cut])),
-                        expected,
-                        "{fault:02x?} at {place}, cut at {cut}"
-                    );
-                }
-            }
+            faults_agree_with_serde(valid, place, &faults);
             // Every byte value in place of each byte of the run.
             if place < end {
                 for byte in 0..=255u8 {
@@ -1462,18 +1468,7 @@ mod tests {
             b"\xed\xa0\x80",
         ];
         for place in one_go..=end {
-            for fault in faults {
-                let body = [&valid[..place], fault, &valid[place..]].concat();
-                let expected = oracle(&body);
-                assert_eq!(is_json(&body), expected, "{fault:02x?} at {place}");
-                for cut in [place, place + 1, place + fault.len()] {
-                    assert_eq!(
-                        is_json_across(&pieces(&body, &[cut])),
-                        expected,
-                        "{fault:02x?} at {place}, cut at {cut}"
-                    );
-                }
-            }
+            faults_agree_with_serde(valid, place, &faults);
         }
         for at in start..=end {
             assert!(is_json_across(&pieces(valid, &[at])), "cut at {at}");
