@@ -1,5 +1,6 @@
-//! The long-string skip of the JSON check: how far a string's contents run in whole blocks of
-//! plain bytes, looked at a block at a time in vector registers.
+//! The JSON check's long texts, looked at a block at a time in vector registers: how far a
+//! string's contents run in whole blocks of plain bytes ([`plain`]), and where a text in
+//! another script stops ([`stops`], a mask of its quotes, backslashes and control characters).
 //!
 //! A completion's text is the one long string of most bodies, and at 64 KiB this loop was a
 //! third of a wrapped request's instructions. The release build targets any x86-64, whose
@@ -7,6 +8,10 @@
 //! decade), the same loop compiled for it takes 32 bytes a step, chosen once per long string by
 //! the standard library's cached CPU check. Other targets use the portable loop, which the
 //! compiler vectorises for their own registers (NEON on aarch64).
+//!
+//! The masks of [`stops`] need the vector instruction that makes a mask of a comparison
+//! (`pmovmskb`), which the compiler makes of no portable loop: they are written with the
+//! standard library's SSE2 and AVX2 intrinsics, and a word at a time on other targets.
 
 /// The bytes [`plain`] passes over at once when none of them is special.
 pub(super) const BLOCK: usize = 64;
@@ -19,6 +24,110 @@ pub(super) const BLOCK: usize = 64;
 #[inline(always)]
 pub(super) fn is_special(byte: u8) -> bool {
     (i8::from_ne_bytes([byte ^ 2]) < 0x21) | (byte == b'\\')
+}
+
+/// A byte a text in another script stops at (`text_end` in the parent module): `"`, `\` or a
+/// control character. Non-ASCII is no stop there: that text's UTF-8 is checked whole.
+#[inline(always)]
+pub(super) fn is_stop(byte: u8) -> bool {
+    (byte == b'"') | (byte == b'\\') | (byte < 0x20)
+}
+
+/// The bytes [`stops`] looks at together.
+pub(super) const LANES: usize = 64;
+
+/// The stops of `block` ([`is_stop`]) as a mask, bit `i` for byte `i`. `AVX2` is true only in
+/// code compiled for AVX2 and run where the CPU has it (`text_end_avx2` in the parent module).
+#[inline(always)]
+pub(super) fn stops<const AVX2: bool>(block: &[u8; LANES]) -> u64 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    return if AVX2 {
+        stops_avx2(block)
+    } else {
+        stops_sse2(block)
+    };
+    #[allow(unreachable_code)]
+    stops_portable(block)
+}
+
+/// [`stops`] in AVX2: two vectors of 32 bytes, the same steps as [`stops_sse2`].
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[allow(unsafe_code)]
+#[inline(always)]
+fn stops_avx2(block: &[u8; LANES]) -> u64 {
+    use std::arch::x86_64::{
+        __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_min_epu8, _mm256_movemask_epi8,
+        _mm256_or_si256, _mm256_set1_epi8, _mm256_xor_si256,
+    };
+    let mut mask = 0;
+    for (i, half) in block.chunks_exact(32).enumerate() {
+        // SAFETY: `stops::<true>`, the only caller, runs only in code compiled for AVX2 on a
+        // CPU found to have it (`text_end_avx2`); the load reads the 32 bytes of `half`.
+        let bits = unsafe {
+            let bytes = _mm256_loadu_si256(half.as_ptr().cast::<__m256i>());
+            let shifted = _mm256_xor_si256(bytes, _mm256_set1_epi8(2));
+            let control_or_quote =
+                _mm256_cmpeq_epi8(_mm256_min_epu8(shifted, _mm256_set1_epi8(0x20)), shifted);
+            let backslash = _mm256_cmpeq_epi8(bytes, _mm256_set1_epi8(b'\\' as i8));
+            _mm256_movemask_epi8(_mm256_or_si256(control_or_quote, backslash))
+        };
+        mask |= u64::from(bits as u32) << (32 * i);
+    }
+    mask
+}
+
+/// [`stops`] in SSE2, which every x86-64 has: four vectors of sixteen bytes, each made a mask
+/// of sixteen bits by one instruction (`pmovmskb`). The compiler makes no such mask of a
+/// portable loop (it shifts each byte's bit into place, some 40 instructions a vector).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[allow(unsafe_code)]
+#[inline(always)]
+fn stops_sse2(block: &[u8; LANES]) -> u64 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8, _mm_xor_si128,
+    };
+    let mut mask = 0;
+    for (i, sixteen) in block.chunks_exact(16).enumerate() {
+        // SAFETY: the intrinsics need SSE2, which this build targets (the `cfg` above: every
+        // x86-64 has it); the load reads the sixteen bytes of `sixteen`, unaligned loads allowed.
+        let bits = unsafe {
+            let bytes = _mm_loadu_si128(sixteen.as_ptr().cast::<__m128i>());
+            // `^ 2` takes `"` to 0x20 and keeps the control characters below it: one unsigned
+            // comparison (`min(x, 0x20) == x`) finds both, the non-ASCII bytes left out.
+            let shifted = _mm_xor_si128(bytes, _mm_set1_epi8(2));
+            let control_or_quote =
+                _mm_cmpeq_epi8(_mm_min_epu8(shifted, _mm_set1_epi8(0x20)), shifted);
+            let backslash = _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'\\' as i8));
+            _mm_movemask_epi8(_mm_or_si128(control_or_quote, backslash))
+        };
+        mask |= u64::from(bits as u16) << (16 * i);
+    }
+    mask
+}
+
+/// [`stops`] a word of eight bytes at a time, for other targets: exact for each byte (no sum
+/// carries from one byte into the next, as `x & 0x7f` plus at most 0x7f stays in its byte),
+/// and each word's high bits gathered into eight bits by one multiplication.
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
+#[inline(always)]
+fn stops_portable(block: &[u8; LANES]) -> u64 {
+    const ONES: u64 = u64::MAX / 0xff;
+    const LOW7: u64 = ONES * 0x7f;
+    // `x == 0` for each byte: the high bit of `!(((x & 0x7f) + 0x7f) | x)`.
+    let zero = |x: u64| !(((x & LOW7).wrapping_add(LOW7)) | x);
+    let mut mask = 0;
+    for (i, eight) in block.chunks_exact(8).enumerate() {
+        let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
+        // `x < 0x20`: the high bit of `!(((x & 0x7f) + 0x60) | x)`.
+        let control = !(((word & LOW7).wrapping_add(ONES * 0x60)) | word);
+        let flags =
+            (control | zero(word ^ (ONES * 0x22)) | zero(word ^ (ONES * 0x5c))) & (ONES << 7);
+        // The high bits, 8 apart, gathered into the top byte in order.
+        let bits = (flags >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56;
+        mask |= bits << (8 * i);
+    }
+    mask
 }
 
 /// How many bytes from the start of `bytes` lie in whole [`BLOCK`]s that hold no special byte
@@ -127,6 +236,63 @@ mod tests {
             let bytes = vec![b'~'; len];
             assert_eq!(plain(&bytes), len / BLOCK * BLOCK, "{len}");
             assert_eq!(plain_portable(&bytes), len / BLOCK * BLOCK, "{len}");
+        }
+    }
+
+    /// The mask [`stops`] must make, one byte at a time.
+    fn stops_reference(block: &[u8; LANES]) -> u64 {
+        let mut mask = 0;
+        for (i, &byte) in block.iter().enumerate() {
+            if byte == b'"' || byte == b'\\' || byte < 0x20 {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// `block`'s mask from every way of making it there is here.
+    fn stops_agree(block: &[u8; LANES]) {
+        let expected = stops_reference(block);
+        assert_eq!(stops::<false>(block), expected, "{block:02x?}");
+        assert_eq!(stops_portable(block), expected, "{block:02x?}");
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert_eq!(stops::<true>(block), expected, "{block:02x?}");
+        }
+    }
+
+    #[test]
+    fn every_bit_of_a_stop_mask_is_its_own_byte() {
+        // Every byte value at every place, among bytes of every kind: each bit is set for its
+        // own byte alone (a borrow or carry from a neighbour would set or clear another).
+        for filler in [
+            b'a', b' ', 0x7f, 0x80, 0xe4, 0xff, b'"', b'\\', 0x00, 0x1f, b'!', 0x5d,
+        ] {
+            for at in 0..LANES {
+                for byte in 0..=255u8 {
+                    let mut block = [filler; LANES];
+                    block[at] = byte;
+                    stops_agree(&block);
+                }
+            }
+        }
+        // Every pair of values side by side at the places where words and vectors meet.
+        for at in [0, 7, 15, 31, 47, 62] {
+            for first in 0..=255u8 {
+                for second in 0..=255u8 {
+                    let mut block = [b'x'; LANES];
+                    (block[at], block[at + 1]) = (first, second);
+                    stops_agree(&block);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn is_stop_is_quote_backslash_or_control() {
+        for byte in 0..=255u8 {
+            let expected = byte == b'"' || byte == b'\\' || byte < 0x20;
+            assert_eq!(is_stop(byte), expected, "{byte:02x}");
         }
     }
 

@@ -29,8 +29,6 @@ use std::ops::{Range, RangeInclusive};
 
 use bytes::Bytes;
 
-use crate::translate::byte_search;
-
 mod blocks;
 mod resume;
 
@@ -378,37 +376,23 @@ fn utf8(bytes: &[u8], at: usize) -> Option<usize> {
 ///
 /// A text in another script than Latin is mostly multi-byte characters, each of which stopped
 /// the scan for a check of its own (some fifty instructions a character: a 64 KiB Chinese
-/// body cost 50 times an English one). Here the escapes are looked for with [`byte_search`] and
-/// checked where they are, and the whole stretch up to the quote is checked at once: no
-/// control character, and UTF-8 (simdutf8, in vector registers; it accepts what `from_utf8`
+/// body cost 50 times an English one). Here the stretch up to the quote is looked at a block
+/// at a time for its quote, escapes and control characters ([`text_end`]), each escape checked
+/// where it is, and then checked as UTF-8 at once (simdutf8, in vector registers; it accepts what `from_utf8`
 /// accepts: RFC 3629, no overlongs, no surrogates, nothing above U+10FFFF). Every byte is
 /// looked at a bounded number of times: linear.
 #[inline(never)]
 fn text_run(bytes: &[u8], at: usize) -> Result<usize, Option<Open>> {
     let rest = bytes.get(at..).unwrap_or_default();
-    let (mut len, mut cut) = (rest.len(), None);
-    // The search starts again past each escape: a `"` or `\` in it is the escaped character.
-    let mut from = 0;
-    while let Some(found) = byte_search::quote_or_backslash(rest.get(from..).unwrap_or_default()) {
-        let stop = from + found;
-        if rest.get(stop) == Some(&b'"') {
-            len = stop;
-            break;
-        }
-        match escape_open(rest, stop)? {
-            Ok(end) => from = end,
-            Err(open) => {
-                (len, cut) = (stop, Some(open));
-                break;
-            }
-        }
-    }
-    // Escapes are ASCII above the control characters: checking them with the text changes
-    // nothing.
+    #[cfg(target_arch = "x86_64")]
+    let (len, cut) = if std::arch::is_x86_feature_detected!("avx2") {
+        text_end_avx2(rest)?
+    } else {
+        text_end::<false>(rest)?
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (len, cut) = text_end::<false>(rest)?;
     let text = rest.get(..len).unwrap_or_default();
-    if text.iter().fold(false, |any, &byte| any | (byte < 0x20)) {
-        return Err(None);
-    }
     if simdutf8::basic::from_utf8(text).is_ok() {
         return match cut {
             Some(open) => Err(Some(open)),
@@ -432,8 +416,95 @@ fn text_run(bytes: &[u8], at: usize) -> Result<usize, Option<Open>> {
     }))
 }
 
+/// Where a text that starts at `rest`'s start ends: at its closing quote, or at `rest`'s end
+/// (`Ok((len, None))`), or where `rest` ends inside an escape (`Ok((len, Some(open)))`, `len`
+/// at its backslash); `Err(None)` at a control character or a bad escape.
+///
+/// The text is looked at a block at a time as a mask of its stops (`"`, `\`, a control
+/// character; [`blocks::stops`]), and each escape is checked where its bit says: a search
+/// started again past each escape cost about 45 instructions of setup, and a text in another
+/// script has a line break every hundred bytes or so. Every byte is in one block or, in the
+/// last part block, looked at once: linear.
+#[inline(always)]
+fn text_end<const AVX2: bool>(rest: &[u8]) -> Result<(usize, Option<Open>), Option<Open>> {
+    let mut from = 0;
+    'blocks: while let Some(block) = rest.get(from..).and_then(<[u8]>::first_chunk) {
+        let mut mask = blocks::stops::<AVX2>(block);
+        while mask != 0 {
+            match text_stop(rest, from + mask.trailing_zeros() as usize)? {
+                TextStop::End(len, cut) => return Ok((len, cut)),
+                // The bits of the escape's own bytes are cleared (an escaped `"` or `\`).
+                TextStop::Past(end) if end - from < blocks::LANES => {
+                    mask &= u64::MAX << (end - from)
+                }
+                TextStop::Past(end) => {
+                    from = end;
+                    continue 'blocks;
+                }
+            }
+        }
+        from += blocks::LANES;
+    }
+    while let Some(offset) = rest
+        .get(from..)
+        .and_then(|tail| tail.iter().position(|&b| blocks::is_stop(b)))
+    {
+        match text_stop(rest, from + offset)? {
+            TextStop::End(len, cut) => return Ok((len, cut)),
+            TextStop::Past(end) => from = end,
+        }
+    }
+    Ok((rest.len(), None))
+}
+
+/// [`text_end`] compiled for AVX2, on a CPU that has it: its blocks' masks in two vectors each,
+/// not four.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline(never)]
+fn text_end_avx2(rest: &[u8]) -> Result<(usize, Option<Open>), Option<Open>> {
+    debug_assert!(std::arch::is_x86_feature_detected!("avx2"));
+    // SAFETY: `text_run`, the only caller, calls this only after
+    // `is_x86_feature_detected!("avx2")` said the CPU has AVX2, the one requirement of a
+    // `#[target_feature]` function; its body is `text_end`, whose AVX2 steps need it too.
+    unsafe { compiled_for_avx2(rest) }
+}
+
+/// [`text_end`] in a function the compiler may use AVX2 in.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2")]
+unsafe fn compiled_for_avx2(rest: &[u8]) -> Result<(usize, Option<Open>), Option<Open>> {
+    text_end::<true>(rest)
+}
+
+/// What a text's stop at `stop` is (see [`text_end`]).
+enum TextStop {
+    /// The text ends at this length; with an escape left open when `rest` cuts it.
+    End(usize, Option<Open>),
+    /// An escape, which ends here.
+    Past(usize),
+}
+
+/// The stop of a text at `stop`: its closing quote, an escape (whole or cut), or `Err(None)`
+/// for a control character or a bad escape.
+#[inline(always)]
+fn text_stop(rest: &[u8], stop: usize) -> Result<TextStop, Option<Open>> {
+    match rest.get(stop) {
+        Some(b'"') => Ok(TextStop::End(stop, None)),
+        Some(b'\\') => Ok(match escape_open(rest, stop)? {
+            Ok(end) => TextStop::Past(end),
+            Err(open) => TextStop::End(stop, Some(open)),
+        }),
+        _ => Err(None),
+    }
+}
+
 /// [`escape`] where `bytes` may end inside it: `Ok(Ok(end))`, `Ok(Err(open))` when cut (and
-/// what the rest must be), `Err(None)` when it is no escape.
+/// what the rest must be), `Err(None)` when it is no escape. In line: a text in another
+/// script has an escape every hundred bytes or so, and a call there cost the scan its vector
+/// registers.
+#[inline(always)]
 fn escape_open(bytes: &[u8], at: usize) -> Result<Result<usize, Open>, Option<Open>> {
     let Some(&kind) = bytes.get(at + 1) else {
         return Ok(Err(Open::Escape));
@@ -441,15 +512,19 @@ fn escape_open(bytes: &[u8], at: usize) -> Result<Result<usize, Open>, Option<Op
     match kind {
         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(Ok(at + 2)),
         b'u' => {
+            if let Some(hex) = bytes.get(at + 2..at + 6).and_then(<[u8]>::first_chunk) {
+                return if hex_digits(u32::from_le_bytes(*hex)) {
+                    Ok(Ok(at + 6))
+                } else {
+                    Err(None)
+                };
+            }
+            // Cut by the end of `bytes`: fewer than four digits.
             let hex = bytes.get(at + 2..).unwrap_or_default();
-            let hex = hex.get(..4).unwrap_or(hex);
             if !hex.iter().all(u8::is_ascii_hexdigit) {
                 return Err(None);
             }
-            match hex.len() {
-                4 => Ok(Ok(at + 6)),
-                n => Ok(Err(Open::Hex(4 - n as u8))),
-            }
+            Ok(Err(Open::Hex(4 - hex.len() as u8)))
         }
         _ => Err(None),
     }
@@ -1483,6 +1558,90 @@ mod tests {
         assert!(is_json_across(&pieces(valid, &bytes)));
         assert!(!is_json(&valid[..end]));
         assert!(!is_json_across(&pieces(&valid[..end], &[one_go])));
+    }
+
+    /// What [`text_end`] must say of `rest`, one byte at a time.
+    fn text_end_reference(rest: &[u8]) -> Result<(usize, Option<Open>), Option<Open>> {
+        let mut at = 0;
+        while let Some(&byte) = rest.get(at) {
+            match byte {
+                b'"' => return Ok((at, None)),
+                b'\\' => match escape_open(rest, at)? {
+                    Ok(end) => at = end,
+                    Err(open) => return Ok((at, Some(open))),
+                },
+                0..=0x1f => return Err(None),
+                _ => at += 1,
+            }
+        }
+        Ok((rest.len(), None))
+    }
+
+    /// `rest`'s end from each build of [`text_end`] there is here, and from the reference.
+    fn text_ends_agree(rest: &[u8]) {
+        let expected = text_end_reference(rest);
+        assert_eq!(text_end::<false>(rest), expected, "{rest:02x?}");
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            assert_eq!(text_end_avx2(rest), expected, "{rest:02x?}");
+        }
+    }
+
+    #[test]
+    fn a_text_ends_where_its_stops_say_at_any_place_of_its_blocks() {
+        // Three blocks and a part of Chinese text (three bytes a character), with each insert
+        // at every place: escapes that end inside their block, at its end and past it (the
+        // scan goes on from there), escaped quotes and backslashes (their bits cleared), the
+        // closing quote, a control character, bad escapes; each also cut at and after every
+        // byte of the insert, and at the blocks' ends.
+        let text = "中文字".repeat(24);
+        let inserts: [&[u8]; 14] = [
+            b"\\n",
+            b"\\\"",
+            b"\\\\",
+            b"\\\\\"",
+            b"\\u4e2d",
+            b"\\u4e2d\\n\\\"x",
+            b"\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n",
+            b"\"",
+            b"\x01",
+            b"\x1f",
+            b"\\x",
+            b"\\u12G4",
+            b"\\",
+            b"\\u12",
+        ];
+        for insert in inserts {
+            for place in 0..=text.len() {
+                let rest = [&text.as_bytes()[..place], insert, &text.as_bytes()[place..]].concat();
+                text_ends_agree(&rest);
+                // Cut at and around the insert, and at every block's end.
+                for cut in (place..place + insert.len() + 2).chain([63, 64, 65, 128, 192]) {
+                    text_ends_agree(rest.get(..cut).unwrap_or(&rest));
+                }
+            }
+        }
+        // Every byte value at every place of two blocks and a part of escapes.
+        let escapes = b"\\u00e9\\n".repeat(18);
+        for place in 0..escapes.len() {
+            for byte in 0..=255u8 {
+                let mut rest = escapes.clone();
+                rest[place] = byte;
+                text_ends_agree(&rest);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_text_of_stops_ends_where_one_byte_at_a_time_says(
+            rest in prop::collection::vec(
+                prop::sample::select(vec![b'"', b'\\', b'n', b'u', b'0', b'a', b'G', 0x01, 0xe4, 0xb8, b' ']),
+                0..300,
+            )
+        ) {
+            text_ends_agree(&rest);
+        }
     }
 
     #[test]
