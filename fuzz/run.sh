@@ -5,8 +5,9 @@
 #
 #   bash fuzz/run.sh [SECONDS] [TARGET...]     SECONDS: default 30; 0 = build only
 #
-# No sanitizer: envelope-proxy's only unsafe code is one call into code compiled for AVX2 behind
-# the CPU check (src/translate/json_check/blocks.rs), so the findings are panics (assertions,
+# No sanitizer: envelope-proxy's only unsafe code is in the JSON check's long texts
+# (src/translate/json_check): calls into code compiled for AVX2 behind the CPU check, and vector
+# loads of fixed-size blocks taken from a slice, so the findings are panics (assertions,
 # overflow and debug assertions, index errors), timeouts and memory blow-ups, which libFuzzer
 # reports without one. For AddressSanitizer use cargo fuzz (see docs/development.md, "Fuzzing").
 #

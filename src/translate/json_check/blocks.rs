@@ -61,8 +61,9 @@ fn stops_avx2(block: &[u8; LANES]) -> u64 {
     };
     let mut mask = 0;
     for (i, half) in block.chunks_exact(32).enumerate() {
-        // SAFETY: `stops::<true>`, the only caller, runs only in code compiled for AVX2 on a
-        // CPU found to have it (`text_end_avx2`); the load reads the 32 bytes of `half`.
+        // SAFETY: `stops::<true>`, the only caller, runs only where the CPU was found to have
+        // AVX2 (`text_end_avx2`, and the tests after the same check); the load reads the 32
+        // bytes of `half`.
         let bits = unsafe {
             let bytes = _mm256_loadu_si256(half.as_ptr().cast::<__m256i>());
             let shifted = _mm256_xor_si256(bytes, _mm256_set1_epi8(2));
@@ -121,9 +122,13 @@ fn stops_portable(block: &[u8; LANES]) -> u64 {
         let word = u64::from_le_bytes(eight.try_into().unwrap_or_default());
         // `x < 0x20`: the high bit of `!(((x & 0x7f) + 0x60) | x)`.
         let control = !(((word & LOW7).wrapping_add(ONES * 0x60)) | word);
-        let flags =
-            (control | zero(word ^ (ONES * 0x22)) | zero(word ^ (ONES * 0x5c))) & (ONES << 7);
-        // The high bits, 8 apart, gathered into the top byte in order.
+        let flags = (control
+            | zero(word ^ (ONES * u64::from(b'"')))
+            | zero(word ^ (ONES * u64::from(b'\\'))))
+            & (ONES << 7);
+        // The high bits, 8 apart, gathered into the top byte in order: bit `8j` times
+        // `2^(56 - 7k)` lands at `56 + j` for `k = j`, and every other pair at a bit of its own
+        // outside the top byte, so nothing carries.
         let bits = (flags >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56;
         mask |= bits << (8 * i);
     }
@@ -180,8 +185,8 @@ fn plain_portable(bytes: &[u8]) -> usize {
     bytes.len() - rest.len()
 }
 
-/// [`plain`] on a CPU that has AVX2: the crate's only `unsafe`, a call to code compiled for AVX2
-/// on a CPU just found to have it. Measured (BENCHMARKS.md, sixteenth step): the check of a
+/// [`plain`] on a CPU that has AVX2: a call to code compiled for AVX2 on a CPU just found to
+/// have it. Measured (BENCHMARKS.md, sixteenth step): the check of a
 /// 64 KiB English completion 41.7 k → 20.5 k instructions.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
