@@ -1505,6 +1505,38 @@ mod tests {
     }
 
     #[test]
+    fn a_run_of_unicode_escapes_is_read_to_the_end_of_its_last_whole_one() {
+        // Whatever follows a run (another escape, a bad or cut `\u`, text, the end), the run
+        // ends after its last whole `\u` escape: never short of it, never past it.
+        let escapes: [&[u8]; 4] = [b"\\u4f60", b"\\uABCD", b"\\u00e9", b"\\ufFfF"];
+        let after: [&[u8]; 9] = [
+            b"",
+            b"\\n\\u4f60",
+            b"\\u12G4",
+            b"\\u12",
+            b"\\U4f60",
+            b"\\",
+            b"\"",
+            b"x\\u4f60",
+            b"\xe4\xbd\xa0",
+        ];
+        for lead in [&b""[..], b"ab"] {
+            for run in 0..=5 {
+                for tail in after {
+                    let text: Vec<u8> = escapes
+                        .iter()
+                        .cycle()
+                        .take(run)
+                        .fold(lead.to_vec(), |text, escape| [&text[..], escape].concat());
+                    let end = text.len();
+                    let text = [&text[..], tail].concat();
+                    assert_eq!(unicode_escapes(&text, lead.len()), end, "{text:02x?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_run_of_escapes_is_checked_whole_and_cut_anywhere() {
         // A text in `\u` escapes (as Python writes one), then other escapes in a row and a
         // `\u` run that ends at the closing quote.
