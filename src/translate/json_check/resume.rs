@@ -115,29 +115,21 @@ impl EventChecks {
 fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
     let len = a.len().min(b.len());
     let (a, b) = (&a[..len], &b[..len]);
+    // Whole words of both, no bounds checked per word.
+    let ((a_words, a_rest), (b_words, b_rest)) = (a.as_chunks::<16>(), b.as_chunks::<16>());
     let mut at = 0;
-    while at + 16 <= len {
-        let (Some(x), Some(y)) = (word(a, at), word(b, at)) else {
-            break;
-        };
-        let differ = x ^ y;
+    for (x, y) in a_words.iter().zip(b_words) {
+        let differ = u128::from_le_bytes(*x) ^ u128::from_le_bytes(*y);
         if differ != 0 {
             return at + differ.trailing_zeros() as usize / 8;
         }
         at += 16;
     }
-    at + a[at..]
+    at + a_rest
         .iter()
-        .zip(&b[at..])
+        .zip(b_rest)
         .take_while(|(x, y)| x == y)
         .count()
-}
-
-/// The sixteen bytes of `bytes` from `at`, as a number whose lowest byte is the first.
-#[inline(always)]
-fn word(bytes: &[u8], at: usize) -> Option<u128> {
-    let chunk = bytes.get(at..)?.first_chunk::<16>()?;
-    Some(u128::from_le_bytes(*chunk))
 }
 
 /// Where a check starts: at the beginning, or at a noted point.

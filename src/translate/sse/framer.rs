@@ -171,6 +171,14 @@ impl SseEvent {
         self.is_done() && lines(body).filter(|(_, line)| !line.is_empty()).count() == 1
     }
 
+    /// True for the usual event: its first line is its one `data` line, and the blank line
+    /// follows it right away (`\n\n`). [`SseEvent::around_data`] would cut it into nothing
+    /// before the data and `\n\n` after it; this says so without cutting.
+    pub(crate) fn is_lone_data_line(&self) -> bool {
+        matches!(self.one_data_line, Some((line, value_end))
+            if line == self.start && self.raw.get(value_end..) == Some(&b"\n\n"[..]))
+    }
+
     /// The event around its `data` field, for rewriting the data while keeping every other
     /// line (`event:`, `id:`, `retry:`, comments, unknown fields) in order: `(before, after)`
     /// such that `before + "data: " + value + after` is this event with `value` as its data
@@ -737,6 +745,60 @@ mod tests {
         assert_eq!(around(b"event: e\n: c\n\n"), None);
     }
 
+    #[test]
+    fn the_usual_event_is_its_one_data_line_and_the_blank_line() {
+        let lone = |input: &[u8]| {
+            let mut framer = SseFramer::new(1024);
+            framer.push(Bytes::copy_from_slice(input));
+            // An event that ends in `\r` waits for the stream's end: a `\n` may follow.
+            let event = match framer.next_event().unwrap() {
+                Some(event) => event,
+                None => framer.finish().unwrap().unwrap(),
+            };
+            assert_eq!(
+                event.is_lone_data_line(),
+                lone_by_lines(&event),
+                "{input:?}"
+            );
+            event.is_lone_data_line()
+        };
+        for usual in [
+            &b"data: x\n\n"[..],
+            b"data:x\n\n",
+            b"data:\n\n",
+            b"\xEF\xBB\xBFdata: x\n\n",
+        ] {
+            assert!(lone(usual), "{usual:?}");
+        }
+        for other in [
+            &b"data: x\r\n\r\n"[..],
+            b"data: x\r\r",
+            b"data: x\n\r\n",
+            b"\ndata: x\n\n",
+            b": c\ndata: x\n\n",
+            b"data: x\nid: 1\n\n",
+            b"data: a\ndata: b\n\n",
+            b"event: e\n\n",
+        ] {
+            assert!(!lone(other), "{other:?}");
+        }
+    }
+
+    /// [`SseEvent::is_lone_data_line`] from the line-by-line reading: one data line, nothing
+    /// before it and the blank line right after.
+    fn lone_by_lines(event: &SseEvent) -> bool {
+        let body = event.raw.get(event.start..).unwrap_or_default();
+        let data_lines = lines(body).filter(|(_, l)| data_value(l).is_some()).count();
+        let slow = SseEvent {
+            one_data_line: None,
+            ..event.clone()
+        };
+        data_lines == 1
+            && slow
+                .around_data()
+                .is_some_and(|(before, after)| before.is_empty() && after == b"\n\n"[..])
+    }
+
     /// Where the scanner says the one non-empty line of each event of `chunks` lies, event by
     /// event (`None`: not one line, so the event is parsed line by line).
     fn one_lines(chunks: &[&[u8]]) -> Vec<Option<Range<usize>>> {
@@ -1094,6 +1156,7 @@ mod tests {
         for (event, expected) in events.iter().zip(expected) {
             assert_eq!(read(event), expected, "{:?}", event.raw());
             assert_eq!(reread(event), expected, "{:?}", event.raw());
+            assert_eq!(event.is_lone_data_line(), lone_by_lines(event));
         }
     }
 
@@ -1109,6 +1172,7 @@ mod tests {
             framer.push(Bytes::from(input));
             while let Ok(Some(event)) = framer.next_event() {
                 prop_assert_eq!(read(&event), reread(&event), "{:?}", event.raw());
+                prop_assert_eq!(event.is_lone_data_line(), lone_by_lines(&event));
             }
             if let Ok(Some(event)) = framer.finish() {
                 prop_assert_eq!(read(&event), reread(&event), "{:?}", event.raw());

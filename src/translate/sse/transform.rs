@@ -68,6 +68,8 @@ const WRAP_PREFIX: Bytes =
 const WRAP_CLOSE: Bytes = Bytes::from_static(b"}");
 /// The close of a wrapped event and its usual end, in one piece: one frame fewer per event.
 const WRAP_SUFFIX: Bytes = Bytes::from_static(b"}\n\n");
+/// The usual end of an event, after its `data` line.
+const EVENT_END: Bytes = Bytes::from_static(b"\n\n");
 
 impl EventMode {
     /// The mode for the standard envelope on both sides.
@@ -230,6 +232,15 @@ fn rewrite(
     close: Option<(Bytes, Bytes)>,
     out: &mut VecDeque<Bytes>,
 ) {
+    // The usual event: its pieces alone, nothing cut from the event (each cut is a `Bytes`
+    // counted up and down again).
+    if event.is_lone_data_line() {
+        let [prefix, value] = value;
+        out.push_back(prefix);
+        out.push_back(value);
+        out.push_back(close.map_or(EVENT_END, |(_, close_end)| close_end));
+        return;
+    }
     // `apply` rewrites only events with data, which always have a `data` line.
     let Some((before, after)) = event.around_data() else {
         out.push_back(event.raw().clone());
