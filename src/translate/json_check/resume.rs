@@ -115,11 +115,15 @@ impl EventChecks {
 fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
     let len = a.len().min(b.len());
     let (a, b) = (&a[..len], &b[..len]);
-    // Whole words of both, no bounds checked per word.
-    let ((a_words, a_rest), (b_words, b_rest)) = (a.as_chunks::<16>(), b.as_chunks::<16>());
+    // Whole words of both, sixteen bytes each by construction: no bounds checked per word.
+    let (a_words, b_words) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (a_rest, b_rest) = (a_words.remainder(), b_words.remainder());
     let mut at = 0;
-    for (x, y) in a_words.iter().zip(b_words) {
-        let differ = u128::from_le_bytes(*x) ^ u128::from_le_bytes(*y);
+    for (x, y) in a_words.zip(b_words) {
+        let (Ok(x), Ok(y)) = (<[u8; 16]>::try_from(x), <[u8; 16]>::try_from(y)) else {
+            break;
+        };
+        let differ = u128::from_le_bytes(x) ^ u128::from_le_bytes(y);
         if differ != 0 {
             return at + differ.trailing_zeros() as usize / 8;
         }
