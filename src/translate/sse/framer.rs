@@ -784,19 +784,12 @@ mod tests {
         }
     }
 
-    /// [`SseEvent::is_lone_data_line`] from the line-by-line reading: one data line, nothing
-    /// before it and the blank line right after.
+    /// [`SseEvent::is_lone_data_line`] from the line-by-line reading ([`reread`]): a data line
+    /// and no other, nothing before it and the blank line right after.
     fn lone_by_lines(event: &SseEvent) -> bool {
-        let body = event.raw.get(event.start..).unwrap_or_default();
-        let data_lines = lines(body).filter(|(_, l)| data_value(l).is_some()).count();
-        let slow = SseEvent {
-            one_data_line: None,
-            ..event.clone()
-        };
-        data_lines == 1
-            && slow
-                .around_data()
-                .is_some_and(|(before, after)| before.is_empty() && after == b"\n\n"[..])
+        let (_, _, around, several_data_lines) = reread(event);
+        !several_data_lines
+            && around.is_some_and(|(before, after)| before.is_empty() && after == b"\n\n"[..])
     }
 
     /// Where the scanner says the one non-empty line of each event of `chunks` lies, event by
