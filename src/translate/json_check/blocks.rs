@@ -1,6 +1,7 @@
 //! The JSON check's long texts, looked at a block at a time in vector registers: how far a
-//! string's contents run in whole blocks of plain bytes ([`plain`]), and where a text in
-//! another script stops ([`stops`], a mask of its quotes, backslashes and control characters).
+//! string's contents run in whole blocks of plain bytes ([`plain`]), where a text in another
+//! script stops ([`stops`], a mask of its quotes, backslashes and control characters), and how
+//! far a text written in `\u` escapes runs ([`unicode_run`]).
 //!
 //! A completion's text is the one long string of most bodies, and at 64 KiB this loop was a
 //! third of a wrapped request's instructions. The release build targets any x86-64, whose
@@ -9,9 +10,10 @@
 //! the standard library's cached CPU check. Other targets use the portable loop, which the
 //! compiler vectorises for their own registers (NEON on aarch64).
 //!
-//! The masks of [`stops`] need the vector instruction that makes a mask of a comparison
-//! (`pmovmskb`), which the compiler makes of no portable loop: they are written with the
-//! standard library's SSE2 and AVX2 intrinsics, and a word at a time on other targets.
+//! The masks of [`stops`] and [`unicode_run`] need the vector instruction that makes a mask of
+//! a comparison (`pmovmskb`), which the compiler makes of no portable loop: they are written
+//! with the standard library's SSE2 and AVX2 intrinsics. On other targets [`stops`] reads a
+//! word at a time, and [`unicode_run`] leaves the run to its caller's word-at-a-time read.
 
 /// The bytes [`plain`] passes over at once when none of them is special.
 pub(super) const BLOCK: usize = 64;
@@ -137,10 +139,12 @@ fn stops_portable(block: &[u8; LANES]) -> u64 {
 
 /// The bytes of ten `\u` escapes: what [`unicode_run`] takes a block at a time. A block of
 /// [`LANES`] bytes holds ten whole escapes and the start of an eleventh.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 const TEN_ESCAPES: usize = 60;
 
 /// A block of `\u` escapes from its start, byte by byte: `\` and `u` where each escape starts,
 /// and `0` (one of the hex digits) in the places of its digits.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 const ESCAPES_BLOCK: [u8; LANES] = {
     let mut block = [b'0'; LANES];
     let mut at = 0;
@@ -153,6 +157,7 @@ const ESCAPES_BLOCK: [u8; LANES] = {
 };
 
 /// The places of the hex digits in [`ESCAPES_BLOCK`], bit `i` for byte `i`.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 const HEX_PLACES: u64 = {
     let mut places = 0;
     let mut at = 0;
@@ -473,6 +478,7 @@ mod tests {
     }
 
     /// The mask [`escape_places`] must make, one byte at a time.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     fn escape_places_reference(block: &[u8; LANES]) -> u64 {
         let mut places = 0;
         for (i, &byte) in block.iter().enumerate() {
@@ -528,6 +534,7 @@ mod tests {
     }
 
     /// How many bytes from the start of `bytes` are whole `\u` escapes, one at a time.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     fn unicode_run_reference(bytes: &[u8]) -> usize {
         bytes
             .chunks_exact(6)
@@ -539,14 +546,10 @@ mod tests {
     /// [`unicode_run`] of `bytes` from every build here: the run one at a time, but no further
     /// than the blocks of ten it looks at (from the start, while a whole block is left).
     fn unicode_runs_agree(bytes: &[u8]) {
-        let blocks = if bytes.len() < LANES {
-            0
-        } else {
-            (bytes.len() - LANES) / TEN_ESCAPES + 1
-        };
-        let expected = unicode_run_reference(bytes).min(blocks * TEN_ESCAPES);
         #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
         {
+            let blocks = bytes.len().saturating_sub(LANES - TEN_ESCAPES) / TEN_ESCAPES;
+            let expected = unicode_run_reference(bytes).min(blocks * TEN_ESCAPES);
             assert_eq!(unicode_run(bytes), expected, "{bytes:02x?}");
             assert_eq!(unicode_run_in::<false>(bytes), expected, "{bytes:02x?}");
         }
