@@ -194,12 +194,12 @@ pub(super) fn unicode_run(bytes: &[u8]) -> usize {
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline(always)]
 fn unicode_run_in<const AVX2: bool>(bytes: &[u8]) -> usize {
-    const TEN: u64 = (1 << TEN_ESCAPES) - 1;
     let mut taken = 0;
     while let Some(block) = bytes.get(taken..).and_then(<[u8]>::first_chunk) {
-        let wrong = !escape_places::<AVX2>(block) & TEN;
+        let wrong = !escape_places::<AVX2>(block);
         if wrong != 0 {
-            // The escapes before the first wrong byte's are whole.
+            // The escapes before the first wrong byte's are whole. (One in the eleventh
+            // escape's first four bytes ends the run after the tenth, as the next block would.)
             return taken + wrong.trailing_zeros() as usize / 6 * 6;
         }
         taken += TEN_ESCAPES;
