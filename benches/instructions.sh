@@ -22,7 +22,9 @@ if ((SMOKE)); then
 else
   PROFILE_DIR=target/release BUILD_FLAGS=(--release) N=${N:-1000}
   WORKLOADS=${WORKLOADS:-"1k-wrap:/api/v1/bench/json/1024 1k-pass:/v1/bench/json/1024 \
-64k-wrap:/api/v1/bench/json/65536 64k-pass:/v1/bench/json/65536 zh64k-wrap:/api/v1/bench/zh/65536 \
+64k-wrap:/api/v1/bench/json/65536 64k-pass:/v1/bench/json/65536 \
+zh64k-wrap:/api/v1/bench/zh/65536 zh64k-pass:/v1/bench/zh/65536 \
+zhu64k-wrap:/api/v1/bench/zhu/65536 zhu64k-pass:/v1/bench/zhu/65536 \
 sse-wrap:/api/v1/bench/sse/200/300/0 sse-pass:/v1/bench/sse/200/300/0 \
 sse-unwrap:/v1/bench/envsse/200/300/0:envelope"}
 fi
