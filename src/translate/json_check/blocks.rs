@@ -174,7 +174,8 @@ const HEX_PLACES: u64 = {
 /// multiple of six). A text in another script from a serialiser that writes only ASCII is
 /// nothing but these, and one at a time each cost 21 instructions; here ten are looked at
 /// together, in vectors. It stops where fewer than [`LANES`] bytes are left: the caller reads
-/// the rest one escape at a time. Other targets than x86-64 leave the whole run to it.
+/// the rest one escape at a time. On other targets than x86-64 it takes none: the caller reads
+/// the whole run.
 #[inline(never)]
 pub(super) fn unicode_run(bytes: &[u8]) -> usize {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]

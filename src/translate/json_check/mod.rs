@@ -329,8 +329,9 @@ fn escape(bytes: &[u8], at: usize) -> Option<usize> {
 /// Past a `\u` escape, at `at`: where the run of `\u` escapes that follows ends. Each is read as
 /// two words, its `\u` and its four hex digits, without the general escape's dispatch: a text in
 /// another script from a serialiser that writes only ASCII is nothing but these, and the
-/// dispatch cost 37 instructions an escape. A run that goes on past [`ESCAPES_ONE_BY_ONE`] is
-/// such a text, and the rest of it is looked at ten escapes at a time ([`blocks::unicode_run`]).
+/// dispatch cost 37 instructions an escape. A run that goes on past the escapes read one at a
+/// time ([`ESCAPES_ONE_BY_ONE`]) is such a text, and the rest of it is looked at ten escapes at
+/// a time ([`blocks::unicode_run`]).
 /// Any other escape, or a `\u` cut by the end of `bytes`, is left to the caller.
 #[inline(never)]
 fn unicode_escapes(bytes: &[u8], mut at: usize) -> usize {
