@@ -563,20 +563,8 @@ mod tests {
         // Runs of every length to past four blocks, then whatever may follow one, and a few
         // bytes more or less: the run ends after its last whole escape, never short of it
         // within the blocks looked at, never past it.
-        let after: [&[u8]; 10] = [
-            b"",
-            b"\\n\\u4f60",
-            b"\\u12G4",
-            b"\\u12",
-            b"\\U4f60",
-            b"\\",
-            b"\"",
-            b"x\\u4f60",
-            b"\xe4\xbd\xa0",
-            b"\\u004",
-        ];
         for count in 0..=45 {
-            for tail in after {
+            for tail in super::super::tests::AFTER_A_RUN {
                 for extra in 0..8 {
                     let text =
                         [&unicode_escapes_text(count)[..], tail, &vec![b'0'; extra]].concat();

@@ -1522,26 +1522,29 @@ mod tests {
         }
     }
 
+    /// What may follow a run of `\u` escapes: another escape, a bad or cut `\u`, text, the end.
+    pub(super) const AFTER_A_RUN: [&[u8]; 10] = [
+        b"",
+        b"\\n\\u4f60",
+        b"\\u12G4",
+        b"\\u12",
+        b"\\u004",
+        b"\\U4f60",
+        b"\\",
+        b"\"",
+        b"x\\u4f60",
+        b"\xe4\xbd\xa0",
+    ];
+
     #[test]
     fn a_run_of_unicode_escapes_is_read_to_the_end_of_its_last_whole_one() {
         // Whatever follows a run (another escape, a bad or cut `\u`, text, the end), the run
         // ends after its last whole `\u` escape: never short of it, never past it.
         let escapes: [&[u8]; 4] = [b"\\u4f60", b"\\uABCD", b"\\u00e9", b"\\ufFfF"];
-        let after: [&[u8]; 9] = [
-            b"",
-            b"\\n\\u4f60",
-            b"\\u12G4",
-            b"\\u12",
-            b"\\U4f60",
-            b"\\",
-            b"\"",
-            b"x\\u4f60",
-            b"\xe4\xbd\xa0",
-        ];
         // Past two escapes the rest of a run is read in blocks of ten: runs to past three.
         for lead in [&b""[..], b"ab"] {
             for run in 0..=40 {
-                for tail in after {
+                for tail in AFTER_A_RUN {
                     let text: Vec<u8> = escapes
                         .iter()
                         .cycle()
@@ -1564,7 +1567,13 @@ mod tests {
         let valid = valid.as_bytes();
         assert!(oracle(valid) && is_json(valid));
         let start = valid.iter().position(|&b| b == b'\\').unwrap();
-        for place in start..start + text.len() {
+        every_byte_in_place_and_every_cut(valid, start..start + text.len());
+    }
+
+    /// Every byte value in each of `places` of `valid` checked as serde checks it, and `valid`
+    /// cut at every place checked valid.
+    fn every_byte_in_place_and_every_cut(valid: &[u8], places: Range<usize>) {
+        for place in places {
             for byte in 0..=255u8 {
                 let mut body = valid.to_vec();
                 body[place] = byte;
@@ -1591,19 +1600,8 @@ mod tests {
         ];
         for place in start..=end {
             faults_agree_with_serde(valid, place, &faults);
-            // Every byte value in place of each byte of the run.
-            if place < end {
-                for byte in 0..=255u8 {
-                    let mut body = valid.to_vec();
-                    body[place] = byte;
-                    assert_eq!(is_json(&body), oracle(&body), "{byte:02x} at {place}");
-                }
-            }
         }
-        // Whole and cut at every place, valid.
-        for cut in 0..=valid.len() {
-            assert!(is_json_across(&pieces(valid, &[cut])), "cut at {cut}");
-        }
+        every_byte_in_place_and_every_cut(valid, start..end);
     }
 
     #[test]
