@@ -25,6 +25,8 @@ use crate::translate::template::{Envelopes, ErrorTemplate, Preset, SideFlags, Su
 pub struct Config {
     /// Address to serve on: IP:PORT, [IPv6]:PORT or unix:/path. Repeat the flag for several;
     /// in the environment variable, separate them with commas. Ignored under socket activation.
+    // The text is `--help`'s, where `[IPv6]` is read as written, not as a link to an item.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(
         long,
         env = "ENVELOPE_PROXY_LISTEN",
