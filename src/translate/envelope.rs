@@ -123,31 +123,25 @@ pub fn classify_in<'a>(body: &'a [u8], checks: Option<&mut EventChecks>) -> Clas
             Classified::NotJson
         };
     }
-    let mut values: [Option<RawJson<'_>>; 6] = [None; 6];
-    let mut seen = [false; 6];
-    let mut duplicate = None;
-    let mut names_ok = true;
-    let note_member = |key: &'a [u8], value| {
-        let index = match member_index(key) {
-            Some(i) => Some(i),
-            // Not a name of ours, or one spelt with escapes: serde decoded every name.
-            None if key.contains(&b'\\') => match unescape_name(key) {
-                Some(name) => NAMES.iter().position(|n| *n == name),
-                None => {
-                    names_ok = false;
-                    None
-                }
-            },
-            None => None,
-        };
-        if let Some(i) = index {
-            note(i, &mut seen, &mut duplicate, &mut values, body, value);
-        }
+    let mut noted = Noted {
+        body,
+        values: [None; 6],
+        seen: [false; 6],
+        duplicate: None,
+        names_ok: true,
     };
+    let note_member = |key: &'a [u8], value| noted.member(key, value);
     let json = match checks {
         Some(checks) => checks.object_members(body, note_member),
         None => json_check::object_members(body, note_member),
     };
+    let Noted {
+        values,
+        seen,
+        duplicate,
+        names_ok,
+        ..
+    } = noted;
     if !json || !names_ok {
         return Classified::NotJson;
     }
@@ -178,22 +172,43 @@ pub fn classify_in<'a>(body: &'a [u8], checks: Option<&mut EventChecks>) -> Clas
     })
 }
 
-/// Member `i` of [`NAMES`] has the value at `value` in `body`: kept the first time, the first
-/// name seen twice noted.
-fn note<'a>(
-    i: usize,
-    seen: &mut [bool; 6],
-    duplicate: &mut Option<&'static str>,
-    values: &mut [Option<RawJson<'a>>; 6],
+/// The envelope's members an object's check has handed over so far.
+struct Noted<'a> {
     body: &'a [u8],
-    value: std::ops::Range<usize>,
-) {
-    if std::mem::replace(&mut seen[i], true) {
-        duplicate.get_or_insert(NAMES[i]);
-        return;
+    values: [Option<RawJson<'a>>; 6],
+    seen: [bool; 6],
+    /// The first name seen twice.
+    duplicate: Option<&'static str>,
+    /// False once a name's escapes did not decode.
+    names_ok: bool,
+}
+
+impl<'a> Noted<'a> {
+    /// The member named `key` has the value at `value`: one of ours is kept the first time.
+    #[inline(always)]
+    fn member(&mut self, key: &'a [u8], value: std::ops::Range<usize>) {
+        let index = match member_index(key) {
+            Some(i) => i,
+            // Not a name of ours, or one spelt with escapes: serde decoded every name.
+            None if key.contains(&b'\\') => match unescape_name(key) {
+                Some(name) => match NAMES.iter().position(|n| *n == name) {
+                    Some(i) => i,
+                    None => return,
+                },
+                None => {
+                    self.names_ok = false;
+                    return;
+                }
+            },
+            None => return,
+        };
+        if std::mem::replace(&mut self.seen[index], true) {
+            self.duplicate.get_or_insert(NAMES[index]);
+            return;
+        }
+        // Text: the checker read it as JSON in UTF-8 (and the verdict counts only then).
+        self.values[index] = self.body.get(value).map(RawJson);
     }
-    // Text: the checker read it as JSON in UTF-8 (and the verdict counts only then).
-    values[i] = body.get(value).map(RawJson);
 }
 
 /// The index in [`NAMES`] of a member name as written, without escapes.
