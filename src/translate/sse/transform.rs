@@ -344,13 +344,16 @@ pub fn bare_event(data: &[u8], checks: &mut EventChecks) -> BareEvent {
         };
     }
     let (mut errors, mut null_error, mut escaped) = (0usize, false, false);
-    let json = checks.object_members(data, |key, value| {
-        if key == b"error" {
+    let json = checks.object_members(data, |key, value| match key.len() {
+        5 if key == b"error" => {
             errors += 1;
             null_error = data.get(value) == Some(b"null".as_slice());
-        } else if has_escape(key) {
-            escaped = true;
         }
+        // A name with escapes matters to serde when it may decode to `error` (ten bytes at
+        // least, `\u0065rror`) or fail to decode (a lone surrogate, six bytes); a shorter one
+        // holds only two-byte escapes, which decode, and to no letter of `error`.
+        6.. if has_escape(key) => escaped = true,
+        _ => {}
     });
     let error = if json && !escaped {
         // serde's probe: `error` once (twice is an error to it), and not null (`None`).
@@ -992,7 +995,7 @@ mod tests {
     #[test]
     fn bare_events_are_read_in_one_pass_as_the_two_checks_read_them() {
         use BareEvent::{Error, Json, NotJson};
-        let cases: [(&[u8], BareEvent); 17] = [
+        let cases: [(&[u8], BareEvent); 19] = [
             (br#"{"error":{"message":"m"}}"#, Error),
             (br#" {"id":"c","error":"x"} "#, Error),
             (br#"{"choices":[{"delta":{"content":"\"error\""}}]}"#, Json),
@@ -1005,6 +1008,9 @@ mod tests {
             (br#"{"\u0065rror":{},"x":["error"]}"#, Error),
             (br#"{"\u0065rror":{}}"#, Json),
             (br#"{"\ud800":1,"error":{}}"#, Json),
+            // Shorter names hold only two-byte escapes, which serde decodes.
+            (br#"{"\n":1,"error":{}}"#, Error),
+            (br#"{"\/\"":{},"error":null}"#, Json),
             // Invalid UTF-8 in a value: not JSON, but serde's probe reads it as an error.
             (b"{\"error\":{\"message\":\"\xff\"}}", Error),
             (b"{\"x\":\"\xff\"}", NotJson),
