@@ -31,7 +31,9 @@
 #                                   interleaved, while the kernel traces their syscalls; each
 #                                   server's wake, request (client read -> upstream write) and
 #                                   response (upstream read -> client write) phases, medians
-#                                   (benches/tools/cold_phases.py). Needs root and tracefs
+#                                   (benches/tools/cold_phases.py). Needs root and tracefs.
+#                                   COLD_ROUTES="v1 api/v1" asks the builds on those routes, in
+#                                   order (default: v1 for every build)
 #
 # PROXY_BIN=path runs another build (for an A/B); SERVER_CPU/LOAD_CPU pin as in load.sh.
 set -euo pipefail
@@ -188,12 +190,15 @@ cold)
   n=${2:-300}
   builds=("${@:3}")
   ((${#builds[@]})) || builds=("$PROXY_BIN")
+  # The route each build is asked on, in order (default v1 for all): COLD_ROUTES="v1 api/v1"
+  # with one build named twice compares passing through and wrapping on one build.
+  read -r -a routes <<<"${COLD_ROUTES:-}"
   stream=bench/sse/5/300/2
   urls=("$UP/v1/$stream") names=(direct) servers=()
   for i in "${!builds[@]}"; do
     PROXY_BIN=${builds[$i]} start_proxy "c$i" 1 "$SERVER_CPU"
     pid=PID_c$i port=PORT_c$i
-    urls+=("http://127.0.0.1:${!port}/v1/$stream") names+=("build$i")
+    urls+=("http://127.0.0.1:${!port}/${routes[$i]:-v1}/$stream") names+=("build$i")
     servers+=("build$i ${!pid}")
   done
   if command -v nginx >/dev/null; then
@@ -246,7 +251,7 @@ cold)
   python3 benches/tools/cold_phases.py "$OUT/trace.txt" "$OUT/threads"
   ;;
 *)
-  sed -n '2,36p' "$0" >&2
+  sed -n '2,38p' "$0" >&2
   exit 2
   ;;
 esac
