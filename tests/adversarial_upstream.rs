@@ -482,6 +482,65 @@ async fn a_gzip_event_stream_on_a_same_dialect_route_passes_untouched() {
     assert_eq!(received, first_part);
 }
 
+/// `{"data":` nested 200,000 deep (1.8 MB, under the default event limit of 4 MiB) around a
+/// chunk with content: the event the proxy looks into for the first token. It overflowed a
+/// worker's stack and aborted the proxy (the look went one level deeper per `data`).
+fn deeply_nested_event() -> Vec<u8> {
+    let depth = 200_000;
+    let mut event = b"data: ".to_vec();
+    event.extend(b"{\"data\":".repeat(depth));
+    event.extend(br#"{"choices":[{"delta":{"content":"Hi"}}]}"#);
+    event.extend(b"}".repeat(depth));
+    event.extend(b"\n\n");
+    event
+}
+
+#[tokio::test]
+async fn a_deeply_nested_event_passes_whole_and_the_proxy_keeps_serving() {
+    let deep = deeply_nested_event();
+    let token = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n".to_vec();
+    let done = b"data: [DONE]\n\n".to_vec();
+    // The first stream has a chunk with content after the nested event; the second does not.
+    let streams = [
+        [deep.clone(), token, done.clone()].concat(),
+        [deep, done].concat(),
+    ];
+    let scripted = streams.clone();
+    let up = RawUpstream::start_with(move |n| {
+        let mut bytes = head(
+            "200 OK",
+            &[
+                ("content-type", "text/event-stream"),
+                ("transfer-encoding", "chunked"),
+                ("connection", "close"),
+            ],
+        );
+        bytes.extend(chunk(&scripted[n.min(1)]));
+        bytes.extend_from_slice(LAST_CHUNK);
+        vec![Step::ReadRequest, Step::send(bytes), Step::Close]
+    })
+    .await;
+    let proxy = proxy_for(&up, "bare").await;
+
+    for (id, stream) in ["deep-then-token", "deep-only"].into_iter().zip(&streams) {
+        let got = post(&proxy, "/v1/chat/completions", id).await;
+        assert_eq!(got.status, StatusCode::OK, "{id}");
+        assert_eq!(
+            got.body(),
+            &stream[..],
+            "{id}: passed through byte for byte"
+        );
+        let line = access_line(id).await;
+        assert_eq!(line["outcome"], "ok", "{id}");
+        // The nested chunk's content is no first token; the later chunk's is.
+        assert_eq!(
+            line["ttft_ms"].is_number(),
+            id == "deep-then-token",
+            "{id}: {line}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_gzip_html_502_never_reaches_a_bare_client() {
     let html = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";

@@ -505,6 +505,15 @@ fn may_hold_first_token(data: &[u8]) -> bool {
 /// non-empty `content`, `reasoning_content`, `refusal` or `tool_calls`. A substring check
 /// first; only candidates are parsed (borrowed, nothing copied).
 fn has_first_token(data: &[u8]) -> bool {
+    first_token_in(data, true)
+}
+
+/// [`has_first_token`], looking into the chunk's `data` member only when `payload` (an
+/// envelope's payload is a bare chunk: its own `data` is not looked into). One level, not
+/// one per nesting: each level parses what it holds again, so an event of `{"data":`
+/// nested a hundred thousand deep would take time quadratic in its size, and a recursion
+/// that deep overflows the worker's stack, which aborts the whole proxy.
+fn first_token_in(data: &[u8], payload: bool) -> bool {
     #[derive(Deserialize)]
     struct Chunk<'a> {
         #[serde(borrow, default)]
@@ -540,8 +549,8 @@ fn has_first_token(data: &[u8]) -> bool {
     let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
         return false;
     };
-    if let Some(inner) = chunk.data {
-        if has_first_token(inner.get().as_bytes()) {
+    if let Some(inner) = chunk.data.filter(|_| payload) {
+        if first_token_in(inner.get().as_bytes(), false) {
             return true;
         }
     }
@@ -976,9 +985,32 @@ mod tests {
                 r#"{"success":true,"code":"200","data":{"choices":[{"delta":{"content":"Hi"}}]}}"#,
                 true,
             ),
+            // A payload's own `data` is not looked into.
+            (
+                r#"{"data":{"data":{"choices":[{"delta":{"content":"Hi"}}]}}}"#,
+                false,
+            ),
+            (
+                r#"{"data":{"data":{},"choices":[{"delta":{"content":"Hi"}}]}}"#,
+                true,
+            ),
         ] {
             assert_eq!(has_first_token(data.as_bytes()), token, "{data}");
         }
+    }
+
+    /// `{"data":` nested 200,000 deep (1.8 MB, under the default event limit of 4 MiB) around
+    /// a chunk with content: looked into one level deep, so it holds no first token, and the
+    /// check neither recurses per level (it overflowed the stack and aborted) nor reads the
+    /// event again per level.
+    #[test]
+    fn deeply_nested_data_is_looked_into_once() {
+        let depth = 200_000;
+        let mut data = "{\"data\":".repeat(depth);
+        data.push_str(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#);
+        data.push_str(&"}".repeat(depth));
+        assert!(may_hold_first_token(data.as_bytes()));
+        assert!(!has_first_token(data.as_bytes()));
     }
 
     /// What [`bare_event`] must say: the two checks it stands for, one after the other.
