@@ -734,6 +734,12 @@ fn only_whitespace(bytes: &[u8], at: usize) -> bool {
 /// The bytes a token cut by a piece's end is read again from: its start, and what follows.
 const STITCH: usize = 128;
 
+#[cfg(test)]
+thread_local! {
+    /// How many pieces [`Checker::token_across`] has copied from, for the test of its bound.
+    static PIECES_COPIED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// `ACROSS`: the body is in pieces, `bytes` the one being read and `rest` those after it (see
 /// [`is_json_across`]); else `bytes` is all of it. `N` is told where the check stands at each
 /// point it could later be resumed from ([`EventChecks`]); `()` is told nothing. Each is
@@ -902,12 +908,24 @@ impl<'a, const ACROSS: bool, N: Notes> Checker<'a, ACROSS, N> {
         let mut copied = head.len();
         copy.get_mut(..copied)?.copy_from_slice(head);
         let mut left_out = false;
-        for piece in self.rest {
+        for (i, piece) in self.rest.iter().enumerate() {
             let take = piece.len().min(STITCH - copied);
             copy.get_mut(copied..copied + take)?
                 .copy_from_slice(piece.get(..take)?);
             copied += take;
-            left_out |= take < piece.len();
+            #[cfg(test)]
+            PIECES_COPIED.with(|n| n.set(n.get() + 1));
+            if copied == STITCH {
+                // Full: the pieces after it are not walked (a walk per cut token over all the
+                // pieces left made a body of many small pieces quadratic); only whether a byte
+                // is left out counts, and the first non-empty piece says so.
+                left_out = take < piece.len()
+                    || self
+                        .rest
+                        .get(i + 1..)
+                        .is_some_and(|after| after.iter().any(|p| !p.is_empty()));
+                break;
+            }
         }
         let end = read(copy.get(..copied)?, 0)?;
         if end == copied && left_out {
@@ -1473,6 +1491,40 @@ mod tests {
             from = cut;
         }
         out
+    }
+
+    /// A body of 20,000 pieces, each ending in a number cut at its end (`[1` `,1` `,1` …): every
+    /// cut number is read again from a copy of at most [`STITCH`] bytes, whose pieces were all
+    /// walked each time (quadratic: 200 million pieces for this body, hours for a large one).
+    #[test]
+    fn numbers_cut_at_every_piece_copy_a_bounded_number_of_pieces() {
+        let n = 20_000;
+        let mut parts = vec![Bytes::from_static(b"{\"a\":[1")];
+        parts.extend(std::iter::repeat_n(Bytes::from_static(b",1"), n - 2));
+        parts.push(Bytes::from_static(b"]}"));
+        let joined = parts.concat();
+        PIECES_COPIED.with(|c| c.set(0));
+        assert!(is_json_across(&parts));
+        let mut seen = Vec::new();
+        let object = object_members_across(&parts, |key, value| {
+            let join = |s: Spread<'_>| s.parts().collect::<Vec<_>>().concat();
+            seen.push((join(key), join(value).len()));
+        });
+        assert!(object);
+        assert_eq!(seen, [(b"a".to_vec(), joined.len() - 6)]);
+        let copied = PIECES_COPIED.with(std::cell::Cell::get);
+        // Two checks, each copying from at most STITCH / 2 pieces of two bytes per cut number.
+        assert!(copied <= 2 * n * STITCH / 2, "{copied} pieces copied from");
+        // And no fewer than the cuts ask for: the numbers were read across.
+        assert!(copied >= 2 * (n - 2), "{copied} pieces copied from");
+
+        // A number that fills the copy exactly: empty pieces after it leave nothing out, a
+        // digit after them may continue it (left to the joined check: false here).
+        let digits = |n| Bytes::from(vec![b'1'; n]);
+        let empty = Bytes::new();
+        assert!(is_json_across(&[digits(60), digits(68), empty.clone(), empty.clone()]));
+        assert!(!is_json_across(&[digits(60), digits(68), empty.clone(), digits(1)]));
+        assert!(!is_json_across(&[digits(60), digits(69), empty]));
     }
 
     /// Each of `faults` put into `valid` at `place`: checked whole, and cut at, after and past
