@@ -60,6 +60,14 @@ pub fn object_members<'a>(body: &'a [u8], member: impl FnMut(&'a [u8], Range<usi
     Checker::<false>::new(body, &[]).object(member).is_some()
 }
 
+/// Whether `body` is one JSON text whose value is an array, as [`is_json`] decides, calling
+/// `element(value)` for each of its elements in order: where the element lies in `body` (no
+/// whitespace around it). As with [`object_members`], the elements count only when this
+/// returns true.
+pub fn array_elements(body: &[u8], element: impl FnMut(Range<usize>)) -> bool {
+    Checker::<false>::new(body, &[]).array(element).is_some()
+}
+
 /// [`object_members`] for a body in pieces, read without joining them as [`is_json_across`]
 /// reads them (and false where it is false): `member(key, value)` sees where each member's
 /// name (as written between its quotes) and its value lie.
@@ -1135,6 +1143,31 @@ impl<'a, N: Notes> Checker<'a, false, N> {
     }
 }
 
+impl Checker<'_, false> {
+    /// The whole body: an array, then whitespace only; `element` sees where each of its
+    /// elements lies as it is read.
+    fn array(&mut self, mut element: impl FnMut(Range<usize>)) -> Option<()> {
+        let bytes = self.bytes;
+        let (open, at) = next(bytes, 0)?;
+        if open != b'[' {
+            return None;
+        }
+        let (first, mut start) = next(bytes, at + 1)?;
+        if first == b']' {
+            return only_whitespace(bytes, start + 1).then_some(());
+        }
+        loop {
+            let end = self.value(start)?;
+            element(start..end);
+            match next(bytes, end)? {
+                (b',', comma) => start = next(bytes, comma + 1)?.1,
+                (b']', close) => return only_whitespace(bytes, close + 1).then_some(()),
+                _ => return None,
+            }
+        }
+    }
+}
+
 /// What follows a member's value that ends at `end`: `Ok` with the next member's first byte
 /// and where it is, `Err` with where the object ended; None when neither follows.
 #[inline(always)]
@@ -1522,8 +1555,18 @@ mod tests {
         // digit after them may continue it (left to the joined check: false here).
         let digits = |n| Bytes::from(vec![b'1'; n]);
         let empty = Bytes::new();
-        assert!(is_json_across(&[digits(60), digits(68), empty.clone(), empty.clone()]));
-        assert!(!is_json_across(&[digits(60), digits(68), empty.clone(), digits(1)]));
+        assert!(is_json_across(&[
+            digits(60),
+            digits(68),
+            empty.clone(),
+            empty.clone()
+        ]));
+        assert!(!is_json_across(&[
+            digits(60),
+            digits(68),
+            empty.clone(),
+            digits(1)
+        ]));
         assert!(!is_json_across(&[digits(60), digits(69), empty]));
     }
 
@@ -2308,6 +2351,71 @@ mod tests {
         )
     }
 
+    /// What [`array_elements`] must say: the body is valid UTF-8 and one JSON array to serde,
+    /// whose elements, as serde reads them raw, are these.
+    fn elements_oracle(body: &[u8]) -> Option<Vec<&[u8]>> {
+        use serde_json::value::RawValue;
+        let text = std::str::from_utf8(body).ok()?;
+        let elements = serde_json::from_str::<Vec<&RawValue>>(text).ok()?;
+        Some(elements.iter().map(|e| e.get().as_bytes()).collect())
+    }
+
+    /// [`array_elements`] with what it saw, `None` when it said no.
+    fn elements(body: &[u8]) -> Option<Vec<&[u8]>> {
+        let mut seen = Vec::new();
+        array_elements(body, |value| seen.push(&body[value])).then_some(seen)
+    }
+
+    /// Arrays: a JSON text whose value is an array.
+    fn array_text() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::collection::vec(value(), 0..6),
+            whitespace(),
+            whitespace(),
+        )
+            .prop_map(|(elements, before, after)| {
+                let array = Value::Array(elements);
+                let text = serde_json::to_vec_pretty(&array).expect("a Value serialises");
+                [before, text, after].concat()
+            })
+    }
+
+    #[test]
+    fn array_elements_are_where_serde_reads_them() {
+        type Elements<'a> = Option<Vec<&'a [u8]>>;
+        let cases: [(&[u8], Elements<'_>); 12] = [
+            (b"[]", Some(vec![])),
+            (b" [ ] ", Some(vec![])),
+            (b"[1]", Some(vec![b"1"])),
+            (
+                br#"[ {"a":[1,{}]} , "x\"" ,null,-0.5e3 ]"#,
+                Some(vec![br#"{"a":[1,{}]}"#, br#""x\"""#, b"null", b"-0.5e3"]),
+            ),
+            (b"[[],[[]]]", Some(vec![b"[]", b"[[]]"])),
+            (b"[1,]", None),
+            (b"[,1]", None),
+            (b"[1 2]", None),
+            (b"[1", None),
+            (b"[1]]", None),
+            (b"{}", None),
+            (b"[\"\xff\"]", None),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(
+                elements(body),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(
+                elements_oracle(body),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
     /// [`object_members`] with what it saw, `None` when it said no.
     pub(super) fn members(body: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
         let mut seen = Vec::new();
@@ -2414,6 +2522,27 @@ mod tests {
         ) {
             let body = apply(body, &edits);
             prop_assert_eq!(members(&body), members_oracle(&body), "{:02x?}", body);
+        }
+
+        #[test]
+        fn array_elements_agree_with_serde_on_arrays(body in array_text()) {
+            prop_assert!(elements_oracle(&body).is_some());
+            prop_assert_eq!(elements(&body), elements_oracle(&body));
+        }
+
+        #[test]
+        fn array_elements_agree_with_serde_on_mutated_json(
+            body in prop_oneof![array_text(), json_text()],
+            edits in prop::collection::vec(edit(), 0..4),
+        ) {
+            let body = apply(body, &edits);
+            prop_assert_eq!(elements(&body), elements_oracle(&body), "{:02x?}", body);
+        }
+
+        #[test]
+        fn array_elements_agree_with_serde_on_token_soup(body in token_soup()) {
+            let body = [b"[1,".as_slice(), &body].concat();
+            prop_assert_eq!(elements(&body), elements_oracle(&body), "{:02x?}", body);
         }
 
         #[test]

@@ -24,7 +24,6 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -37,6 +36,8 @@ use crate::translate::error_body;
 use crate::translate::json_check::EventChecks;
 use crate::translate::template::{Envelopes, Shape, Unwrapped};
 use crate::translate::usage::{may_carry_usage, UsageReport};
+
+use super::first_token::{has_first_token, may_hold_first_token};
 
 /// What happens to each event's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -493,77 +494,6 @@ fn usage_of(data: &[u8], upstream: Dialect) -> Option<UsageReport> {
         .filter(|r| r.usage.is_some())
 }
 
-/// The substring check before [`has_first_token`]: only a chunk that names `"delta"` may hold
-/// the first token.
-fn may_hold_first_token(data: &[u8]) -> bool {
-    static DELTA: LazyLock<memchr::memmem::Finder<'static>> =
-        LazyLock::new(|| memchr::memmem::Finder::new(b"\"delta\""));
-    DELTA.find(data).is_some()
-}
-
-/// True when a chunk (bare, or wrapped in an envelope's `data`) has a `choices[].delta` with
-/// non-empty `content`, `reasoning_content`, `refusal` or `tool_calls`. A substring check
-/// first; only candidates are parsed (borrowed, nothing copied).
-fn has_first_token(data: &[u8]) -> bool {
-    first_token_in(data, true)
-}
-
-/// [`has_first_token`], looking into the chunk's `data` member only when `payload` (an
-/// envelope's payload is a bare chunk: its own `data` is not looked into). One level, not
-/// one per nesting: each level parses what it holds again, so an event of `{"data":`
-/// nested a hundred thousand deep would take time quadratic in its size, and a recursion
-/// that deep overflows the worker's stack, which aborts the whole proxy.
-fn first_token_in(data: &[u8], payload: bool) -> bool {
-    #[derive(Deserialize)]
-    struct Chunk<'a> {
-        #[serde(borrow, default)]
-        choices: Option<Vec<Choice<'a>>>,
-        #[serde(borrow, default)]
-        data: Option<&'a RawValue>,
-    }
-    #[derive(Deserialize)]
-    struct Choice<'a> {
-        #[serde(borrow, default)]
-        delta: Option<Delta<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct Delta<'a> {
-        #[serde(borrow, default)]
-        content: Option<&'a RawValue>,
-        #[serde(borrow, default)]
-        reasoning_content: Option<&'a RawValue>,
-        #[serde(borrow, default)]
-        refusal: Option<&'a RawValue>,
-        #[serde(borrow, default)]
-        tool_calls: Option<&'a RawValue>,
-    }
-    fn filled(value: Option<&RawValue>) -> bool {
-        value.is_some_and(|v| {
-            let v = v.get();
-            v != "\"\"" && !(v.starts_with('[') && v[1..].trim_start() == "]")
-        })
-    }
-    if !may_hold_first_token(data) {
-        return false;
-    }
-    let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
-        return false;
-    };
-    if let Some(inner) = chunk.data.filter(|_| payload) {
-        if first_token_in(inner.get().as_bytes(), false) {
-            return true;
-        }
-    }
-    chunk.choices.unwrap_or_default().iter().any(|choice| {
-        choice.delta.as_ref().is_some_and(|d| {
-            filled(d.content)
-                || filled(d.reasoning_content)
-                || filled(d.refusal)
-                || filled(d.tool_calls)
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -956,61 +886,6 @@ mod tests {
             let usage = report.usage.unwrap();
             assert_eq!((usage.prompt, usage.completion), (Some(2), Some(1)));
         }
-    }
-
-    #[test]
-    fn only_a_delta_with_content_is_a_first_token() {
-        for (data, token) in [
-            (
-                r#"{"choices":[{"delta":{"role":"assistant","content":"","refusal":null}}]}"#,
-                false,
-            ),
-            (r#"{"choices":[{"delta":{"tool_calls":[]}}]}"#, false),
-            (r#"{"choices":[{"delta":{}}],"x":"\"delta\""}"#, false),
-            (
-                r#"{"choices":[{"message":{"content":"hi"}}],"delta":1}"#,
-                false,
-            ),
-            (r#"{"choices":[{"delta":{"content":"Hi"}}]}"#, true),
-            (
-                r#"{"choices":[{"delta":{"reasoning_content":"So"}}]}"#,
-                true,
-            ),
-            (r#"{"choices":[{"delta":{"refusal":"No"}}]}"#, true),
-            (
-                r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#,
-                true,
-            ),
-            (
-                r#"{"success":true,"code":"200","data":{"choices":[{"delta":{"content":"Hi"}}]}}"#,
-                true,
-            ),
-            // A payload's own `data` is not looked into.
-            (
-                r#"{"data":{"data":{"choices":[{"delta":{"content":"Hi"}}]}}}"#,
-                false,
-            ),
-            (
-                r#"{"data":{"data":{},"choices":[{"delta":{"content":"Hi"}}]}}"#,
-                true,
-            ),
-        ] {
-            assert_eq!(has_first_token(data.as_bytes()), token, "{data}");
-        }
-    }
-
-    /// `{"data":` nested 200,000 deep (1.8 MB, under the default event limit of 4 MiB) around
-    /// a chunk with content: looked into one level deep, so it holds no first token, and the
-    /// check neither recurses per level (it overflowed the stack and aborted) nor reads the
-    /// event again per level.
-    #[test]
-    fn deeply_nested_data_is_looked_into_once() {
-        let depth = 200_000;
-        let mut data = "{\"data\":".repeat(depth);
-        data.push_str(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#);
-        data.push_str(&"}".repeat(depth));
-        assert!(may_hold_first_token(data.as_bytes()));
-        assert!(!has_first_token(data.as_bytes()));
     }
 
     /// What [`bare_event`] must say: the two checks it stands for, one after the other.
