@@ -7,13 +7,34 @@
 //! than the standard one has its error bodies read by its templates first ([`normalise_from`],
 //! `template.rs`).
 
+use std::borrow::Cow;
+use std::fmt;
+
 use http::StatusCode;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{error_type_for, status_line, ApiError};
 use crate::translate::envelope::{self, Classified};
 use crate::translate::template::Shape;
+
+/// Most characters of a message the proxy builds from JSON (a `detail` list, a value that is
+/// not a string); more are cut and marked `…`. Ten excerpts: a few dozen validation errors
+/// read whole. Strings the upstream wrote as its message are kept whole, as it wrote them.
+const MAX_BUILT_CHARS: usize = 2000;
+
+/// Largest JSON value, as written, turned into a [`Value`] (which costs up to ~16 bytes of
+/// memory per byte of JSON): `param`, `code`, and values shown in a message. A larger `param`
+/// or `code` is dropped (null): neither is an identifier any more; a larger value in a
+/// message is shown as written, cut like any built message.
+const MAX_VALUE_BYTES: usize = 4096;
+
+/// The part of a non-JSON body read for its summary. Error pages from proxies and load
+/// balancers are a few KB, title first (the Cloudflare page in fixtures/ is 10 KB); 64 KiB
+/// leaves room for inline styles and scripts ahead of the text and bounds the work.
+const MAX_SCANNED_BYTES: usize = 64 * 1024;
 
 /// Reads an upstream error body into an [`ApiError`], first by the rules of `shape` (an
 /// envelope upstream's envelope, when it is not the standard one), then as [`normalise`] does.
@@ -42,82 +63,264 @@ pub fn normalise(status: StatusCode, content_type: Option<&str>, body: &[u8]) ->
     }
 }
 
-/// The shapes of JSON error bodies in the wild, tried in order.
+/// The shapes of JSON error bodies in the wild, tried in order. Members are read as written
+/// and looked into only as far as the message needs: a huge member costs no memory.
 fn from_json_shapes(status: StatusCode, body: &[u8]) -> Option<ApiError> {
-    let shape: ErrorShapes = serde_json::from_slice(body).ok()?;
+    let shape: ErrorShapes<'_> = serde_json::from_slice(body).ok()?;
     // OpenAI and llama.cpp: {"error":{"message","type","param","code"}}.
-    if let Some(Value::Object(inner)) = &shape.error {
-        return Some(ApiError::from_fields(
-            status,
-            inner.get("message"),
-            inner.get("type"),
-            inner.get("param"),
-            inner.get("code"),
-        ));
+    if let Some([message, kind, param, code]) = shape
+        .error
+        .and_then(|inner| members(inner, ["message", "type", "param", "code"]))
+    {
+        return Some(from_fields(status, message, kind, param, code));
     }
     // TGI: {"error":"…","error_type":"…"}.
-    if let Some(Value::String(message)) = &shape.error {
-        let mut error = ApiError::new(status, message.clone());
-        if let Some(Value::String(kind)) = &shape.error_type {
-            error.error_type = kind.clone();
+    if let Some(message) = shape.error.and_then(text) {
+        let mut error = ApiError::new(status, message);
+        if let Some(kind) = shape.error_type.and_then(text) {
+            error.error_type = kind.into_owned();
         }
         return Some(error);
     }
     // FastAPI: {"detail":"…"} or {"detail":[{"loc":[…],"msg":"…"}]}.
-    if let Some(detail) = &shape.detail {
+    if let Some(detail) = shape.detail {
         return Some(ApiError::new(status, describe_detail(detail)));
     }
     // vLLM's flat error ({"object":"error","message",…,"code":400}) and bare {"message":"…"}.
     if shape.message.is_some() {
-        return Some(ApiError::from_fields(
+        return Some(from_fields(
             status,
-            shape.message.as_ref(),
-            shape.error_type_flat.as_ref(),
-            shape.param.as_ref(),
-            shape.code.as_ref(),
+            shape.message,
+            shape.error_type_flat,
+            shape.param,
+            shape.code,
         ));
     }
     None
 }
 
 #[derive(Deserialize)]
-struct ErrorShapes {
-    error: Option<Value>,
-    error_type: Option<Value>,
-    detail: Option<Value>,
-    message: Option<Value>,
-    #[serde(rename = "type")]
-    error_type_flat: Option<Value>,
-    param: Option<Value>,
-    code: Option<Value>,
+struct ErrorShapes<'a> {
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    detail: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, rename = "type")]
+    error_type_flat: Option<&'a RawValue>,
+    #[serde(borrow)]
+    param: Option<&'a RawValue>,
+    #[serde(borrow)]
+    code: Option<&'a RawValue>,
 }
 
-fn describe_detail(detail: &Value) -> String {
-    match detail {
-        Value::String(text) => text.clone(),
-        Value::Array(items) => {
-            let parts: Vec<String> = items
-                .iter()
-                .map(|item| {
-                    let msg = item.get("msg").and_then(Value::as_str).unwrap_or("invalid");
-                    match item.get("loc").and_then(Value::as_array) {
-                        Some(loc) => {
-                            let path: Vec<String> = loc
-                                .iter()
-                                .map(|p| match p {
-                                    Value::String(s) => s.clone(),
-                                    other => other.to_string(),
-                                })
-                                .collect();
-                            format!("{}: {msg}", path.join("."))
-                        }
-                        None => msg.to_string(),
-                    }
-                })
-                .collect();
-            parts.join("; ")
+/// [`ApiError::from_fields`] for members as written: the same error, built in bounded memory.
+fn from_fields(
+    status: StatusCode,
+    message: Option<&RawValue>,
+    kind: Option<&RawValue>,
+    param: Option<&RawValue>,
+    code: Option<&RawValue>,
+) -> ApiError {
+    let message = match message.filter(|raw| raw.get() != "null") {
+        None => format!("upstream returned HTTP {}", status_line(status)),
+        Some(raw) => match text(raw) {
+            Some(message) => message.into_owned(),
+            None => {
+                let mut out = Built::default();
+                out.push_json(raw);
+                out.finish()
+            }
+        },
+    };
+    let mut error = ApiError::new(status, message);
+    if let Some(kind) = kind.and_then(text) {
+        error.error_type = kind.into_owned();
+    }
+    error.param = small_value(param);
+    error.code = small_value(code);
+    error
+}
+
+/// A member kept as the upstream sent it, if it is small enough to be one (see
+/// [`MAX_VALUE_BYTES`]); else null.
+fn small_value(raw: Option<&RawValue>) -> Value {
+    raw.filter(|raw| raw.get().len() <= MAX_VALUE_BYTES)
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// `detail`: a string as written; a list of validation errors as `loc.a.b: msg; …`; any other
+/// value as JSON. A list's message is cut after [`MAX_BUILT_CHARS`] and its walk stops there.
+fn describe_detail(detail: &RawValue) -> String {
+    if let Some(text) = text(detail) {
+        return text.into_owned();
+    }
+    let mut out = Built::default();
+    if !is_array(detail) {
+        out.push_json(detail);
+        return out.finish();
+    }
+    for_each_item(detail, |index, item| {
+        if index > 0 {
+            out.push("; ");
         }
-        other => other.to_string(),
+        let [msg, loc] = members(item, ["msg", "loc"]).unwrap_or_default();
+        let msg = msg.and_then(text);
+        if let Some(loc) = loc.filter(|loc| is_array(loc)) {
+            for_each_item(loc, |index, part| {
+                if index > 0 {
+                    out.push(".");
+                }
+                match text(part) {
+                    Some(part) => out.push(&part),
+                    None => out.push_json(part),
+                }
+                !out.is_full()
+            });
+            out.push(": ");
+        }
+        out.push(msg.as_deref().unwrap_or("invalid"));
+        !out.is_full()
+    });
+    out.finish()
+}
+
+fn is_array(raw: &RawValue) -> bool {
+    raw.get().starts_with('[')
+}
+
+/// The decoded text of a JSON string, borrowed when it has no escapes; `None` for any other value.
+fn text(raw: &RawValue) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    if !raw.get().starts_with('"') {
+        return None;
+    }
+    serde_json::from_str::<Text<'_>>(raw.get())
+        .ok()
+        .map(|t| t.0)
+}
+
+/// The last value of each of `names` in the JSON object `raw` (as a [`Value`] object would
+/// keep them), or `None` when `raw` is not an object. Other members are skipped unread.
+fn members<'a, const N: usize>(
+    raw: &'a RawValue,
+    names: [&'static str; N],
+) -> Option<[Option<&'a RawValue>; N]> {
+    struct Picker<const N: usize>([&'static str; N]);
+    struct Name<'n, const N: usize>(&'n [&'static str; N]);
+
+    impl<'de, const N: usize> Visitor<'de> for Picker<N> {
+        type Value = [Option<&'de RawValue>; N];
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = [None; N];
+            while let Some(index) = map.next_key_seed(Name(&self.0))? {
+                match index {
+                    Some(index) => found[index] = Some(map.next_value()?),
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(found)
+        }
+    }
+    impl<'de, const N: usize> DeserializeSeed<'de> for Name<'_, N> {
+        type Value = Option<usize>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de, const N: usize> Visitor<'de> for Name<'_, N> {
+        type Value = Option<usize>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a member name")
+        }
+        fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+            Ok(self.0.iter().position(|n| *n == name))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    de::Deserializer::deserialize_map(&mut de, Picker(names)).ok()
+}
+
+/// Calls `each` with the items of the JSON array `raw`, in order, until it returns false; the
+/// rest are skipped unread.
+fn for_each_item<'a>(raw: &'a RawValue, each: impl FnMut(usize, &'a RawValue) -> bool) {
+    struct Walk<F>(F);
+
+    impl<'de, F: FnMut(usize, &'de RawValue) -> bool> Visitor<'de> for Walk<F> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+            let mut index = 0;
+            while let Some(item) = seq.next_element()? {
+                if !(self.0)(index, item) {
+                    break;
+                }
+                index += 1;
+            }
+            // The parser insists on reaching the `]`.
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(())
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    // `raw` was checked as JSON with the whole body: nothing to report.
+    let _ = de::Deserializer::deserialize_seq(&mut de, Walk(each));
+}
+
+/// A message under construction, cut after [`MAX_BUILT_CHARS`] characters.
+#[derive(Default)]
+struct Built {
+    out: String,
+    chars: usize,
+    full: bool,
+}
+
+impl Built {
+    fn push(&mut self, text: &str) {
+        for ch in text.chars() {
+            if self.chars == MAX_BUILT_CHARS {
+                self.full = true;
+                return;
+            }
+            self.out.push(ch);
+            self.chars += 1;
+        }
+    }
+
+    /// `raw` as `Value::to_string` writes it, when it is small enough to parse; else as written.
+    fn push_json(&mut self, raw: &RawValue) {
+        match (raw.get().len() <= MAX_VALUE_BYTES)
+            .then(|| serde_json::from_str::<Value>(raw.get()).ok())
+            .flatten()
+        {
+            Some(value) => self.push(&value.to_string()),
+            None => self.push(raw.get()),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.full
+    }
+
+    fn finish(mut self) -> String {
+        if self.full {
+            self.out.push('…');
+        }
+        self.out
     }
 }
 
@@ -140,7 +343,7 @@ fn describe_non_json(status: StatusCode, content_type: Option<&str>, body: &[u8]
         .map(str::trim)
         .filter(|ct| !ct.is_empty())
         .unwrap_or("non-JSON");
-    let text = String::from_utf8_lossy(trimmed);
+    let text = String::from_utf8_lossy(scanned(trimmed));
     let summary = if looks_like_html(&text) {
         html_summary(&text)
     } else {
@@ -165,13 +368,25 @@ fn looks_like_html(text: &str) -> bool {
         || head.contains("<body")
 }
 
+/// The first [`MAX_SCANNED_BYTES`] of `body`, without cutting a UTF-8 character in two.
+fn scanned(body: &[u8]) -> &[u8] {
+    if body.len() <= MAX_SCANNED_BYTES {
+        return body;
+    }
+    let mut end = MAX_SCANNED_BYTES;
+    // A character is at most 4 bytes: at most 3 continuation bytes to step back over.
+    while end > MAX_SCANNED_BYTES - 3 && body[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    &body[..end]
+}
+
 /// The page's `<title>`, or its visible text, as a short single line.
 fn html_summary(html: &str) -> String {
-    let lower = html.to_ascii_lowercase();
-    if let Some(start) = lower.find("<title") {
-        if let Some(open_end) = lower[start..].find('>') {
+    if let Some(start) = find_ignoring_case(html, "<title") {
+        if let Some(open_end) = html[start..].find('>') {
             let from = start + open_end + 1;
-            if let Some(len) = lower[from..].find("</title") {
+            if let Some(len) = find_ignoring_case(&html[from..], "</title") {
                 let title = excerpt(&strip_tags(&html[from..from + len]));
                 if !title.is_empty() {
                     return title;
@@ -182,7 +397,8 @@ fn html_summary(html: &str) -> String {
     excerpt(&strip_tags(html))
 }
 
-/// Drops tags, and the contents of script and style elements, from HTML.
+/// Drops tags, and the contents of script and style elements, from HTML. Each search starts
+/// where the last one ended: the scan only moves forward.
 fn strip_tags(html: &str) -> String {
     let mut out = String::with_capacity(html.len().min(4096));
     let mut rest = html;
@@ -190,10 +406,9 @@ fn strip_tags(html: &str) -> String {
         out.push_str(&rest[..open]);
         out.push(' ');
         let tag = &rest[open..];
-        let lower_head: String = tag.chars().take(8).collect::<String>().to_ascii_lowercase();
-        let skip_to = if lower_head.starts_with("<script") {
+        let skip_to = if starts_with_ignoring_case(tag, "<script") {
             "</script"
-        } else if lower_head.starts_with("<style") {
+        } else if starts_with_ignoring_case(tag, "<style") {
             "</style"
         } else {
             ""
@@ -201,7 +416,7 @@ fn strip_tags(html: &str) -> String {
         let after_element = if skip_to.is_empty() {
             0
         } else {
-            tag.to_ascii_lowercase().find(skip_to).unwrap_or(tag.len())
+            find_ignoring_case(tag, skip_to).unwrap_or(tag.len())
         };
         match tag[after_element..].find('>') {
             Some(close) => rest = &tag[after_element + close + 1..],
@@ -213,6 +428,21 @@ fn strip_tags(html: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
+    text.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
+/// Where the ASCII `needle` first occurs in `haystack`, ignoring ASCII case, without copying
+/// either. A needle starting with `<` only matches at a character boundary.
+fn find_ignoring_case(haystack: &str, needle: &str) -> Option<usize> {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .position(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// At most 200 characters of `text` on one line, control characters removed.
@@ -363,5 +593,237 @@ mod tests {
             bare(&error),
             json!({"error":{"message":"upstream sent an invalid envelope under HTTP 500: the member `message` appears more than once","type":"upstream_error","param":null,"code":"upstream_invalid_body"}})
         );
+    }
+
+    // === Adversarial bodies: bounded work and output ===
+
+    /// `{"detail":[0,0,…]}` with `n` items.
+    fn detail_of_zeros(n: usize) -> Vec<u8> {
+        let mut body = br#"{"detail":["#.to_vec();
+        body.extend_from_slice(&b"0,".repeat(n)[..2 * n - 1]);
+        body.extend_from_slice(b"]}");
+        body
+    }
+
+    /// The first 2,000 characters of `message`, then `…`: how a built message is cut.
+    fn cut(message: &str) -> String {
+        format!("{}…", message.chars().take(2000).collect::<String>())
+    }
+
+    #[test]
+    fn a_detail_of_a_million_items_is_cut_after_2000_characters() {
+        let error = normalise(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+            &detail_of_zeros(1_000_000),
+        );
+        // 222 times "invalid; ", then "in": 2,000 characters.
+        let expected = format!("{}in…", "invalid; ".repeat(222));
+        assert_eq!(error.message, expected);
+        assert_eq!(error.message.chars().count(), 2001);
+        assert_eq!(error.error_type, "invalid_request_error");
+    }
+
+    #[test]
+    fn a_detail_message_of_2000_characters_is_whole_and_one_more_is_cut() {
+        // "invalid" and 199 times "; invalid": 7 + 199 × 9 = 1,798 characters; a loc of
+        // 200 one-digit parts adds "0.0.…0: " (401) to the first: 2,199.
+        let whole = normalise(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+            &detail_of_zeros(200),
+        );
+        assert_eq!(whole.message, vec!["invalid"; 200].join("; "));
+        let exact = br#"{"detail":[{"msg":"MSG"}]}"#;
+        let msg = "m".repeat(2000);
+        let body = String::from_utf8_lossy(exact).replace("MSG", &msg);
+        let error = normalise(StatusCode::UNPROCESSABLE_ENTITY, None, body.as_bytes());
+        assert_eq!(error.message, msg);
+        let body = body.replace(&msg, &format!("{msg}é"));
+        let error = normalise(StatusCode::UNPROCESSABLE_ENTITY, None, body.as_bytes());
+        assert_eq!(error.message, format!("{msg}…"));
+    }
+
+    #[test]
+    fn a_loc_of_a_million_parts_is_cut_too() {
+        let body = format!(
+            r#"{{"detail":[{{"loc":[{}],"msg":"bad"}},{{"msg":"never read"}}]}}"#,
+            vec!["7"; 1_000_000].join(",")
+        );
+        let error = normalise(StatusCode::UNPROCESSABLE_ENTITY, None, body.as_bytes());
+        assert_eq!(error.message, cut(&"7.".repeat(1000)));
+    }
+
+    #[test]
+    fn a_huge_non_string_message_is_cut_and_a_huge_param_or_code_dropped() {
+        let items = vec!["1"; 1_000_000].join(",");
+        let body = format!(
+            r#"{{"error":{{"message":[{items}],"type":"t","param":[{items}],"code":"c"}}}}"#
+        );
+        let error = normalise(StatusCode::BAD_REQUEST, None, body.as_bytes());
+        assert_eq!(
+            bare(&error),
+            json!({"error":{"message":cut(&format!("[{items}]")),"type":"t","param":null,"code":"c"}})
+        );
+        // Just small enough (4,096 bytes as written): kept as sent.
+        let code = format!("\"{}\"", "c".repeat(4094));
+        let body = format!(r#"{{"message":"m","param":[{items}],"code":{code}}}"#);
+        let error = normalise(StatusCode::BAD_REQUEST, None, body.as_bytes());
+        assert_eq!(
+            bare(&error),
+            json!({"error":{"message":"m","type":"invalid_request_error","param":null,"code":"c".repeat(4094)}})
+        );
+    }
+
+    /// The messages every shape gave when each was read into a `Value`: unchanged.
+    #[test]
+    fn json_shapes_read_as_written_say_what_they_always_said() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"detail":[]}"#, ""),
+            (r#"{"detail":[{"loc":[],"msg":"x"}]}"#, ": x"),
+            (
+                r#"{"detail":[{"loc":["body",0,1.5,1e2,-3,true,null,{"b":1,"a":[2, 3]},["x"]],"msg":"bad"}]}"#,
+                r#"body.0.1.5.100.0.-3.true.null.{"a":[2,3],"b":1}.["x"]: bad"#,
+            ),
+            (
+                r#"{"detail":[{"msg":"first","msg":"last","loc":["a"],"loc":["b"]}]}"#,
+                "b: last",
+            ),
+            (
+                r#"{"detail":[{"m\u0073g":"caf\u00e9 \"q\"","loc":"body"}]}"#,
+                "café \"q\"",
+            ),
+            (
+                r#"{"detail":[{"msg":5},"text",null,[1],{"loc":[1]}]}"#,
+                "invalid; invalid; invalid; invalid; 1: invalid",
+            ),
+            (
+                r#"{"detail":{"b":1,"a":[1.0, "x"]}}"#,
+                r#"{"a":[1.0,"x"],"b":1}"#,
+            ),
+            (r#"{"detail":12}"#, "12"),
+            (r#"{"detail":true}"#, "true"),
+            (r#"{"detail":"as \u0077ritten"}"#, "as written"),
+            (r#"{"detail":null,"message":"flat"}"#, "flat"),
+            (r#"{"error":null,"detail":"d"}"#, "d"),
+            (r#"{"error":[1],"detail":"d"}"#, "d"),
+            (r#"{"error":{"message":"a","message":"b"}}"#, "b"),
+            (
+                r#"{"error":{"message":null}}"#,
+                "upstream returned HTTP 400 Bad Request",
+            ),
+            (r#"{"error":{}}"#, "upstream returned HTTP 400 Bad Request"),
+            (
+                r#"{"error":{"message":{"z":null,"a":-0.5}}}"#,
+                r#"{"a":-0.5,"z":null}"#,
+            ),
+            (r#"{"message":["a", 1]}"#, r#"["a",1]"#),
+            (
+                r#"{"message":"m","message":"n"}"#,
+                "upstream returned HTTP 400 Bad Request: {\"message\":\"m\",\"message\":\"n\"}",
+            ),
+            (
+                r#"{"other":1}"#,
+                "upstream returned HTTP 400 Bad Request: {\"other\":1}",
+            ),
+        ];
+        for (body, message) in cases {
+            let error = normalise(StatusCode::BAD_REQUEST, None, body.as_bytes());
+            assert_eq!(error.message, *message, "{body}");
+        }
+        let body = br#"{"error":{"message":"m","type":"t","param":{"b":[1, 2],"a":null},"code":12,"type":"u","extra":[[[]]]}}"#;
+        assert_eq!(
+            bare(&normalise(StatusCode::BAD_REQUEST, None, body)),
+            json!({"error":{"message":"m","type":"u","param":{"a":null,"b":[1,2]},"code":12}})
+        );
+        let tgi = br#"{"error":"e","error_type":"k","error_type":"l"}"#;
+        let error = normalise(StatusCode::BAD_REQUEST, None, tgi);
+        assert_eq!(error.message, "upstream returned HTTP 400 Bad Request: {\"error\":\"e\",\"error_type\":\"k\",\"error_type\":\"l\"}");
+        let tgi = br#"{"error":"e","error_type":7}"#;
+        let error = normalise(StatusCode::BAD_REQUEST, None, tgi);
+        assert_eq!(
+            (error.message.as_str(), error.error_type.as_str()),
+            ("e", "invalid_request_error")
+        );
+    }
+
+    /// `<script></script>` `n` times.
+    fn scripts(n: usize) -> String {
+        "<script></script>".repeat(n)
+    }
+
+    /// Stripping is linear: 16 MiB of script elements is one pass. (Searching for each
+    /// element's end in a lower-cased copy of the rest of the page took ~10 minutes.)
+    #[test]
+    fn stripping_sixteen_mib_of_script_elements_is_one_pass() {
+        let n = 16 * 1024 * 1024 / 18;
+        let html = format!("{}end", "<SCRIPT>x</Script>".repeat(n));
+        assert_eq!(strip_tags(&html), format!("{}end", " ".repeat(n)));
+        let html = format!("{}<style>a</STYLE >b<scripT", "<StYlE>x</style>".repeat(n));
+        assert_eq!(strip_tags(&html), format!("{}b ", " ".repeat(n + 1)));
+    }
+
+    #[test]
+    fn a_page_of_sixteen_mib_of_scripts_is_summarised_from_its_first_64_kib() {
+        let html = format!(
+            "<html><body><h1>502 Bad Gateway</h1>{}<p>never read</p></body></html>",
+            scripts(1_000_000)
+        );
+        let error = normalise(StatusCode::BAD_GATEWAY, Some("text/html"), html.as_bytes());
+        assert_eq!(
+            error.message,
+            "upstream returned HTTP 502 Bad Gateway with a text/html body: 502 Bad Gateway"
+        );
+        // A title holding the elements is empty once stripped: the page's text is used.
+        let html = format!(
+            "<html><head><title>{}</title></head><body>Bad gateway{}</body></html>",
+            scripts(1000),
+            scripts(1_000_000)
+        );
+        let error = normalise(StatusCode::BAD_GATEWAY, None, html.as_bytes());
+        assert_eq!(
+            error.message,
+            "upstream returned HTTP 502 Bad Gateway with a non-JSON body: Bad gateway"
+        );
+    }
+
+    #[test]
+    fn text_or_a_title_past_the_first_64_kib_is_not_read() {
+        // `<html><body>` and 3,855 elements end at byte 65,547: past the 65,536 read.
+        let html = format!("<html><body>{}<h1>late</h1>", scripts(3855));
+        let error = normalise(StatusCode::BAD_GATEWAY, Some("text/html"), html.as_bytes());
+        assert_eq!(
+            error.message,
+            "upstream returned HTTP 502 Bad Gateway with a text/html body"
+        );
+        // With one element fewer, `<h1>` ends at byte 65,534: "ok" is the last text read.
+        let html = format!("<html><body>{}<h1>ok</h1>cut", scripts(3854));
+        let error = normalise(StatusCode::BAD_GATEWAY, Some("text/html"), html.as_bytes());
+        assert_eq!(
+            error.message,
+            "upstream returned HTTP 502 Bad Gateway with a text/html body: ok"
+        );
+        let html = format!("<html><head>{}<title>Gone</title>", scripts(3855));
+        let error = normalise(StatusCode::BAD_GATEWAY, None, html.as_bytes());
+        assert_eq!(
+            error.message,
+            "upstream returned HTTP 502 Bad Gateway with a non-JSON body"
+        );
+    }
+
+    #[test]
+    fn the_scanned_part_never_cuts_a_character_in_two() {
+        // "é" is 2 bytes: the 65,536th byte is the first half of the 32,768th.
+        let text = format!("x{}", "é".repeat(40_000));
+        let error = normalise(StatusCode::BAD_GATEWAY, None, text.as_bytes());
+        assert_eq!(
+            error.message,
+            format!(
+                "upstream returned HTTP 502 Bad Gateway with a non-JSON body: x{}…",
+                "é".repeat(199)
+            )
+        );
+        assert_eq!(scanned(text.as_bytes()).len(), 65_535);
+        assert_eq!(scanned(&[0x80; 70_000]).len(), 65_533);
     }
 }
