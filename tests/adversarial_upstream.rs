@@ -986,3 +986,62 @@ async fn a_response_head_larger_than_the_read_buffer_is_a_502() {
     let proxy = proxy_for(&up, "bare").await;
     assert_invalid_response(&proxy, message, "head-too-large").await;
 }
+
+// === A body sent in 1-byte chunks ===
+
+/// A completion of about 200 KB whose text has escapes, as a chunked body of 1-byte chunks
+/// (six bytes each on the wire).
+fn in_one_byte_chunks(body: &[u8]) -> Vec<u8> {
+    let mut out = head(
+        "200 OK",
+        &[
+            ("content-type", "application/json"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "close"),
+        ],
+    );
+    for byte in body {
+        out.extend(chunk(&[*byte]));
+    }
+    out.extend_from_slice(LAST_CHUNK);
+    out
+}
+
+/// A body the proxy reads to translate, sent in 200,000 1-byte chunks, is gathered into few
+/// pieces as it is read (each piece kept its whole read buffer alive: ~70 times the body's
+/// size) and comes out exact both ways: wrapped for envelope clients, with its usage read
+/// across the gathered pieces, and unwrapped for bare ones.
+#[tokio::test]
+async fn a_body_in_one_byte_chunks_is_translated_exactly_both_ways() {
+    let text = "ab \\\"c\\\" \\u00e9\\n".repeat(12_000);
+    let completion = format!(
+        r#"{{"id":"chatcmpl-1","object":"chat.completion","model":"tiny-chunks","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}}}"#
+    );
+    let completion = completion.as_bytes();
+    assert!(completion.len() > 200_000);
+
+    let up = answering(in_one_byte_chunks(completion)).await;
+    let proxy = proxy_for(&up, "bare").await;
+    let got = post(&proxy, "/api/v1/chat/completions", "one-byte-chunks-wrap").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body(), &wrapped(completion)[..]);
+    let length = wrapped(completion).len().to_string();
+    assert_eq!(got.header("content-length"), Some(&length[..]));
+    let line = access_line("one-byte-chunks-wrap").await;
+    assert_eq!(
+        (
+            &line["model"],
+            &line["prompt_tokens"],
+            &line["completion_tokens"]
+        ),
+        (&json!("tiny-chunks"), &json!(5), &json!(7))
+    );
+
+    let up = answering(in_one_byte_chunks(&wrapped(completion))).await;
+    let proxy = proxy_for(&up, "envelope").await;
+    let got = post(&proxy, "/v1/chat/completions", "one-byte-chunks-unwrap").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body(), completion);
+    let length = completion.len().to_string();
+    assert_eq!(got.header("content-length"), Some(&length[..]));
+}
