@@ -60,6 +60,14 @@ pub fn object_members<'a>(body: &'a [u8], member: impl FnMut(&'a [u8], Range<usi
     Checker::<false>::new(body, &[]).object(member).is_some()
 }
 
+/// Whether a member name, as [`object_members`] hands it over (between its quotes), holds an
+/// escape (serde would decode it). A plain loop: names are short, and `contains` set up a
+/// vector search for each one (0.7 % of a wrapped stream's instructions).
+#[allow(clippy::manual_contains)]
+pub fn has_escape(name: &[u8]) -> bool {
+    name.iter().any(|&byte| byte == b'\\')
+}
+
 /// Whether `body` is one JSON text whose value is an array, as [`is_json`] decides, calling
 /// `element(value)` for each of its elements in order: where the element lies in `body` (no
 /// whitespace around it). As with [`object_members`], the elements count only when this

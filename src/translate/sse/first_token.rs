@@ -15,7 +15,7 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::translate::json_check;
+use crate::translate::json_check::{self, has_escape};
 
 /// The substring check before [`has_first_token`]: only a chunk that names `"delta"` may hold
 /// the first token.
@@ -123,10 +123,6 @@ fn delta_has_token(delta: &[u8]) -> Option<bool> {
 
 fn at(body: &[u8], range: Option<Range<usize>>) -> Option<&[u8]> {
     body.get(range?)
-}
-
-fn has_escape(name: &[u8]) -> bool {
-    memchr::memchr(b'\\', name).is_some()
 }
 
 /// A delta's field holds something: neither `""` nor an empty array.
