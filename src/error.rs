@@ -17,7 +17,8 @@
 //! rendered by `translate::template` from the pieces this module gives: the message and
 //! [`ApiError::error_object`], the `$error` of a template.
 //!
-//! Reading an upstream's error body into an [`ApiError`] is `error_body`'s job.
+//! Reading an upstream's error body into an [`ApiError`] is `error_body`'s job (its fields read
+//! in bounded memory by `error_fields`).
 //!
 //! Errors below the HTTP layer (a connection reset, a TLS failure) are described here too:
 //! [`describe_chain`] for the log, [`body_failure`] for what a client may be told.
@@ -367,28 +368,6 @@ impl ApiError {
                 limit.as_secs_f64()
             ),
         )
-    }
-
-    /// Builds an error from loosely typed fields, keeping param and code as they came.
-    pub(crate) fn from_fields(
-        status: StatusCode,
-        message: Option<&Value>,
-        error_type: Option<&Value>,
-        param: Option<&Value>,
-        code: Option<&Value>,
-    ) -> Self {
-        let message = match message {
-            Some(Value::String(text)) => text.clone(),
-            Some(Value::Null) | None => format!("upstream returned HTTP {}", status_line(status)),
-            Some(other) => other.to_string(),
-        };
-        let mut error = ApiError::new(status, message);
-        if let Some(Value::String(kind)) = error_type {
-            error.error_type = kind.clone();
-        }
-        error.param = param.cloned().unwrap_or(Value::Null);
-        error.code = code.cloned().unwrap_or(Value::Null);
-        error
     }
 
     pub(crate) fn with_status(mut self, status: StatusCode) -> Self {

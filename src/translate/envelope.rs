@@ -12,11 +12,15 @@
 //! envelope, an invalid one, whose verdict is an `upstream_invalid_body` error — never plain
 //! JSON passed on as it is, and never a guess at which of the two values was meant.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::StatusCode;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::error::{error_type_for, ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode};
+use crate::translate::error_fields::{self, ErrorObject};
 use crate::translate::json_check::{self, EventChecks};
 
 /// `{"success":true,"code":"200","message":"successful","data":` — the payload follows.
@@ -74,6 +78,13 @@ impl<'a> RawJson<'a> {
     /// The value's bytes, exactly as the upstream wrote them.
     pub fn bytes(self) -> &'a [u8] {
         self.0
+    }
+
+    /// The value as serde's [`RawValue`], for the readers of `error_fields.rs`: one more pass
+    /// over its text, no copy. `None` never happens to a checked value (serde accepts what the
+    /// check accepts, at any depth).
+    fn value(self) -> Option<&'a RawValue> {
+        serde_json::from_str(self.get()).ok()
     }
 }
 
@@ -289,7 +300,7 @@ impl<'a> Envelope<'a> {
                 Ok(None) => true,
                 // A relayed 2xx status is a success code too (envelope-proxy writes `"201"`).
                 Ok(Some(code)) => {
-                    matches!(code.as_str(), "200" | "0")
+                    matches!(&*code, "200" | "0")
                         || (http_status.is_success() && code == http_status.as_str())
                 }
                 Err(()) => {
@@ -310,6 +321,8 @@ impl<'a> Envelope<'a> {
     ///
     /// Status: the envelope code when it is 400–599, else the HTTP status when ≥ 400, else 502.
     /// An inner `error` object (as envelope-proxy itself writes) supplies type, param and code.
+    /// Members are read as written and the error built by `error_fields.rs`: a message built
+    /// from JSON stops after 2,000 characters, a `param` or `code` over 4 KiB is null.
     pub(crate) fn into_error(self, http_status: StatusCode) -> ApiError {
         if let Some(member) = self.duplicate {
             return duplicated(member, http_status);
@@ -322,34 +335,39 @@ impl<'a> Envelope<'a> {
             .and_then(|c| StatusCode::from_u16(c).ok())
             .or_else(|| (http_status.as_u16() >= 400).then_some(http_status))
             .unwrap_or(StatusCode::BAD_GATEWAY);
-        let message = self
-            .message
-            .and_then(|raw| serde_json::from_slice::<Value>(raw.bytes()).ok());
-        let inner = self
+        let message = self.message.and_then(RawJson::value);
+        if let Some(inner) = self
             .error
-            .and_then(|raw| serde_json::from_slice::<Value>(raw.bytes()).ok())
-            .filter(Value::is_object);
-        if let Some(inner) = inner {
-            let message = inner.get("message").or(message.as_ref());
-            return error_from_object(status, &inner, message);
+            .and_then(RawJson::value)
+            .and_then(ErrorObject::read)
+        {
+            // The inner object's message first, even a null one.
+            return inner.into_error(status, inner.message.or(message));
         }
-        let code = code.map(Value::String);
-        ApiError::from_fields(status, message.as_ref(), None, None, code.as_ref())
+        let mut error = ApiError::new(status, error_fields::message(status, message));
+        let small = self.code.is_some_and(|raw| error_fields::fits(raw.get()));
+        if let Some(code) = code.filter(|_| small) {
+            error.code = Value::String(code.into_owned());
+        }
+        error
     }
 
-    /// `code` as text: `"200"` and `200` both read "200". `Err` for any other JSON type.
-    fn code_text(&self) -> Result<Option<String>, ()> {
+    /// `code` as text: `"200"` and `200` both read "200" (a string borrowed from the body when
+    /// it has no escapes). `Err` for any other JSON type.
+    fn code_text(&self) -> Result<Option<Cow<'a, str>>, ()> {
         let Some(raw) = self.code else {
             return Ok(None);
         };
-        match serde_json::from_slice::<Value>(raw.bytes()) {
-            Ok(Value::String(text)) => Ok(Some(text)),
-            Ok(Value::Number(number)) if number.is_i64() || number.is_u64() => {
-                Ok(Some(number.to_string()))
-            }
-            Ok(Value::Null) => Ok(None),
-            _ => Err(()),
+        let Some(raw) = raw.value() else {
+            return Err(());
+        };
+        if raw.get() == "null" {
+            return Ok(None);
         }
+        error_fields::text(raw)
+            .or_else(|| error_fields::integer(raw).map(Cow::Owned))
+            .map(Some)
+            .ok_or(())
     }
 }
 
@@ -372,26 +390,6 @@ fn duplicated(member: &str, http_status: StatusCode) -> ApiError {
             http_status.as_u16()
         ),
     )
-}
-
-/// The error an envelope's error object (`{"message","type","param","code"}`) describes, with
-/// `message` as its message; without a `type`, the one the status implies.
-pub(crate) fn error_from_object(
-    status: StatusCode,
-    object: &Value,
-    message: Option<&Value>,
-) -> ApiError {
-    let mut error = ApiError::from_fields(
-        status,
-        message,
-        object.get("type"),
-        object.get("param"),
-        object.get("code"),
-    );
-    if object.get("type").is_none() {
-        error.error_type = error_type_for(status).to_string();
-    }
-    error
 }
 
 /// `upstream_invalid_body` for an envelope that cannot be read: the upstream's status when it
@@ -916,6 +914,70 @@ mod tests {
             classify(br#"{"success":true,"success":"#),
             Classified::NotJson
         ));
+    }
+
+    /// `[1,1,…,1]` with `n` items, as written.
+    fn ones(n: usize) -> String {
+        format!("[{}1]", "1,".repeat(n - 1))
+    }
+
+    /// What [`ones`] of more than 1,000 items becomes as a message: its first 2,000
+    /// characters, then `…`.
+    fn ones_cut() -> String {
+        format!("[{}1…", "1,".repeat(999))
+    }
+
+    #[test]
+    fn a_huge_message_is_cut_and_a_huge_param_or_code_is_null() {
+        let body = format!(
+            r#"{{"success":false,"code":"500","message":{},"data":null}}"#,
+            ones(1_000_000)
+        );
+        assert_eq!(
+            verdict(body.as_bytes(), 200),
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ones_cut()).with_code("500"))
+        );
+        // The inner error object's param over 4 KiB is null; the rest is kept.
+        let body = format!(
+            r#"{{"success":false,"code":"400","message":"outer","data":null,"error":{{"message":"bad","type":"invalid_request_error","param":{},"code":"c"}}}}"#,
+            ones(1_000_000)
+        );
+        assert_eq!(
+            verdict(body.as_bytes(), 200),
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "bad")
+                .with_type("invalid_request_error")
+                .with_code("c"))
+        );
+        // A code of 4,096 bytes as written is kept (as a string); one byte more is null.
+        for (len, kept) in [(4094, true), (4095, false)] {
+            let code = "E".repeat(len);
+            let body = format!(r#"{{"success":false,"code":"{code}","message":"m","data":null}}"#);
+            let expected = ApiError::new(StatusCode::FORBIDDEN, "m");
+            let expected = if kept {
+                expected.with_code(code)
+            } else {
+                expected
+            };
+            assert_eq!(verdict(body.as_bytes(), 403), Err(expected), "{len}");
+        }
+        // A message that is not a string: as `Value::to_string` writes it, whole up to 2,000
+        // characters.
+        let body = br#"{"success":false,"code":500,"message":{"b":1,"a":[1, 2.0]},"data":null}"#;
+        assert_eq!(
+            verdict(body, 200).map_err(|e| e.message),
+            Err(r#"{"a":[1,2.0],"b":1}"#.to_string())
+        );
+        for (len, message) in [
+            (1996, format!(r#"["{}"]"#, "x".repeat(1996))),
+            (1997, format!(r#"["{}"…"#, "x".repeat(1997))),
+        ] {
+            let body = format!(
+                r#"{{"success":false,"code":500,"message":["{}"],"data":null}}"#,
+                "x".repeat(len)
+            );
+            let error = verdict(body.as_bytes(), 200).unwrap_err();
+            assert_eq!(error.message, message, "{len}");
+        }
     }
 
     #[test]

@@ -6,30 +6,20 @@
 //! them; `error` renders it in the client's dialect. An envelope upstream with another envelope
 //! than the standard one has its error bodies read by its templates first ([`normalise_from`],
 //! `template.rs`).
-
-use std::borrow::Cow;
-use std::fmt;
+//!
+//! JSON bodies are read by their members as written, and the error built from them, in bounded
+//! memory (`error_fields.rs`, shared with the envelopes' own error readers).
 
 use http::StatusCode;
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use crate::error::{error_type_for, status_line, ApiError};
 use crate::translate::envelope::{self, Classified};
+use crate::translate::error_fields::{
+    for_each_item, from_fields, is_array, members, text, Built, ErrorObject,
+};
 use crate::translate::template::Shape;
-
-/// Most characters of a message the proxy builds from JSON (a `detail` list, a value that is
-/// not a string); more are cut and marked `…`. Ten excerpts: a few dozen validation errors
-/// read whole. Strings the upstream wrote as its message are kept whole, as it wrote them.
-const MAX_BUILT_CHARS: usize = 2000;
-
-/// Largest JSON value, as written, turned into a [`Value`] (which costs up to ~16 bytes of
-/// memory per byte of JSON): `param`, `code`, and values shown in a message. A larger `param`
-/// or `code` is dropped (null): neither is an identifier any more; a larger value in a
-/// message is shown as written, cut like any built message.
-const MAX_VALUE_BYTES: usize = 4096;
 
 /// The part of a non-JSON body read for its summary. Error pages from proxies and load
 /// balancers are a few KB, title first (the Cloudflare page in fixtures/ is 10 KB); 64 KiB
@@ -68,11 +58,8 @@ pub fn normalise(status: StatusCode, content_type: Option<&str>, body: &[u8]) ->
 fn from_json_shapes(status: StatusCode, body: &[u8]) -> Option<ApiError> {
     let shape: ErrorShapes<'_> = serde_json::from_slice(body).ok()?;
     // OpenAI and llama.cpp: {"error":{"message","type","param","code"}}.
-    if let Some([message, kind, param, code]) = shape
-        .error
-        .and_then(|inner| members(inner, ["message", "type", "param", "code"]))
-    {
-        return Some(from_fields(status, message, kind, param, code));
+    if let Some(inner) = shape.error.and_then(ErrorObject::read) {
+        return Some(inner.into_error(status, inner.message));
     }
     // TGI: {"error":"…","error_type":"…"}.
     if let Some(message) = shape.error.and_then(text) {
@@ -117,44 +104,9 @@ struct ErrorShapes<'a> {
     code: Option<&'a RawValue>,
 }
 
-/// [`ApiError::from_fields`] for members as written: the same error, built in bounded memory.
-fn from_fields(
-    status: StatusCode,
-    message: Option<&RawValue>,
-    kind: Option<&RawValue>,
-    param: Option<&RawValue>,
-    code: Option<&RawValue>,
-) -> ApiError {
-    let message = match message.filter(|raw| raw.get() != "null") {
-        None => format!("upstream returned HTTP {}", status_line(status)),
-        Some(raw) => match text(raw) {
-            Some(message) => message.into_owned(),
-            None => {
-                let mut out = Built::default();
-                out.push_json(raw);
-                out.finish()
-            }
-        },
-    };
-    let mut error = ApiError::new(status, message);
-    if let Some(kind) = kind.and_then(text) {
-        error.error_type = kind.into_owned();
-    }
-    error.param = small_value(param);
-    error.code = small_value(code);
-    error
-}
-
-/// A member kept as the upstream sent it, if it is small enough to be one (see
-/// [`MAX_VALUE_BYTES`]); else null.
-fn small_value(raw: Option<&RawValue>) -> Value {
-    raw.filter(|raw| raw.get().len() <= MAX_VALUE_BYTES)
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .unwrap_or(Value::Null)
-}
-
 /// `detail`: a string as written; a list of validation errors as `loc.a.b: msg; …`; any other
-/// value as JSON. A list's message is cut after [`MAX_BUILT_CHARS`] and its walk stops there.
+/// value as JSON. A list's message is cut after
+/// [`MAX_BUILT_CHARS`](super::error_fields::MAX_BUILT_CHARS) and its walk stops there.
 fn describe_detail(detail: &RawValue) -> String {
     if let Some(text) = text(detail) {
         return text.into_owned();
@@ -187,141 +139,6 @@ fn describe_detail(detail: &RawValue) -> String {
         !out.is_full()
     });
     out.finish()
-}
-
-fn is_array(raw: &RawValue) -> bool {
-    raw.get().starts_with('[')
-}
-
-/// The decoded text of a JSON string, borrowed when it has no escapes; `None` for any other value.
-fn text(raw: &RawValue) -> Option<Cow<'_, str>> {
-    #[derive(Deserialize)]
-    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-    if !raw.get().starts_with('"') {
-        return None;
-    }
-    serde_json::from_str::<Text<'_>>(raw.get())
-        .ok()
-        .map(|t| t.0)
-}
-
-/// The last value of each of `names` in the JSON object `raw` (as a [`Value`] object would
-/// keep them), or `None` when `raw` is not an object. Other members are skipped unread.
-fn members<'a, const N: usize>(
-    raw: &'a RawValue,
-    names: [&'static str; N],
-) -> Option<[Option<&'a RawValue>; N]> {
-    struct Picker<const N: usize>([&'static str; N]);
-    struct Name<'n, const N: usize>(&'n [&'static str; N]);
-
-    impl<'de, const N: usize> Visitor<'de> for Picker<N> {
-        type Value = [Option<&'de RawValue>; N];
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut found = [None; N];
-            while let Some(index) = map.next_key_seed(Name(&self.0))? {
-                match index {
-                    Some(index) => found[index] = Some(map.next_value()?),
-                    None => {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-            }
-            Ok(found)
-        }
-    }
-    impl<'de, const N: usize> DeserializeSeed<'de> for Name<'_, N> {
-        type Value = Option<usize>;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_str(self)
-        }
-    }
-    impl<'de, const N: usize> Visitor<'de> for Name<'_, N> {
-        type Value = Option<usize>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a member name")
-        }
-        fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
-            Ok(self.0.iter().position(|n| *n == name))
-        }
-    }
-
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    de::Deserializer::deserialize_map(&mut de, Picker(names)).ok()
-}
-
-/// Calls `each` with the items of the JSON array `raw`, in order, until it returns false; the
-/// rest are skipped unread.
-fn for_each_item<'a>(raw: &'a RawValue, each: impl FnMut(usize, &'a RawValue) -> bool) {
-    struct Walk<F>(F);
-
-    impl<'de, F: FnMut(usize, &'de RawValue) -> bool> Visitor<'de> for Walk<F> {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an array")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-            let mut index = 0;
-            while let Some(item) = seq.next_element()? {
-                if !(self.0)(index, item) {
-                    break;
-                }
-                index += 1;
-            }
-            // The parser insists on reaching the `]`.
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(())
-        }
-    }
-
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    // `raw` was checked as JSON with the whole body: nothing to report.
-    let _ = de::Deserializer::deserialize_seq(&mut de, Walk(each));
-}
-
-/// A message under construction, cut after [`MAX_BUILT_CHARS`] characters.
-#[derive(Default)]
-struct Built {
-    out: String,
-    chars: usize,
-    full: bool,
-}
-
-impl Built {
-    fn push(&mut self, text: &str) {
-        for ch in text.chars() {
-            if self.chars == MAX_BUILT_CHARS {
-                self.full = true;
-                return;
-            }
-            self.out.push(ch);
-            self.chars += 1;
-        }
-    }
-
-    /// `raw` as `Value::to_string` writes it, when it is small enough to parse; else as written.
-    fn push_json(&mut self, raw: &RawValue) {
-        match (raw.get().len() <= MAX_VALUE_BYTES)
-            .then(|| serde_json::from_str::<Value>(raw.get()).ok())
-            .flatten()
-        {
-            Some(value) => self.push(&value.to_string()),
-            None => self.push(raw.get()),
-        }
-    }
-
-    fn is_full(&self) -> bool {
-        self.full
-    }
-
-    fn finish(mut self) -> String {
-        if self.full {
-            self.out.push('…');
-        }
-        self.out
-    }
 }
 
 fn describe_json(status: StatusCode, body: &[u8]) -> String {
@@ -475,7 +292,7 @@ fn excerpt(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::dialect::Dialect;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn bare(error: &ApiError) -> Value {
         serde_json::from_slice(&error.to_body(Dialect::Bare)).unwrap()

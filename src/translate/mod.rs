@@ -34,6 +34,7 @@ pub mod body;
 pub(crate) mod byte_search;
 pub mod envelope;
 pub mod error_body;
+pub(crate) mod error_fields;
 pub mod json_check;
 pub mod sse;
 pub(crate) mod synthetic;

@@ -31,6 +31,7 @@ use serde_json::Value;
 use crate::dialect::Dialect;
 use crate::error::{ApiError, Form};
 use crate::translate::envelope::{self, Classified, Verdict};
+use crate::translate::error_fields::{self, ErrorObject};
 use crate::translate::json_check::EventChecks;
 
 /// The named envelopes (`--envelope`, `--upstream-envelope`).
@@ -791,6 +792,12 @@ impl Reader {
     }
 
     /// The rules of issue 18, in order.
+    ///
+    /// A discriminator over [`MAX_VALUE_BYTES`](error_fields::MAX_VALUE_BYTES) (4 KiB) as
+    /// written is never read into a [`Value`]: the templates' constants are small, so it equals
+    /// none of them. It is then an error only where the error template has a placeholder at the
+    /// discriminator (code-msg-data's `"code":$status`); else the body is invalid, the value
+    /// shown by its first 64 characters as written ([`short_raw`]).
     fn read<'a>(&self, body: &'a [u8], http_status: StatusCode) -> Read<'a> {
         // 1. A JSON object with the discriminator.
         let members = match Picked::parse(body, &self.names) {
@@ -798,14 +805,20 @@ impl Reader {
             Err(Unpicked::NotObject(why)) => return Read::NotEnvelope(why),
             Err(Unpicked::Duplicate(why)) => return Read::Invalid(why),
         };
-        let Some(found) = members.get(&self.discriminator) else {
+        let Some(raw) = members.get(&self.discriminator) else {
             return Read::NotEnvelope(format!("it has no member `{}`", self.discriminator));
         };
-        let Ok(found) = serde_json::from_str::<Value>(found.get()) else {
-            return Read::Invalid(format!("`{}` is not JSON", self.discriminator));
+        let found = if error_fields::fits(raw.get()) {
+            match serde_json::from_str::<Value>(raw.get()) {
+                Ok(found) => Some(found),
+                Err(_) => return Read::Invalid(format!("`{}` is not JSON", self.discriminator)),
+            }
+        } else {
+            None
         };
+        let equals = |constant: &Value| found.as_ref().is_some_and(|f| same_value(f, constant));
         // 2. Success: the payload where `$data` stands.
-        if same_value(&found, &self.success) {
+        if equals(&self.success) {
             return match members.get(&self.data) {
                 Some(data) => Read::Success(data),
                 None => Read::Invalid(format!(
@@ -818,22 +831,18 @@ impl Reader {
         let client = self
             .client_error
             .as_ref()
-            .filter(|c| c.constant.as_ref().is_some_and(|k| same_value(&found, k)));
+            .filter(|c| c.constant.as_ref().is_some_and(equals));
         let (reading, client) = match client {
             Some(reading) => (reading, true),
-            None if self
-                .error
-                .constant
-                .as_ref()
-                .is_none_or(|k| same_value(&found, k)) =>
-            {
-                (&self.error, false)
-            }
+            None if self.error.constant.as_ref().is_none_or(equals) => (&self.error, false),
             None => {
                 return Read::Invalid(format!(
                     "`{}` is {}, neither success nor error",
                     self.discriminator,
-                    short(&found)
+                    match &found {
+                        Some(found) => short(found),
+                        None => short_raw(raw.get()),
+                    }
                 ))
             }
         };
@@ -843,17 +852,14 @@ impl Reader {
 
 impl ErrorReading {
     /// 4. Status, message and error object of an error envelope.
+    ///
+    /// Members are read as written (`error_fields.rs`): a message built from JSON stops after
+    /// 2,000 characters, a `param` or `code` over 4 KiB is null.
     fn to_error(&self, members: &Picked<'_>, http_status: StatusCode, client: bool) -> ApiError {
-        let value = |name: &Option<String>| {
-            name.as_deref()
-                .and_then(|name| members.get(name))
-                .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
-        };
-        let code = value(&self.status);
+        let member = |name: &Option<String>| name.as_deref().and_then(|name| members.get(name));
+        let code = member(&self.status);
         let status = code
-            .as_ref()
-            .and_then(integer_text)
-            .and_then(|text| text.parse::<u16>().ok())
+            .and_then(status_number)
             .filter(|c| (400..=599).contains(c))
             .and_then(|c| StatusCode::from_u16(c).ok())
             .or_else(|| (http_status.as_u16() >= 400).then_some(http_status))
@@ -862,27 +868,28 @@ impl ErrorReading {
             } else {
                 StatusCode::BAD_GATEWAY
             });
-        let message = value(&self.message).filter(|m| !m.is_null());
-        let inner = value(&self.error).filter(Value::is_object);
-        if let Some(inner) = inner {
-            let message = message.as_ref().or(inner.get("message"));
-            return envelope::error_from_object(status, &inner, message);
+        let message = member(&self.message).filter(|m| m.get() != "null");
+        if let Some(inner) = member(&self.error).and_then(ErrorObject::read) {
+            // The `$message` member first, then the object's own.
+            return inner.into_error(status, message.or(inner.message));
         }
-        let code = code.filter(|c| !c.is_null()).map(|c| match c {
+        // The `$status` member as a string.
+        let code = match error_fields::small_value(code) {
+            Value::Null => Value::Null,
             Value::String(text) => Value::String(text),
             other => Value::String(other.to_string()),
-        });
-        ApiError::from_fields(status, message.as_ref(), None, None, code.as_ref())
+        };
+        ApiError::new(status, error_fields::message(status, message))
             .with_type("upstream_error")
+            .with_code(code)
     }
 }
 
-/// An integer, or a string holding one, as text.
-fn integer_text(value: &Value) -> Option<String> {
-    match value {
-        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
-        Value::String(text) => Some(text.trim().to_string()),
-        _ => None,
+/// An integer, or a string holding one (spaces around it allowed), as a status number.
+fn status_number(raw: &RawValue) -> Option<u16> {
+    match error_fields::text(raw) {
+        Some(text) => text.trim().parse().ok(),
+        None => error_fields::integer(raw)?.parse().ok(),
     }
 }
 
@@ -936,6 +943,32 @@ fn short(value: &Value) -> String {
         let cut: String = text.chars().take(64).collect();
         format!("{cut}…")
     }
+}
+
+/// A value too large to read (see [`Reader::read`]) for a message: its first 64 characters as
+/// written, without the whitespace between tokens (on one line, as [`short`] writes a value),
+/// then `…`.
+fn short_raw(raw: &str) -> String {
+    let (mut out, mut count, mut in_string, mut escaped) = (String::new(), 0, false, false);
+    for ch in raw.chars() {
+        if !in_string && ch.is_ascii_whitespace() {
+            continue;
+        }
+        if count == 64 {
+            out.push('…');
+            break;
+        }
+        out.push(ch);
+        count += 1;
+        if escaped {
+            escaped = false;
+        } else if in_string && ch == '\\' {
+            escaped = true;
+        } else if ch == '"' {
+            in_string = !in_string;
+        }
+    }
+    out
 }
 
 /// The members the rules read, borrowed from the body; any other member is skipped unread.
@@ -1466,6 +1499,104 @@ mod tests {
                 422
             ),
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad field"))
+        );
+    }
+
+    /// [`read`] for a body built at run time.
+    fn read_built(shape: &Shape, body: String, status: u16) -> Result<String, ApiError> {
+        match shape.unwrap(&Bytes::from(body), StatusCode::from_u16(status).unwrap()) {
+            Unwrapped::Payload(p) => Ok(String::from_utf8(p.to_vec()).unwrap()),
+            Unwrapped::Error(e) => Err(e),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `[1,1,…,1]` with a million items, as written.
+    fn a_million_ones() -> String {
+        format!("[{}1]", "1,".repeat(999_999))
+    }
+
+    #[test]
+    fn huge_members_of_an_error_envelope_are_cut_or_null() {
+        let items = a_million_ones();
+        // The first 2,000 characters of the message as written, then `…`.
+        let cut = format!("[{}1…", "1,".repeat(999));
+        let jsend = shape(Preset::Jsend);
+        assert_eq!(
+            read_built(
+                &jsend,
+                format!(r#"{{"status":"error","message":{items},"code":503}}"#),
+                200
+            ),
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, cut.clone())
+                .with_type("upstream_error")
+                .with_code("503"))
+        );
+        // The `$error` object's param over 4 KiB is null; its message and code are kept.
+        assert_eq!(
+            read_built(
+                &jsend,
+                format!(
+                    r#"{{"status":"fail","data":{{"message":"bad","param":{items},"code":"c"}}}}"#
+                ),
+                422
+            ),
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad").with_code("c"))
+        );
+        // An error body (HTTP ≥ 400) read by the templates.
+        let body = format!(r#"{{"code":500,"msg":{items},"data":null}}"#);
+        assert_eq!(
+            shape(Preset::CodeMsgData).read_error(StatusCode::BAD_GATEWAY, body.as_bytes()),
+            Some(
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, cut)
+                    .with_type("upstream_error")
+                    .with_code("500")
+            )
+        );
+    }
+
+    #[test]
+    fn a_discriminator_over_4_kib_equals_no_constant() {
+        let cmd = shape(Preset::CodeMsgData);
+        let body = |code: &str| format!(r#"{{"code":{code},"msg":"m","data":{{"a":1}}}}"#);
+        // `0.000…` equals code-msg-data's 0 while it is 4,096 bytes as written; one byte more
+        // and it equals no constant: its error template has `$status` there, so an error
+        // (without a code: over 4 KiB).
+        let zero = |len: usize| format!("0.{}", "0".repeat(len - 2));
+        assert_eq!(
+            read_built(&cmd, body(&zero(4096)), 200),
+            Ok(r#"{"a":1}"#.into())
+        );
+        let error = ApiError::new(StatusCode::BAD_GATEWAY, "m").with_type("upstream_error");
+        assert_eq!(read_built(&cmd, body(&zero(4097)), 200), Err(error.clone()));
+        let long = format!(r#""{}""#, "x".repeat(5000));
+        assert_eq!(read_built(&cmd, body(&long), 200), Err(error));
+        // JSend has a constant at each: a huge `status` is neither success nor error, shown
+        // by its first 64 characters as written, without the whitespace between tokens.
+        let jsend = shape(Preset::Jsend);
+        let spaced = format!("[{}1]", "1, ".repeat(999_999));
+        assert_eq!(
+            read_built(&jsend, format!(r#"{{"status":{spaced},"data":1}}"#), 200),
+            Err(invalid_body(
+                502,
+                200,
+                &format!(
+                    "`status` is [{}1…, neither success nor error",
+                    "1,".repeat(31)
+                )
+            ))
+        );
+        let text = format!(r#"" {}""#, "a b".repeat(2000));
+        assert_eq!(
+            read_built(&jsend, format!(r#"{{"status":{text},"data":1}}"#), 200),
+            Err(invalid_body(
+                502,
+                200,
+                &format!(
+                    r#"`status` is " {}a …, neither success nor error"#,
+                    "a b".repeat(20)
+                )
+            ))
         );
     }
 

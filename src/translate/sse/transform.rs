@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::framer::SseEvent;
@@ -33,6 +33,7 @@ use crate::dialect::Dialect;
 use crate::error::ApiError;
 use crate::translate::envelope::{self, Classified, Verdict};
 use crate::translate::error_body;
+use crate::translate::error_fields;
 use crate::translate::json_check::{has_escape, EventChecks};
 use crate::translate::template::{Envelopes, Shape, Unwrapped};
 use crate::translate::usage::{may_carry_usage, UsageReport};
@@ -393,11 +394,16 @@ fn read_kind(read: Unwrapped, data: &[u8]) -> EventKind {
 }
 
 /// A bare error event read as an [`ApiError`]; its envelope code is the error's own HTTP-like
-/// code when it has one (llama.cpp sends integers), else 500.
+/// code when it has one (llama.cpp sends integers), else 500. Only `error.code` is looked into
+/// (members as written): the event, up to `--max-sse-event`, never becomes a `Value`.
 fn stream_error(data: &[u8]) -> ApiError {
-    let status = serde_json::from_slice::<Value>(data)
+    let status = serde_json::from_slice::<&RawValue>(data)
         .ok()
-        .and_then(|v| v.pointer("/error/code").and_then(Value::as_u64))
+        .and_then(|event| error_fields::members(event, ["error"]))
+        .and_then(|[error]| error)
+        .and_then(|error| error_fields::members(error, ["code"]))
+        .and_then(|[code]| code)
+        .and_then(|code| serde_json::from_str::<u64>(code.get()).ok())
         .and_then(|code| u16::try_from(code).ok())
         .filter(|code| (400..=599).contains(code))
         .and_then(|code| StatusCode::from_u16(code).ok())
@@ -576,6 +582,60 @@ mod tests {
         assert_eq!(
             kinds,
             [EventKind::Normal, EventKind::Normal, EventKind::Error]
+        );
+    }
+
+    #[test]
+    fn a_wrapped_error_event_takes_its_status_from_error_code() {
+        let (out, kinds) = run(
+            EventMode::Wrap,
+            Dialect::Bare,
+            b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":503}}\n\n",
+        );
+        assert_eq!(
+            out,
+            "data: {\"success\":false,\"code\":\"503\",\"message\":\"overloaded\",\"data\":null,\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"param\":null,\"code\":503}}\n\n"
+        );
+        assert_eq!(kinds, [EventKind::Error]);
+        // Only `error.code` is read: another member serde's `Value` cannot hold (a number
+        // beyond f64) does not hide it.
+        let error = stream_error(br#"{"error":{"message":"m","code":503},"trace":1e400}"#);
+        assert_eq!(
+            error,
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "m").with_code(503)
+        );
+        // Codes that are no status: 500.
+        for code in [
+            "\"503\"",
+            "503.0",
+            "-503",
+            "99",
+            "18446744073709551616",
+            "null",
+        ] {
+            let data = format!(r#"{{"error":{{"message":"m","code":{code}}}}}"#);
+            assert_eq!(
+                stream_error(data.as_bytes()).status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_event_with_a_million_item_message_is_cut() {
+        let data = format!(
+            r#"{{"error":{{"message":[{}1],"param":[{}1],"code":503}}}}"#,
+            "1,".repeat(999_999),
+            "1,".repeat(999_999)
+        );
+        assert_eq!(
+            stream_error(data.as_bytes()),
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("[{}1…", "1,".repeat(999))
+            )
+            .with_code(503)
         );
     }
 
