@@ -28,6 +28,11 @@ zhu64k-wrap:/api/v1/bench/zhu/65536 zhu64k-pass:/v1/bench/zhu/65536 \
 sse-wrap:/api/v1/bench/sse/200/300/0 sse-pass:/v1/bench/sse/200/300/0 \
 sse-unwrap:/v1/bench/envsse/200/300/0:envelope"}
 fi
+# oha from PATH, else the debug build `benches/load.sh --smoke` installs in target/tools (CI runs
+# that step first, and nothing else puts oha on PATH on a fresh machine).
+if ! command -v oha >/dev/null 2>&1 && [[ -x target/tools/bin/oha ]]; then
+  PATH=$PWD/target/tools/bin:$PATH
+fi
 for tool in valgrind callgrind_control oha; do
   command -v "$tool" >/dev/null 2>&1 || { echo "instructions: $tool is missing" >&2; exit 1; }
 done
