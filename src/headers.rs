@@ -4,6 +4,9 @@
 //! everything else is end-to-end and passes through, so the headers SDK retries depend on
 //! (`retry-after`, `retry-after-ms`, `x-should-retry`, `x-ratelimit-*`, `x-request-id`) always
 //! reach the client.
+//!
+//! The fields the proxy checks, reads or removes are found in one pass over a map's names
+//! ([`Present`]); only those present are looked up.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -27,10 +30,95 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Which of the fields the proxy checks, reads or removes a header map holds, found in one
+/// pass over its names. Most are usually absent, and a lookup of an absent field still hashes
+/// its name and probes the map (70–110 instructions; BENCHMARKS.md, twenty-fifth step): the
+/// request and response paths look only where this says a field is.
+///
+/// A field it says is absent is absent for as long as the proxy adds none of these fields
+/// itself; one it says is present may since have been removed (a name `Connection` lists), so
+/// its lookup may still find nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Present {
+    pub authorization: bool,
+    pub content_encoding: bool,
+    pub content_length: bool,
+    pub content_type: bool,
+    pub etag: bool,
+    pub forwarded: bool,
+    pub host: bool,
+    pub traceparent: bool,
+    pub transfer_encoding: bool,
+    pub x_forwarded_host: bool,
+    pub x_request_id: bool,
+    /// Any of [`HOP_BY_HOP`] (`Transfer-Encoding` among them).
+    pub hop_by_hop: bool,
+}
+
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+impl Present {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let mut present = Self::default();
+        for name in headers.keys() {
+            // By length first: most names are decided by one comparison, or none (a name
+            // compared with each field in turn cost ~60 instructions, more than the lookups
+            // it saves).
+            let name = name.as_str();
+            let field = match name.len() {
+                2 if name == "te" => &mut present.hop_by_hop,
+                4 if name == "host" => &mut present.host,
+                4 if name == "etag" => &mut present.etag,
+                7 if name == "trailer" || name == "upgrade" => &mut present.hop_by_hop,
+                9 if name == "forwarded" => &mut present.forwarded,
+                10 if name == "connection" || name == "keep-alive" => &mut present.hop_by_hop,
+                11 if name == "traceparent" => &mut present.traceparent,
+                12 if name == "content-type" => &mut present.content_type,
+                12 if name == "x-request-id" => &mut present.x_request_id,
+                13 if name == "authorization" => &mut present.authorization,
+                14 if name == "content-length" => &mut present.content_length,
+                16 if name == "content-encoding" => &mut present.content_encoding,
+                16 if name == "x-forwarded-host" => &mut present.x_forwarded_host,
+                16 if name == "proxy-connection" => &mut present.hop_by_hop,
+                17 if name == "transfer-encoding" => {
+                    present.hop_by_hop = true;
+                    &mut present.transfer_encoding
+                }
+                18 if name == "proxy-authenticate" => &mut present.hop_by_hop,
+                19 if name == "proxy-authorization" => &mut present.hop_by_hop,
+                _ => continue,
+            };
+            *field = true;
+        }
+        present
+    }
+}
+
+impl Present {
+    /// [`content_kind`], with no lookup when there is no `Content-Type`.
+    pub(crate) fn content_kind(self, headers: &HeaderMap) -> ContentKind {
+        kind_of(
+            self.content_type
+                .then(|| headers.get(header::CONTENT_TYPE))
+                .flatten(),
+        )
+    }
+
+    /// [`is_content_encoded`], with no lookup when there is no `Content-Encoding`.
+    pub(crate) fn is_content_encoded(self, headers: &HeaderMap) -> bool {
+        is_coding(
+            self.content_encoding
+                .then(|| headers.get(header::CONTENT_ENCODING))
+                .flatten(),
+        )
+    }
+}
+
 /// Removes hop-by-hop headers, including any header the `Connection` header names.
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Usually there are none: one look at each name costs less than nine hashed removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, present: Present) {
+    // Usually there are none.
+    if !present.hop_by_hop {
         return;
     }
     // Names listed in Connection are hop-by-hop for this message too.
@@ -53,8 +141,8 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// which for a pass-through body is the length hyper enforced while reading it, so a body that
 /// ends early breaks the client's response instead of ending it. A bodiless response (HEAD,
 /// 204, 304) keeps the length it declares for the representation.
-pub(crate) fn strip_upstream_framing(headers: &mut HeaderMap, bodiless: bool) {
-    if !bodiless || headers.contains_key(header::TRANSFER_ENCODING) {
+pub(crate) fn strip_upstream_framing(headers: &mut HeaderMap, bodiless: bool, present: Present) {
+    if present.content_length && (!bodiless || present.transfer_encoding) {
         headers.remove(header::CONTENT_LENGTH);
     }
 }
@@ -72,20 +160,30 @@ pub(crate) fn strip_upstream_framing(headers: &mut HeaderMap, bodiless: bool) {
 /// cannot be read.
 pub(crate) fn prepare_upstream_request(
     headers: &mut HeaderMap,
+    present: Present,
     authority: Option<&str>,
     client_ip: Option<IpAddr>,
     client_proto: &'static str,
 ) {
-    remove_hop_by_hop(headers);
+    remove_hop_by_hop(headers, present);
     // HTTP/2 names the host in `:authority` (`authority`) rather than in Host.
-    let host = headers
-        .remove(header::HOST)
+    let host = present
+        .host
+        .then(|| headers.remove(header::HOST))
+        .flatten()
         .or_else(|| HeaderValue::from_str(authority?).ok());
     match host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
-        None => headers.remove(X_FORWARDED_HOST),
-    };
-    headers.remove(header::FORWARDED);
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        None if present.x_forwarded_host => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+        None => {}
+    }
+    if present.forwarded {
+        headers.remove(header::FORWARDED);
+    }
     // A Unix-socket client has no address: X-Forwarded-For is left as the client sent it.
     if let Some(client_ip) = client_ip {
         append_forwarded_for(headers, client_ip);
@@ -217,7 +315,12 @@ pub(crate) enum ContentKind {
 /// The media type as [`media_type`] reads it (a value that is not visible ASCII counts as
 /// none), compared without building it: this runs on every response.
 pub(crate) fn content_kind(headers: &HeaderMap) -> ContentKind {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+    kind_of(headers.get(header::CONTENT_TYPE))
+}
+
+/// [`content_kind`] of a `Content-Type` value.
+fn kind_of(content_type: Option<&HeaderValue>) -> ContentKind {
+    let Some(value) = content_type else {
         return ContentKind::Json;
     };
     let value = value.as_bytes();
@@ -265,8 +368,11 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
 
 /// True when the body carries a content coding other than identity.
 pub(crate) fn is_content_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
+    is_coding(headers.get(header::CONTENT_ENCODING))
+}
+
+fn is_coding(content_encoding: Option<&HeaderValue>) -> bool {
+    content_encoding
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("identity"))
 }
@@ -286,6 +392,76 @@ mod tests {
         headers
     }
 
+    /// Every field [`Present`] reports, by name, and whether it says the field is there.
+    fn reported(present: Present) -> Vec<(&'static str, bool)> {
+        let Present {
+            authorization,
+            content_encoding,
+            content_length,
+            content_type,
+            etag,
+            forwarded,
+            host,
+            traceparent,
+            transfer_encoding,
+            x_forwarded_host,
+            x_request_id,
+            hop_by_hop,
+        } = present;
+        vec![
+            ("authorization", authorization),
+            ("content-encoding", content_encoding),
+            ("content-length", content_length),
+            ("content-type", content_type),
+            ("etag", etag),
+            ("forwarded", forwarded),
+            ("host", host),
+            ("traceparent", traceparent),
+            ("transfer-encoding", transfer_encoding),
+            ("x-forwarded-host", x_forwarded_host),
+            ("x-request-id", x_request_id),
+            ("hop-by-hop", hop_by_hop),
+        ]
+    }
+
+    proptest::proptest! {
+        /// One pass over the names says what a lookup of each field would: on maps of any of
+        /// the fields it knows, hop-by-hop ones and others, some sent twice.
+        #[test]
+        fn present_says_what_lookups_say(picks in proptest::collection::vec(0..24usize, 0..12)) {
+            const NAMES: [&str; 24] = [
+                "authorization", "content-encoding", "content-length", "content-type", "etag",
+                "forwarded", "host", "traceparent", "transfer-encoding", "x-forwarded-host",
+                "x-request-id", "connection", "keep-alive", "proxy-connection",
+                "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade",
+                "x-forwarded-for", "accept", "user-agent", "x-request-ids", "traceparent2",
+            ];
+            let mut headers = HeaderMap::new();
+            for pick in picks {
+                headers.append(NAMES[pick], HeaderValue::from_static("v"));
+            }
+            for (name, said) in reported(Present::of(&headers)) {
+                let there = if name == "hop-by-hop" {
+                    HOP_BY_HOP.iter().any(|hop| headers.contains_key(hop))
+                } else {
+                    headers.contains_key(name)
+                };
+                proptest::prop_assert_eq!(said, there, "{}", name);
+            }
+        }
+    }
+
+    /// [`prepare_upstream_request`] as the request path calls it.
+    fn prepare(
+        headers: &mut HeaderMap,
+        authority: Option<&str>,
+        client_ip: Option<IpAddr>,
+        client_proto: &'static str,
+    ) {
+        let present = Present::of(headers);
+        prepare_upstream_request(headers, present, authority, client_ip, client_proto);
+    }
+
     #[test]
     fn hop_by_hop_and_connection_listed_headers_are_removed() {
         let mut headers = map(&[
@@ -299,7 +475,8 @@ mod tests {
             ("retry-after", "2"),
             ("x-request-id", "req_1"),
         ]);
-        remove_hop_by_hop(&mut headers);
+        let present = Present::of(&headers);
+        remove_hop_by_hop(&mut headers, present);
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["retry-after", "x-request-id"]);
@@ -330,7 +507,7 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
             ("accept-encoding", "gzip"),
         ]);
-        prepare_upstream_request(
+        prepare(
             &mut headers,
             None,
             Some("127.0.0.1".parse().unwrap()),
@@ -351,7 +528,7 @@ mod tests {
             ("x-forwarded-host", "evil.example"),
             ("forwarded", "for=1.2.3.4;host=evil.example"),
         ]);
-        prepare_upstream_request(
+        prepare(
             &mut headers,
             None,
             Some("10.0.0.5".parse().unwrap()),
@@ -375,7 +552,7 @@ mod tests {
         assert_eq!(headers.get("host"), None);
 
         let mut headers = map(&[("x-forwarded-host", "evil.example")]);
-        prepare_upstream_request(&mut headers, None, None, "http");
+        prepare(&mut headers, None, None, "http");
         assert_eq!(headers.get("x-forwarded-host"), None);
     }
 
@@ -383,7 +560,7 @@ mod tests {
     fn the_forwarded_host_is_the_host_field_else_the_http2_authority() {
         let forwarded_host = |pairs: &[(&str, &str)], authority| {
             let mut headers = map(pairs);
-            prepare_upstream_request(&mut headers, authority, None, "https");
+            prepare(&mut headers, authority, None, "https");
             assert_eq!(headers.get("host"), None);
             let hosts: Vec<_> = headers
                 .get_all("x-forwarded-host")
@@ -415,7 +592,7 @@ mod tests {
     #[test]
     fn no_forwarded_for_field_gets_one_with_the_client_address() {
         let mut headers = map(&[("host", "api.example")]);
-        prepare_upstream_request(
+        prepare(
             &mut headers,
             None,
             Some("192.0.2.7".parse().unwrap()),
@@ -436,7 +613,8 @@ mod tests {
             // HEAD, 204, 304: the length describes the representation; there is no body.
             (with_cl(), true, true),
         ] {
-            strip_upstream_framing(&mut headers, bodiless);
+            let present = Present::of(&headers);
+            strip_upstream_framing(&mut headers, bodiless, present);
             assert_eq!(headers.contains_key("content-length"), kept);
         }
     }

@@ -191,17 +191,22 @@ impl UpstreamKey {
 /// marked sensitive like the key. Over HTTP/2, h2 keeps `Authorization` values out of its own
 /// HPACK table either way; a sensitive one goes as a never-indexed literal, which also tells
 /// an HTTP/2 intermediary behind the upstream URL never to index the token (RFC 7541 §7.1.3),
-/// where the requests of many clients share its connections.
+/// where the requests of many clients share its connections. `sent`: whether the client sent
+/// an `Authorization` ([`crate::headers::Present`]).
 pub(crate) fn upstream_authorization(
     headers: &mut HeaderMap,
+    sent: bool,
     upstream_key: Option<&UpstreamKey>,
     client_keys_in_use: bool,
 ) {
     match upstream_key {
         Some(key) => key.apply(headers),
+        // Removed whatever the census said: a proxy key must never go upstream.
         None if client_keys_in_use => {
             headers.remove(AUTHORIZATION);
         }
+        // The client sent none: nothing to mark.
+        None if !sent => {}
         None => {
             if let Some(value) = headers.get_mut(AUTHORIZATION) {
                 value.set_sensitive(true);
@@ -301,10 +306,10 @@ mod tests {
     #[test]
     fn a_proxy_key_never_goes_upstream() {
         let mut headers = auth("Bearer sk-proxy");
-        upstream_authorization(&mut headers, None, true);
+        upstream_authorization(&mut headers, true, None, true);
         assert_eq!(headers.get(AUTHORIZATION), None);
         let mut headers = auth("Bearer sk-for-the-upstream");
-        upstream_authorization(&mut headers, None, false);
+        upstream_authorization(&mut headers, true, None, false);
         assert_eq!(headers[AUTHORIZATION], "Bearer sk-for-the-upstream");
         assert!(headers[AUTHORIZATION].is_sensitive());
     }

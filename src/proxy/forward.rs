@@ -41,6 +41,7 @@ impl Proxy {
             rest_at,
             client,
             request_id,
+            present,
             mut record,
             permit,
         } = forward;
@@ -72,7 +73,11 @@ impl Proxy {
                 },
                 cut: self.cut.clone(),
             };
-            if let Some(length) = declared_length(&request) {
+            if let Some(length) = present
+                .content_length
+                .then(|| declared_length(&request))
+                .flatten()
+            {
                 if length > config.max_request_body {
                     break 'answer exchange.error_response(
                         &ApiError::request_too_large(config.max_request_body),
@@ -92,6 +97,7 @@ impl Proxy {
             };
             headers::prepare_upstream_request(
                 &mut parts.headers,
+                present,
                 parts.uri.authority().map(http::uri::Authority::as_str),
                 client.ip,
                 client.proto,
@@ -101,6 +107,7 @@ impl Proxy {
             parts.version = http::Version::HTTP_11;
             auth::upstream_authorization(
                 &mut parts.headers,
+                present.authorization,
                 self.upstream_key.as_ref(),
                 self.client_keys.is_some(),
             );

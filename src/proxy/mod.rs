@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dialect::{self, route, Dialect, Route};
+use crate::headers::{Present, TRACEPARENT};
 use crate::ops::access_log::{self, RequestRecord};
 use crate::ops::credentials;
 use crate::ops::metrics::{self, Metrics};
@@ -110,6 +111,16 @@ pub(crate) enum Handled {
     Forward(Forward),
 }
 
+/// What [`Proxy::handle`] learnt of a request's head before routing it.
+#[derive(Clone, Copy)]
+struct Sent<'a> {
+    /// How many header fields the client sent (before the proxy's own `x-request-id`).
+    fields: usize,
+    /// Which of the fields the proxy acts on the client sent.
+    present: Present,
+    request_id: &'a HeaderValue,
+}
+
 /// A proxied request past its route, checks, client key and permit: what the upstream
 /// exchange needs, held by value so that the exchange's future is the only one that waits.
 pub(crate) struct Forward {
@@ -119,12 +130,11 @@ pub(crate) struct Forward {
     rest_at: usize,
     client: ClientInfo,
     request_id: HeaderValue,
+    /// Which of the fields the proxy acts on the client sent.
+    present: Present,
     record: RequestRecord,
     permit: OwnedSemaphorePermit,
 }
-
-/// `traceparent`, read for the access log.
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 impl Proxy {
     pub(crate) fn new(
@@ -217,8 +227,14 @@ impl Proxy {
     ) -> Handled {
         // Counted before the proxy adds its own `x-request-id` (`--max-headers` is the client's).
         let fields = request.headers().len();
-        let request_id = request_id::ensure(request.headers_mut());
-        match self.dispatch(request, fields, client, role, &request_id) {
+        let present = Present::of(request.headers());
+        let request_id = request_id::ensure(request.headers_mut(), present.x_request_id);
+        let sent = Sent {
+            fields,
+            present,
+            request_id: &request_id,
+        };
+        match self.dispatch(request, sent, client, role) {
             Handled::Answered(response) => Handled::Answered(with_request_id(response, request_id)),
             forward => forward,
         }
@@ -227,10 +243,9 @@ impl Proxy {
     fn dispatch(
         &self,
         request: Request<Incoming>,
-        fields: usize,
+        sent: Sent<'_>,
         client: ClientInfo,
         role: Role,
-        request_id: &HeaderValue,
     ) -> Handled {
         let path = request.uri().path();
         // Before routing: `//v1/models` is a bad path, not an unknown route; a head with too
@@ -239,10 +254,15 @@ impl Proxy {
             request_target::check_target(request.method(), request.uri(), request.version())
                 .and_then(|()| request_target::check_path(path))
                 .and_then(|()| {
-                    request_head::check_head(request.headers(), fields, self.config.max_headers)
+                    request_head::check_head(
+                        request.headers(),
+                        sent.present,
+                        sent.fields,
+                        self.config.max_headers,
+                    )
                 });
         if let Err(error) = checked {
-            let mut record = self.record(&request, request_id);
+            let mut record = self.record(&request, sent);
             if let Route::Proxy { client, .. } = route(path) {
                 record.set_client(client);
             }
@@ -271,10 +291,10 @@ impl Proxy {
                 rest,
             } if role == Role::Public => {
                 let rest_at = path.len() - rest.len();
-                return self.proxied(request, dialect, rest_at, client, request_id);
+                return self.proxied(request, dialect, rest_at, client, sent);
             }
             _ => {
-                let record = self.record(&request, request_id);
+                let record = self.record(&request, sent);
                 observed(
                     unknown_route(request.method(), request.uri().path()),
                     record,
@@ -292,9 +312,9 @@ impl Proxy {
         dialect: Dialect,
         rest_at: usize,
         client: ClientInfo,
-        request_id: &HeaderValue,
+        sent: Sent<'_>,
     ) -> Handled {
-        let mut record = self.record(&request, request_id);
+        let mut record = self.record(&request, sent);
         record.set_client(dialect);
         let refused = if let Err(error) = request_target::check_proxied_path(request.uri().path()) {
             error_response(dialect, &self.envelopes, &error, None)
@@ -312,7 +332,8 @@ impl Proxy {
                         dialect,
                         rest_at,
                         client,
-                        request_id: request_id.clone(),
+                        request_id: sent.request_id.clone(),
+                        present: sent.present,
                         record,
                         permit,
                     })
@@ -323,17 +344,19 @@ impl Proxy {
         Handled::Answered(observed(refused, record))
     }
 
-    fn record<B>(&self, request: &Request<B>, request_id: &HeaderValue) -> RequestRecord {
+    fn record<B>(&self, request: &Request<B>, sent: Sent<'_>) -> RequestRecord {
         let mut record = RequestRecord::start(
             Arc::clone(&self.metrics),
-            request_id.clone(),
+            sent.request_id.clone(),
             request.method(),
             request.uri().path(),
             self.config.upstream_shape,
         );
         record.set_cut(self.cut.clone());
         // Logged only; the header itself is forwarded upstream as it came.
-        record.set_trace_id(access_log::trace_id(request.headers().get(TRACEPARENT)));
+        if sent.present.traceparent {
+            record.set_trace_id(access_log::trace_id(request.headers().get(TRACEPARENT)));
+        }
         record
     }
 

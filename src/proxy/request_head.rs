@@ -11,11 +11,13 @@
 use http::header::{HeaderMap, AUTHORIZATION, TRANSFER_ENCODING};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::headers::Present;
 
 /// Checks the header fields of a request; `fields` is how many the client sent (the proxy may
-/// have added its `x-request-id` since).
+/// have added its `x-request-id` since), `present` which of them.
 pub(crate) fn check_head(
     headers: &HeaderMap,
+    present: Present,
     fields: usize,
     max_headers: usize,
 ) -> Result<(), ApiError> {
@@ -25,18 +27,19 @@ pub(crate) fn check_head(
             format!("request refused: more than {max_headers} header fields (--max-headers)"),
         ));
     }
-    let foreign_coding = headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    let foreign_coding = present.transfer_encoding
+        && headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+            .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
     if foreign_coding {
         return Err(ApiError::proxy(
             ErrorCode::UnsupportedTransferCoding,
             "request refused: the only transfer coding accepted is `chunked`",
         ));
     }
-    if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+    if present.authorization && headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
         return Err(ApiError::proxy(
             ErrorCode::DuplicateAuthorization,
             "request refused: more than one Authorization header",
@@ -62,7 +65,7 @@ mod tests {
     }
 
     fn check(headers: &HeaderMap, max_headers: usize) -> Result<(), ApiError> {
-        check_head(headers, headers.len(), max_headers)
+        check_head(headers, Present::of(headers), headers.len(), max_headers)
     }
 
     fn code(result: Result<(), ApiError>) -> Option<(u16, String)> {

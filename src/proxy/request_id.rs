@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 
-pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) use crate::headers::X_REQUEST_ID;
 
 /// Returns the request's id, generating one (and setting the header) when it has no usable one.
-pub(crate) fn ensure(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get(&X_REQUEST_ID) {
+/// `sent`: whether the client sent the field at all ([`crate::headers::Present`]).
+pub(crate) fn ensure(headers: &mut HeaderMap, sent: bool) -> HeaderValue {
+    if let Some(value) = sent.then(|| headers.get(&X_REQUEST_ID)).flatten() {
         if is_usable(value) {
             return value.clone();
         }
@@ -123,22 +124,28 @@ mod tests {
         }
     }
 
+    /// [`ensure`] as a request's headers call it.
+    fn ensured(headers: &mut HeaderMap) -> HeaderValue {
+        let sent = crate::headers::Present::of(headers).x_request_id;
+        ensure(headers, sent)
+    }
+
     #[test]
     fn a_usable_client_id_is_kept_and_a_missing_or_odd_one_replaced() {
         let mut headers = HeaderMap::new();
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("req_abc-123"));
-        assert_eq!(ensure(&mut headers), "req_abc-123");
+        assert_eq!(ensured(&mut headers), "req_abc-123");
 
         let mut headers = HeaderMap::new();
-        let generated = ensure(&mut headers);
+        let generated = ensured(&mut headers);
         assert_eq!(generated.len(), 32);
         assert!(generated.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_eq!(headers[X_REQUEST_ID], generated);
-        assert_ne!(ensure(&mut HeaderMap::new()), generated);
+        assert_ne!(ensured(&mut HeaderMap::new()), generated);
 
         let mut headers = HeaderMap::new();
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("two words"));
-        let replaced = ensure(&mut headers);
+        let replaced = ensured(&mut headers);
         assert_ne!(replaced, "two words");
         assert_eq!(headers[X_REQUEST_ID], replaced);
     }

@@ -51,7 +51,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::dialect::Dialect;
 use crate::error::{ApiError, BoxError, ErrorCode, INVALID_FRAMING};
-use crate::headers::{self, ContentKind};
+use crate::headers::{self, ContentKind, Present};
 use crate::translate::upstream_body::UpstreamBody;
 use body::ProxyBody;
 use sse::{EventMode, SseBody, StreamSettings};
@@ -135,15 +135,16 @@ pub async fn respond(exchange: &Exchange, response: Response<UpstreamBody>) -> R
         return exchange.error_response(&unexpected_upgrade(), None);
     }
     let bodiless = exchange.head || has_no_body(status);
-    headers::strip_upstream_framing(&mut parts.headers, bodiless);
-    headers::remove_hop_by_hop(&mut parts.headers);
+    let present = Present::of(&parts.headers);
+    headers::strip_upstream_framing(&mut parts.headers, bodiless, present);
+    headers::remove_hop_by_hop(&mut parts.headers, present);
 
     if bodiless {
         return Response::from_parts(parts, ProxyBody::passthru(body));
     }
     let same_dialect = exchange.passes_through();
-    let encoded = headers::is_content_encoded(&parts.headers);
-    let kind = headers::content_kind(&parts.headers);
+    let encoded = present.is_content_encoded(&parts.headers);
+    let kind = present.content_kind(&parts.headers);
     if status.is_success() && kind == ContentKind::EventStream {
         if encoded {
             // Coded bytes cannot be cut into events: untouched, or refused if they need rewriting.

@@ -11,6 +11,7 @@ use http::{Method, Response, StatusCode};
 
 use crate::dialect::Dialect;
 use crate::error::{ApiError, ErrorCode};
+use crate::headers::Present;
 use crate::translate::body::ProxyBody;
 use crate::translate::template::Envelopes;
 
@@ -38,13 +39,22 @@ pub(crate) fn error_response(
 /// exact size hint makes hyper write the new one itself, straight into the response head (a
 /// `HeaderValue` from an integer costs two allocations per response).
 pub(crate) fn set_json_headers(headers: &mut HeaderMap) {
-    headers.remove(header::CONTENT_ENCODING);
-    headers.remove(header::ETAG);
-    headers.remove(header::CONTENT_LENGTH);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    // One look at each name, then only the lookups of fields that are there: these three are
+    // usually absent, and `Content-Type` usually already says `application/json`.
+    let present = Present::of(headers);
+    if present.content_encoding {
+        headers.remove(header::CONTENT_ENCODING);
+    }
+    if present.etag {
+        headers.remove(header::ETAG);
+    }
+    if present.content_length {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let json = HeaderValue::from_static("application/json");
+    if !present.content_type || headers.get(header::CONTENT_TYPE) != Some(&json) {
+        headers.insert(header::CONTENT_TYPE, json);
+    }
 }
 
 /// A `text/plain` answer of an operational endpoint.
