@@ -389,9 +389,11 @@ impl Proxy {
 
 /// The upstream's own `x-request-id`, when it sent one, is what the SDKs report; else ours.
 fn with_request_id(mut response: ProxyResponse, request_id: HeaderValue) -> ProxyResponse {
-    if !response.headers().contains_key(&X_REQUEST_ID) {
-        response.headers_mut().insert(X_REQUEST_ID, request_id);
-    }
+    // One lookup for the test and the insertion.
+    response
+        .headers_mut()
+        .entry(X_REQUEST_ID)
+        .or_insert(request_id);
     response
 }
 
