@@ -149,8 +149,9 @@ pub(crate) fn strip_upstream_framing(headers: &mut HeaderMap, bodiless: bool, pr
 
 /// Turns a client's request headers into the upstream's.
 ///
-/// `Host` is dropped so the client sets it from the upstream URL (and HTTP/2 uses
-/// `:authority`); `X-Forwarded-Host` becomes the host the client addressed (`Host`, which the
+/// `Host` becomes `upstream_host` where the proxy writes it itself, and is dropped elsewhere
+/// so the client sets it from the upstream URL (and HTTP/2 uses `:authority`);
+/// `X-Forwarded-Host` becomes the host the client addressed (`Host`, which the
 /// caller sets from `:authority` on HTTP/2); `X-Forwarded-For` gains the client's address,
 /// `X-Forwarded-Proto` says how the client reached us, and a client's `Forwarded` is dropped
 /// (like Envoy, which overwrites what it does not trust: the proxy speaks `X-Forwarded-*` only,
@@ -161,17 +162,20 @@ pub(crate) fn strip_upstream_framing(headers: &mut HeaderMap, bodiless: bool, pr
 pub(crate) fn prepare_upstream_request(
     headers: &mut HeaderMap,
     present: Present,
+    upstream_host: Option<&HeaderValue>,
     authority: Option<&str>,
     client_ip: Option<IpAddr>,
     client_proto: &'static str,
 ) {
     remove_hop_by_hop(headers, present);
-    // HTTP/2 names the host in `:authority` (`authority`) rather than in Host.
-    let host = present
-        .host
-        .then(|| headers.remove(header::HOST))
-        .flatten()
-        .or_else(|| HeaderValue::from_str(authority?).ok());
+    // The client's Host makes way for the upstream's in one lookup, where the proxy writes
+    // that itself. HTTP/2 names the host in `:authority` (`authority`) rather than in Host.
+    let sent_host = match upstream_host {
+        Some(upstream) => headers.insert(header::HOST, upstream.clone()),
+        None if present.host => headers.remove(header::HOST),
+        None => None,
+    };
+    let host = sent_host.or_else(|| HeaderValue::from_str(authority?).ok());
     match host {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST, host);
@@ -459,7 +463,7 @@ mod tests {
         client_proto: &'static str,
     ) {
         let present = Present::of(headers);
-        prepare_upstream_request(headers, present, authority, client_ip, client_proto);
+        prepare_upstream_request(headers, present, None, authority, client_ip, client_proto);
     }
 
     #[test]
@@ -587,6 +591,37 @@ mod tests {
             forwarded_host(&[("host", "api.example"), ("connection", "host")], None),
             Vec::<HeaderValue>::new()
         );
+    }
+
+    #[test]
+    fn where_the_proxy_writes_the_host_the_clients_becomes_the_forwarded_host() {
+        let upstream = HeaderValue::from_static("upstream.local:8000");
+        let prepared = |pairs: &[(&str, &str)]| {
+            let mut headers = map(pairs);
+            let present = Present::of(&headers);
+            prepare_upstream_request(&mut headers, present, Some(&upstream), None, None, "http");
+            let all = |name: &str| -> Vec<HeaderValue> {
+                headers.get_all(name).iter().cloned().collect()
+            };
+            (all("host"), all("x-forwarded-host"))
+        };
+        assert_eq!(
+            prepared(&[
+                ("host", "api.example"),
+                ("x-forwarded-host", "evil.example")
+            ]),
+            (
+                vec![upstream.clone()],
+                vec![HeaderValue::from_static("api.example")]
+            )
+        );
+        // No Host sent, or one the client marked hop-by-hop: the upstream's, and no forwarded one.
+        for pairs in [
+            &[("x-forwarded-host", "evil.example")][..],
+            &[("host", "api.example"), ("connection", "host")],
+        ] {
+            assert_eq!(prepared(pairs), (vec![upstream.clone()], vec![]));
+        }
     }
 
     #[test]

@@ -95,9 +95,11 @@ impl Proxy {
                     break 'answer exchange.error_response(&error, None);
                 }
             };
+            let upstream = &self.upstreams[client.worker % self.upstreams.len()];
             headers::prepare_upstream_request(
                 &mut parts.headers,
                 present,
+                upstream.host(),
                 parts.uri.authority().map(http::uri::Authority::as_str),
                 client.ip,
                 client.proto,
@@ -115,7 +117,6 @@ impl Proxy {
             let upstream_request =
                 Request::from_parts(parts, Limited::new(body, config.max_request_body as usize));
 
-            let upstream = &self.upstreams[client.worker % self.upstreams.len()];
             // One timer for both limits on the wait for the head: whichever ends first.
             let head_deadline = Instant::now() + upstream.response_timeout();
             // The three waits are polled in place, the response first: `timeout` and `select!`

@@ -156,6 +156,16 @@ impl Upstream {
     pub fn response_timeout(&self) -> Duration {
         self.response_timeout
     }
+
+    /// The `Host` an upstream request gets where the proxy writes it itself (HTTP/1.1 to an
+    /// `http://` upstream); `None` where the client sets it from the URI, or HTTP/2 sends
+    /// `:authority` instead.
+    pub(crate) fn host(&self) -> Option<&HeaderValue> {
+        match &self.client {
+            UpstreamClient::Own(pool) => Some(&pool.host),
+            UpstreamClient::H2c(_) | UpstreamClient::Shared(_) => None,
+        }
+    }
 }
 
 /// hyper-util's pooled client for `https://` upstreams.
@@ -212,8 +222,9 @@ impl OwnPool {
         mut request: Request<UpstreamRequestBody>,
         connect_timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        // Origin form and a Host header, as hyper-util's client sends HTTP/1.1 requests. The
-        // path is taken, not cloned: a clone would allocate its buffer's count.
+        // Origin form and a Host header, as hyper-util's client sends HTTP/1.1 requests (the
+        // request path writes it already: `Upstream::host`). The path is taken, not cloned: a
+        // clone would allocate its buffer's count.
         let path = std::mem::take(request.uri_mut())
             .into_parts()
             .path_and_query
