@@ -93,9 +93,7 @@ impl Present {
         }
         present
     }
-}
 
-impl Present {
     /// [`content_kind`], with no lookup when there is no `Content-Type`.
     pub(crate) fn content_kind(self, headers: &HeaderMap) -> ContentKind {
         kind_of(
