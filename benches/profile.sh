@@ -14,8 +14,11 @@
 #                                   during the run moves all five alike
 #   benches/profile.sh syscalls     syscalls per request at 1,000 req/s (ours vs nginx and
 #                                   haproxy), and per event of 200-event streams
-#   benches/profile.sh rss [N]      RSS per open stream, N streams (default 2000) over HTTP/1.1
-#                                   and over HTTP/2 client connections, fresh 2-worker proxy
+#   benches/profile.sh rss [N]      RSS per open stream, N streams (default 2000): hyper's floors
+#                                   (the upstream alone, a hyper HTTP/1.1 server; bench-tool
+#                                   floor, a hyper proxy), then a fresh 2-worker proxy over
+#                                   HTTP/1.1 clients (HTTP/1.1 and HTTP/2 upstream) and HTTP/2
+#                                   clients
 #   benches/profile.sh faults [N]   which code first touches the resident pages while N streams
 #                                   (default 500) open: perf's page-fault event with call stacks
 #   benches/profile.sh ab A B [PATH] [N] [ROUNDS] [SHAPE]
@@ -126,18 +129,35 @@ syscalls)
   echo "syscalls per event, pass-through (400 streams x 201 events):$(count "$OUT/events.perf" 80400)"
   ;;
 rss)
+  # RSS per open stream, each server fresh: first hyper's floors, then ours. The upstream
+  # alone is hyper's HTTP/1.1 server holding a client's stream and nothing more (its task,
+  # connection and event body); bench-tool floor is a hyper proxy that does nothing else
+  # (HTTP/1.1 on both sides). Then envelope-proxy (2 workers) over HTTP/1.1 clients with an
+  # HTTP/1.1 and an HTTP/2 upstream, and over HTTP/2 clients.
   n=${2:-2000}
-  for proto in h1 h2; do
-    flags=()
-    [[ $proto == h2 ]] && flags=(--http2 100)
-    start_proxy "rss$proto" 2 "$SERVER_CPU,$LOAD_CPU"
-    pid_var="PID_rss$proto" port_var="PORT_rss$proto"
+  stream_url=v1/bench/sse/20/200/500
+  # rss_row NAME PID URL [FLAG...]: opens N streams to URL and prints PID's RSS growth per stream
+  rss_row() {
+    local name=$1 pid=$2 url=$3 idle line peak
+    shift 3
     sleep 0.3
-    idle=$(awk '/VmRSS/ {print $2}' "/proc/${!pid_var}/status")
-    line=$("$TOOL" streams --n "$n" --ramp 256 --pid "${!pid_var}" --timeout 60 "${flags[@]}" \
-      --url "http://127.0.0.1:${!port_var}/v1/bench/sse/20/200/500")
+    idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    line=$("$TOOL" streams --n "$n" --ramp 256 --pid "$pid" --timeout 60 "$@" --url "$url")
     peak=$(sed -n 's/.*rss_peak_kb=\([0-9]*\).*/\1/p' <<<"$line")
-    echo "rss $proto idle_kb=$idle ${line#streams } kb_per_stream=$(awk -v p="$peak" -v i="$idle" -v n="$n" 'BEGIN {printf "%.1f", (p - i) / n}')"
+    echo "rss $name idle_kb=$idle ${line#streams } kb_per_stream=$(awk -v p="$peak" -v i="$idle" -v n="$n" 'BEGIN {printf "%.1f", (p - i) / n}')"
+  }
+  # The upstream first, while it is fresh: every later row streams through it too.
+  rss_row hyper-server "$UP_PID" "$UP/$stream_url"
+  start_floor rssfloor "$SERVER_CPU"
+  rss_row hyper-proxy "$PID_rssfloor" "http://127.0.0.1:$PORT_rssfloor/$stream_url"
+  kill "$PID_rssfloor"
+  for run in h1 h1u2 h2; do
+    flags=() proxy_flags=()
+    [[ $run == h2 ]] && flags=(--http2 100)
+    [[ $run == h1u2 ]] && proxy_flags=(--upstream-http2)
+    start_proxy "rss$run" 2 "$SERVER_CPU,$LOAD_CPU" "${proxy_flags[@]}"
+    pid_var="PID_rss$run" port_var="PORT_rss$run"
+    rss_row "envelope-proxy-$run" "${!pid_var}" "http://127.0.0.1:${!port_var}/$stream_url" "${flags[@]}"
     kill "${!pid_var}"
   done
   ;;
