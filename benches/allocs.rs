@@ -12,23 +12,18 @@
 //! `cargo bench --bench allocs` prints both tables; `cargo test --benches` (or `-- --test`) runs
 //! fewer requests.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::ops::Range;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use envelope_proxy::translate::sse::{EventMode, SseBody, StreamSettings};
-use envelope_proxy::translate::template::Envelopes;
-use envelope_proxy::{Config, Dialect, RunningServer};
+use envelope_proxy::translate::sse::{EventMode, SseBody};
+use envelope_proxy::{Config, RunningServer};
 use http::{Request, Response};
-use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use test_support::streams::{chat_events, chunked, mode_stream, Chunks};
 use tokio::net::{TcpListener, TcpStream};
 
 #[global_allocator]
@@ -164,67 +159,6 @@ async fn requests(n: usize) {
 
 // === 2. copies per SSE event ===
 
-struct Chunks(VecDeque<Bytes>);
-
-impl Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.get_mut().0.pop_front().map(|c| Ok(Frame::data(c))))
-    }
-}
-
-fn events(envelope: bool, count: usize, size: usize) -> Vec<Bytes> {
-    let head = r#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":""#;
-    let tail = r#""},"finish_reason":null}]}"#;
-    let fill = size.saturating_sub(head.len() + tail.len() + 8).max(1);
-    let payload = format!("{head}{}{tail}", "x".repeat(fill));
-    let data = if envelope {
-        format!(r#"{{"success":true,"code":"200","message":"successful","data":{payload}}}"#)
-    } else {
-        payload
-    };
-    let mut out: Vec<Bytes> = (0..count)
-        .map(|_| Bytes::from(format!("data: {data}\n\n")))
-        .collect();
-    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    out
-}
-
-fn chunked(events: &[Bytes], chunk: usize) -> Vec<Bytes> {
-    if chunk == 0 {
-        return events.to_vec();
-    }
-    let all: Bytes = events.concat().into();
-    (0..all.len())
-        .step_by(chunk)
-        .map(|at| all.slice(at..(at + chunk).min(all.len())))
-        .collect()
-}
-
-fn settings(mode: EventMode) -> StreamSettings {
-    let (client, upstream) = match mode {
-        EventMode::Passthru => (Dialect::Bare, Dialect::Bare),
-        EventMode::Wrap => (Dialect::Envelope, Dialect::Bare),
-        EventMode::Unwrap => (Dialect::Bare, Dialect::Envelope),
-        EventMode::Rewrap => (Dialect::Envelope, Dialect::Envelope),
-    };
-    StreamSettings {
-        mode,
-        client,
-        upstream,
-        require_done: true,
-        idle_timeout: Duration::from_secs(300),
-        keepalive: None,
-        max_event_bytes: 4 << 20,
-        envelopes: Envelopes::standard(),
-    }
-}
-
 async fn sse_copies() {
     println!();
     println!("SSE: payload bytes copied and allocations per event (200 events of ~300 B):");
@@ -237,7 +171,7 @@ async fn sse_copies() {
         (EventMode::Wrap, "wrap"),
         (EventMode::Unwrap, "unwrap"),
     ] {
-        let evs = events(mode == EventMode::Unwrap, 200, 300);
+        let evs = chat_events(mode == EventMode::Unwrap, 200, 300);
         for (label, chunk) in [("per event", 0), ("16 KiB", 16 << 10), ("1 KiB", 1 << 10)] {
             let chunks = chunked(&evs, chunk);
             let ranges: Vec<Range<usize>> = chunks
@@ -247,7 +181,7 @@ async fn sse_copies() {
             let before = stats();
             let mut body = std::pin::pin!(SseBody::new(
                 Chunks(chunks.into_iter().collect()),
-                settings(mode),
+                mode_stream(mode),
             ));
             let mut copied = 0usize;
             while let Some(frame) = body.frame().await {

@@ -45,6 +45,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use test_support::streams::chat_event;
 use tokio::net::{TcpListener, TcpStream};
 
 mod bodies;
@@ -213,7 +214,7 @@ async fn serve(request: Request<Incoming>) -> Result<Response<UpBody>, Infallibl
         Some(("sse", i)) | Some(("envsse", i)) => match (num(i + 1), num(i + 2), num(i + 3)) {
             (Some(events), Some(size), Some(gap_ms)) => {
                 let envelope = segments[i] == "envsse";
-                let event = sse_event(envelope, size);
+                let event = chat_event(envelope, size);
                 Some(
                     Response::builder()
                         .header("content-type", "text/event-stream")
@@ -258,25 +259,6 @@ fn cached(kind: &str, size: usize) -> Bytes {
             .or_insert_with(|| bodies::completion(envelope, size, text))
             .clone()
     })
-}
-
-/// One `data: <chunk>\n\n` event of about `size` bytes.
-fn sse_event(envelope: bool, size: usize) -> Bytes {
-    let head = r#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":""#;
-    let tail = r#""},"finish_reason":null}]}"#;
-    let fill = size.saturating_sub(head.len() + tail.len() + 8).max(1);
-    let mut event = String::from("data: ");
-    if envelope {
-        event.push_str(r#"{"success":true,"code":"200","message":"successful","data":"#);
-    }
-    event.push_str(head);
-    event.push_str(&"x".repeat(fill));
-    event.push_str(tail);
-    if envelope {
-        event.push('}');
-    }
-    event.push_str("\n\n");
-    Bytes::from(event)
 }
 
 enum UpBody {
