@@ -13,7 +13,8 @@ use std::net::IpAddr;
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
-/// Connection-scoped headers that are always removed.
+/// Connection-scoped headers that are always removed. [`Present`] has a bit for each, in
+/// this order.
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -51,8 +52,23 @@ pub(crate) struct Present {
     pub transfer_encoding: bool,
     pub x_forwarded_host: bool,
     pub x_request_id: bool,
-    /// Any of [`HOP_BY_HOP`] (`Transfer-Encoding` among them).
-    pub hop_by_hop: bool,
+    /// Which of [`HOP_BY_HOP`] are there: bit `i` for `HOP_BY_HOP[i]` (`Transfer-Encoding`
+    /// among them). Clients send `Connection: keep-alive` (the OpenAI SDKs do), and a streamed
+    /// response comes with `Transfer-Encoding`: only those present are removed.
+    pub hop_by_hop: u16,
+}
+
+/// [`Present::hop_by_hop`]'s bit for `HOP_BY_HOP[index]`.
+const fn hop(index: usize) -> u16 {
+    1 << index
+}
+
+const CONNECTION_BIT: u16 = hop(0);
+
+/// Notes a field [`Present::of`] found; no hop-by-hop bit.
+fn mark(field: &mut bool) -> u16 {
+    *field = true;
+    0
 }
 
 pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -66,30 +82,32 @@ impl Present {
             // compared with each field in turn cost ~60 instructions, more than the lookups
             // it saves).
             let name = name.as_str();
-            let field = match name.len() {
-                2 if name == "te" => &mut present.hop_by_hop,
-                4 if name == "host" => &mut present.host,
-                4 if name == "etag" => &mut present.etag,
-                7 if name == "trailer" || name == "upgrade" => &mut present.hop_by_hop,
-                9 if name == "forwarded" => &mut present.forwarded,
-                10 if name == "connection" || name == "keep-alive" => &mut present.hop_by_hop,
-                11 if name == "traceparent" => &mut present.traceparent,
-                12 if name == "content-type" => &mut present.content_type,
-                12 if name == "x-request-id" => &mut present.x_request_id,
-                13 if name == "authorization" => &mut present.authorization,
-                14 if name == "content-length" => &mut present.content_length,
-                16 if name == "content-encoding" => &mut present.content_encoding,
-                16 if name == "x-forwarded-host" => &mut present.x_forwarded_host,
-                16 if name == "proxy-connection" => &mut present.hop_by_hop,
+            let hop_by_hop = match name.len() {
+                2 if name == "te" => hop(5),
+                4 if name == "host" => mark(&mut present.host),
+                4 if name == "etag" => mark(&mut present.etag),
+                7 if name == "trailer" => hop(6),
+                7 if name == "upgrade" => hop(8),
+                9 if name == "forwarded" => mark(&mut present.forwarded),
+                10 if name == "connection" => CONNECTION_BIT,
+                10 if name == "keep-alive" => hop(1),
+                11 if name == "traceparent" => mark(&mut present.traceparent),
+                12 if name == "content-type" => mark(&mut present.content_type),
+                12 if name == "x-request-id" => mark(&mut present.x_request_id),
+                13 if name == "authorization" => mark(&mut present.authorization),
+                14 if name == "content-length" => mark(&mut present.content_length),
+                16 if name == "content-encoding" => mark(&mut present.content_encoding),
+                16 if name == "x-forwarded-host" => mark(&mut present.x_forwarded_host),
+                16 if name == "proxy-connection" => hop(2),
                 17 if name == "transfer-encoding" => {
-                    present.hop_by_hop = true;
-                    &mut present.transfer_encoding
+                    present.transfer_encoding = true;
+                    hop(7)
                 }
-                18 if name == "proxy-authenticate" => &mut present.hop_by_hop,
-                19 if name == "proxy-authorization" => &mut present.hop_by_hop,
-                _ => continue,
+                18 if name == "proxy-authenticate" => hop(3),
+                19 if name == "proxy-authorization" => hop(4),
+                _ => 0,
             };
-            *field = true;
+            present.hop_by_hop |= hop_by_hop;
         }
         present
     }
@@ -115,21 +133,45 @@ impl Present {
 
 /// Removes hop-by-hop headers, including any header the `Connection` header names.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, present: Present) {
-    // Usually there are none.
-    if !present.hop_by_hop {
-        return;
+    // Usually there are none, or only `Connection: keep-alive` or `Transfer-Encoding`.
+    let mut hop_by_hop = present.hop_by_hop;
+    if hop_by_hop & CONNECTION_BIT != 0 {
+        hop_by_hop &= !CONNECTION_BIT;
+        // Taken out of the map first, as its values borrow it: the usual single line as it
+        // is, several lines copied.
+        let (line, more) = match headers.entry(header::CONNECTION) {
+            Entry::Occupied(entry) if entry.iter().nth(1).is_none() => {
+                (Some(entry.remove()), Vec::new())
+            }
+            Entry::Occupied(entry) => {
+                let more: Vec<HeaderValue> = entry.iter().cloned().collect();
+                entry.remove();
+                (None, more)
+            }
+            Entry::Vacant(_) => (None, Vec::new()),
+        };
+        // Names listed in Connection are hop-by-hop for this message too. Each is removed as
+        // written (no name is built); those of [`HOP_BY_HOP`] are left to the loop below,
+        // which removes the ones that are there.
+        let listed = line.iter().chain(&more).filter_map(|v| v.to_str().ok());
+        for name in listed.flat_map(|value| value.split(',')).map(str::trim) {
+            if !is_hop_by_hop(name) {
+                headers.remove(name);
+            }
+        }
     }
-    // Names listed in Connection are hop-by-hop for this message too.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if hop_by_hop & hop(index) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+/// True when `name` (in any case) is one of [`HOP_BY_HOP`].
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
+        .any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
 }
 
 /// Drops the upstream's framing from a response about to be relayed (RFC 9112 §6.3).
@@ -394,7 +436,8 @@ mod tests {
         headers
     }
 
-    /// Every field [`Present`] reports, by name, and whether it says the field is there.
+    /// Every field [`Present`] reports by a flag, by name, and whether it says the field is
+    /// there (the hop-by-hop bits are compared one by one).
     fn reported(present: Present) -> Vec<(&'static str, bool)> {
         let Present {
             authorization,
@@ -408,7 +451,7 @@ mod tests {
             transfer_encoding,
             x_forwarded_host,
             x_request_id,
-            hop_by_hop,
+            hop_by_hop: _,
         } = present;
         vec![
             ("authorization", authorization),
@@ -422,7 +465,6 @@ mod tests {
             ("transfer-encoding", transfer_encoding),
             ("x-forwarded-host", x_forwarded_host),
             ("x-request-id", x_request_id),
-            ("hop-by-hop", hop_by_hop),
         ]
     }
 
@@ -442,13 +484,13 @@ mod tests {
             for pick in picks {
                 headers.append(NAMES[pick], HeaderValue::from_static("v"));
             }
-            for (name, said) in reported(Present::of(&headers)) {
-                let there = if name == "hop-by-hop" {
-                    HOP_BY_HOP.iter().any(|hop| headers.contains_key(hop))
-                } else {
-                    headers.contains_key(name)
-                };
-                proptest::prop_assert_eq!(said, there, "{}", name);
+            let present = Present::of(&headers);
+            for (name, said) in reported(present) {
+                proptest::prop_assert_eq!(said, headers.contains_key(name), "{}", name);
+            }
+            for (index, name) in HOP_BY_HOP.iter().enumerate() {
+                let said = present.hop_by_hop & hop(index) != 0;
+                proptest::prop_assert_eq!(said, headers.contains_key(name), "{}", name);
             }
         }
     }
@@ -482,6 +524,51 @@ mod tests {
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["retry-after", "x-request-id"]);
+    }
+
+    #[test]
+    fn every_connection_line_names_fields_to_remove_in_any_case() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, X-Private-One"),
+            ("connection", " x-private-two ,,TE"),
+            ("x-private-one", "1"),
+            ("x-private-two", "2"),
+            ("close", "a field named like the token"),
+            ("te", "trailers"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "4"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let present = Present::of(&headers);
+        remove_hop_by_hop(&mut headers, present);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+
+        // A value that is not text names nothing; the line itself still goes.
+        let mut headers = HeaderMap::new();
+        headers.append("connection", HeaderValue::from_bytes(b"x-a\xff").unwrap());
+        headers.append("x-a", HeaderValue::from_static("1"));
+        let present = Present::of(&headers);
+        remove_hop_by_hop(&mut headers, present);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-a"]);
+    }
+
+    #[test]
+    fn only_the_hop_by_hop_fields_there_are_removed_and_the_rest_is_untouched() {
+        // `Connection: keep-alive` as the SDKs send it, with no `Keep-Alive` field.
+        let mut headers = map(&[
+            ("connection", "keep-alive"),
+            ("content-type", "application/json"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        let present = Present::of(&headers);
+        assert_eq!(present.hop_by_hop, hop(0) | hop(7));
+        remove_hop_by_hop(&mut headers, present);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type"]);
     }
 
     #[test]
