@@ -53,8 +53,8 @@ pub(crate) struct Present {
     pub x_forwarded_host: bool,
     pub x_request_id: bool,
     /// Which of [`HOP_BY_HOP`] are there: bit `i` for `HOP_BY_HOP[i]` (`Transfer-Encoding`
-    /// among them). Clients send `Connection: keep-alive` (the OpenAI SDKs do), and a streamed
-    /// response comes with `Transfer-Encoding`: only those present are removed.
+    /// among them). Clients send `Connection: keep-alive` (the OpenAI Python SDK does), and a
+    /// streamed response comes with `Transfer-Encoding`: only those present are removed.
     pub hop_by_hop: u16,
 }
 
@@ -63,7 +63,16 @@ const fn hop(index: usize) -> u16 {
     1 << index
 }
 
+// Each name's bit, by its place in [`HOP_BY_HOP`] (the census test checks every one).
 const CONNECTION_BIT: u16 = hop(0);
+const KEEP_ALIVE_BIT: u16 = hop(1);
+const PROXY_CONNECTION_BIT: u16 = hop(2);
+const PROXY_AUTHENTICATE_BIT: u16 = hop(3);
+const PROXY_AUTHORIZATION_BIT: u16 = hop(4);
+const TE_BIT: u16 = hop(5);
+const TRAILER_BIT: u16 = hop(6);
+const TRANSFER_ENCODING_BIT: u16 = hop(7);
+const UPGRADE_BIT: u16 = hop(8);
 
 /// Notes a field [`Present::of`] found; no hop-by-hop bit.
 fn mark(field: &mut bool) -> u16 {
@@ -83,14 +92,14 @@ impl Present {
             // it saves).
             let name = name.as_str();
             let hop_by_hop = match name.len() {
-                2 if name == "te" => hop(5),
+                2 if name == "te" => TE_BIT,
                 4 if name == "host" => mark(&mut present.host),
                 4 if name == "etag" => mark(&mut present.etag),
-                7 if name == "trailer" => hop(6),
-                7 if name == "upgrade" => hop(8),
+                7 if name == "trailer" => TRAILER_BIT,
+                7 if name == "upgrade" => UPGRADE_BIT,
                 9 if name == "forwarded" => mark(&mut present.forwarded),
                 10 if name == "connection" => CONNECTION_BIT,
-                10 if name == "keep-alive" => hop(1),
+                10 if name == "keep-alive" => KEEP_ALIVE_BIT,
                 11 if name == "traceparent" => mark(&mut present.traceparent),
                 12 if name == "content-type" => mark(&mut present.content_type),
                 12 if name == "x-request-id" => mark(&mut present.x_request_id),
@@ -98,13 +107,13 @@ impl Present {
                 14 if name == "content-length" => mark(&mut present.content_length),
                 16 if name == "content-encoding" => mark(&mut present.content_encoding),
                 16 if name == "x-forwarded-host" => mark(&mut present.x_forwarded_host),
-                16 if name == "proxy-connection" => hop(2),
+                16 if name == "proxy-connection" => PROXY_CONNECTION_BIT,
                 17 if name == "transfer-encoding" => {
                     present.transfer_encoding = true;
-                    hop(7)
+                    TRANSFER_ENCODING_BIT
                 }
-                18 if name == "proxy-authenticate" => hop(3),
-                19 if name == "proxy-authorization" => hop(4),
+                18 if name == "proxy-authenticate" => PROXY_AUTHENTICATE_BIT,
+                19 if name == "proxy-authorization" => PROXY_AUTHORIZATION_BIT,
                 _ => 0,
             };
             present.hop_by_hop |= hop_by_hop;
@@ -565,7 +574,7 @@ mod tests {
             ("transfer-encoding", "chunked"),
         ]);
         let present = Present::of(&headers);
-        assert_eq!(present.hop_by_hop, hop(0) | hop(7));
+        assert_eq!(present.hop_by_hop, CONNECTION_BIT | TRANSFER_ENCODING_BIT);
         remove_hop_by_hop(&mut headers, present);
         let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["content-type"]);
